@@ -1,0 +1,118 @@
+//! `GET /metrics`: Prometheus text for registrations, lookups, health checks and watchers.
+
+use crate::registry::Registry;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry as Prom;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceStatus {
+    namespace: String,
+    status: &'static str,
+}
+
+/// Discovery's counters; each handler bumps its own.
+#[derive(Debug)]
+pub struct Metrics {
+    prom: Prom,
+    pub registrations: Family<Outcome, Counter>,
+    pub deregistrations: Family<Outcome, Counter>,
+    pub lookups: Family<Outcome, Counter>,
+    pub checks: Family<Outcome, Counter>,
+    pub check_seconds: Histogram,
+    pub expired: Counter,
+    pub watchers: Gauge,
+    instances: Family<NamespaceStatus, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut prom = Prom::with_prefix("discovery");
+        let m = Metrics {
+            registrations: Family::default(),
+            deregistrations: Family::default(),
+            lookups: Family::default(),
+            checks: Family::default(),
+            check_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            expired: Counter::default(),
+            watchers: Gauge::default(),
+            instances: Family::default(),
+            prom: Prom::default(),
+        };
+        prom.register(
+            "registrations",
+            "Registrations by outcome (created, renewed, rejected)",
+            m.registrations.clone(),
+        );
+        prom.register(
+            "deregistrations",
+            "Deregistrations by outcome (removed, unknown, rejected)",
+            m.deregistrations.clone(),
+        );
+        prom.register(
+            "lookups",
+            "Lookups by outcome (ok, unknown_namespace, none_available, rejected)",
+            m.lookups.clone(),
+        );
+        prom.register(
+            "health_checks",
+            "Health checks by outcome (ok, timeout, bad_status, error)",
+            m.checks.clone(),
+        );
+        prom.register(
+            "health_check_duration_seconds",
+            "Latency of health checks",
+            m.check_seconds.clone(),
+        );
+        prom.register(
+            "expired",
+            "Instances dropped after being unavailable for deregister_after",
+            m.expired.clone(),
+        );
+        prom.register("watchers", "Open watch streams", m.watchers.clone());
+        prom.register(
+            "instances",
+            "Registered instances by namespace and status",
+            m.instances.clone(),
+        );
+        Metrics { prom, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn outcome(family: &Family<Outcome, Counter>, outcome: &'static str) {
+        family.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// The text exposition, with instance counts read from the registry now.
+    pub fn render(&self, registry: &Registry) -> String {
+        self.instances.clear();
+        for (namespace, c) in registry.counts() {
+            for (status, n) in [
+                ("pending", c.pending),
+                ("available", c.available),
+                ("unavailable", c.unavailable),
+            ] {
+                self.instances
+                    .get_or_create(&NamespaceStatus {
+                        namespace: namespace.clone(),
+                        status,
+                    })
+                    .set(n as i64);
+            }
+        }
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.prom).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

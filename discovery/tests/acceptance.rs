@@ -1,0 +1,15 @@
+//! Discovery's acceptance tests: the real service on port 0, real HTTP peers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "acceptance/bad_input.rs"]
+mod bad_input;
+#[path = "acceptance/config.rs"]
+mod config;
+#[path = "acceptance/health.rs"]
+mod health;
+#[path = "acceptance/lookup.rs"]
+mod lookup;
+#[path = "acceptance/register.rs"]
+mod register;
+#[path = "acceptance/watch.rs"]
+mod watch;

@@ -1,0 +1,128 @@
+//! Helpers for the tide services: JSON in with a size limit and field-naming
+//! errors, JSON out, and every error answered with the JSON error body.
+
+use crate::wire::ErrorBody;
+use futures_lite::AsyncReadExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tide::http::mime;
+use tide::{Request, Response, StatusCode};
+
+/// A response with the JSON error body.
+pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    json_response(status, &ErrorBody::new(code, message))
+}
+
+/// A response with `value` as its JSON body.
+pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut res = Response::new(status);
+    res.set_body(body);
+    res.set_content_type(mime::JSON);
+    res
+}
+
+/// The error code used for a bare status, e.g. `method_not_allowed` for 405.
+pub fn code_for(status: StatusCode) -> String {
+    status
+        .canonical_reason()
+        .to_ascii_lowercase()
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+}
+
+/// Reads the whole body, up to `limit` bytes; more is a 413.
+pub async fn read_body<S>(req: &mut Request<S>, limit: usize) -> Result<Vec<u8>, Response> {
+    let too_large = || {
+        error_response(
+            StatusCode::PayloadTooLarge,
+            "payload_too_large",
+            format!("request body is larger than {limit} bytes"),
+        )
+    };
+    if req.len().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    let read = req
+        .take_body()
+        .into_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .await;
+    match read {
+        Ok(n) if n > limit => Err(too_large()),
+        Ok(_) => Ok(body),
+        Err(e) => Err(error_response(
+            StatusCode::BadRequest,
+            "bad_request",
+            format!("cannot read request body: {e}"),
+        )),
+    }
+}
+
+/// Parses a JSON body into `T`; a 400 names the field that is wrong.
+pub async fn json_body<T: DeserializeOwned, S>(
+    req: &mut Request<S>,
+    limit: usize,
+) -> Result<T, Response> {
+    let body = read_body(req, limit).await?;
+    parse_json(&body)
+}
+
+/// Parses a JSON object into `T`; a 400 names the field that is wrong.
+///
+/// Anything but an object is refused up front: serde would otherwise read a
+/// struct from an array, positionally.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(error_response(
+                StatusCode::BadRequest,
+                "invalid_json",
+                "request body is empty; expected a JSON object",
+            ))
+        }
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(error_response(
+                StatusCode::BadRequest,
+                "invalid_json",
+                "request body must be a JSON object",
+            ))
+        }
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let (code, message) = if e.inner().is_syntax() || e.inner().is_eof() {
+            (
+                "invalid_json",
+                format!("request body is not valid JSON: {}", e.inner()),
+            )
+        } else if path == "." {
+            ("invalid_field", e.inner().to_string())
+        } else {
+            ("invalid_field", format!("{path}: {}", e.inner()))
+        };
+        error_response(StatusCode::BadRequest, code, message)
+    })
+}
+
+/// Middleware: any 4xx/5xx without a body gets the JSON error body (tide's own
+/// 404 and 405 included, and errors returned by handlers).
+pub fn json_errors<S: Clone + Send + Sync + 'static>() -> impl tide::Middleware<S> {
+    tide::utils::After(|mut res: Response| async move {
+        let status = res.status();
+        if (status.is_client_error() || status.is_server_error()) && res.is_empty() != Some(false) {
+            let message = res
+                .error()
+                .map(|e| e.to_string())
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| status.canonical_reason().to_string());
+            let body = ErrorBody::new(code_for(status), message);
+            res.set_body(body.to_json());
+            res.set_content_type(mime::JSON);
+        }
+        Ok(res)
+    })
+}

@@ -1,0 +1,445 @@
+//! Configuration files of the three services.
+//!
+//! JSON, every key optional with a default, unknown keys rejected by name so a
+//! typo fails at start instead of silently running with the default.
+//! Durations are seconds (`5`, `0.5`) or strings (`"5s"`, `"500ms"`).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+/// A config that failed to load, with the file and the offending key in the message.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads `path` as JSON into `T`, or gives `T::default()` when there is no file.
+pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, ConfigError> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
+    parse(&text).map_err(|e| ConfigError(format!("config {}: {e}", path.display())))
+}
+
+/// Parses JSON text into `T`, naming the key that is wrong.
+pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })
+}
+
+/// Parses `"500ms"`, `"5s"`, `"2m"`, `"1h"`, or a bare number of seconds (`"0.5"`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!("invalid duration {text:?}: expected e.g. 5, 0.5, \"500ms\", \"5s\"")
+    })?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h)"
+            ))
+        }
+    };
+    secs(seconds).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
+fn secs(value: f64) -> Result<Duration, String> {
+    if value.is_finite() && (0.0..=1e9).contains(&value) {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err("must be a non-negative number of seconds".into())
+    }
+}
+
+/// Formats a duration the way `parse_duration` reads it back.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos().is_multiple_of(1_000_000) && !d.as_millis().is_multiple_of(1000) {
+        format!("{}ms", d.as_millis())
+    } else if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
+/// Serde adapter for `Duration` fields: `#[serde(with = "shared::config::duration")]`.
+pub mod duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a duration: seconds (5, 0.5) or a string (\"500ms\", \"5s\")",
+            )
+        })? {
+            Raw::Seconds(v) => secs(v).map_err(serde::de::Error::custom),
+            Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Discovery's configuration (`discovery --config FILE`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Address the API listens on.
+    pub listen: String,
+    /// How often every instance is health-checked.
+    #[serde(with = "duration")]
+    pub health_check_time_interval: Duration,
+    /// A health check slower than this fails.
+    #[serde(with = "duration")]
+    pub timeout_threshold: Duration,
+    /// Consecutive failed checks that make an available instance unavailable.
+    pub unhealthy_threshold: u32,
+    /// Consecutive passed checks that make an instance available.
+    pub healthy_threshold: u32,
+    /// An instance unavailable this long is dropped from the registry.
+    #[serde(with = "duration")]
+    pub deregister_after: Duration,
+    /// Path checked when a registration names none.
+    pub health_check_path: String,
+    /// Interval of `: keep-alive` comments on idle watch streams.
+    #[serde(with = "duration")]
+    pub watch_keepalive: Duration,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            listen: "127.0.0.1:8500".into(),
+            health_check_time_interval: Duration::from_secs(5),
+            timeout_threshold: Duration::from_millis(500),
+            unhealthy_threshold: 1,
+            healthy_threshold: 1,
+            deregister_after: Duration::from_secs(60),
+            health_check_path: "/health_check".into(),
+            watch_keepalive: Duration::from_secs(15),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl DiscoveryConfig {
+    /// Rejects values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        if self.health_check_time_interval < Duration::from_millis(10) {
+            errors.push("health_check_time_interval must be at least 10ms");
+        }
+        if self.timeout_threshold.is_zero() {
+            errors.push("timeout_threshold must be above zero");
+        }
+        if self.unhealthy_threshold == 0 || self.healthy_threshold == 0 {
+            errors.push("unhealthy_threshold and healthy_threshold must be at least 1");
+        }
+        if self.watch_keepalive.is_zero() {
+            errors.push("watch_keepalive must be above zero");
+        }
+        if crate::wire::validate_path(&self.health_check_path).is_err() {
+            errors.push("health_check_path must start with '/'");
+        }
+        joined(errors)
+    }
+}
+
+fn joined(errors: Vec<&str>) -> Result<(), ConfigError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError(errors.join("; ")))
+    }
+}
+
+/// A path prefix routed to a namespace.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    pub namespace: String,
+}
+
+/// The gateway's configuration (`gateway --config FILE`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Address clients send their requests to.
+    pub listen: String,
+    /// Address of `/metrics`, `/status` and `/health_check`.
+    pub admin_listen: String,
+    pub discovery_url: String,
+    /// Longest matching prefix wins.
+    pub routes: Vec<RouteConfig>,
+    /// Deadline to open a TCP connection to an instance.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Deadline per try, from sending the request to the response head.
+    #[serde(with = "duration")]
+    pub upstream_timeout: Duration,
+    /// Deadline of all tries of one request together.
+    #[serde(with = "duration")]
+    pub request_deadline: Duration,
+    /// Tries per request, the first one included.
+    pub max_attempts: u32,
+    /// Retry POST/PATCH after a timeout or a broken connection (the seed does).
+    pub retry_non_idempotent: bool,
+    /// Also fail over when an instance answers 5xx (under the same method rule).
+    pub retry_on_5xx: bool,
+    /// How long a timeout waits for discovery's `/api/lookup` before falling back to the ring.
+    #[serde(with = "duration")]
+    pub lookup_timeout: Duration,
+    /// An instance that refused a connection is skipped this long.
+    #[serde(with = "duration")]
+    pub connect_cooldown: Duration,
+    /// After the watch reconnects, members missing from discovery's answer are kept this long.
+    #[serde(with = "duration")]
+    pub relearn_grace: Duration,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    /// A client must send a whole request head (and each body read) within this.
+    #[serde(with = "duration")]
+    pub client_header_timeout: Duration,
+    /// An idle keep-alive client connection is closed after this.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Idle upstream connections kept per instance.
+    pub pool_max_idle: usize,
+    /// An idle upstream connection is closed after this.
+    #[serde(with = "duration")]
+    pub pool_idle_timeout: Duration,
+    /// Log one request in this many (0: only failures, 1: every request).
+    pub access_log_sample: u64,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: "127.0.0.1:8000".into(),
+            admin_listen: "127.0.0.1:8001".into(),
+            discovery_url: "http://127.0.0.1:8500".into(),
+            routes: vec![RouteConfig {
+                prefix: "/".into(),
+                namespace: "service A".into(),
+            }],
+            connect_timeout: Duration::from_secs(1),
+            upstream_timeout: Duration::from_secs(2),
+            request_deadline: Duration::from_secs(10),
+            max_attempts: 3,
+            retry_non_idempotent: true,
+            retry_on_5xx: false,
+            lookup_timeout: Duration::from_millis(250),
+            connect_cooldown: Duration::from_secs(2),
+            relearn_grace: Duration::from_secs(10),
+            max_body_bytes: 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            client_header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            pool_max_idle: 128,
+            pool_idle_timeout: Duration::from_secs(20),
+            access_log_sample: 0,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Rejects values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        if self.routes.is_empty() {
+            errors.push("routes must name at least one prefix");
+        }
+        if self.routes.iter().any(|r| !r.prefix.starts_with('/')) {
+            errors.push("every route prefix must start with '/'");
+        }
+        if self
+            .routes
+            .iter()
+            .any(|r| crate::wire::validate_namespace(&r.namespace).is_err())
+        {
+            errors.push("every route namespace must be 1 to 128 printable characters");
+        }
+        if self.max_attempts == 0 {
+            errors.push("max_attempts must be at least 1");
+        }
+        if self.upstream_timeout.is_zero() || self.connect_timeout.is_zero() {
+            errors.push("upstream_timeout and connect_timeout must be above zero");
+        }
+        if self.request_deadline < self.upstream_timeout {
+            errors.push("request_deadline must be at least upstream_timeout");
+        }
+        if self.max_header_bytes < 256 {
+            errors.push("max_header_bytes must be at least 256");
+        }
+        if !self.discovery_url.starts_with("http://") {
+            errors.push("discovery_url must start with http://");
+        }
+        joined(errors)
+    }
+}
+
+/// Service A's configuration (`app --config FILE`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppConfig {
+    /// Interface to bind.
+    pub bind: String,
+    /// Port to bind; 0 picks a free one, and the real one is registered.
+    pub port: u16,
+    /// Host registered with discovery; empty lets discovery use the caller's IP.
+    pub advertise_host: String,
+    pub discovery_url: String,
+    pub namespace: String,
+    /// Re-registration period, so a restarted discovery relearns this instance.
+    #[serde(with = "duration")]
+    pub register_interval: Duration,
+    pub health_check_path: String,
+    /// Turns on `PUT /chaos` and `GET /chaos`.
+    pub chaos: bool,
+    pub max_body_bytes: usize,
+    /// Upper bound of the registration retry backoff.
+    #[serde(with = "duration")]
+    pub register_backoff_max: Duration,
+    /// How long shutdown waits for deregistration and in-flight requests.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            bind: "127.0.0.1".into(),
+            port: 8080,
+            advertise_host: "127.0.0.1".into(),
+            discovery_url: "http://127.0.0.1:8500".into(),
+            namespace: "service A".into(),
+            register_interval: Duration::from_secs(10),
+            health_check_path: "/health_check".into(),
+            chaos: false,
+            max_body_bytes: 1024 * 1024,
+            register_backoff_max: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl AppConfig {
+    /// Rejects values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        if crate::wire::validate_namespace(&self.namespace).is_err() {
+            errors.push("namespace must be 1 to 128 printable characters");
+        }
+        if self.register_interval < Duration::from_millis(10) {
+            errors.push("register_interval must be at least 10ms");
+        }
+        if crate::wire::validate_path(&self.health_check_path).is_err() {
+            errors.push("health_check_path must start with '/'");
+        }
+        if !self.advertise_host.is_empty()
+            && crate::wire::validate_host(&self.advertise_host).is_err()
+        {
+            errors.push("advertise_host must be an IP address or a host name");
+        }
+        if !self.discovery_url.starts_with("http://") {
+            errors.push("discovery_url must start with http://");
+        }
+        joined(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_both_forms() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+        let c: DiscoveryConfig =
+            parse(r#"{"health_check_time_interval": 2, "timeout_threshold": "250ms"}"#).unwrap();
+        assert_eq!(c.health_check_time_interval, Duration::from_secs(2));
+        assert_eq!(c.timeout_threshold, Duration::from_millis(250));
+        let c: DiscoveryConfig = parse(r#"{"timeout_threshold": 0.25}"#).unwrap();
+        assert_eq!(c.timeout_threshold, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn format_round_trips() {
+        for d in [
+            Duration::from_millis(500),
+            Duration::from_secs(5),
+            Duration::from_micros(1500),
+        ] {
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse::<DiscoveryConfig>(r#"{"health_check_intervl": 5}"#).unwrap_err();
+        assert!(err.contains("health_check_intervl"), "{err}");
+        let err = parse::<GatewayConfig>(r#"{"routes": [{"prefix": "/", "namespce": "a"}]}"#)
+            .unwrap_err();
+        assert!(
+            err.contains("namespce") && err.contains("routes[0]"),
+            "{err}"
+        );
+        let err = parse::<DiscoveryConfig>(r#"{"timeout_threshold": "fast"}"#).unwrap_err();
+        assert!(err.contains("timeout_threshold"), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        DiscoveryConfig::default().validate().unwrap();
+        GatewayConfig::default().validate().unwrap();
+        AppConfig::default().validate().unwrap();
+    }
+}

@@ -1,0 +1,12 @@
+//! What every crate of the gateway workspace shares: the JSON wire types,
+//! configuration loading, logging, the tide serving and shutdown plumbing,
+//! and the HTTP/1.1 codec of the gateway and the load generator.
+
+pub mod api;
+pub mod backoff;
+pub mod config;
+pub mod logging;
+pub mod serve;
+pub mod shutdown;
+pub mod sse;
+pub mod wire;

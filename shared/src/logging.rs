@@ -1,0 +1,24 @@
+//! Logging set-up: every binary logs through femme (pretty in debug builds,
+//! ndjson in release builds), with the level from `--log-level` or `LOG_LEVEL`.
+
+use std::sync::Once;
+
+static INIT: Once = Once::new();
+
+/// Starts femme once; later calls are ignored, so tests may call it freely.
+pub fn init(level: Option<&str>) {
+    let env = std::env::var("LOG_LEVEL").ok();
+    let name = level.or(env.as_deref()).unwrap_or("info");
+    let filter = name.parse().unwrap_or(log::LevelFilter::Info);
+    INIT.call_once(|| femme::with_level(filter));
+}
+
+/// A fresh request id: 16 hex digits, unique enough to find one request in the logs.
+pub fn new_request_id() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// Accepts a client's request id if it is short printable ASCII, so it is safe to log and echo.
+pub fn valid_request_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.iter().all(|b| b.is_ascii_graphic())
+}
