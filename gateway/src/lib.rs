@@ -1,1 +1,168 @@
-//! Placeholder until its issue lands.
+//! The gateway: clients POST to it, and it forwards each request round robin
+//! to an available instance of the routed namespace.
+//!
+//! A request's path, in the order of the modules: [`listener`] accepts the
+//! connection; [`connection`] reads the request with the [`codec`] and routes
+//! it to a namespace's [`ring`]; [`failover`] picks instances and decides on
+//! retries; [`forward`] makes each try over a [`pool`]ed connection and
+//! streams the answer back. Off the request path, [`watch`] keeps the rings in
+//! step with discovery, and [`admin`] serves metrics and status.
+
+pub mod admin;
+pub mod codec;
+pub mod connection;
+pub mod failover;
+pub mod forward;
+pub mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod ring;
+pub mod watch;
+
+use async_std::net::TcpListener;
+use async_std::task::{self, JoinHandle};
+use futures_lite::FutureExt;
+use shared::config::GatewayConfig;
+use shared::serve::Served;
+use shared::shutdown::{Tracker, Trigger};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What every task of the gateway shares.
+#[derive(Debug)]
+pub struct Context {
+    pub config: GatewayConfig,
+    pub router: Arc<ring::Router>,
+    pub upstreams: Arc<pool::Upstreams>,
+    pub metrics: metrics::Metrics,
+    /// Client for discovery: the watch streams and lookups after a timeout.
+    pub discovery: surf::Client,
+    /// Fired at shutdown: stop accepting, finish the current requests.
+    pub stop: Trigger,
+    /// Fired when the drain time is over: cut what is left.
+    pub kill: Trigger,
+    /// `Host` for HTTP/1.0 requests that carry none.
+    pub default_host: String,
+    /// Requests seen, for access log sampling.
+    pub requests: AtomicU64,
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Handle {
+    addr: SocketAddr,
+    ctx: Arc<Context>,
+    accept: JoinHandle<()>,
+    connections: Tracker,
+    admin: Served,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Handle {
+    /// Where clients send requests.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Where `/metrics` and `/status` are.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.addr()
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin.addr())
+    }
+
+    /// Stops accepting, lets requests in progress finish within `drain_timeout`,
+    /// cuts the rest, then stops the watchers and the admin port.
+    pub async fn shutdown(self) {
+        let ctx = &self.ctx;
+        ctx.stop.fire();
+        self.accept.await;
+        if !self.connections.drained(ctx.config.drain_timeout).await {
+            log::warn!(left = self.connections.live(); "drain time over, closing connections");
+        }
+        ctx.kill.fire();
+        self.connections.drained(Duration::from_secs(1)).await;
+        for task in self.background {
+            task.await;
+        }
+        self.admin.shutdown(Duration::from_secs(1)).await;
+        log::info!("gateway stopped");
+    }
+}
+
+/// Starts the gateway on `config.listen` and its admin port on `config.admin_listen`.
+pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
+    config
+        .validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
+    })?;
+    let addr = listener.local_addr()?;
+    let router = Arc::new(ring::Router::new(&config.routes));
+    let upstreams = Arc::new(pool::Upstreams::new(pool::Limits {
+        max_idle: config.pool_max_idle,
+        idle_timeout: config.pool_idle_timeout,
+    }));
+    let discovery = surf::Config::new()
+        .set_http_keep_alive(false)
+        .set_tcp_no_delay(true)
+        .set_timeout(None)
+        .try_into()
+        .map_err(|e| std::io::Error::other(format!("cannot build the discovery client: {e}")))?;
+    let ctx = Arc::new(Context {
+        metrics: metrics::Metrics::new(router.clone(), upstreams.clone()),
+        router,
+        upstreams,
+        discovery,
+        stop: Trigger::new(),
+        kill: Trigger::new(),
+        default_host: addr.to_string(),
+        requests: AtomicU64::new(0),
+        config,
+    });
+    let mut background = Vec::new();
+    for balancer in ctx.router.balancers() {
+        let (tx, rx) = async_channel::bounded(16);
+        background.push(task::spawn(watch::follow(
+            ctx.clone(),
+            balancer.clone(),
+            tx,
+        )));
+        background.push(task::spawn(watch::hold(ctx.clone(), balancer.clone(), rx)));
+    }
+    background.push(task::spawn(reap(ctx.clone())));
+    let admin = shared::serve::serve(admin::routes(ctx.clone()), &ctx.config.admin_listen).await?;
+    let connections = Tracker::default();
+    let accept = listener::spawn(ctx.clone(), listener, connections.clone());
+    log::info!(addr:% = addr; "gateway listening on http://{addr}");
+    log::info!(addr:% = admin.addr(); "gateway admin listening on http://{}", admin.addr());
+    Ok(Handle {
+        addr,
+        ctx,
+        accept,
+        connections,
+        admin,
+        background,
+    })
+}
+
+/// Closes expired idle upstream connections and forgets instances nobody uses.
+async fn reap(ctx: Arc<Context>) {
+    while !ctx.stop.is_fired() {
+        task::sleep(Duration::from_secs(1))
+            .or(async {
+                ctx.stop.wait().await;
+            })
+            .await;
+        ctx.upstreams.reap();
+    }
+}

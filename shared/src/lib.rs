@@ -5,6 +5,7 @@
 pub mod api;
 pub mod backoff;
 pub mod config;
+pub mod http1;
 pub mod logging;
 pub mod serve;
 pub mod shutdown;

@@ -6,6 +6,8 @@
 pub mod client;
 pub mod peer;
 pub mod procs;
+pub mod raw;
+pub mod system;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

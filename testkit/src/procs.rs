@@ -33,6 +33,7 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct Proc {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
     pub name: String,
 }
 
@@ -49,20 +50,22 @@ impl Proc {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let out = child.stdout.take().unwrap();
         let err = child.stderr.take().unwrap();
+        let mut readers = Vec::new();
         for stream in [
             Box::new(out) as Box<dyn std::io::Read + Send>,
             Box::new(err),
         ] {
             let lines = lines.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     lines.lock().unwrap().push(strip_ansi(&line));
                 }
-            });
+            }));
         }
         Proc {
             child,
             lines,
+            readers,
             name: name.to_string(),
         }
     }
@@ -99,12 +102,16 @@ impl Proc {
         }
     }
 
-    /// The address from its "listening on http://ADDR" line.
+    /// The address from its "listening on http://ADDR" line (pretty or ndjson log).
     pub async fn listening(&self, what: &str) -> std::net::SocketAddr {
         let needle = format!("{what} listening on http://");
         let line = self.wait_for_line(&needle, Duration::from_secs(20)).await;
         let rest = &line[line.find(&needle).unwrap() + needle.len()..];
-        rest.split_whitespace().next().unwrap().parse().unwrap()
+        let addr: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+            .collect();
+        addr.parse().unwrap()
     }
 
     pub fn signal(&self, signal: Signal) {
@@ -126,6 +133,10 @@ impl Proc {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // The pipes close with the process: collect its last lines before answering.
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
                 return status;
             }
             assert!(

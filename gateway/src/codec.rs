@@ -1,0 +1,276 @@
+//! What the gateway changes in a message on its way through.
+//!
+//! Requests: hop-by-hop headers (and those the client named in `Connection`)
+//! are dropped, `X-Forwarded-For` gets the client's address appended,
+//! `X-Request-Id` is kept or generated, the body is re-framed with a
+//! Content-Length (the gateway buffers it, so a retry can send it again), and
+//! `Host`, `Idempotency-Key` and everything else pass through untouched.
+//! Responses: hop-by-hop headers dropped, the request id added, framing
+//! rewritten for this client connection.
+
+use shared::http1::{is_hop_by_hop, Framing, RequestHead, ResponseHead};
+use shared::wire::ErrorBody;
+use std::io::Write;
+
+/// How the response body is framed towards the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientFraming {
+    /// No body (HEAD, 204, 304, or a zero-length one).
+    Empty,
+    Length(u64),
+    /// The instance's chunked body, passed through as it is.
+    Chunked,
+    /// A close-delimited body, chunk-encoded for an HTTP/1.1 client.
+    Encode,
+    /// A close-delimited body to an HTTP/1.0 client: ends with the connection.
+    UntilClose,
+}
+
+/// The request id: the client's if it is sane, else a new one.
+pub fn request_id(raw: &[u8], head: &RequestHead) -> String {
+    match head.header(raw, "x-request-id") {
+        Some(id) if shared::logging::valid_request_id(id) => {
+            String::from_utf8_lossy(id).into_owned()
+        }
+        _ => shared::logging::new_request_id(),
+    }
+}
+
+/// Whether a retry after the request may have reached the instance is safe
+/// by the method's semantics (RFC 9110 section 9.2.2).
+pub fn is_idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
+fn skip_request_header(raw: &[u8], head: &RequestHead, name: &[u8]) -> bool {
+    is_hop_by_hop(name)
+        || head.is_connection_token(raw, name)
+        || name.eq_ignore_ascii_case(b"content-length")
+        || name.eq_ignore_ascii_case(b"expect")
+        || name.eq_ignore_ascii_case(b"x-forwarded-for")
+        || name.eq_ignore_ascii_case(b"x-request-id")
+}
+
+/// Writes the upstream request head into `out`, all but its framing: the
+/// body is read after this, and [`end_upstream_head`] adds its length.
+pub fn upstream_head(
+    out: &mut Vec<u8>,
+    raw: &[u8],
+    head: &RequestHead,
+    client_ip: &str,
+    request_id: &str,
+    default_host: &str,
+) {
+    out.clear();
+    out.extend_from_slice(head.method(raw));
+    out.push(b' ');
+    out.extend_from_slice(head.target(raw));
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut forwarded_for: Option<&[u8]> = None;
+    let mut has_host = false;
+    for h in &head.headers {
+        let name = &raw[h.name.clone()];
+        let value = &raw[h.value.clone()];
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") && forwarded_for.is_none() {
+            forwarded_for = Some(value);
+        }
+        if skip_request_header(raw, head, name) {
+            continue;
+        }
+        has_host |= name.eq_ignore_ascii_case(b"host");
+        header(out, name, value);
+    }
+    if !has_host {
+        header(out, b"host", default_host.as_bytes());
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(earlier) = forwarded_for.filter(|v| !v.is_empty()) {
+        out.extend_from_slice(earlier);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nx-request-id: ");
+    out.extend_from_slice(request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Ends the upstream head with the body's length; the body follows.
+pub fn end_upstream_head(out: &mut Vec<u8>, body_len: usize) {
+    let expects_body = [&b"POST "[..], b"PUT ", b"PATCH "]
+        .iter()
+        .any(|m| out.starts_with(m));
+    if body_len > 0 || expects_body {
+        let _ = write!(out, "content-length: {body_len}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The request target of an upstream request written by [`upstream_head`].
+pub fn target_of(upstream_request: &[u8]) -> &[u8] {
+    let mut parts = upstream_request.splitn(3, |b| *b == b' ');
+    parts.next();
+    parts.next().unwrap_or_default()
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the client's response head into `out`, and says how the body follows.
+pub fn client_response_head(
+    out: &mut Vec<u8>,
+    raw: &[u8],
+    head: &ResponseHead,
+    request_id: &str,
+    client_minor: u8,
+    keep_alive: bool,
+    head_request: bool,
+) -> ClientFraming {
+    out.clear();
+    let _ = write!(out, "HTTP/1.1 {} ", head.status);
+    out.extend_from_slice(&raw[head.reason.clone()]);
+    out.extend_from_slice(b"\r\n");
+    for h in &head.headers {
+        let name = &raw[h.name.clone()];
+        let keep_length = head_request && name.eq_ignore_ascii_case(b"content-length");
+        if !keep_length
+            && (is_hop_by_hop(name)
+                || head.is_connection_token(raw, name)
+                || name.eq_ignore_ascii_case(b"content-length")
+                || name.eq_ignore_ascii_case(b"x-request-id"))
+        {
+            continue;
+        }
+        header(out, name, &raw[h.value.clone()]);
+    }
+    header(out, b"x-request-id", request_id.as_bytes());
+    let may_have_body =
+        !head_request && head.status >= 200 && head.status != 204 && head.status != 304;
+    let framing = match head.framing {
+        Framing::Empty if may_have_body => {
+            out.extend_from_slice(b"content-length: 0\r\n");
+            ClientFraming::Empty
+        }
+        Framing::Empty => ClientFraming::Empty,
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+            ClientFraming::Length(n)
+        }
+        Framing::Chunked if client_minor == 1 => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            ClientFraming::Chunked
+        }
+        Framing::Chunked | Framing::UntilClose if client_minor == 0 => ClientFraming::UntilClose,
+        Framing::Chunked | Framing::UntilClose => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            ClientFraming::Encode
+        }
+    };
+    let keep_alive = keep_alive && framing != ClientFraming::UntilClose;
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if client_minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// Writes a whole error response made by the gateway itself into `out`.
+pub fn error_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    code: &str,
+    message: &str,
+    request_id: &str,
+    close: bool,
+) {
+    let body = ErrorBody::new(code, message)
+        .with_request_id(request_id)
+        .to_json();
+    out.clear();
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n{}\r\n{body}",
+        shared::http1::reason(status),
+        body.len(),
+        if close { "connection: close\r\n" } else { "" },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::http1::{parse_request, parse_response};
+
+    #[test]
+    fn request_rewrite() {
+        let raw = b"POST /a?b HTTP/1.1\r\nHost: gw\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: 5\r\nX-Forwarded-For: 10.0.0.1\r\nIdempotency-Key: k1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n";
+        let mut head = RequestHead::default();
+        assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
+        let mut out = Vec::new();
+        upstream_head(&mut out, raw, &head, "127.0.0.9", "rid", "gw:1");
+        end_upstream_head(&mut out, 2);
+        out.extend_from_slice(b"{}");
+        assert_eq!(target_of(&out), b"/a?b");
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "POST /a?b HTTP/1.1\r\nHost: gw\r\nIdempotency-Key: k1\r\nx-forwarded-for: 10.0.0.1, 127.0.0.9\r\nx-request-id: rid\r\ncontent-length: 2\r\n\r\n{}"
+        );
+    }
+
+    #[test]
+    fn http10_without_host_gets_one() {
+        let raw = b"GET / HTTP/1.0\r\n\r\n";
+        let mut head = RequestHead::default();
+        assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
+        let mut out = Vec::new();
+        upstream_head(&mut out, raw, &head, "1.2.3.4", "r", "gw:1");
+        end_upstream_head(&mut out, 0);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("GET / HTTP/1.1\r\nhost: gw:1\r\n"));
+        assert!(
+            text.ends_with("x-request-id: r\r\n\r\n"),
+            "no length for a bodiless GET"
+        );
+    }
+
+    #[test]
+    fn response_rewrite() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Request-Id: other\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut head = ResponseHead::default();
+        assert_eq!(parse_response(raw, &mut head, 4096, false), Ok(true));
+        let mut out = Vec::new();
+        let framing = client_response_head(&mut out, raw, &head, "rid", 1, true, false);
+        assert_eq!(framing, ClientFraming::Chunked);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-request-id: rid\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        let framing = client_response_head(&mut out, raw, &head, "rid", 0, true, false);
+        assert_eq!(framing, ClientFraming::UntilClose);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .ends_with("connection: close\r\n\r\n"));
+    }
+
+    #[test]
+    fn error_body_is_json_with_the_request_id() {
+        let mut out = Vec::new();
+        error_response(&mut out, 503, "no_available_instance", "none", "rid", true);
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(head.contains("connection: close"));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["request_id"], "rid");
+        assert_eq!(v["error"]["code"], "no_available_instance");
+    }
+}

@@ -1,0 +1,211 @@
+//! The retry policy: which instance to try next, and whether to try at all.
+//!
+//! - Connect failure: the request never left, so the next ring member is
+//!   tried at once, and the instance is skipped for `connect_cooldown`.
+//! - Timeout: the instance may be processing the request. Retried only for
+//!   idempotent methods or with `retry_non_idempotent`; the next instance is
+//!   the one discovery's `/api/lookup` names (excluding those tried, which also
+//!   makes discovery re-check them at once), or, if discovery does not answer
+//!   within `lookup_timeout`, the next untried ring member.
+//! - Broken connection (before a complete response head): same method rule,
+//!   next ring member.
+//! - 5xx answer: only with `retry_on_5xx`, same method rule.
+//!
+//! All within `max_attempts` tries and `request_deadline`. When nothing is
+//! left: 503 if there was no instance to try, 504 if every try timed out,
+//! else 502.
+
+use crate::forward::{self, Deadlines, Exchange, Try};
+use crate::metrics::Failover;
+use crate::pool::{resolve, Upstream};
+use crate::ring::Balancer;
+use crate::Context;
+use async_std::net::TcpStream;
+use shared::wire::{authority, LookupRequest, LookupResponse};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How a request ended.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub client_open: bool,
+    /// Instances tried.
+    pub attempts: u32,
+}
+
+/// Serves one request: tries instances until one answers or the policy says stop.
+pub async fn serve(
+    ctx: &Context,
+    balancer: &Balancer,
+    ex: &Exchange<'_>,
+    idempotent: bool,
+    client: &mut TcpStream,
+    scratch: &mut Vec<u8>,
+) -> Reply {
+    let config = &ctx.config;
+    let deadline = Instant::now() + config.request_deadline;
+    let may_retry = idempotent || config.retry_non_idempotent;
+    let mut tried: Vec<Arc<Upstream>> = Vec::new();
+    let mut timeouts = 0u32;
+    let mut last_failure = String::new();
+    let mut next = balancer.pick(&tried);
+    while let Some(target) = next.take() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tried.len() as u32 >= config.max_attempts || left.is_zero() {
+            break;
+        }
+        tried.push(target.clone());
+        let another_possible =
+            (tried.len() as u32) < config.max_attempts && balancer.has_untried(&tried);
+        let deadlines = Deadlines {
+            connect: config.connect_timeout.min(left),
+            head: config.upstream_timeout.min(left),
+            body: config.upstream_timeout,
+            client: config.idle_timeout,
+        };
+        let fail_on_5xx = config.retry_on_5xx && may_retry && another_possible;
+        let attempts = tried.len() as u32;
+        let cause = match forward::try_once(
+            &target,
+            ex,
+            client,
+            scratch,
+            deadlines,
+            fail_on_5xx,
+            &ctx.metrics,
+        )
+        .await
+        {
+            Try::Answered {
+                status,
+                client_open,
+            } => {
+                return Reply {
+                    status,
+                    client_open,
+                    attempts,
+                }
+            }
+            Try::ConnectFailed(e) => {
+                target.cool_down(config.connect_cooldown);
+                last_failure = format!("cannot connect to {}: {e}", target.key);
+                Failover::Connect
+            }
+            Try::TimedOut => {
+                timeouts += 1;
+                last_failure = format!("{} did not answer within {:?}", target.key, deadlines.head);
+                Failover::Timeout
+            }
+            Try::Broken(why) => {
+                last_failure = format!("{} broke the connection: {why}", target.key);
+                Failover::Broken
+            }
+            Try::ServerError(status) => {
+                last_failure = format!("{} answered {status}", target.key);
+                Failover::Status5xx
+            }
+        };
+        let sent = cause != Failover::Connect;
+        if sent && !may_retry {
+            log::warn!(request_id = ex.request_id, upstream = target.key.as_str(), cause = cause.as_str();
+                "not retried: the method is not idempotent and retry_non_idempotent is off");
+            last_failure.push_str(
+                "; not retried: the method is not idempotent and retry_non_idempotent is off",
+            );
+            break;
+        }
+        next = match cause {
+            Failover::Timeout => match lookup(ctx, balancer, &tried).await {
+                Some(found) => Some(found),
+                None => balancer.pick(&tried),
+            },
+            _ => balancer.pick(&tried),
+        };
+        if let Some(n) = &next {
+            ctx.metrics.failover(cause);
+            log::warn!(request_id = ex.request_id, from = target.key.as_str(), to = n.key.as_str(),
+                cause = cause.as_str(), attempt = attempts; "failing over: {last_failure}");
+        }
+    }
+    let attempts = tried.len() as u32;
+    let (status, code, message) = if tried.is_empty() {
+        (
+            503,
+            "no_available_instance",
+            format!("no available instance of {:?}", balancer.namespace),
+        )
+    } else if timeouts == attempts || deadline <= Instant::now() {
+        (504, "upstream_timeout", last_failure)
+    } else {
+        (502, "bad_gateway", last_failure)
+    };
+    log::warn!(request_id = ex.request_id, status = status, attempts = attempts; "{message}");
+    let keep_alive = ex.keep_alive();
+    crate::codec::error_response(scratch, status, code, &message, ex.request_id, !keep_alive);
+    let write = futures_lite::AsyncWriteExt::write_all(client, scratch);
+    let written = matches!(
+        async_std::future::timeout(config.idle_timeout, write).await,
+        Ok(Ok(()))
+    );
+    Reply {
+        status,
+        client_open: keep_alive && written,
+        attempts,
+    }
+}
+
+/// Asks discovery for an available instance other than those tried; `None` if
+/// it does not answer in time or has none.
+async fn lookup(
+    ctx: &Context,
+    balancer: &Balancer,
+    tried: &[Arc<Upstream>],
+) -> Option<Arc<Upstream>> {
+    let request = LookupRequest {
+        namespace: balancer.namespace.clone(),
+        exclude: tried.iter().map(|t| t.key.clone()).collect(),
+    };
+    let url = format!("{}/api/lookup", ctx.config.discovery_url);
+    let ask = async {
+        let mut res = ctx
+            .discovery
+            .post(&url)
+            .body_json(&request)
+            .map_err(|_| "error")?
+            .await
+            .map_err(|_| "error")?;
+        match u16::from(res.status()) {
+            200 => {}
+            503 | 404 => return Err("none_available"),
+            _ => return Err("error"),
+        }
+        let found: LookupResponse = res.body_json().await.map_err(|_| "error")?;
+        let key = authority(&found.host, found.port);
+        if let Some(member) = balancer.ring().members.iter().find(|m| m.key == key) {
+            return Ok(member.clone());
+        }
+        let addrs = resolve(&found.host, found.port.0)
+            .await
+            .map_err(|_| "error")?;
+        Ok(ctx.upstreams.get(&key, addrs))
+    };
+    let outcome = match async_std::future::timeout(ctx.config.lookup_timeout, ask).await {
+        Ok(Ok(found)) if !tried.iter().any(|t| t.key == found.key) => Ok(found),
+        Ok(Ok(_)) => Err("error"),
+        Ok(Err(outcome)) => Err(outcome),
+        Err(_) => Err("timeout"),
+    };
+    match outcome {
+        Ok(found) => {
+            ctx.metrics.lookup("ok");
+            Some(found)
+        }
+        Err(outcome) => {
+            ctx.metrics.lookup(outcome);
+            log::debug!(namespace = balancer.namespace.as_str(), outcome = outcome;
+                "discovery lookup gave nothing; falling back to the ring");
+            None
+        }
+    }
+}

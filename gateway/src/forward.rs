@@ -1,0 +1,276 @@
+//! One try: send the buffered request to one instance and relay its answer.
+//!
+//! The try reports how it ended so [`crate::failover`] can decide what comes
+//! next. Once any byte of the answer has gone to the client there is no going
+//! back: a failure after that point closes the client connection, which is
+//! how the client learns the answer is incomplete.
+
+use crate::codec::{self, ClientFraming};
+use crate::metrics::Metrics;
+use crate::pool::{Conn, Upstream};
+use async_std::future::timeout;
+use async_std::net::TcpStream;
+use futures_lite::AsyncWriteExt;
+use shared::http1::{parse_response, ChunkedDecoder};
+use std::io::{Error, ErrorKind};
+use std::time::Duration;
+
+/// Largest response head accepted from an instance.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// The request as it goes to any instance, and what the client asked for.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    /// Upstream request bytes: head and body.
+    pub request: &'a [u8],
+    pub request_id: &'a str,
+    pub head_request: bool,
+    pub client_minor: u8,
+    /// Whether the client asked to keep the connection open.
+    pub wants_keep_alive: bool,
+    /// Fired when the gateway stops: answers from then on close their connection.
+    pub stop: &'a shared::shutdown::Trigger,
+}
+
+impl Exchange<'_> {
+    /// Whether the connection stays open after the answer being written now.
+    pub fn keep_alive(&self) -> bool {
+        self.wants_keep_alive && !self.stop.is_fired()
+    }
+}
+
+/// Deadlines of one try.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    pub connect: Duration,
+    /// From sending the request to a complete response head.
+    pub head: Duration,
+    /// Longest wait for each further piece of the response body.
+    pub body: Duration,
+    /// Longest wait for the client to take each write.
+    pub client: Duration,
+}
+
+/// How a try ended.
+#[derive(Debug)]
+pub enum Try {
+    /// The answer went to the client; `client_open` is false if the client
+    /// connection must close (it broke, or the answer could not be completed).
+    Answered { status: u16, client_open: bool },
+    /// No connection could be opened: the request was not sent.
+    ConnectFailed(Error),
+    /// Sent, but no response head within the deadline.
+    TimedOut,
+    /// The connection failed before a complete response head.
+    Broken(String),
+    /// A 5xx the caller asked to fail over on; nothing went to the client.
+    ServerError(u16),
+}
+
+enum HeadError {
+    TimedOut,
+    /// Closed or reset before any byte of an answer: on a pooled connection,
+    /// most likely the instance closed it while idle (the keep-alive race).
+    ClosedEarly(String),
+    Broken(String),
+}
+
+/// Sends `ex` to `up` and relays the answer to `client`.
+pub async fn try_once(
+    up: &Upstream,
+    ex: &Exchange<'_>,
+    client: &mut TcpStream,
+    scratch: &mut Vec<u8>,
+    deadlines: Deadlines,
+    fail_on_5xx: bool,
+    metrics: &Metrics,
+) -> Try {
+    let mut conn = match up.checkout() {
+        Some(conn) => conn,
+        None => match up.connect(deadlines.connect).await {
+            Ok(conn) => conn,
+            Err(e) => return Try::ConnectFailed(e),
+        },
+    };
+    loop {
+        match timeout(deadlines.head, send_and_read_head(&mut conn, ex)).await {
+            Ok(Ok(())) => break,
+            Err(_) | Ok(Err(HeadError::TimedOut)) => return Try::TimedOut,
+            Ok(Err(HeadError::ClosedEarly(_))) if conn.reused => {
+                metrics.keepalive_retries.inc();
+                conn = match up.connect(deadlines.connect).await {
+                    Ok(conn) => conn,
+                    Err(e) => return Try::ConnectFailed(e),
+                };
+            }
+            Ok(Err(HeadError::ClosedEarly(why) | HeadError::Broken(why))) => {
+                return Try::Broken(why)
+            }
+        }
+    }
+    let status = conn.head.status;
+    if fail_on_5xx && status >= 500 {
+        return Try::ServerError(status);
+    }
+    let keep_alive = ex.keep_alive();
+    match relay(&mut conn, ex, keep_alive, client, scratch, deadlines).await {
+        Ok(reusable) => {
+            if reusable {
+                up.checkin(conn);
+            }
+            Try::Answered {
+                status,
+                client_open: keep_alive,
+            }
+        }
+        Err(e) => {
+            log::debug!(request_id = ex.request_id, upstream = up.key.as_str(); "answer cut short: {e}");
+            Try::Answered {
+                status,
+                client_open: false,
+            }
+        }
+    }
+}
+
+/// Writes the request, then reads until a final (non-1xx) response head is parsed.
+async fn send_and_read_head(conn: &mut Conn, ex: &Exchange<'_>) -> Result<(), HeadError> {
+    if let Err(e) = conn.stream.write_all(ex.request).await {
+        return Err(HeadError::ClosedEarly(format!("write failed: {e}")));
+    }
+    loop {
+        match parse_response(
+            conn.buf.data(),
+            &mut conn.head,
+            MAX_RESPONSE_HEAD,
+            ex.head_request,
+        ) {
+            Ok(true) if conn.head.status == 101 => {
+                return Err(HeadError::Broken("switched protocols unasked".into()))
+            }
+            Ok(true) if conn.head.status < 200 => conn.buf.consume(conn.head.len),
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return Err(HeadError::Broken(format!("invalid response head: {e}"))),
+        }
+        let nothing_yet = conn.buf.is_empty();
+        match conn.buf.fill(&mut conn.stream).await {
+            Ok(0) if nothing_yet => {
+                return Err(HeadError::ClosedEarly("closed before answering".into()))
+            }
+            Ok(0) => {
+                return Err(HeadError::Broken(
+                    "closed in the middle of the response head".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::TimedOut => return Err(HeadError::TimedOut),
+            Err(e) if nothing_yet => return Err(HeadError::ClosedEarly(e.to_string())),
+            Err(e) => return Err(HeadError::Broken(e.to_string())),
+        }
+    }
+}
+
+/// Streams the parsed answer to the client; true if the upstream connection
+/// ended cleanly and may be pooled again.
+async fn relay(
+    conn: &mut Conn,
+    ex: &Exchange<'_>,
+    keep_alive: bool,
+    client: &mut TcpStream,
+    scratch: &mut Vec<u8>,
+    deadlines: Deadlines,
+) -> std::io::Result<bool> {
+    let framing = codec::client_response_head(
+        scratch,
+        conn.buf.data(),
+        &conn.head,
+        ex.request_id,
+        ex.client_minor,
+        keep_alive,
+        ex.head_request,
+    );
+    conn.buf.consume(conn.head.len);
+    let upstream_keep_alive = conn.head.keep_alive;
+    match framing {
+        ClientFraming::Empty => {
+            send(client, scratch, deadlines.client).await?;
+            Ok(upstream_keep_alive)
+        }
+        ClientFraming::Length(n) => {
+            // Head and as much body as has arrived go out in one write.
+            let mut left = n;
+            let have = conn.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            scratch.extend_from_slice(&conn.buf.data()[..have]);
+            conn.buf.consume(have);
+            left -= have as u64;
+            send(client, scratch, deadlines.client).await?;
+            while left > 0 {
+                fill(conn, deadlines.body).await?;
+                let take = conn
+                    .buf
+                    .len()
+                    .min(usize::try_from(left).unwrap_or(usize::MAX));
+                send(client, &conn.buf.data()[..take], deadlines.client).await?;
+                conn.buf.consume(take);
+                left -= take as u64;
+            }
+            Ok(upstream_keep_alive)
+        }
+        ClientFraming::Chunked => {
+            send(client, scratch, deadlines.client).await?;
+            let mut decoder = ChunkedDecoder::new();
+            loop {
+                let used = decoder
+                    .decode(conn.buf.data(), None)
+                    .map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
+                send(client, &conn.buf.data()[..used], deadlines.client).await?;
+                conn.buf.consume(used);
+                if decoder.is_done() {
+                    return Ok(upstream_keep_alive);
+                }
+                fill(conn, deadlines.body).await?;
+            }
+        }
+        ClientFraming::Encode | ClientFraming::UntilClose => {
+            send(client, scratch, deadlines.client).await?;
+            loop {
+                if !conn.buf.is_empty() {
+                    if framing == ClientFraming::Encode {
+                        let size = format!("{:x}\r\n", conn.buf.len());
+                        send(client, size.as_bytes(), deadlines.client).await?;
+                    }
+                    send(client, conn.buf.data(), deadlines.client).await?;
+                    if framing == ClientFraming::Encode {
+                        send(client, b"\r\n", deadlines.client).await?;
+                    }
+                    conn.buf.consume(conn.buf.len());
+                }
+                let n =
+                    async_std::io::timeout(deadlines.body, conn.buf.fill(&mut conn.stream)).await?;
+                if n == 0 {
+                    break;
+                }
+            }
+            if framing == ClientFraming::Encode {
+                send(client, b"0\r\n\r\n", deadlines.client).await?;
+            }
+            Ok(false)
+        }
+    }
+}
+
+async fn send(client: &mut TcpStream, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+    async_std::io::timeout(limit, client.write_all(bytes)).await
+}
+
+/// Reads more of the body; the instance closing first is an error.
+async fn fill(conn: &mut Conn, limit: Duration) -> std::io::Result<()> {
+    match async_std::io::timeout(limit, conn.buf.fill(&mut conn.stream)).await? {
+        0 => Err(Error::new(
+            ErrorKind::UnexpectedEof,
+            "instance closed in the middle of the body",
+        )),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,50 @@
+//! Accepts client connections and gives each its own task.
+//!
+//! Shutdown: the accept loop stops at once; each connection ends after the
+//! request it is serving (idle ones at once); whatever is still running after
+//! `drain_timeout` is cut.
+
+use crate::connection;
+use crate::Context;
+use async_std::net::TcpListener;
+use async_std::task::{self, JoinHandle};
+use futures_lite::FutureExt;
+use shared::shutdown::Tracker;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Starts the accept loop; `connections` counts the live connection tasks.
+pub fn spawn(ctx: Arc<Context>, listener: TcpListener, connections: Tracker) -> JoinHandle<()> {
+    task::spawn(async move {
+        loop {
+            let accepted = listener
+                .accept()
+                .or(async {
+                    ctx.stop.wait().await;
+                    Err(std::io::Error::other("stopping"))
+                })
+                .await;
+            match accepted {
+                Ok((stream, peer)) => {
+                    let tracked = connections.enter();
+                    let ctx = ctx.clone();
+                    task::spawn(async move {
+                        ctx.metrics.client_connections.inc();
+                        let kill = async {
+                            ctx.kill.wait().await;
+                        };
+                        connection::serve(&ctx, stream, peer).or(kill).await;
+                        ctx.metrics.client_connections.dec();
+                        drop(tracked);
+                    });
+                }
+                Err(_) if ctx.stop.is_fired() => return,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    log::warn!("accept failed: {e}");
+                    task::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    })
+}

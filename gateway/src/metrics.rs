@@ -1,0 +1,283 @@
+//! `/metrics` on the admin port: counters bumped on the request path, and the
+//! rings, pools and watch streams read from their own state at scrape time.
+
+use crate::pool::{clock, Upstreams};
+use crate::ring::{Router, WatchState};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Status {
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Cause {
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+/// Why a try was given up and another instance chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failover {
+    Connect,
+    Timeout,
+    Broken,
+    Status5xx,
+}
+
+impl Failover {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failover::Connect => "connect",
+            Failover::Timeout => "timeout",
+            Failover::Broken => "broken",
+            Failover::Status5xx => "status_5xx",
+        }
+    }
+}
+
+/// The gateway's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Status, Counter>,
+    /// Per status code, so the request path skips the family's lock after the first time.
+    by_status: Box<[OnceLock<Counter>]>,
+    latency: Histogram,
+    attempts: Histogram,
+    failovers: Family<Cause, Counter>,
+    pub keepalive_retries: Counter,
+    lookups: Family<Outcome, Counter>,
+    pub client_connections: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Namespace {
+    namespace: String,
+}
+
+impl Metrics {
+    pub fn new(router: Arc<Router>, upstreams: Arc<Upstreams>) -> Self {
+        let mut registry = Registry::with_prefix("gateway");
+        let requests = Family::<Status, Counter>::default();
+        let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let attempts = Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 8.0]);
+        let failovers = Family::<Cause, Counter>::default();
+        let keepalive_retries = Counter::default();
+        let lookups = Family::<Outcome, Counter>::default();
+        let client_connections = Gauge::default();
+        registry.register(
+            "requests",
+            "Client requests by the status answered",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a complete request head to the end of the response",
+            latency.clone(),
+        );
+        registry.register(
+            "attempts_per_request",
+            "Instances tried per request",
+            attempts.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Tries given up for another instance, by cause (connect, timeout, broken, status_5xx)",
+            failovers.clone(),
+        );
+        registry.register(
+            "keepalive_retries",
+            "Pooled connections found closed before any answer and retried on a fresh one",
+            keepalive_retries.clone(),
+        );
+        registry.register(
+            "discovery_lookups",
+            "Lookups sent to discovery after a timeout, by outcome (ok, none_available, error, timeout)",
+            lookups.clone(),
+        );
+        registry.register(
+            "client_connections",
+            "Open client connections",
+            client_connections.clone(),
+        );
+        registry.register_collector(Box::new(State { router, upstreams }));
+        Metrics {
+            registry,
+            requests,
+            by_status: (0..600).map(|_| OnceLock::new()).collect(),
+            latency,
+            attempts,
+            failovers,
+            keepalive_retries,
+            lookups,
+            client_connections,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, status: u16, seconds: f64, attempts: u32) {
+        let counter = match self.by_status.get(usize::from(status)) {
+            Some(slot) => slot.get_or_init(|| {
+                self.requests
+                    .get_or_create(&Status { code: status })
+                    .clone()
+            }),
+            None => &self
+                .requests
+                .get_or_create(&Status { code: status })
+                .clone(),
+        };
+        counter.inc();
+        self.latency.observe(seconds);
+        if attempts > 0 {
+            self.attempts.observe(f64::from(attempts));
+        }
+    }
+
+    pub fn failover(&self, cause: Failover) {
+        self.failovers
+            .get_or_create(&Cause {
+                cause: cause.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn lookup(&self, outcome: &'static str) {
+        self.lookups.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Rings, watch streams and pools, read at scrape time.
+#[derive(Debug)]
+struct State {
+    router: Arc<Router>,
+    upstreams: Arc<Upstreams>,
+}
+
+impl State {
+    fn per_namespace(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        value: impl Fn(&crate::ring::Balancer) -> i64,
+    ) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+        for b in self.router.balancers() {
+            let labels = Namespace {
+                namespace: b.namespace.clone(),
+            };
+            let metric = family.encode_family(&labels)?;
+            match kind {
+                MetricType::Counter => ConstCounter::new(value(b).max(0) as u64).encode(metric)?,
+                _ => ConstGauge::new(value(b)).encode(metric)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
+}
+
+impl Collector for State {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.per_namespace(
+            &mut encoder,
+            "ring_size",
+            "Instances in the ring",
+            MetricType::Gauge,
+            |b| b.ring().members.len() as i64,
+        )?;
+        self.per_namespace(
+            &mut encoder,
+            "ring_version",
+            "Watch event version the ring was built from",
+            MetricType::Gauge,
+            |b| b.ring().version as i64,
+        )?;
+        self.per_namespace(
+            &mut encoder,
+            "ring_held_members",
+            "Members kept from before a watch reconnect while discovery relearns them",
+            MetricType::Gauge,
+            |b| b.ring().held as i64,
+        )?;
+        self.per_namespace(
+            &mut encoder,
+            "watch_connected",
+            "1 while the watch stream is connected",
+            MetricType::Gauge,
+            |b| i64::from(b.watch.get() == WatchState::Connected),
+        )?;
+        self.per_namespace(
+            &mut encoder,
+            "watch_snapshot_age_seconds",
+            "Seconds since the last watch event (-1: none yet)",
+            MetricType::Gauge,
+            |b| match b.watch.last_event_ms.load(Ordering::Relaxed) {
+                0 => -1,
+                at => (clock().saturating_sub(at) / 1000) as i64,
+            },
+        )?;
+        self.per_namespace(
+            &mut encoder,
+            "watch_reconnects",
+            "Times the watch stream was lost and opened again",
+            MetricType::Counter,
+            |b| b.watch.reconnects.load(Ordering::Relaxed) as i64,
+        )?;
+        let upstreams = self.upstreams.all();
+        let mut idle = encoder.encode_descriptor(
+            "pool_idle_connections",
+            "Idle keep-alive connections per instance",
+            None,
+            MetricType::Gauge,
+        )?;
+        for up in &upstreams {
+            let labels = UpstreamLabel {
+                upstream: up.key.clone(),
+            };
+            ConstGauge::new(up.idle_count() as i64).encode(idle.encode_family(&labels)?)?;
+        }
+        let mut opened = encoder.encode_descriptor(
+            "upstream_connections_opened",
+            "Connections opened to each instance",
+            None,
+            MetricType::Counter,
+        )?;
+        for up in &upstreams {
+            let labels = UpstreamLabel {
+                upstream: up.key.clone(),
+            };
+            ConstCounter::new(up.opened.load(Ordering::Relaxed))
+                .encode(opened.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,207 @@
+//! Upstream instances and their keep-alive connection pools.
+//!
+//! An [`Upstream`] outlives the rings that list it, so its idle connections
+//! survive ring updates. Idle connections are bounded per instance
+//! (`pool_max_idle`) and closed after `pool_idle_timeout`; the most recently
+//! used one is reused first, as it is the least likely to have been closed by
+//! the instance.
+
+use async_std::net::{SocketAddr, TcpStream};
+use shared::http1::{ReadBuf, ResponseHead};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Room for a typical response head and small body in one read.
+const CONN_BUFFER: usize = 8 * 1024;
+
+/// A connection to an instance, with its read buffer and response head scratch.
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: TcpStream,
+    pub buf: ReadBuf,
+    pub head: ResponseHead,
+    /// Came from the pool: the instance may have closed it meanwhile.
+    pub reused: bool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// Pool limits from the config.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+}
+
+/// One instance: where it is, its idle connections, and whether to avoid it for now.
+#[derive(Debug)]
+pub struct Upstream {
+    /// `host:port` as discovery names it; also what `exclude` lists.
+    pub key: String,
+    addrs: Vec<SocketAddr>,
+    idle: Mutex<Vec<Idle>>,
+    limits: Limits,
+    /// Milliseconds on [`clock`] until which connect failures keep it skipped.
+    cooling_until: AtomicU64,
+    pub opened: AtomicU64,
+}
+
+/// Milliseconds since the process started: a cheap clock for cool-downs.
+pub fn clock() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Upstream {
+    pub fn new(key: String, addrs: Vec<SocketAddr>, limits: Limits) -> Self {
+        Upstream {
+            key,
+            addrs,
+            idle: Mutex::new(Vec::new()),
+            limits,
+            cooling_until: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used idle connection that has not expired.
+    pub fn checkout(&self) -> Option<Conn> {
+        let mut idle = self.lock();
+        while let Some(entry) = idle.pop() {
+            if entry.since.elapsed() < self.limits.idle_timeout {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange ended cleanly, if there is room.
+    pub fn checkin(&self, mut conn: Conn) {
+        if !conn.buf.is_empty() {
+            return; // the instance sent more than it framed: do not trust the connection
+        }
+        conn.buf.shrink();
+        conn.reused = true;
+        let mut idle = self.lock();
+        if idle.len() < self.limits.max_idle {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Opens a new connection, trying each resolved address within `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> std::io::Result<Conn> {
+        let mut last = std::io::Error::other(format!("{} resolved to no address", self.key));
+        for addr in &self.addrs {
+            match async_std::future::timeout(timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.opened.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Conn {
+                        stream,
+                        buf: ReadBuf::with_capacity(CONN_BUFFER),
+                        head: ResponseHead::default(),
+                        reused: false,
+                    });
+                }
+                Ok(Err(e)) => last = e,
+                Err(_) => {
+                    last = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("connect to {addr} timed out"),
+                    )
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Skips this instance in round robin for `period` (it refused a connection).
+    pub fn cool_down(&self, period: Duration) {
+        let until = clock() + period.as_millis() as u64;
+        self.cooling_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    pub fn is_cooling(&self) -> bool {
+        self.cooling_until.load(Ordering::Relaxed) > clock()
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Closes idle connections past the idle timeout.
+    pub fn expire_idle(&self) {
+        let timeout = self.limits.idle_timeout;
+        self.lock().retain(|i| i.since.elapsed() < timeout);
+    }
+}
+
+/// Every instance the gateway knows, by key, shared by all rings.
+#[derive(Debug)]
+pub struct Upstreams {
+    map: Mutex<HashMap<String, Arc<Upstream>>>,
+    limits: Limits,
+}
+
+impl Upstreams {
+    pub fn new(limits: Limits) -> Self {
+        Upstreams {
+            map: Mutex::new(HashMap::new()),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Upstream>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The instance for `key`, created with `addrs` if new.
+    pub fn get(&self, key: &str, addrs: Vec<SocketAddr>) -> Arc<Upstream> {
+        self.lock()
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(Upstream::new(key.to_string(), addrs, self.limits)))
+            .clone()
+    }
+
+    /// Expires idle connections, and forgets instances no ring or request holds any more.
+    pub fn reap(&self) {
+        let mut map = self.lock();
+        map.retain(|_, up| Arc::strong_count(up) > 1);
+        for up in map.values() {
+            up.expire_idle();
+        }
+    }
+
+    pub fn all(&self) -> Vec<Arc<Upstream>> {
+        let mut all: Vec<_> = self.lock().values().cloned().collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
+    }
+}
+
+/// The addresses of `host`: an IP literal as it is, a name through the resolver
+/// (IPv4 first, as instances usually bind 127.0.0.1 rather than ::1).
+pub async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let mut addrs: Vec<SocketAddr> = async_std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .await?
+        .collect();
+    addrs.sort_by_key(|a| a.is_ipv6());
+    Ok(addrs)
+}

@@ -1,0 +1,19 @@
+//! The gateway's acceptance tests: real discovery, real apps, real gateway on port 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "acceptance/common.rs"]
+mod common;
+#[path = "acceptance/faults.rs"]
+mod faults;
+#[path = "acceptance/framing.rs"]
+mod framing;
+#[path = "acceptance/membership.rs"]
+mod membership;
+#[path = "acceptance/round_robin.rs"]
+mod round_robin;
+#[path = "acceptance/shutdown.rs"]
+mod shutdown;
+#[path = "acceptance/slow_clients.rs"]
+mod slow_clients;
+#[path = "acceptance/streaming.rs"]
+mod streaming;

@@ -1,0 +1,141 @@
+//! What the gateway tests share: a running system and a client loop.
+
+use shared::http1::client::{post, Connection, Response};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use testkit::system::{apps, gateway_config, wait_ring};
+
+/// Discovery, apps and a gateway whose ring holds every app.
+pub struct System {
+    pub discovery: discovery::Handle,
+    pub apps: Vec<app::Handle>,
+    pub gateway: gateway::Handle,
+}
+
+impl System {
+    pub async fn start(n: usize) -> System {
+        Self::start_with(n, |_| {}).await
+    }
+
+    pub async fn start_with(
+        n: usize,
+        tweak: impl FnOnce(&mut shared::config::GatewayConfig),
+    ) -> System {
+        let discovery = testkit::discovery().await;
+        let apps = apps(&discovery.url(), n).await;
+        let mut config = gateway_config(&discovery.url());
+        tweak(&mut config);
+        let gateway = gateway::spawn(config).await.unwrap();
+        let members: Vec<String> = apps.iter().map(|a| a.served_by().to_string()).collect();
+        wait_ring(&gateway.admin_url(), &members, Duration::from_secs(5)).await;
+        System {
+            discovery,
+            apps,
+            gateway,
+        }
+    }
+
+    pub fn admin(&self) -> String {
+        self.gateway.admin_url()
+    }
+
+    pub async fn stop(self) {
+        self.gateway.shutdown().await;
+        for a in self.apps {
+            a.shutdown().await;
+        }
+        self.discovery.shutdown().await;
+    }
+}
+
+/// A JSON body that says who sent it, so an echo can be checked exactly.
+pub fn body(client: usize, n: usize) -> Vec<u8> {
+    format!(
+        r#"{{"client": {client}, "n": {n}, "pad": "{}", "f": 1.0}}"#,
+        "x".repeat(n % 50)
+    )
+    .into_bytes()
+}
+
+/// POSTs on one keep-alive connection, reconnecting when the gateway closes it.
+pub struct Client {
+    addr: std::net::SocketAddr,
+    conn: Option<Connection>,
+    req: Vec<u8>,
+}
+
+impl Client {
+    pub fn new(addr: std::net::SocketAddr) -> Client {
+        Client {
+            addr,
+            conn: None,
+            req: Vec::new(),
+        }
+    }
+
+    pub async fn post(&mut self, path: &str, body: &[u8]) -> std::io::Result<Response> {
+        if self.conn.is_none() {
+            self.conn = Some(Connection::connect(self.addr).await?);
+        }
+        post(&mut self.req, "gateway", path, body, "");
+        let conn = self.conn.as_mut().unwrap();
+        let res = conn.exchange(&self.req).await;
+        match &res {
+            Ok(r) if r.keep_alive => {}
+            _ => self.conn = None,
+        }
+        res
+    }
+}
+
+/// What a load loop saw.
+#[derive(Default, Debug)]
+pub struct Tally {
+    pub ok: usize,
+    pub failures: Vec<String>,
+    pub served_by: HashMap<String, usize>,
+    pub slowest: Duration,
+}
+
+/// `clients` concurrent clients POST until `until` says stop; every answer must be a 200 echo.
+pub async fn load(addr: std::net::SocketAddr, clients: usize, until: Instant) -> Tally {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        tasks.push(async_std::task::spawn(async move {
+            let mut client = Client::new(addr);
+            let mut t = Tally::default();
+            let mut n = 0;
+            while Instant::now() < until {
+                n += 1;
+                let sent = body(c, n);
+                let started = Instant::now();
+                match client.post("/load", &sent).await {
+                    Ok(r) if r.status == 200 && r.body == sent => {
+                        t.ok += 1;
+                        let by = r.header("x-served-by").unwrap_or("?").to_string();
+                        *t.served_by.entry(by).or_default() += 1;
+                    }
+                    Ok(r) => t.failures.push(format!(
+                        "{} {}",
+                        r.status,
+                        String::from_utf8_lossy(&r.body)
+                    )),
+                    Err(e) => t.failures.push(format!("transport: {e}")),
+                }
+                t.slowest = t.slowest.max(started.elapsed());
+            }
+            t
+        }));
+    }
+    let mut all = Tally::default();
+    for t in tasks {
+        let t = t.await;
+        all.ok += t.ok;
+        all.failures.extend(t.failures);
+        all.slowest = all.slowest.max(t.slowest);
+        for (k, v) in t.served_by {
+            *all.served_by.entry(k).or_default() += v;
+        }
+    }
+    all
+}
