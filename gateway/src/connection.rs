@@ -5,12 +5,12 @@
 //! order; the next one waits in the read buffer.
 
 use crate::codec;
+use crate::deadline::{Deadline, Interrupted};
 use crate::failover;
 use crate::forward::Exchange;
 use crate::Context;
-use async_std::future::timeout;
 use async_std::net::{SocketAddr, TcpStream};
-use futures_lite::{AsyncWriteExt, FutureExt};
+use futures_lite::AsyncWriteExt;
 use shared::http1::{parse_request, ChunkedDecoder, Framing, ReadBuf, RequestHead};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -32,8 +32,11 @@ impl Refusal {
     }
 }
 
-/// Per-connection buffers, reused from one request to the next.
-struct Buffers {
+/// A client connection's socket, deadline and buffers, reused from one request to the next.
+struct Client<'a> {
+    ctx: &'a Context,
+    stream: TcpStream,
+    deadline: std::sync::Arc<Deadline>,
     input: ReadBuf,
     head: RequestHead,
     /// The upstream request: head, then body.
@@ -45,10 +48,13 @@ struct Buffers {
 }
 
 /// Serves a client connection until it closes, idles out, or the gateway stops.
-pub async fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(ctx: &Context, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let client_ip = peer.ip().to_canonical().to_string();
-    let mut b = Buffers {
+    let mut c = Client {
+        ctx,
+        stream,
+        deadline: ctx.watchdog.deadline(),
         input: ReadBuf::with_capacity(4096),
         head: RequestHead::default(),
         upstream: Vec::with_capacity(4096),
@@ -56,74 +62,69 @@ pub async fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) {
         scratch: Vec::with_capacity(4096),
     };
     loop {
-        match read_head(ctx, &mut stream, &mut b.input, &mut b.head).await {
+        match c.read_head().await {
             Ok(true) => {}
             Ok(false) => return,
             Err(refusal) => {
-                let id = shared::logging::new_request_id();
-                refuse(ctx, &mut stream, &mut b.scratch, &refusal, &id).await;
+                c.refuse(&refusal, &shared::logging::new_request_id()).await;
                 return;
             }
         }
         let started = Instant::now();
-        let raw = b.input.data();
-        let request_id = codec::request_id(raw, &b.head);
-        let head_request = b.head.method(raw) == b"HEAD";
-        let idempotent = codec::is_idempotent(b.head.method(raw));
-        let (minor, framing) = (b.head.minor_version, b.head.framing);
-        let wants_keep_alive = b.head.keep_alive;
-        let expect_continue = b.head.expect_continue;
+        let raw = c.input.data();
+        let request_id = codec::request_id(raw, &c.head);
+        let head_request = c.head.method(raw) == b"HEAD";
+        let idempotent = codec::is_idempotent(c.head.method(raw));
+        let (minor, framing) = (c.head.minor_version, c.head.framing);
+        let wants_keep_alive = c.head.keep_alive;
+        let expect_continue = c.head.expect_continue;
         codec::upstream_head(
-            &mut b.upstream,
+            &mut c.upstream,
             raw,
-            &b.head,
+            &c.head,
             &client_ip,
             &request_id,
             &ctx.default_host,
         );
-        b.input.consume(b.head.len);
+        c.input.consume(c.head.len);
 
-        if let Err(refusal) = read_body(ctx, &mut stream, &mut b, framing, expect_continue).await {
-            refuse(ctx, &mut stream, &mut b.scratch, &refusal, &request_id).await;
+        if let Err(refusal) = c.read_body(framing, expect_continue).await {
+            c.refuse(&refusal, &request_id).await;
             ctx.metrics
                 .request(refusal.status, started.elapsed().as_secs_f64(), 0);
             return;
         }
         let exchange = Exchange {
-            request: &b.upstream,
+            request: &c.upstream,
             request_id: &request_id,
             head_request,
             client_minor: minor,
             wants_keep_alive,
             stop: &ctx.stop,
         };
-        let reply = match ctx.router.route(codec::target_of(&b.upstream)) {
+        let reply = match ctx.router.route(codec::target_of(&c.upstream)) {
             Some(balancer) => {
+                let (stream, scratch, deadline) = (&mut c.stream, &mut c.scratch, &c.deadline);
                 failover::serve(
-                    ctx,
-                    balancer,
-                    &exchange,
-                    idempotent,
-                    &mut stream,
-                    &mut b.scratch,
+                    ctx, balancer, &exchange, idempotent, stream, scratch, deadline,
                 )
                 .await
             }
             None => {
                 let keep_alive = exchange.keep_alive();
-                let refusal = Refusal::new(404, "no_route", "no route matches this path");
+                let message = "no route matches this path";
                 codec::error_response(
-                    &mut b.scratch,
+                    &mut c.scratch,
                     404,
-                    refusal.code,
-                    &refusal.message,
+                    "no_route",
+                    message,
                     &request_id,
                     !keep_alive,
                 );
-                let open = send(ctx, &mut stream, &b.scratch).await && keep_alive;
+                let written = send(ctx, &c.deadline, &mut c.stream, &c.scratch).await;
                 failover::Reply {
                     status: 404,
-                    client_open: open,
+                    client_open: written && keep_alive,
                     attempts: 0,
                 }
             }
@@ -133,7 +134,7 @@ pub async fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) {
             .request(reply.status, elapsed.as_secs_f64(), reply.attempts);
         access_log(
             ctx,
-            &b.upstream,
+            &c.upstream,
             &request_id,
             reply.status,
             reply.attempts,
@@ -142,145 +143,179 @@ pub async fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) {
         if !reply.client_open {
             return;
         }
-        b.input.shrink();
+        c.input.shrink();
     }
 }
 
-/// Reads until a whole request head is parsed. `Ok(false)`: the connection is
-/// done (closed, idle past `idle_timeout`, or the gateway is stopping while idle).
-async fn read_head(
-    ctx: &Context,
-    stream: &mut TcpStream,
-    input: &mut ReadBuf,
-    head: &mut RequestHead,
-) -> Result<bool, Refusal> {
-    let config = &ctx.config;
-    let mut head_deadline = None;
-    loop {
-        if !input.is_empty() {
-            match parse_request(input.data(), head, config.max_header_bytes) {
-                Ok(true) => return Ok(true),
-                Ok(false) => {}
-                Err(e) => {
+impl Client<'_> {
+    /// Reads until a whole request head is parsed. `Ok(false)`: the connection is
+    /// done (closed, idle past `idle_timeout`, or the gateway is stopping while idle).
+    async fn read_head(&mut self) -> Result<bool, Refusal> {
+        let config = &self.ctx.config;
+        let mut head_deadline = None;
+        loop {
+            if !self.input.is_empty() {
+                match parse_request(self.input.data(), &mut self.head, config.max_header_bytes) {
+                    Ok(true) => return Ok(true),
+                    Ok(false) => {}
+                    Err(e) => {
+                        return Err(Refusal::new(
+                            e.status(),
+                            error_code(e.status()),
+                            e.message(),
+                        ))
+                    }
+                }
+                head_deadline.get_or_insert_with(|| Instant::now() + config.client_header_timeout);
+            }
+            let fill = self.input.fill(&mut self.stream);
+            let read = match head_deadline {
+                // Between requests: wait up to idle_timeout, or until the gateway stops.
+                None => {
+                    self.deadline
+                        .within_or_stop(config.idle_timeout, &self.ctx.stop, fill)
+                        .await
+                }
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    self.deadline.within(left, fill).await
+                }
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(Interrupted::Stopping) => return Ok(false),
+                Ok(Ok(_)) => {}
+                Err(Interrupted::Elapsed) if head_deadline.is_none() => return Ok(false),
+                Err(Interrupted::Elapsed) => {
                     return Err(Refusal::new(
-                        e.status(),
-                        error_code(e.status()),
-                        e.message(),
+                        408,
+                        "request_timeout",
+                        "the request head did not arrive within client_header_timeout",
                     ))
                 }
             }
-            head_deadline.get_or_insert_with(|| Instant::now() + config.client_header_timeout);
-        }
-        let wait = match head_deadline {
-            Some(at) => at.saturating_duration_since(Instant::now()),
-            None => config.idle_timeout,
-        };
-        let idle = input.is_empty();
-        let stopped = async {
-            if idle {
-                ctx.stop.wait().await;
-            } else {
-                futures_lite::future::pending::<()>().await;
-            }
-            Ok(Ok(0))
-        };
-        match timeout(wait, input.fill(stream)).or(stopped).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(false),
-            Ok(Ok(_)) => {}
-            Err(_) if idle => return Ok(false),
-            Err(_) => {
-                return Err(Refusal::new(
-                    408,
-                    "request_timeout",
-                    "the request head did not arrive within client_header_timeout",
-                ))
-            }
         }
     }
-}
 
-/// Buffers the body after the upstream head in `b.upstream` (a retry sends it
-/// again), enforcing `max_body_bytes` and `client_header_timeout` per read.
-async fn read_body(
-    ctx: &Context,
-    stream: &mut TcpStream,
-    b: &mut Buffers,
-    framing: Framing,
-    expect_continue: bool,
-) -> Result<(), Refusal> {
-    let max = ctx.config.max_body_bytes;
-    let too_large = || {
-        Refusal::new(
-            413,
-            "payload_too_large",
-            format!("request body is larger than {max} bytes"),
-        )
-    };
-    if let Framing::Length(n) = framing {
-        if n > max as u64 {
-            return Err(too_large());
-        }
-    }
-    if expect_continue && b.input.is_empty() {
-        stream
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .map_err(|_| Refusal::new(400, "bad_request", "client went away"))?;
-    }
-    match framing {
-        Framing::Empty | Framing::UntilClose => codec::end_upstream_head(&mut b.upstream, 0),
-        Framing::Length(n) => {
-            let n = n as usize;
-            codec::end_upstream_head(&mut b.upstream, n);
-            let mut left = n - b.input.take_into(n, &mut b.upstream);
-            while left > 0 {
-                more(ctx, stream, &mut b.input).await?;
-                left -= b.input.take_into(left, &mut b.upstream);
+    /// Buffers the body after the upstream head in `upstream` (a retry sends it
+    /// again), enforcing `max_body_bytes` and `client_header_timeout` per read.
+    async fn read_body(&mut self, framing: Framing, expect_continue: bool) -> Result<(), Refusal> {
+        let max = self.ctx.config.max_body_bytes;
+        let too_large = || {
+            Refusal::new(
+                413,
+                "payload_too_large",
+                format!("request body is larger than {max} bytes"),
+            )
+        };
+        if let Framing::Length(n) = framing {
+            if n > max as u64 {
+                return Err(too_large());
             }
         }
-        Framing::Chunked => {
-            b.chunked.clear();
-            let mut decoder = ChunkedDecoder::new();
-            loop {
-                let used = decoder
-                    .decode(b.input.data(), Some(&mut b.chunked))
-                    .map_err(|e| {
-                        Refusal::new(400, "bad_request", format!("malformed chunked body: {e}"))
-                    })?;
-                b.input.consume(used);
-                if decoder.total() > max as u64 {
-                    return Err(too_large());
+        if expect_continue && self.input.is_empty() {
+            let continue_ = b"HTTP/1.1 100 Continue\r\n\r\n";
+            if !send(self.ctx, &self.deadline, &mut self.stream, continue_).await {
+                return Err(Refusal::new(400, "bad_request", "client went away"));
+            }
+        }
+        match framing {
+            Framing::Empty | Framing::UntilClose => codec::end_upstream_head(&mut self.upstream, 0),
+            Framing::Length(n) => {
+                let n = n as usize;
+                codec::end_upstream_head(&mut self.upstream, n);
+                let mut left = n - self.input.take_into(n, &mut self.upstream);
+                while left > 0 {
+                    self.more().await?;
+                    left -= self.input.take_into(left, &mut self.upstream);
                 }
-                if decoder.is_done() {
+            }
+            Framing::Chunked => {
+                self.chunked.clear();
+                let mut decoder = ChunkedDecoder::new();
+                loop {
+                    let used = decoder
+                        .decode(self.input.data(), Some(&mut self.chunked))
+                        .map_err(|e| {
+                            Refusal::new(400, "bad_request", format!("malformed chunked body: {e}"))
+                        })?;
+                    self.input.consume(used);
+                    if decoder.total() > max as u64 {
+                        return Err(too_large());
+                    }
+                    if decoder.is_done() {
+                        break;
+                    }
+                    self.more().await?;
+                }
+                codec::end_upstream_head(&mut self.upstream, self.chunked.len());
+                self.upstream.extend_from_slice(&self.chunked);
+                if self.chunked.capacity() > 64 * 1024 {
+                    self.chunked = Vec::new();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads more of a body, within `client_header_timeout`.
+    async fn more(&mut self) -> Result<(), Refusal> {
+        let limit = self.ctx.config.client_header_timeout;
+        match self
+            .deadline
+            .within(limit, self.input.fill(&mut self.stream))
+            .await
+        {
+            Ok(Ok(n)) if n > 0 => Ok(()),
+            Ok(_) | Err(Interrupted::Stopping) => Err(Refusal::new(
+                400,
+                "bad_request",
+                "the client closed before sending the whole body",
+            )),
+            Err(Interrupted::Elapsed) => Err(Refusal::new(
+                408,
+                "request_timeout",
+                "the request body stalled for longer than client_header_timeout",
+            )),
+        }
+    }
+
+    /// Answers a refused request and closes: the rest of the stream cannot be trusted.
+    async fn refuse(&mut self, refusal: &Refusal, request_id: &str) {
+        log::info!(request_id = request_id, status = refusal.status; "refused: {}", refusal.message);
+        codec::error_response(
+            &mut self.scratch,
+            refusal.status,
+            refusal.code,
+            &refusal.message,
+            request_id,
+            true,
+        );
+        send(self.ctx, &self.deadline, &mut self.stream, &self.scratch).await;
+        // Half-close, then read and drop what the client still sends for a moment:
+        // closing with unread input would reset the connection and could destroy
+        // the answer before the client reads it.
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let (input, stream) = (&mut self.input, &mut self.stream);
+        let linger = async {
+            while let Ok(n) = input.fill(stream).await {
+                input.consume(input.len());
+                if n == 0 {
                     break;
                 }
-                more(ctx, stream, &mut b.input).await?;
             }
-            codec::end_upstream_head(&mut b.upstream, b.chunked.len());
-            b.upstream.extend_from_slice(&b.chunked);
-            if b.chunked.capacity() > 64 * 1024 {
-                b.chunked = Vec::new();
-            }
-        }
+        };
+        let _ = self.deadline.within(Duration::from_secs(1), linger).await;
     }
-    Ok(())
 }
 
-/// Reads more of a body, within `client_header_timeout`.
-async fn more(ctx: &Context, stream: &mut TcpStream, input: &mut ReadBuf) -> Result<(), Refusal> {
-    match timeout(ctx.config.client_header_timeout, input.fill(stream)).await {
-        Ok(Ok(n)) if n > 0 => Ok(()),
-        Ok(_) => Err(Refusal::new(
-            400,
-            "bad_request",
-            "the client closed before sending the whole body",
-        )),
-        Err(_) => Err(Refusal::new(
-            408,
-            "request_timeout",
-            "the request body stalled for longer than client_header_timeout",
-        )),
-    }
+/// Writes `bytes` to the client within `idle_timeout`; false if that failed.
+async fn send(ctx: &Context, deadline: &Deadline, stream: &mut TcpStream, bytes: &[u8]) -> bool {
+    matches!(
+        deadline
+            .within(ctx.config.idle_timeout, stream.write_all(bytes))
+            .await,
+        Ok(Ok(()))
+    )
 }
 
 fn error_code(status: u16) -> &'static str {
@@ -292,47 +327,6 @@ fn error_code(status: u16) -> &'static str {
         505 => "http_version_not_supported",
         _ => "bad_request",
     }
-}
-
-/// Answers a refused request and closes: the rest of the stream cannot be trusted.
-async fn refuse(
-    ctx: &Context,
-    stream: &mut TcpStream,
-    scratch: &mut Vec<u8>,
-    refusal: &Refusal,
-    request_id: &str,
-) {
-    log::info!(request_id = request_id, status = refusal.status; "refused: {}", refusal.message);
-    codec::error_response(
-        scratch,
-        refusal.status,
-        refusal.code,
-        &refusal.message,
-        request_id,
-        true,
-    );
-    send(ctx, stream, scratch).await;
-    // Half-close, then read and drop what the client still sends for a moment:
-    // closing with unread input would reset the connection and could destroy
-    // the answer before the client reads it.
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    let mut sink = ReadBuf::with_capacity(4096);
-    let linger = async {
-        while let Ok(n) = sink.fill(stream).await {
-            sink.consume(n);
-            if n == 0 {
-                break;
-            }
-        }
-    };
-    let _ = timeout(Duration::from_secs(1), linger).await;
-}
-
-async fn send(ctx: &Context, stream: &mut TcpStream, bytes: &[u8]) -> bool {
-    matches!(
-        timeout(ctx.config.idle_timeout, stream.write_all(bytes)).await,
-        Ok(Ok(()))
-    )
 }
 
 /// One line per sampled request (`access_log_sample`); failures are logged where they happen.

@@ -15,6 +15,7 @@
 //! left: 503 if there was no instance to try, 504 if every try timed out,
 //! else 502.
 
+use crate::deadline::Deadline;
 use crate::forward::{self, Deadlines, Exchange, Try};
 use crate::metrics::Failover;
 use crate::pool::{resolve, Upstream};
@@ -42,16 +43,17 @@ pub async fn serve(
     idempotent: bool,
     client: &mut TcpStream,
     scratch: &mut Vec<u8>,
+    deadline: &Deadline,
 ) -> Reply {
     let config = &ctx.config;
-    let deadline = Instant::now() + config.request_deadline;
+    let give_up_at = Instant::now() + config.request_deadline;
     let may_retry = idempotent || config.retry_non_idempotent;
     let mut tried: Vec<Arc<Upstream>> = Vec::new();
     let mut timeouts = 0u32;
     let mut last_failure = String::new();
     let mut next = balancer.pick(&tried);
     while let Some(target) = next.take() {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = give_up_at.saturating_duration_since(Instant::now());
         if tried.len() as u32 >= config.max_attempts || left.is_zero() {
             break;
         }
@@ -71,6 +73,7 @@ pub async fn serve(
             ex,
             client,
             scratch,
+            deadline,
             deadlines,
             fail_on_5xx,
             &ctx.metrics,
@@ -116,7 +119,7 @@ pub async fn serve(
             break;
         }
         next = match cause {
-            Failover::Timeout => match lookup(ctx, balancer, &tried).await {
+            Failover::Timeout => match lookup(ctx, balancer, &tried, deadline).await {
                 Some(found) => Some(found),
                 None => balancer.pick(&tried),
             },
@@ -135,7 +138,7 @@ pub async fn serve(
             "no_available_instance",
             format!("no available instance of {:?}", balancer.namespace),
         )
-    } else if timeouts == attempts || deadline <= Instant::now() {
+    } else if timeouts == attempts || give_up_at <= Instant::now() {
         (504, "upstream_timeout", last_failure)
     } else {
         (502, "bad_gateway", last_failure)
@@ -161,6 +164,7 @@ async fn lookup(
     ctx: &Context,
     balancer: &Balancer,
     tried: &[Arc<Upstream>],
+    deadline: &Deadline,
 ) -> Option<Arc<Upstream>> {
     let request = LookupRequest {
         namespace: balancer.namespace.clone(),
@@ -190,7 +194,7 @@ async fn lookup(
             .map_err(|_| "error")?;
         Ok(ctx.upstreams.get(&key, addrs))
     };
-    let outcome = match async_std::future::timeout(ctx.config.lookup_timeout, ask).await {
+    let outcome = match deadline.within(ctx.config.lookup_timeout, ask).await {
         Ok(Ok(found)) if !tried.iter().any(|t| t.key == found.key) => Ok(found),
         Ok(Ok(_)) => Err("error"),
         Ok(Err(outcome)) => Err(outcome),

@@ -6,9 +6,9 @@
 //! how the client learns the answer is incomplete.
 
 use crate::codec::{self, ClientFraming};
+use crate::deadline::Deadline;
 use crate::metrics::Metrics;
 use crate::pool::{Conn, Upstream};
-use async_std::future::timeout;
 use async_std::net::TcpStream;
 use futures_lite::AsyncWriteExt;
 use shared::http1::{parse_response, ChunkedDecoder};
@@ -76,29 +76,34 @@ enum HeadError {
 }
 
 /// Sends `ex` to `up` and relays the answer to `client`.
+#[allow(clippy::too_many_arguments)]
 pub async fn try_once(
     up: &Upstream,
     ex: &Exchange<'_>,
     client: &mut TcpStream,
     scratch: &mut Vec<u8>,
+    deadline: &Deadline,
     deadlines: Deadlines,
     fail_on_5xx: bool,
     metrics: &Metrics,
 ) -> Try {
     let mut conn = match up.checkout() {
         Some(conn) => conn,
-        None => match up.connect(deadlines.connect).await {
+        None => match up.connect(deadline, deadlines.connect).await {
             Ok(conn) => conn,
             Err(e) => return Try::ConnectFailed(e),
         },
     };
     loop {
-        match timeout(deadlines.head, send_and_read_head(&mut conn, ex)).await {
+        match deadline
+            .within(deadlines.head, send_and_read_head(&mut conn, ex))
+            .await
+        {
             Ok(Ok(())) => break,
             Err(_) | Ok(Err(HeadError::TimedOut)) => return Try::TimedOut,
             Ok(Err(HeadError::ClosedEarly(_))) if conn.reused => {
                 metrics.keepalive_retries.inc();
-                conn = match up.connect(deadlines.connect).await {
+                conn = match up.connect(deadline, deadlines.connect).await {
                     Ok(conn) => conn,
                     Err(e) => return Try::ConnectFailed(e),
                 };
@@ -113,7 +118,12 @@ pub async fn try_once(
         return Try::ServerError(status);
     }
     let keep_alive = ex.keep_alive();
-    match relay(&mut conn, ex, keep_alive, client, scratch, deadlines).await {
+    let mut io = Io {
+        client,
+        deadline,
+        limits: deadlines,
+    };
+    match relay(&mut conn, ex, keep_alive, &mut io, scratch).await {
         Ok(reusable) => {
             if reusable {
                 up.checkin(conn);
@@ -177,9 +187,8 @@ async fn relay(
     conn: &mut Conn,
     ex: &Exchange<'_>,
     keep_alive: bool,
-    client: &mut TcpStream,
+    io: &mut Io<'_>,
     scratch: &mut Vec<u8>,
-    deadlines: Deadlines,
 ) -> std::io::Result<bool> {
     let framing = codec::client_response_head(
         scratch,
@@ -194,7 +203,7 @@ async fn relay(
     let upstream_keep_alive = conn.head.keep_alive;
     match framing {
         ClientFraming::Empty => {
-            send(client, scratch, deadlines.client).await?;
+            io.send(scratch).await?;
             Ok(upstream_keep_alive)
         }
         ClientFraming::Length(n) => {
@@ -204,73 +213,90 @@ async fn relay(
             scratch.extend_from_slice(&conn.buf.data()[..have]);
             conn.buf.consume(have);
             left -= have as u64;
-            send(client, scratch, deadlines.client).await?;
+            io.send(scratch).await?;
             while left > 0 {
-                fill(conn, deadlines.body).await?;
+                io.fill(conn).await?;
                 let take = conn
                     .buf
                     .len()
                     .min(usize::try_from(left).unwrap_or(usize::MAX));
-                send(client, &conn.buf.data()[..take], deadlines.client).await?;
+                io.send(&conn.buf.data()[..take]).await?;
                 conn.buf.consume(take);
                 left -= take as u64;
             }
             Ok(upstream_keep_alive)
         }
         ClientFraming::Chunked => {
-            send(client, scratch, deadlines.client).await?;
+            io.send(scratch).await?;
             let mut decoder = ChunkedDecoder::new();
             loop {
                 let used = decoder
                     .decode(conn.buf.data(), None)
                     .map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
-                send(client, &conn.buf.data()[..used], deadlines.client).await?;
+                io.send(&conn.buf.data()[..used]).await?;
                 conn.buf.consume(used);
                 if decoder.is_done() {
                     return Ok(upstream_keep_alive);
                 }
-                fill(conn, deadlines.body).await?;
+                io.fill(conn).await?;
             }
         }
         ClientFraming::Encode | ClientFraming::UntilClose => {
-            send(client, scratch, deadlines.client).await?;
+            io.send(scratch).await?;
             loop {
                 if !conn.buf.is_empty() {
                     if framing == ClientFraming::Encode {
                         let size = format!("{:x}\r\n", conn.buf.len());
-                        send(client, size.as_bytes(), deadlines.client).await?;
+                        io.send(size.as_bytes()).await?;
                     }
-                    send(client, conn.buf.data(), deadlines.client).await?;
+                    io.send(conn.buf.data()).await?;
                     if framing == ClientFraming::Encode {
-                        send(client, b"\r\n", deadlines.client).await?;
+                        io.send(b"\r\n").await?;
                     }
                     conn.buf.consume(conn.buf.len());
                 }
-                let n =
-                    async_std::io::timeout(deadlines.body, conn.buf.fill(&mut conn.stream)).await?;
+                let n = io
+                    .deadline
+                    .within(io.limits.body, conn.buf.fill(&mut conn.stream))
+                    .await??;
                 if n == 0 {
                     break;
                 }
             }
             if framing == ClientFraming::Encode {
-                send(client, b"0\r\n\r\n", deadlines.client).await?;
+                io.send(b"0\r\n\r\n").await?;
             }
             Ok(false)
         }
     }
 }
 
-async fn send(client: &mut TcpStream, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
-    async_std::io::timeout(limit, client.write_all(bytes)).await
+/// The client side of a try, and the deadlines its waits keep.
+struct Io<'a> {
+    client: &'a mut TcpStream,
+    deadline: &'a Deadline,
+    limits: Deadlines,
 }
 
-/// Reads more of the body; the instance closing first is an error.
-async fn fill(conn: &mut Conn, limit: Duration) -> std::io::Result<()> {
-    match async_std::io::timeout(limit, conn.buf.fill(&mut conn.stream)).await? {
-        0 => Err(Error::new(
-            ErrorKind::UnexpectedEof,
-            "instance closed in the middle of the body",
-        )),
-        _ => Ok(()),
+impl Io<'_> {
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.deadline
+            .within(self.limits.client, self.client.write_all(bytes))
+            .await?
+    }
+
+    /// Reads more of the body; the instance closing first is an error.
+    async fn fill(&mut self, conn: &mut Conn) -> std::io::Result<()> {
+        match self
+            .deadline
+            .within(self.limits.body, conn.buf.fill(&mut conn.stream))
+            .await??
+        {
+            0 => Err(Error::new(
+                ErrorKind::UnexpectedEof,
+                "instance closed in the middle of the body",
+            )),
+            _ => Ok(()),
+        }
     }
 }

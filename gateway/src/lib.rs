@@ -5,12 +5,13 @@
 //! connection; [`connection`] reads the request with the [`codec`] and routes
 //! it to a namespace's [`ring`]; [`failover`] picks instances and decides on
 //! retries; [`forward`] makes each try over a [`pool`]ed connection and
-//! streams the answer back. Off the request path, [`watch`] keeps the rings in
+//! streams the answer back, every wait bounded by a [`deadline`]. Off the request path, [`watch`] keeps the rings in
 //! step with discovery, and [`admin`] serves metrics and status.
 
 pub mod admin;
 pub mod codec;
 pub mod connection;
+pub mod deadline;
 pub mod failover;
 pub mod forward;
 pub mod listener;
@@ -47,6 +48,8 @@ pub struct Context {
     pub default_host: String,
     /// Requests seen, for access log sampling.
     pub requests: AtomicU64,
+    /// Enforces the deadlines of every wait on the request path.
+    pub watchdog: deadline::Watchdog,
 }
 
 /// A running gateway.
@@ -98,6 +101,17 @@ impl Handle {
     }
 }
 
+/// Sizes the executor: `threads` workers, or one per core for 0. It only takes
+/// effect before the first task is spawned, so `main` calls it first thing.
+pub fn init_runtime(threads: usize) {
+    let mut config = async_global_executor::GlobalExecutorConfig::default()
+        .with_env_var("ASYNC_STD_THREAD_COUNT");
+    if threads > 0 {
+        config = config.with_min_threads(threads).with_max_threads(threads);
+    }
+    async_global_executor::init_with_config(config);
+}
+
 /// Starts the gateway on `config.listen` and its admin port on `config.admin_listen`.
 pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     config
@@ -127,6 +141,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         kill: Trigger::new(),
         default_host: addr.to_string(),
         requests: AtomicU64::new(0),
+        watchdog: deadline::Watchdog::default(),
         config,
     });
     let mut background = Vec::new();
@@ -140,6 +155,10 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         background.push(task::spawn(watch::hold(ctx.clone(), balancer.clone(), rx)));
     }
     background.push(task::spawn(reap(ctx.clone())));
+    let sweeper = ctx.clone();
+    background.push(task::spawn(async move {
+        sweeper.watchdog.run(&sweeper.stop, &sweeper.kill).await
+    }));
     let admin = shared::serve::serve(admin::routes(ctx.clone()), &ctx.config.admin_listen).await?;
     let connections = Tracker::default();
     let accept = listener::spawn(ctx.clone(), listener, connections.clone());

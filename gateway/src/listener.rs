@@ -2,7 +2,7 @@
 //!
 //! Shutdown: the accept loop stops at once; each connection ends after the
 //! request it is serving (idle ones at once); whatever is still running after
-//! `drain_timeout` is cut.
+//! `drain_timeout` is cut by the [`crate::deadline::Watchdog`].
 
 use crate::connection;
 use crate::Context;
@@ -30,10 +30,9 @@ pub fn spawn(ctx: Arc<Context>, listener: TcpListener, connections: Tracker) -> 
                     let ctx = ctx.clone();
                     task::spawn(async move {
                         ctx.metrics.client_connections.inc();
-                        let kill = async {
-                            ctx.kill.wait().await;
-                        };
-                        connection::serve(&ctx, stream, peer).or(kill).await;
+                        // Ends within a tick of the drain time running out: every wait it
+                        // makes is bounded by its deadline, which the watchdog then kills.
+                        connection::serve(&ctx, stream, peer).await;
                         ctx.metrics.client_connections.dec();
                         drop(tracked);
                     });

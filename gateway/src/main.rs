@@ -20,6 +20,9 @@ struct Flags {
     /// Discovery's base URL, e.g. http://127.0.0.1:8500 (beats the file).
     #[arg(long)]
     discovery_url: Option<String>,
+    /// Executor threads (0: one per core).
+    #[arg(long)]
+    worker_threads: Option<usize>,
     /// Log one request in N (0: failures only, 1: every request).
     #[arg(long)]
     access_log_sample: Option<u64>,
@@ -48,5 +51,9 @@ fn main() -> ExitCode {
     if let Some(v) = flags.access_log_sample {
         config.access_log_sample = v;
     }
+    if let Some(v) = flags.worker_threads {
+        config.worker_threads = v;
+    }
+    gateway::init_runtime(config.worker_threads);
     shared::shutdown::run_until_signal(gateway::spawn(config), |h| h.shutdown())
 }

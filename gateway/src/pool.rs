@@ -6,6 +6,7 @@
 //! used one is reused first, as it is the least likely to have been closed by
 //! the instance.
 
+use crate::deadline::Deadline;
 use async_std::net::{SocketAddr, TcpStream};
 use shared::http1::{ReadBuf, ResponseHead};
 use std::collections::HashMap;
@@ -102,10 +103,10 @@ impl Upstream {
     }
 
     /// Opens a new connection, trying each resolved address within `timeout`.
-    pub async fn connect(&self, timeout: Duration) -> std::io::Result<Conn> {
+    pub async fn connect(&self, deadline: &Deadline, timeout: Duration) -> std::io::Result<Conn> {
         let mut last = std::io::Error::other(format!("{} resolved to no address", self.key));
         for addr in &self.addrs {
-            match async_std::future::timeout(timeout, TcpStream::connect(addr)).await {
+            match deadline.within(timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     self.opened.fetch_add(1, Ordering::Relaxed);

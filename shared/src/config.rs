@@ -251,6 +251,8 @@ pub struct GatewayConfig {
     /// How long shutdown waits for in-flight requests.
     #[serde(with = "duration")]
     pub drain_timeout: Duration,
+    /// Executor threads (0: one per core). ASYNC_STD_THREAD_COUNT beats it.
+    pub worker_threads: usize,
 }
 
 impl Default for GatewayConfig {
@@ -280,6 +282,7 @@ impl Default for GatewayConfig {
             pool_idle_timeout: Duration::from_secs(20),
             access_log_sample: 0,
             drain_timeout: Duration::from_secs(10),
+            worker_threads: 0,
         }
     }
 }

@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# The gateway beside nginx and HAProxy, same upstreams, same load generator, same run.
+#
+#   bash bench/run.sh            (what `just bench` runs; writes bench/results.md)
+#
+# Settings (environment): BENCH_SECONDS per run (10), BENCH_ROUNDS interleaved rounds (5),
+# BENCH_CONNECTIONS wrk connections (64), BENCH_LAYOUTS "pinned shared",
+# BENCH_PARTS "cheap apps slow memory" (which sections to run; "hold" keeps the system up
+# afterwards, for profiling).
+#
+# Layouts on this 2-core machine, each proxy given as many workers as it has cores:
+#   pinned: every proxy gets core 0 to itself and one worker (nginx worker_processes 1,
+#           HAProxy nbthread 1, gateway worker_threads 1); wrk, the upstreams, the apps
+#           and discovery share core 1. This measures what a proxy does with one core.
+#   shared: nothing is pinned; every proxy runs one worker per core, and proxies, wrk
+#           and upstreams compete for both cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TMP=$ROOT/bench/tmp
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+ROUNDS=${BENCH_ROUNDS:-5}
+CONNS=${BENCH_CONNECTIONS:-64}
+LAYOUTS=${BENCH_LAYOUTS:-"pinned shared"}
+PARTS=${BENCH_PARTS:-"cheap apps slow memory"}
+OUT=$ROOT/bench/results.md
+LUA=$ROOT/bench/wrk/post256.lua
+
+# Ports, all on 127.0.0.1.
+UP1=19081 UP2=19082 UP3=19083 APP1=19091 APP2=19092 APP3=19093
+DISCOVERY=19500 GATEWAY=19000 ADMIN=19001 NGINX=19100 HAPROXY=19200
+CORES=$(nproc)
+WORKERS=$CORES
+
+need() {
+  local missing=()
+  for tool in nginx haproxy wrk taskset curl; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  if ((${#missing[@]})); then
+    echo "installing ${missing[*]} from Debian's packages"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy wrk util-linux curl >/dev/null
+  fi
+}
+
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pidfile in "$TMP"/upstream.pid "$TMP"/proxy-nginx.pid "$TMP"/proxy-haproxy.pid; do
+    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+render() {
+  sed -e "s|@TMP@|$TMP|g" -e "s|@UP1@|$UP1|g" -e "s|@UP2@|$UP2|g" -e "s|@UP3@|$UP3|g" \
+      -e "s|@APP1@|$APP1|g" -e "s|@APP2@|$APP2|g" -e "s|@APP3@|$APP3|g" \
+      -e "s|@NGINX@|$NGINX|g" -e "s|@HAPROXY@|$HAPROXY|g" -e "s|@WORKERS@|$WORKERS|g" "$1" > "$2"
+}
+
+wait_for() { # what, command...
+  local what=$1; shift
+  for _ in $(seq 1 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "timed out waiting for $what" >&2; exit 1
+}
+
+ring_size() { # namespace -> members in the gateway's ring
+  curl -s "http://127.0.0.1:$ADMIN/status" | python3 -c "import json,sys; d=json.load(sys.stdin); print([len(n['members']) for n in d['namespaces'] if n['namespace']=='$1'][0])" 2>/dev/null || echo 0
+}
+
+start_gateway() {
+  target/release/gateway --config bench/conf/gateway.json --listen 127.0.0.1:$GATEWAY \
+    --admin-listen 127.0.0.1:$ADMIN --discovery-url http://127.0.0.1:$DISCOVERY --log-level warn \
+    --worker-threads "$WORKERS" > "$TMP/gateway.log" 2>&1 &
+  GATEWAY_PID=$!
+  PIDS+=("$GATEWAY_PID")
+  wait_for "the gateway's rings" bash -c "[ \"\$(curl -s http://127.0.0.1:$ADMIN/status | grep -o '\"upstream\"' | wc -l)\" = 6 ]"
+}
+
+# Starts the three proxies with $WORKERS workers each.
+start_proxies() {
+  render bench/conf/proxy-nginx.conf "$TMP/proxy-nginx.conf"
+  render bench/conf/proxy-haproxy.cfg "$TMP/proxy-haproxy.cfg"
+  start_gateway
+  nginx -c "$TMP/proxy-nginx.conf"
+  haproxy -D -f "$TMP/proxy-haproxy.cfg" 2>"$TMP/haproxy.log"
+  wait_for nginx curl -sf "http://127.0.0.1:$NGINX/cheap"
+  wait_for haproxy curl -sf "http://127.0.0.1:$HAPROXY/cheap"
+}
+
+stop_proxies() {
+  kill "$GATEWAY_PID" "$(cat "$TMP/proxy-nginx.pid")" "$(cat "$TMP/proxy-haproxy.pid")" 2>/dev/null || true
+  wait "$GATEWAY_PID" 2>/dev/null || true
+  for port in $GATEWAY $NGINX $HAPROXY; do wait_for "port $port to close" port_free "$port"; done
+}
+
+# Restarts the proxies for a layout: pinned (one worker each, alone on core 0,
+# everything else on core 1) or shared (one worker per core, nothing pinned).
+layout() {
+  local proxy_cpus=0 other_cpus=1
+  WORKERS=1
+  if [ "$1" = shared ]; then proxy_cpus=0-$((CORES - 1)); other_cpus=$proxy_cpus; WORKERS=$CORES; fi
+  [ -n "${GATEWAY_PID:-}" ] && stop_proxies
+  start_proxies
+  for pid in $GATEWAY_PID $(cat "$TMP/proxy-haproxy.pid") $(pgrep -P "$(cat "$TMP/proxy-nginx.pid")"); do
+    taskset -apc "$proxy_cpus" "$pid" >/dev/null
+  done
+  for pid in "${OTHER_PIDS[@]}" $(pgrep -P "$(cat "$TMP/upstream.pid")"); do
+    taskset -apc "$other_cpus" "$pid" >/dev/null
+  done
+  WRK_CPUS=$other_cpus
+}
+
+# One wrk run: prints "rps p50_ms p99_ms errors".
+measure() { # url seconds connections
+  local out
+  # wrk's own 2 s default timeout would count a slow-but-successful failover as an error.
+  out=$(taskset -c "$WRK_CPUS" wrk -t1 -c"$3" -d"$2"s --timeout 10s --latency -s "$LUA" "$1" 2>&1)
+  echo "$out" >> "$TMP/wrk.log"
+  echo "$out" | awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    /^ +50%/ { p50 = ms($2) } /^ +99%/ { p99 = ms($2) }
+    /Requests\/sec/ { rps = $2 }
+    /Non-2xx/ { err += $NF } /Socket errors/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
+    END { printf "%.0f %.2f %.2f %d\n", rps, p50, p99, err }'
+}
+
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# Runs every target ROUNDS times, interleaved; appends a table to the results.
+compare() { # title path rounds seconds
+  local title=$1 path=$2 rounds=$3 seconds=$4
+  declare -A url=([gateway]="http://127.0.0.1:$GATEWAY$path" [nginx]="http://127.0.0.1:$NGINX$path" [haproxy]="http://127.0.0.1:$HAPROXY$path")
+  local targets=(gateway nginx haproxy)
+  if [ "$path" = /cheap ]; then url[direct]="http://127.0.0.1:$UP1/"; targets+=(direct); fi
+  rm -f "$TMP"/run-*.txt
+  for t in "${targets[@]}"; do measure "${url[$t]}" 2 "$CONNS" >/dev/null; done # warm pools
+  for r in $(seq 1 "$rounds"); do
+    for t in "${targets[@]}"; do
+      measure "${url[$t]}" "$seconds" "$CONNS" >> "$TMP/run-$t.txt"
+      echo "  $title round $r $t: $(tail -1 "$TMP/run-$t.txt")" >&2
+    done
+  done
+  local best=0
+  for t in nginx haproxy; do
+    local r; r=$(cut -d' ' -f1 "$TMP/run-$t.txt" | median); best=$(awk -v a="$best" -v b="$r" 'BEGIN { print (b > a) ? b : a }')
+  done
+  local nginx_p99; nginx_p99=$(cut -d' ' -f3 "$TMP/run-nginx.txt" | median)
+  {
+    echo
+    echo "### $title"
+    echo
+    echo "| target | req/s (median of $rounds) | vs better of nginx/HAProxy | p50 ms | p99 ms | p99 vs nginx | errors |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for t in "${targets[@]}"; do
+      local f=$TMP/run-$t.txt rps p50 p99 err
+      rps=$(cut -d' ' -f1 "$f" | median); p50=$(cut -d' ' -f2 "$f" | median); p99=$(cut -d' ' -f3 "$f" | median)
+      err=$(awk '{ s += $4 } END { print s }' "$f")
+      printf "| %s | %.0f | %.2fx | %.2f | %.2f | %.2fx | %d |\n" "$t" "$rps" \
+        "$(awk -v a="$rps" -v b="$best" 'BEGIN { print a / b }')" "$p50" "$p99" \
+        "$(awk -v a="$p99" -v b="$nginx_p99" 'BEGIN { print a / b }')" "$err"
+    done
+    echo
+    echo "Every round, per target (req/s): $(for t in "${targets[@]}"; do printf '%s %s; ' "$t" "$(cut -d' ' -f1 "$TMP/run-$t.txt" | tr '\n' ' ')"; done)"
+  } >> "$OUT"
+}
+
+peak_rss() { # the gateway's peak RSS with 1,000 keep-alive clients
+  kill "$GATEWAY_PID"; wait "$GATEWAY_PID" 2>/dev/null || true
+  start_gateway
+  taskset -apc 0-$((CORES - 1)) "$GATEWAY_PID" >/dev/null
+  local out; out=$(wrk -t1 -c1000 -d"$SECONDS_PER_RUN"s -s "$LUA" "http://127.0.0.1:$GATEWAY/cheap" 2>&1)
+  local rss; rss=$(awk '/VmHWM/ { print $2 }' "/proc/$GATEWAY_PID/status")
+  local rps; rps=$(echo "$out" | awk '/Requests\/sec/ { print $2 }')
+  {
+    echo
+    echo "### Memory"
+    echo
+    echo "Peak RSS (VmHWM) of a fresh gateway after ${SECONDS_PER_RUN} s of 1,000 concurrent keep-alive clients: **$((rss / 1024)) MiB** (target: under 64 MiB); $rps req/s meanwhile."
+  } >> "$OUT"
+}
+
+slow_app() { # one of the three real apps slow: the gateway fails over, the others time out
+  curl -s -X PUT "http://127.0.0.1:$APP2/chaos" -d '{"delay_ms": 3000}' >/dev/null
+  {
+    echo
+    echo "### One of the three real apps slow (3 s delay, proxy timeout 2 s)"
+    echo
+    echo "The slow app is made slow just before each target's run and healed after it, so each target meets the fault fresh."
+    echo "The gateway retries timed-out POSTs on another instance (retry_non_idempotent, the default) and"
+    echo "drops the app from its ring once discovery marks it unavailable; nginx and HAProxy, with static"
+    echo "upstream lists and no retry of POSTs, answer those requests with 504."
+    echo
+    echo "| target | req/s | p50 ms | p99 ms | errors |"
+    echo "| --- | ---: | ---: | ---: | ---: |"
+  } >> "$OUT"
+  for t in gateway nginx haproxy; do
+    local port; case $t in gateway) port=$GATEWAY;; nginx) port=$NGINX;; haproxy) port=$HAPROXY;; esac
+    curl -s -X PUT "http://127.0.0.1:$APP2/chaos" -d '{"delay_ms": 3000}' >/dev/null
+    wait_for "the gateway's ring to hold the slow app again" bash -c "[ \"\$(curl -s http://127.0.0.1:$ADMIN/status | grep -o '\"upstream\"' | wc -l)\" = 6 ] || [ $t != gateway ]"
+    read -r rps p50 p99 err <<<"$(measure "http://127.0.0.1:$port/" "$SECONDS_PER_RUN" 16)"
+    echo "| $t | $rps | $p50 | $p99 | $err |" >> "$OUT"
+    echo "  slow app, $t: $rps $p50 $p99 $err" >&2
+    curl -s -X PUT "http://127.0.0.1:$APP2/chaos" -d '{"delay_ms": 0}' >/dev/null
+    wait_for "the healed app back in the ring" bash -c "[ \"\$(curl -s http://127.0.0.1:$ADMIN/status | grep -o '\"upstream\"' | wc -l)\" = 6 ]"
+  done
+}
+
+main() {
+  need
+  for port in $UP1 $UP2 $UP3 $APP1 $APP2 $APP3 $DISCOVERY $GATEWAY $ADMIN $NGINX $HAPROXY; do
+    port_free "$port" || { echo "port $port is taken: stop whatever uses it first" >&2; exit 1; }
+  done
+  echo "building (release)"
+  cargo build --release -q -p gateway -p discovery -p app
+  rm -rf "$TMP" && mkdir -p "$TMP"
+  render bench/conf/upstream-nginx.conf "$TMP/upstream.conf"
+
+  nginx -c "$TMP/upstream.conf"
+  echo '{"health_check_time_interval": "1s", "timeout_threshold": "500ms"}' > "$TMP/discovery.json"
+  target/release/discovery --config "$TMP/discovery.json" --listen 127.0.0.1:$DISCOVERY --log-level warn > "$TMP/discovery.log" 2>&1 &
+  PIDS+=($!); OTHER_PIDS=($!)
+  wait_for discovery curl -sf "http://127.0.0.1:$DISCOVERY/health_check"
+  for port in $APP1 $APP2 $APP3; do
+    target/release/app --port "$port" --discovery-url "http://127.0.0.1:$DISCOVERY" --chaos --log-level warn > "$TMP/app-$port.log" 2>&1 &
+    PIDS+=($!); OTHER_PIDS+=($!)
+  done
+  for port in $UP1 $UP2 $UP3; do
+    curl -sf "http://127.0.0.1:$DISCOVERY/api/register" -d "{\"namespace\": \"cheap\", \"port\": $port}" >/dev/null
+  done
+
+  {
+    echo "# Benchmark results"
+    echo
+    echo "Written by \`bash bench/run.sh\` (\`just bench\`) on $(date -u +%Y-%m-%d), $(nproc) cores, $(uname -r)."
+    echo "nginx $(nginx -v 2>&1 | sed 's|.*/||'), HAProxy $(haproxy -v | head -1 | awk '{print $3}'), wrk with one thread and"
+    echo "$CONNS keep-alive connections POSTing a 256-byte JSON body ($LUA); $SECONDS_PER_RUN s per run."
+    echo "Each proxy runs as many workers as it has cores: one when pinned to core 0 (wrk, upstreams"
+    echo "and discovery on core 1), $CORES when sharing both cores (nginx worker_processes, HAProxy"
+    echo "nbthread, gateway worker_threads). Medians over interleaved rounds; *direct* is wrk against one"
+    echo "upstream, no proxy."
+  } > "$OUT"
+  part() { [[ " $PARTS " == *" $1 "* ]]; }
+  if part cheap; then
+    for l in $LAYOUTS; do
+      layout "$l"
+      echo "layout $l" >&2
+      compare "Cheap fixed-response upstream, $l layout" /cheap "$ROUNDS" "$SECONDS_PER_RUN"
+    done
+  fi
+  layout "${BENCH_HOLD_LAYOUT:-shared}"
+  if part apps; then compare "The three real apps (Service A), shared layout" / 3 "$SECONDS_PER_RUN"; fi
+  if part slow; then slow_app; fi
+  if part memory; then peak_rss; fi
+  if part hold; then
+    echo "system up (gateway :$GATEWAY, nginx :$NGINX, HAProxy :$HAPROXY); Ctrl-C stops it" >&2
+    sleep infinity
+  fi
+  echo "results in $OUT"
+}
+
+main "$@"
