@@ -1,6 +1,9 @@
-//! The gateway's acceptance tests: real discovery, real apps, real gateway on port 0.
+//! The gateway's acceptance tests (issues 4 and 5): real discovery, real apps,
+//! real gateway on port 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "acceptance/broken.rs"]
+mod broken;
 #[path = "acceptance/common.rs"]
 mod common;
 #[path = "acceptance/faults.rs"]
@@ -15,5 +18,9 @@ mod round_robin;
 mod shutdown;
 #[path = "acceptance/slow_clients.rs"]
 mod slow_clients;
+#[path = "acceptance/stability.rs"]
+mod stability;
 #[path = "acceptance/streaming.rs"]
 mod streaming;
+#[path = "acceptance/timeouts.rs"]
+mod timeouts;

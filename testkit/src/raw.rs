@@ -21,6 +21,8 @@ pub enum Script {
     Big(usize),
     /// Read the request, then close without a byte of answer.
     Close,
+    /// Read the request and never answer (the connection stays open).
+    Hang,
     /// Answer this status with a small JSON body.
     Status(u16),
 }
@@ -182,6 +184,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             }
             Script::Big(n) => big(&mut stream, n).await,
             Script::Close => return,
+            Script::Hang => futures_lite::future::pending().await,
             Script::Status(code) => {
                 let body = format!("{{\"status\":{code}}}");
                 let out = format!(

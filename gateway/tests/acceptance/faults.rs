@@ -51,6 +51,16 @@ async fn killing_an_app_under_load_fails_no_request() {
     for (_, addr) in &apps {
         assert!(tally.served_by.get(addr).copied().unwrap_or(0) > 0);
     }
+    // Refused connections moved on through the ring, without asking discovery.
+    let admin = g.admin_url();
+    for outcome in ["ok", "none_available", "error", "timeout"] {
+        let sample = format!("gateway_discovery_lookups_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(
+            testkit::system::metric(&admin, &sample).await,
+            0.0,
+            "{sample}"
+        );
+    }
     // Discovery drops it from the ring once its health check fails.
     testkit::system::wait_ring(
         &g.admin_url(),

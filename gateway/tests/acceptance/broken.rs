@@ -1,0 +1,83 @@
+//! Issue 5, acceptance 5: an instance that accepts and closes without
+//! answering is failed over for idempotent requests, and for POSTs only
+//! under retry_non_idempotent; the client never hangs.
+
+use shared::http1::client::Connection;
+use std::time::{Duration, Instant};
+use testkit::raw::{RawInstance, Script};
+use testkit::system::{gateway_config, metric, wait_ring};
+
+async fn system(
+    retry_non_idempotent: bool,
+) -> (discovery::Handle, Vec<RawInstance>, gateway::Handle) {
+    let d = testkit::discovery().await;
+    let raws = vec![
+        RawInstance::start(Script::Close).await,
+        RawInstance::start(Script::Echo).await,
+        RawInstance::start(Script::Echo).await,
+    ];
+    for r in &raws {
+        testkit::client::register(&d.url(), "service A", r.port()).await;
+    }
+    let mut config = gateway_config(&d.url());
+    config.retry_non_idempotent = retry_non_idempotent;
+    let g = gateway::spawn(config).await.unwrap();
+    let members: Vec<String> = raws
+        .iter()
+        .map(|r| format!("127.0.0.1:{}", r.port()))
+        .collect();
+    wait_ring(&g.admin_url(), &members, Duration::from_secs(5)).await;
+    (d, raws, g)
+}
+
+async fn send(conn: &mut Connection, method: &str, body: &str) -> (u16, Vec<u8>, Duration) {
+    let req = format!(
+        "{method} /x HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let started = Instant::now();
+    let res = conn.exchange(req.as_bytes()).await.unwrap();
+    (res.status, res.body, started.elapsed())
+}
+
+#[async_std::test]
+async fn broken_connections_fail_over_by_method_and_policy() {
+    for retry_posts in [false, true] {
+        let (d, raws, g) = system(retry_posts).await;
+        let mut conn = Connection::connect(g.addr()).await.unwrap();
+        for i in 0..6 {
+            let body = format!("{{\"i\": {i}}}");
+            let (status, echoed, took) = send(&mut conn, "PUT", &body).await;
+            assert_eq!(
+                (status, echoed.as_slice()),
+                (200, body.as_bytes()),
+                "PUT is idempotent: always failed over"
+            );
+            assert!(took < Duration::from_secs(1), "took {took:?}");
+        }
+        // Six in a row: round robin puts two of them on the broken instance.
+        let mut post_502 = 0;
+        for i in 0..6 {
+            let body = format!("{{\"i\": {i}}}");
+            let (status, echoed, took) = send(&mut conn, "POST", &body).await;
+            assert!(took < Duration::from_secs(1), "took {took:?}");
+            match status {
+                200 => assert_eq!(echoed, body.as_bytes()),
+                502 if !retry_posts => post_502 += 1,
+                other => panic!("POST answered {other} with retry_non_idempotent={retry_posts}"),
+            }
+        }
+        assert_eq!(
+            post_502,
+            if retry_posts { 0 } else { 2 },
+            "POSTs that met the broken instance"
+        );
+        assert!(
+            !raws[0].received().is_empty(),
+            "the broken instance was tried"
+        );
+        assert!(metric(&g.admin_url(), "gateway_failovers_total{cause=\"broken\"}").await >= 1.0);
+        g.shutdown().await;
+        d.shutdown().await;
+    }
+}
