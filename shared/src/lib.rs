@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod config;
 pub mod http1;
 pub mod logging;
+pub mod runstate;
 pub mod serve;
 pub mod shutdown;
 pub mod sse;

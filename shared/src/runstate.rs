@@ -1,0 +1,48 @@
+//! The state file `just up` writes (`target/up/state.json`): the URLs of the
+//! running system and, for each process it started, its pid, command line and
+//! log file. `loadtest --chaos discovery` uses it to stop and restart
+//! discovery; `up` reads it back at exit to stop every process it lists,
+//! including one the load test restarted.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where `just up` keeps its state, relative to the workspace root.
+pub const DEFAULT_PATH: &str = "target/up/state.json";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RunState {
+    pub discovery_url: String,
+    pub gateway_url: String,
+    pub admin_url: String,
+    /// Working directory the command lines are relative to.
+    pub cwd: PathBuf,
+    /// By name: `discovery`, `gateway`, `app-8080`, ...
+    pub processes: BTreeMap<String, Process>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Process {
+    pub pid: u32,
+    /// Program and arguments, as started.
+    pub argv: Vec<String>,
+    /// Where its stdout and stderr go (appended).
+    pub log: PathBuf,
+}
+
+impl RunState {
+    pub fn load(path: &Path) -> Result<RunState, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {} (is `just up` running?): {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Writes the file whole, through a rename, so a reader never sees half of it.
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+}
