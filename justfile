@@ -1,0 +1,37 @@
+# The everyday loop. `just` alone lists the recipes.
+
+default:
+    @just --list
+
+# Build in release and run everything: discovery :8500, apps :8080-8082, gateway :8000 (admin :8001). Ctrl-C stops it all.
+up:
+    cargo build --release -p discovery -p app -p gateway -p up
+    target/release/up
+
+# POST load through the running system's gateway; arguments pass on, e.g. `just loadtest --duration 5s --chaos kill`.
+loadtest *ARGS:
+    cargo build --release -p loadtest -p app
+    target/release/loadtest {{ARGS}}
+
+# The test suite, as CI runs it.
+test:
+    cargo test --workspace
+
+# Gateway vs nginx and HAProxy, discovery at 1,000 instances, load generator vs wrk: results under bench/.
+bench:
+    bash bench/run.sh
+    cargo bench -p discovery --bench registry
+    bash bench/loadgen.sh
+
+# Format everything.
+fmt:
+    cargo fmt --all
+
+# What CI checks before the tests: formatting and clippy.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Everything CI runs.
+ci:
+    bash .ci/run
