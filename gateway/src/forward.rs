@@ -11,12 +11,16 @@ use crate::metrics::Metrics;
 use crate::pool::{Conn, Upstream};
 use async_std::net::TcpStream;
 use futures_lite::AsyncWriteExt;
-use shared::http1::{parse_response, ChunkedDecoder};
+use shared::http1::{parse_response, ChunkedDecoder, Framing};
 use std::io::{Error, ErrorKind};
 use std::time::Duration;
 
 /// Largest response head accepted from an instance.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Answers with a Content-Length up to this are read whole before any byte
+/// goes to the client, so an instance dying mid-answer is still a try that
+/// can be retried rather than a truncated answer.
+const WHOLE_ANSWER: u64 = 64 * 1024;
 
 /// The request as it goes to any instance, and what the client asked for.
 #[derive(Debug)]
@@ -59,9 +63,9 @@ pub enum Try {
     Answered { status: u16, client_open: bool },
     /// No connection could be opened: the request was not sent.
     ConnectFailed(Error),
-    /// Sent, but no response head within the deadline.
+    /// Sent, but no response head (or no whole small answer) within the deadline.
     TimedOut,
-    /// The connection failed before a complete response head.
+    /// The connection failed before a complete response head (or small answer).
     Broken(String),
     /// A 5xx the caller asked to fail over on; nothing went to the client.
     ServerError(u16),
@@ -159,7 +163,7 @@ async fn send_and_read_head(conn: &mut Conn, ex: &Exchange<'_>) -> Result<(), He
                 return Err(HeadError::Broken("switched protocols unasked".into()))
             }
             Ok(true) if conn.head.status < 200 => conn.buf.consume(conn.head.len),
-            Ok(true) => return Ok(()),
+            Ok(true) => return read_small_body(conn).await,
             Ok(false) => {}
             Err(e) => return Err(HeadError::Broken(format!("invalid response head: {e}"))),
         }
@@ -179,6 +183,29 @@ async fn send_and_read_head(conn: &mut Conn, ex: &Exchange<'_>) -> Result<(), He
             Err(e) => return Err(HeadError::Broken(e.to_string())),
         }
     }
+}
+
+/// Reads the rest of a small answer (see [`WHOLE_ANSWER`]) into the buffer.
+async fn read_small_body(conn: &mut Conn) -> Result<(), HeadError> {
+    let Framing::Length(n) = conn.head.framing else {
+        return Ok(());
+    };
+    if n > WHOLE_ANSWER {
+        return Ok(());
+    }
+    let whole = conn.head.len + n as usize;
+    while conn.buf.len() < whole {
+        match conn.buf.fill(&mut conn.stream).await {
+            Ok(0) => {
+                return Err(HeadError::Broken(
+                    "closed in the middle of the answer".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(HeadError::Broken(e.to_string())),
+        }
+    }
+    Ok(())
 }
 
 /// Streams the parsed answer to the client; true if the upstream connection

@@ -212,7 +212,8 @@ pub struct GatewayConfig {
     /// Deadline to open a TCP connection to an instance.
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
-    /// Deadline per try, from sending the request to the response head.
+    /// Deadline per try, from sending the request to the response head (to the
+    /// whole answer for bodies up to 64 KiB, which are read before forwarding).
     #[serde(with = "duration")]
     pub upstream_timeout: Duration,
     /// Deadline of all tries of one request together.

@@ -33,8 +33,12 @@ pub struct Process {
 
 impl RunState {
     pub fn load(path: &Path) -> Result<RunState, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {} (is `just up` running?): {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read {} (is `just up` running?): {e}",
+                path.display()
+            )
+        })?;
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 

@@ -23,6 +23,8 @@ pub enum Script {
     Close,
     /// Read the request and never answer (the connection stays open).
     Hang,
+    /// Send a head promising 100 bytes, then 10 of them, then close.
+    HalfAnswer,
     /// Answer this status with a small JSON body.
     Status(u16),
 }
@@ -185,6 +187,12 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             Script::Big(n) => big(&mut stream, n).await,
             Script::Close => return,
             Script::Hang => futures_lite::future::pending().await,
+            Script::HalfAnswer => {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial\"")
+                    .await;
+                return;
+            }
             Script::Status(code) => {
                 let body = format!("{{\"status\":{code}}}");
                 let out = format!(

@@ -2,32 +2,17 @@
 //! answering is failed over for idempotent requests, and for POSTs only
 //! under retry_non_idempotent; the client never hangs.
 
+use crate::common::raw_system;
 use shared::http1::client::Connection;
 use std::time::{Duration, Instant};
 use testkit::raw::{RawInstance, Script};
-use testkit::system::{gateway_config, metric, wait_ring};
+use testkit::system::metric;
 
 async fn system(
     retry_non_idempotent: bool,
 ) -> (discovery::Handle, Vec<RawInstance>, gateway::Handle) {
-    let d = testkit::discovery().await;
-    let raws = vec![
-        RawInstance::start(Script::Close).await,
-        RawInstance::start(Script::Echo).await,
-        RawInstance::start(Script::Echo).await,
-    ];
-    for r in &raws {
-        testkit::client::register(&d.url(), "service A", r.port()).await;
-    }
-    let mut config = gateway_config(&d.url());
-    config.retry_non_idempotent = retry_non_idempotent;
-    let g = gateway::spawn(config).await.unwrap();
-    let members: Vec<String> = raws
-        .iter()
-        .map(|r| format!("127.0.0.1:{}", r.port()))
-        .collect();
-    wait_ring(&g.admin_url(), &members, Duration::from_secs(5)).await;
-    (d, raws, g)
+    let scripts = vec![Script::Close, Script::Echo, Script::Echo];
+    raw_system(scripts, |c| c.retry_non_idempotent = retry_non_idempotent).await
 }
 
 async fn send(conn: &mut Connection, method: &str, body: &str) -> (u16, Vec<u8>, Duration) {
@@ -80,4 +65,28 @@ async fn broken_connections_fail_over_by_method_and_policy() {
         g.shutdown().await;
         d.shutdown().await;
     }
+}
+
+#[async_std::test]
+async fn an_instance_dying_mid_answer_is_retried_not_truncated() {
+    let (d, raws, g) =
+        raw_system(vec![Script::HalfAnswer, Script::Echo, Script::Echo], |_| {}).await;
+    let mut conn = Connection::connect(g.addr()).await.unwrap();
+    for i in 0..6 {
+        let body = format!("{{\"i\": {i}}}");
+        let (status, echoed, _) = send(&mut conn, "POST", &body).await;
+        assert_eq!(
+            (status, echoed.as_slice()),
+            (200, body.as_bytes()),
+            "a whole answer from another instance"
+        );
+    }
+    assert_eq!(
+        raws[0].received().len(),
+        2,
+        "the half-answering instance was tried"
+    );
+    assert!(metric(&g.admin_url(), "gateway_failovers_total{cause=\"broken\"}").await >= 2.0);
+    g.shutdown().await;
+    d.shutdown().await;
 }

@@ -3,6 +3,7 @@
 use shared::http1::client::{post, Connection, Response};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use testkit::raw::{RawInstance, Script};
 use testkit::system::{apps, gateway_config, wait_ring};
 
 /// Discovery, apps and a gateway whose ring holds every app.
@@ -46,6 +47,29 @@ impl System {
         }
         self.discovery.shutdown().await;
     }
+}
+
+/// Discovery, one scripted instance per script, and a gateway routing to them all.
+pub async fn raw_system(
+    scripts: Vec<Script>,
+    tweak: impl FnOnce(&mut shared::config::GatewayConfig),
+) -> (discovery::Handle, Vec<RawInstance>, gateway::Handle) {
+    let d = testkit::discovery().await;
+    let mut raws = Vec::new();
+    for script in scripts {
+        let r = RawInstance::start(script).await;
+        testkit::client::register(&d.url(), "service A", r.port()).await;
+        raws.push(r);
+    }
+    let mut config = gateway_config(&d.url());
+    tweak(&mut config);
+    let g = gateway::spawn(config).await.unwrap();
+    let members: Vec<String> = raws
+        .iter()
+        .map(|r| format!("127.0.0.1:{}", r.port()))
+        .collect();
+    wait_ring(&g.admin_url(), &members, Duration::from_secs(5)).await;
+    (d, raws, g)
 }
 
 /// A JSON body that says who sent it, so an echo can be checked exactly.

@@ -2,10 +2,10 @@
 //! discovery's lookup (or the ring when discovery does not answer), under
 //! the retry policy for POSTs.
 
-use crate::common::{load, Client, System};
+use crate::common::{load, raw_system, Client, System};
 use std::time::{Duration, Instant};
 use testkit::raw::{RawInstance, Script};
-use testkit::system::{gateway_config, metric, ring, wait_ring};
+use testkit::system::{gateway_config, metric, ring};
 
 const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -76,25 +76,12 @@ async fn a_slow_app_is_failed_over_through_discovery_until_it_leaves_the_ring() 
 async fn with_a_hanging_instance(
     retry_non_idempotent: bool,
 ) -> (discovery::Handle, Vec<RawInstance>, gateway::Handle) {
-    let d = testkit::discovery().await;
-    let raws = vec![
-        RawInstance::start(Script::Hang).await,
-        RawInstance::start(Script::Echo).await,
-        RawInstance::start(Script::Echo).await,
-    ];
-    for r in &raws {
-        testkit::client::register(&d.url(), "service A", r.port()).await;
-    }
-    let mut config = gateway_config(&d.url());
-    config.upstream_timeout = UPSTREAM_TIMEOUT;
-    config.retry_non_idempotent = retry_non_idempotent;
-    let g = gateway::spawn(config).await.unwrap();
-    let members: Vec<String> = raws
-        .iter()
-        .map(|r| format!("127.0.0.1:{}", r.port()))
-        .collect();
-    wait_ring(&g.admin_url(), &members, Duration::from_secs(5)).await;
-    (d, raws, g)
+    let scripts = vec![Script::Hang, Script::Echo, Script::Echo];
+    raw_system(scripts, |c| {
+        c.upstream_timeout = UPSTREAM_TIMEOUT;
+        c.retry_non_idempotent = retry_non_idempotent;
+    })
+    .await
 }
 
 #[async_std::test]
