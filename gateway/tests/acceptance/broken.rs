@@ -81,12 +81,10 @@ async fn an_instance_dying_mid_answer_is_retried_not_truncated() {
             "a whole answer from another instance"
         );
     }
-    assert_eq!(
-        raws[0].received().len(),
-        2,
-        "the half-answering instance was tried"
-    );
-    assert!(metric(&g.admin_url(), "gateway_failovers_total{cause=\"broken\"}").await >= 2.0);
+    let tried = raws[0].received().len();
+    assert!(tried >= 2, "the half-answering instance was tried");
+    let failovers = metric(&g.admin_url(), "gateway_failovers_total{cause=\"broken\"}").await;
+    assert_eq!(failovers, tried as f64, "every half answer was failed over");
     g.shutdown().await;
     d.shutdown().await;
 }
