@@ -35,55 +35,62 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        let registrations = Family::default();
+        let deregistrations = Family::default();
+        let lookups = Family::default();
+        let checks = Family::default();
+        let check_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        let expired = Counter::default();
+        let watchers = Gauge::default();
+        let instances = Family::default();
         let mut prom = Prom::with_prefix("discovery");
-        let m = Metrics {
-            registrations: Family::default(),
-            deregistrations: Family::default(),
-            lookups: Family::default(),
-            checks: Family::default(),
-            check_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
-            expired: Counter::default(),
-            watchers: Gauge::default(),
-            instances: Family::default(),
-            prom: Prom::default(),
-        };
         prom.register(
             "registrations",
             "Registrations by outcome (created, renewed, rejected)",
-            m.registrations.clone(),
+            registrations.clone(),
         );
         prom.register(
             "deregistrations",
             "Deregistrations by outcome (removed, unknown, rejected)",
-            m.deregistrations.clone(),
+            deregistrations.clone(),
         );
         prom.register(
             "lookups",
             "Lookups by outcome (ok, unknown_namespace, none_available, rejected)",
-            m.lookups.clone(),
+            lookups.clone(),
         );
         prom.register(
             "health_checks",
             "Health checks by outcome (ok, timeout, bad_status, error)",
-            m.checks.clone(),
+            checks.clone(),
         );
         prom.register(
             "health_check_duration_seconds",
             "Latency of health checks",
-            m.check_seconds.clone(),
+            check_seconds.clone(),
         );
         prom.register(
             "expired",
             "Instances dropped after being unavailable for deregister_after",
-            m.expired.clone(),
+            expired.clone(),
         );
-        prom.register("watchers", "Open watch streams", m.watchers.clone());
+        prom.register("watchers", "Open watch streams", watchers.clone());
         prom.register(
             "instances",
             "Registered instances by namespace and status",
-            m.instances.clone(),
+            instances.clone(),
         );
-        Metrics { prom, ..m }
+        Metrics {
+            prom,
+            registrations,
+            deregistrations,
+            lookups,
+            checks,
+            check_seconds,
+            expired,
+            watchers,
+            instances,
+        }
     }
 }
 

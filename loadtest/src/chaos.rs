@@ -1,0 +1,812 @@
+//! The faults a run can inject, and the timeline of each, so the summary shows
+//! not only how many requests failed across the fault (the goal: none) but
+//! how long the system took to route around it and to take the instance back.
+//!
+//! - kill: an extra app instance of this run's own, SIGKILLed (no chance to
+//!   deregister) and restarted on the same port;
+//! - slow: a registered instance answering after 3 s, past the gateway's
+//!   upstream timeout, through its `PUT /chaos` knob;
+//! - discovery: the registry itself stopped and restarted from `just up`'s
+//!   state file, while the gateway serves from its last ring.
+
+use crate::driver::Watched;
+use crate::http::{call, get_json};
+use crate::options::{Chaos, Options};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+use serde_json::Value;
+use shared::runstate::RunState;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The delay of a slow instance: past the shipped upstream timeout (2 s).
+pub const SLOW_DELAY_MS: u64 = 3000;
+/// How long the own app may take to listen, and to appear in the gateway's ring.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+/// How long a stopped process may take to exit before it is SIGKILLed.
+const EXIT_WITHIN: Duration = Duration::from_secs(15);
+/// How long after the load the gateway's watch may take to reconnect.
+const RECONNECT_WITHIN: Duration = Duration::from_secs(15);
+/// Poll interval of every wait here.
+const POLL: Duration = Duration::from_millis(20);
+
+/// When things happened, in seconds since the load started.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Timeline {
+    /// The fault began (kill sent, delay set, discovery signalled).
+    pub injected_s: Option<f64>,
+    /// Discovery's process was gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery_exited_s: Option<f64>,
+    /// The last answer the instance served before the fault was lifted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub left_s: Option<f64>,
+    /// The fault ended (instance restarted, delay cleared, discovery restarted).
+    pub lifted_s: Option<f64>,
+    /// The first answer the instance served after that.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejoined_s: Option<f64>,
+    /// The gateway's watch stream was connected again (discovery).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_reconnected_s: Option<f64>,
+}
+
+/// What the summary shows of a fault.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ChaosReport {
+    pub kind: String,
+    /// What was hit: the instance's `host:port`, or discovery and its pid.
+    pub target: String,
+    pub timeline: Timeline,
+    /// Failed requests from the injection until the instance rejoined (or the
+    /// watch reconnected), or the end of the run if it never did.
+    pub errors_during_fault: u64,
+    /// Steps of the scenario that did not work; any fails the run.
+    pub problems: Vec<String>,
+}
+
+impl ChaosReport {
+    /// The window `errors_during_fault` counts, in seconds since start.
+    pub fn window(&self, run_end_s: f64) -> Option<(f64, f64)> {
+        let t = &self.timeline;
+        let from = t.injected_s?;
+        let to = t.rejoined_s.or(t.watch_reconnected_s).unwrap_or(run_end_s);
+        Some((from, to.max(from)))
+    }
+}
+
+/// A prepared fault: set up before the load starts, played during it.
+pub struct Fault {
+    scenario: Scenario,
+    watched: Option<Arc<Watched>>,
+    report: ChaosReport,
+}
+
+enum Scenario {
+    Kill {
+        app: OwnApp,
+        bin: PathBuf,
+        port: u16,
+        discovery_url: String,
+    },
+    Slow {
+        /// `http://host:port/chaos`.
+        knob: String,
+        lifted: bool,
+    },
+    Discovery {
+        state_path: PathBuf,
+        state: RunState,
+        admin_url: String,
+        namespace: String,
+    },
+}
+
+/// Sets the fault up: kill starts its own instance and waits until the
+/// gateway routes to it; slow picks an instance; discovery checks the state file.
+pub async fn prepare(kind: Chaos, options: &Options) -> Result<Fault, String> {
+    let scenario = match kind {
+        Chaos::Kill => {
+            let bin = match &options.app_bin {
+                Some(bin) => bin.clone(),
+                None => beside_this_executable("app")?,
+            };
+            let mut app = OwnApp::spawn(&bin, 0, &options.discovery_url)?;
+            let addr = app.listening(READY_WITHIN).await?;
+            wait_in_ring(&options.admin_url, &options.namespace, &addr.to_string()).await?;
+            Scenario::Kill {
+                app,
+                bin,
+                port: addr.port(),
+                discovery_url: options.discovery_url.clone(),
+            }
+        }
+        Chaos::Slow => {
+            let instance = pick_available(&options.discovery_url, &options.namespace).await?;
+            let knob = format!("http://{instance}/chaos");
+            match call("GET", &knob, None).await? {
+                (200, _) => {}
+                (status, _) => {
+                    return Err(format!(
+                        "GET {knob} answered {status}: the instance must run with --chaos"
+                    ))
+                }
+            }
+            Scenario::Slow { knob, lifted: true }
+        }
+        Chaos::Discovery => {
+            let state = RunState::load(&options.state)?;
+            let Some(process) = state.processes.get("discovery") else {
+                return Err(format!(
+                    "{} lists no discovery process",
+                    options.state.display()
+                ));
+            };
+            if !alive(process.pid) {
+                return Err(format!(
+                    "discovery (pid {}, from {}) is not running",
+                    process.pid,
+                    options.state.display()
+                ));
+            }
+            // A stale state file may name a pid the system has since given to another program.
+            if !runs(process.pid, process.argv.first().map(String::as_str)) {
+                return Err(format!(
+                    "pid {} (from {}) is not the discovery it lists: is the state file stale?",
+                    process.pid,
+                    options.state.display()
+                ));
+            }
+            watch_status(&options.admin_url, &options.namespace).await?;
+            Scenario::Discovery {
+                state_path: options.state.clone(),
+                state,
+                admin_url: options.admin_url.clone(),
+                namespace: options.namespace.clone(),
+            }
+        }
+    };
+    let target = match &scenario {
+        Scenario::Kill { port, .. } => format!("127.0.0.1:{port} (own app instance)"),
+        Scenario::Slow { knob, .. } => knob
+            .trim_start_matches("http://")
+            .trim_end_matches("/chaos")
+            .to_string(),
+        Scenario::Discovery {
+            state, state_path, ..
+        } => format!(
+            "pid {} (from {})",
+            state.processes.get("discovery").map_or(0, |p| p.pid),
+            state_path.display()
+        ),
+    };
+    let watched = match &scenario {
+        Scenario::Kill { port, .. } => Some(Arc::new(Watched::new(format!("127.0.0.1:{port}")))),
+        Scenario::Slow { .. } => Some(Arc::new(Watched::new(target.clone()))),
+        Scenario::Discovery { .. } => None,
+    };
+    Ok(Fault {
+        scenario,
+        watched,
+        report: ChaosReport {
+            kind: kind.to_string(),
+            target,
+            ..ChaosReport::default()
+        },
+    })
+}
+
+impl Fault {
+    /// The instance whose answers mark when it left and rejoined.
+    pub fn watched(&self) -> Option<Arc<Watched>> {
+        self.watched.clone()
+    }
+
+    /// Injects the fault at `start + at`, lifts it `lasting` later, and (for
+    /// discovery) waits for the gateway's watch to reconnect.
+    pub async fn play(&mut self, start: Instant, at: Duration, lasting: Duration, end: Instant) {
+        let since = |t: Instant| Some(secs(t.saturating_duration_since(start)));
+        sleep_until(start + at).await;
+        let report = &mut self.report;
+        match &mut self.scenario {
+            Scenario::Kill {
+                app,
+                bin,
+                port,
+                discovery_url,
+            } => {
+                app.kill();
+                report.timeline.injected_s = since(Instant::now());
+                sleep_until(start + at + lasting).await;
+                let restarted = Instant::now();
+                if let Some(w) = &self.watched {
+                    w.lifted(restarted - start);
+                }
+                match restart_app(bin, *port, discovery_url).await {
+                    Ok(new) => {
+                        *app = new;
+                        report.timeline.lifted_s = since(restarted);
+                    }
+                    Err(e) => report.problems.push(e),
+                }
+            }
+            Scenario::Slow { knob, lifted } => {
+                let slow = format!("{{\"delay_ms\": {SLOW_DELAY_MS}}}");
+                match set_knob(knob, &slow).await {
+                    Ok(()) => {
+                        *lifted = false;
+                        report.timeline.injected_s = since(Instant::now());
+                    }
+                    Err(e) => report.problems.push(e),
+                }
+                sleep_until(start + at + lasting).await;
+                if !*lifted {
+                    match set_knob(knob, "{\"delay_ms\": 0}").await {
+                        Ok(()) => {
+                            *lifted = true;
+                            let now = Instant::now();
+                            if let Some(w) = &self.watched {
+                                w.lifted(now - start);
+                            }
+                            report.timeline.lifted_s = since(now);
+                        }
+                        Err(e) => report.problems.push(e),
+                    }
+                }
+            }
+            Scenario::Discovery {
+                state_path,
+                state,
+                admin_url,
+                namespace,
+            } => {
+                let before = match watch_status(admin_url, namespace).await {
+                    Ok((_, reconnects)) => reconnects,
+                    Err(e) => {
+                        report.problems.push(e);
+                        return;
+                    }
+                };
+                let pid = state.processes.get("discovery").map_or(0, |p| p.pid);
+                if let Err(e) = signal(pid, Signal::SIGTERM) {
+                    report.problems.push(format!("cannot stop discovery: {e}"));
+                    return;
+                }
+                report.timeline.injected_s = since(Instant::now());
+                match exited(pid).await {
+                    Ok(at) => report.timeline.discovery_exited_s = since(at),
+                    Err(e) => {
+                        report.problems.push(e);
+                        return;
+                    }
+                }
+                sleep_until(start + at + lasting).await;
+                match restart_discovery(state_path, state) {
+                    Ok(()) => report.timeline.lifted_s = since(Instant::now()),
+                    Err(e) => {
+                        report.problems.push(e);
+                        return;
+                    }
+                }
+                match reconnected(admin_url, namespace, before, end + RECONNECT_WITHIN).await {
+                    Ok(at) => report.timeline.watch_reconnected_s = since(at),
+                    Err(e) => report.problems.push(e),
+                }
+            }
+        }
+    }
+
+    /// Cleans up after the load (stops the own instance, lifts a fault left
+    /// on) and gives the report, `errors_during_fault` still to be counted.
+    pub async fn finish(mut self) -> ChaosReport {
+        match &mut self.scenario {
+            Scenario::Kill { app, .. } => {
+                if let Err(e) = app.terminate().await {
+                    self.report.problems.push(e);
+                }
+            }
+            Scenario::Slow { knob, lifted } if !*lifted => {
+                if let Err(e) = set_knob(knob, "{\"delay_ms\": 0}").await {
+                    self.report.problems.push(e);
+                }
+            }
+            _ => {}
+        }
+        if let Some(w) = &self.watched {
+            self.report.timeline.left_s = w.left().map(secs);
+            self.report.timeline.rejoined_s = w.rejoined().map(secs);
+        }
+        self.report
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+async fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        async_std::task::sleep(t - now).await;
+    }
+}
+
+/// A sibling binary of the running executable (where cargo builds them all).
+fn beside_this_executable(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot tell where I run from: {e}"))?;
+    let bin = exe
+        .parent()
+        .map(|dir| dir.join(name))
+        .ok_or_else(|| format!("{} has no folder", exe.display()))?;
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} is missing: build it first (cargo build --release -p {name})",
+            bin.display()
+        ))
+    }
+}
+
+/// An app instance this run started, with its last output lines.
+struct OwnApp {
+    child: Option<Child>,
+    output: Arc<Mutex<Output>>,
+}
+
+#[derive(Default)]
+struct Output {
+    listening: Option<SocketAddr>,
+    last: VecDeque<String>,
+}
+
+impl OwnApp {
+    /// `app --port PORT --discovery-url URL --chaos`, its output read by two threads.
+    fn spawn(bin: &Path, port: u16, discovery_url: &str) -> Result<OwnApp, String> {
+        let mut child = Command::new(bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--discovery-url",
+                discovery_url,
+                "--chaos",
+            ])
+            // The "listening" line is logged at info.
+            .env("LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let output = Arc::new(Mutex::new(Output::default()));
+        let pipes: [Option<Box<dyn std::io::Read + Send>>; 2] = [
+            child.stdout.take().map(|p| Box::new(p) as _),
+            child.stderr.take().map(|p| Box::new(p) as _),
+        ];
+        for pipe in pipes.into_iter().flatten() {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let line = strip_ansi(&line);
+                    let mut out = match output.lock() {
+                        Ok(out) => out,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    if out.listening.is_none() {
+                        out.listening = listening_addr(&line);
+                    }
+                    if out.last.len() == 20 {
+                        out.last.pop_front();
+                    }
+                    out.last.push_back(line);
+                }
+            });
+        }
+        Ok(OwnApp {
+            child: Some(child),
+            output,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Output> {
+        match self.output.lock() {
+            Ok(out) => out,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The address it prints once it listens; an error if it exits first.
+    async fn listening(&mut self, limit: Duration) -> Result<SocketAddr, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(addr) = self.lock().listening {
+                return Ok(addr);
+            }
+            let exited = match self.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status.to_string()),
+                Some(Err(e)) => Some(e.to_string()),
+                _ => None,
+            };
+            if exited.is_some() || Instant::now() > deadline {
+                // Its pipes close with it: give the readers a moment for the last lines.
+                async_std::task::sleep(Duration::from_millis(50)).await;
+                let why = exited.unwrap_or_else(|| format!("not listening within {limit:?}"));
+                let last: Vec<String> = self.lock().last.iter().cloned().collect();
+                return Err(format!(
+                    "the app instance failed to start ({why}); it printed:\n{}",
+                    last.join("\n")
+                ));
+            }
+            async_std::task::sleep(POLL).await;
+        }
+    }
+
+    /// SIGKILL: no chance to deregister or drain.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `EXIT_WITHIN`.
+    async fn terminate(&mut self) -> Result<(), String> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        signal(child.id(), Signal::SIGTERM)?;
+        let deadline = Instant::now() + EXIT_WITHIN;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return Ok(());
+            }
+            async_std::task::sleep(POLL).await;
+        }
+        self.kill();
+        Err(format!(
+            "the own app instance did not exit within {EXIT_WITHIN:?} of SIGTERM: killed"
+        ))
+    }
+}
+
+impl Drop for OwnApp {
+    /// Never leave the instance behind, even when the run is cut short.
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts the app again on its port; retries while the port is not free yet.
+async fn restart_app(bin: &Path, port: u16, discovery_url: &str) -> Result<OwnApp, String> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let mut app = OwnApp::spawn(bin, port, discovery_url)?;
+        match app.listening(READY_WITHIN).await {
+            Ok(_) => return Ok(app),
+            Err(e) => last = e,
+        }
+        async_std::task::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("cannot restart the app on port {port}: {last}"))
+}
+
+/// `ADDR` from an `app listening on http://ADDR` line, pretty or ndjson.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    const NEEDLE: &str = "app listening on http://";
+    let rest = &line[line.find(NEEDLE)? + NEEDLE.len()..];
+    let addr: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
+    addr.parse().ok()
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The members of the gateway's ring for `namespace`.
+fn ring_members(status: &Value, namespace: &str) -> Vec<String> {
+    status["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["namespace"] == namespace)
+        .flat_map(|n| n["members"].as_array().cloned().unwrap_or_default())
+        .filter_map(|m| m["upstream"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Waits until the gateway routes `namespace` to `member` too.
+async fn wait_in_ring(admin_url: &str, namespace: &str, member: &str) -> Result<(), String> {
+    let deadline = Instant::now() + READY_WITHIN;
+    let url = format!("{admin_url}/status");
+    loop {
+        let last = match get_json(&url).await {
+            Ok(status) => {
+                let members = ring_members(&status, namespace);
+                if members.iter().any(|m| m == member) {
+                    return Ok(());
+                }
+                format!("ring is {members:?}")
+            }
+            Err(e) => e,
+        };
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the gateway did not route to {member} within {READY_WITHIN:?} ({last})"
+            ));
+        }
+        async_std::task::sleep(POLL).await;
+    }
+}
+
+/// The first available instance of `namespace`, as `host:port`.
+async fn pick_available(discovery_url: &str, namespace: &str) -> Result<String, String> {
+    let services = get_json(&format!("{discovery_url}/api/services")).await?;
+    services[namespace]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["status"] == "available")
+        .find_map(|i| {
+            let host = i["host"].as_str()?;
+            let port = match &i["port"] {
+                Value::String(p) => p.parse().ok()?,
+                Value::Number(p) => u16::try_from(p.as_u64()?).ok()?,
+                _ => return None,
+            };
+            Some(shared::wire::authority(host, shared::wire::Port(port)))
+        })
+        .ok_or_else(|| format!("discovery lists no available instance of {namespace:?}"))
+}
+
+async fn set_knob(knob: &str, body: &str) -> Result<(), String> {
+    match call("PUT", knob, Some(body)).await? {
+        (200, _) => Ok(()),
+        (status, answer) => Err(format!("PUT {knob} {body}: {status} {answer}")),
+    }
+}
+
+/// The state of the gateway's watch stream for `namespace` and its reconnect count.
+async fn watch_status(admin_url: &str, namespace: &str) -> Result<(String, u64), String> {
+    let status = get_json(&format!("{admin_url}/status")).await?;
+    status["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["namespace"] == namespace)
+        .map(|n| {
+            (
+                n["watch"]["state"].as_str().unwrap_or_default().to_string(),
+                n["watch"]["reconnects"].as_u64().unwrap_or(0),
+            )
+        })
+        .ok_or_else(|| format!("the gateway's /status has no namespace {namespace:?}"))
+}
+
+/// When the watch is connected again after more than `before` reconnects.
+async fn reconnected(
+    admin_url: &str,
+    namespace: &str,
+    before: u64,
+    deadline: Instant,
+) -> Result<Instant, String> {
+    loop {
+        if let Ok((state, reconnects)) = watch_status(admin_url, namespace).await {
+            if state == "connected" && reconnects > before {
+                return Ok(Instant::now());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the gateway's watch of {namespace:?} did not reconnect in time"
+            ));
+        }
+        async_std::task::sleep(POLL).await;
+    }
+}
+
+fn signal(pid: u32, signal: Signal) -> Result<(), String> {
+    let raw = i32::try_from(pid).map_err(|_| format!("pid {pid} out of range"))?;
+    kill(Pid::from_raw(raw), signal).map_err(|e| format!("{signal} to pid {pid}: {e}"))
+}
+
+/// Whether `pid` is a live process (a zombie, exited but not yet reaped by
+/// its parent, counts as gone).
+fn alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    match kill(Pid::from_raw(raw), None) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => {}
+        Err(_) => return false,
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Whether `pid` runs the program `program` (compared by file name).
+fn runs(pid: u32, program: Option<&str>) -> bool {
+    let Some(want) = program.and_then(|p| Path::new(p).file_name()) else {
+        return false;
+    };
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|cmdline| {
+            let first = cmdline.split(|b| *b == 0).next()?.to_vec();
+            let first = String::from_utf8(first).ok()?;
+            Path::new(&first).file_name().map(|name| name == want)
+        })
+        .unwrap_or(false)
+}
+
+/// Waits for `pid` to exit, SIGKILLing it after `EXIT_WITHIN`; when it was gone.
+async fn exited(pid: u32) -> Result<Instant, String> {
+    let deadline = Instant::now() + EXIT_WITHIN;
+    let mut killed = false;
+    loop {
+        if !alive(pid) {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            if killed {
+                return Err(format!(
+                    "discovery (pid {pid}) did not exit, even on SIGKILL"
+                ));
+            }
+            signal(pid, Signal::SIGKILL)?;
+            killed = true;
+        }
+        async_std::task::sleep(POLL).await;
+    }
+}
+
+/// Starts discovery again as `just up` did (same argv, cwd and log, in its own
+/// process group so it outlives this run) and records its new pid.
+fn restart_discovery(state_path: &Path, state: &mut RunState) -> Result<(), String> {
+    let Some(process) = state.processes.get("discovery").cloned() else {
+        return Err("the state file lists no discovery".into());
+    };
+    let Some((program, args)) = process.argv.split_first() else {
+        return Err("the state file has no command line for discovery".into());
+    };
+    let in_cwd = |p: &Path| {
+        if p.is_relative() {
+            state.cwd.join(p)
+        } else {
+            p.to_path_buf()
+        }
+    };
+    let program = if program.contains('/') {
+        in_cwd(Path::new(program))
+    } else {
+        PathBuf::from(program)
+    };
+    let log_path = in_cwd(&process.log);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    let log_too = log
+        .try_clone()
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    let child = Command::new(&program)
+        .args(args)
+        .current_dir(&state.cwd)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_too)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot restart {}: {e}", program.display()))?;
+    let pid = child.id();
+    // Not waited for: it belongs to the system now, not to this run.
+    drop(child);
+    // Reread the file: `up` may have written it since.
+    let mut fresh = RunState::load(state_path).unwrap_or_else(|_| state.clone());
+    if let Some(p) = fresh.processes.get_mut("discovery") {
+        p.pid = pid;
+    }
+    if let Some(p) = state.processes.get_mut("discovery") {
+        p.pid = pid;
+    }
+    fresh.save(state_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listening_address_is_read_from_pretty_and_ndjson_logs() {
+        let pretty = "\u{1b}[32minfo\u{1b}[0m app listening on http://127.0.0.1:41234";
+        assert_eq!(
+            listening_addr(&strip_ansi(pretty)),
+            Some("127.0.0.1:41234".parse().unwrap())
+        );
+        let ndjson =
+            r#"{"level":30,"msg":"app listening on http://[::1]:8080","addr":"[::1]:8080"}"#;
+        assert_eq!(listening_addr(ndjson), Some("[::1]:8080".parse().unwrap()));
+        assert_eq!(
+            listening_addr("gateway listening on http://1.2.3.4:5"),
+            None
+        );
+    }
+
+    #[test]
+    fn ring_members_come_from_the_status_of_the_namespace() {
+        let status = serde_json::json!({"namespaces": [
+            {"namespace": "other", "members": [{"upstream": "127.0.0.1:1"}]},
+            {"namespace": "service A", "members": [{"upstream": "127.0.0.1:2"}, {"upstream": "127.0.0.1:3"}]},
+        ]});
+        assert_eq!(
+            ring_members(&status, "service A"),
+            vec!["127.0.0.1:2", "127.0.0.1:3"]
+        );
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_reaped_child_is_not() {
+        assert!(alive(std::process::id()));
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!alive(pid));
+    }
+
+    #[test]
+    fn a_pid_is_checked_against_the_program_it_should_run() {
+        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+        // The kernel sets the new command line a moment after spawn returns.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !runs(child.id(), Some("/usr/bin/sleep")) {
+            assert!(Instant::now() < deadline, "sleep never showed as running");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(runs(child.id(), Some("sleep")));
+        assert!(!runs(child.id(), Some("/work/target/release/discovery")));
+        assert!(!runs(child.id(), None));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn the_fault_window_runs_from_injection_to_rejoining() {
+        let mut r = ChaosReport::default();
+        assert_eq!(r.window(10.0), None);
+        r.timeline.injected_s = Some(3.0);
+        assert_eq!(r.window(10.0), Some((3.0, 10.0)));
+        r.timeline.rejoined_s = Some(6.5);
+        assert_eq!(r.window(10.0), Some((3.0, 6.5)));
+    }
+}

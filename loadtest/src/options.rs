@@ -1,0 +1,250 @@
+//! What a run is asked to do, and where the running system is.
+//!
+//! The addresses default to the state file `just up` writes, so a plain
+//! `just loadtest` finds the system wherever `up` put it; a flag beats the
+//! file, the file beats the seed's fixed ports.
+
+use shared::runstate::RunState;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Gateway address when neither a flag nor the state file names one.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8000";
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:8001";
+pub const DEFAULT_DISCOVERY_URL: &str = "http://127.0.0.1:8500";
+
+/// A fault injected while the load runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chaos {
+    /// SIGKILL an extra app instance this run started, then restart it on the same port.
+    Kill,
+    /// Make one registered instance answer after 3 s (past the gateway's upstream timeout).
+    Slow,
+    /// Stop discovery (from the state file) and start it again.
+    Discovery,
+}
+
+impl FromStr for Chaos {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Chaos, String> {
+        match s {
+            "kill" => Ok(Chaos::Kill),
+            "slow" => Ok(Chaos::Slow),
+            "discovery" => Ok(Chaos::Discovery),
+            other => Err(format!(
+                "unknown chaos {other:?}: use kill, slow or discovery"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Chaos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Chaos::Kill => "kill",
+            Chaos::Slow => "slow",
+            Chaos::Discovery => "discovery",
+        })
+    }
+}
+
+/// Everything a run needs; `main` fills it from the flags, tests build it directly.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Gateway base URL: `http://host:port`, optionally with a path prefix.
+    pub url: String,
+    /// Request path, appended to the URL's path.
+    pub path: String,
+    pub duration: Duration,
+    /// Keep-alive connections (closed loop: also the concurrency).
+    pub connections: usize,
+    /// Open loop: requests per second over all connections; `None` is closed loop.
+    pub rate: Option<f64>,
+    /// Bytes of each JSON body.
+    pub body_size: usize,
+    /// Check every echo byte for byte and require `x-served-by`; off for a
+    /// target that answers a fixed body (the load generator benchmark).
+    pub verify: bool,
+    /// Gateway admin base URL (`/status`), for the chaos scenarios.
+    pub admin_url: String,
+    /// Discovery base URL, for the chaos scenarios.
+    pub discovery_url: String,
+    /// The state file of `just up` (chaos discovery stops and restarts from it).
+    pub state: PathBuf,
+    /// Namespace the gateway routes the path to.
+    pub namespace: String,
+    pub chaos: Option<Chaos>,
+    /// When the fault starts, from the start of the load (default: a third in).
+    pub chaos_at: Option<Duration>,
+    /// How long the fault lasts (default: a third of the duration).
+    pub chaos_for: Option<Duration>,
+    /// The `app` binary chaos kill starts (default: beside this executable).
+    pub app_bin: Option<PathBuf>,
+    /// How long requests still in flight at the end may take; after that they
+    /// count as transport errors (timeouts).
+    pub drain_timeout: Duration,
+    /// Show the live progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            url: DEFAULT_URL.into(),
+            path: "/".into(),
+            duration: Duration::from_secs(10),
+            connections: 64,
+            rate: None,
+            body_size: 256,
+            verify: true,
+            admin_url: DEFAULT_ADMIN_URL.into(),
+            discovery_url: DEFAULT_DISCOVERY_URL.into(),
+            state: PathBuf::from(shared::runstate::DEFAULT_PATH),
+            namespace: "service A".into(),
+            chaos: None,
+            chaos_at: None,
+            chaos_for: None,
+            app_bin: None,
+            drain_timeout: Duration::from_secs(10),
+            progress: false,
+        }
+    }
+}
+
+/// The three addresses after flags, state file and defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    pub url: String,
+    pub admin_url: String,
+    pub discovery_url: String,
+}
+
+impl Endpoints {
+    /// A flag beats the state file (if it can be read), which beats the fixed default.
+    pub fn resolve(
+        url: Option<String>,
+        admin_url: Option<String>,
+        discovery_url: Option<String>,
+        state: &Path,
+    ) -> Endpoints {
+        let file = RunState::load(state).ok();
+        let pick = |flag: Option<String>, from_file: Option<&String>, default: &str| {
+            flag.or_else(|| from_file.filter(|s| !s.is_empty()).cloned())
+                .unwrap_or_else(|| default.to_string())
+        };
+        Endpoints {
+            url: pick(url, file.as_ref().map(|s| &s.gateway_url), DEFAULT_URL),
+            admin_url: pick(
+                admin_url,
+                file.as_ref().map(|s| &s.admin_url),
+                DEFAULT_ADMIN_URL,
+            ),
+            discovery_url: pick(
+                discovery_url,
+                file.as_ref().map(|s| &s.discovery_url),
+                DEFAULT_DISCOVERY_URL,
+            ),
+        }
+    }
+}
+
+impl Options {
+    /// When the fault starts and how long it lasts, defaults applied.
+    pub fn chaos_window(&self) -> (Duration, Duration) {
+        (
+            self.chaos_at.unwrap_or(self.duration / 3),
+            self.chaos_for.unwrap_or(self.duration / 3),
+        )
+    }
+
+    /// Rejects combinations that cannot run, naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=crate::body::MAX_CONNECTIONS).contains(&self.connections) {
+            return Err(format!(
+                "--connections must be from 1 to {}",
+                crate::body::MAX_CONNECTIONS
+            ));
+        }
+        if self.duration.is_zero() {
+            return Err("--duration must be above zero".into());
+        }
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err("--rate must be a positive number of requests per second".into());
+            }
+        }
+        let least = crate::body::min_size();
+        if self.body_size < least {
+            return Err(format!(
+                "--body-size must be at least {least} bytes (room for the connection id and sequence number)"
+            ));
+        }
+        if !self.path.starts_with('/') {
+            return Err("--path must start with '/'".into());
+        }
+        if self.chaos.is_some() {
+            let (at, lasting) = self.chaos_window();
+            if at + lasting >= self.duration {
+                return Err(format!(
+                    "the fault must be over before the load ends: --chaos-at ({}) + --chaos-for ({}) must be under --duration ({})",
+                    shared::config::format_duration(at),
+                    shared::config::format_duration(lasting),
+                    shared::config::format_duration(self.duration)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chaos_names_parse_and_print() {
+        for c in [Chaos::Kill, Chaos::Slow, Chaos::Discovery] {
+            assert_eq!(c.to_string().parse::<Chaos>(), Ok(c));
+        }
+        assert!("nuke".parse::<Chaos>().is_err());
+    }
+
+    #[test]
+    fn flags_beat_the_state_file_which_beats_defaults() {
+        let dir = std::env::temp_dir().join(format!("loadtest-opts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let missing = Endpoints::resolve(None, None, None, &path);
+        assert_eq!(missing.url, DEFAULT_URL);
+        assert_eq!(missing.discovery_url, DEFAULT_DISCOVERY_URL);
+        let state = RunState {
+            gateway_url: "http://127.0.0.1:9000".into(),
+            admin_url: "http://127.0.0.1:9001".into(),
+            discovery_url: "http://127.0.0.1:9500".into(),
+            ..RunState::default()
+        };
+        state.save(&path).unwrap();
+        let e = Endpoints::resolve(Some("http://h:1".into()), None, None, &path);
+        assert_eq!(e.url, "http://h:1");
+        assert_eq!(e.admin_url, "http://127.0.0.1:9001");
+        assert_eq!(e.discovery_url, "http://127.0.0.1:9500");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_fault_must_end_inside_the_run() {
+        let mut o = Options {
+            chaos: Some(Chaos::Slow),
+            duration: Duration::from_secs(3),
+            ..Options::default()
+        };
+        assert!(o.validate().is_ok(), "defaults: a third in, a third long");
+        o.chaos_for = Some(Duration::from_secs(2));
+        assert!(o.validate().unwrap_err().contains("--chaos-for"));
+        o.chaos = None;
+        o.body_size = 10;
+        assert!(o.validate().unwrap_err().contains("--body-size"));
+    }
+}
