@@ -24,6 +24,15 @@ pub enum ClientFraming {
     Encode,
     /// A close-delimited body to an HTTP/1.0 client: ends with the connection.
     UntilClose,
+    /// The instance's chunked body, de-chunked for an HTTP/1.0 client: ends with the connection.
+    Dechunk,
+}
+
+impl ClientFraming {
+    /// Whether the body ends by closing the client connection.
+    pub fn ends_with_close(self) -> bool {
+        matches!(self, ClientFraming::UntilClose | ClientFraming::Dechunk)
+    }
 }
 
 /// The request id: the client's if it is sane, else a new one.
@@ -69,27 +78,26 @@ pub fn upstream_head(
     out.push(b' ');
     out.extend_from_slice(head.target(raw));
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut forwarded_for: Option<&[u8]> = None;
     let mut has_host = false;
     for h in &head.headers {
         let name = &raw[h.name.clone()];
-        let value = &raw[h.value.clone()];
-        if name.eq_ignore_ascii_case(b"x-forwarded-for") && forwarded_for.is_none() {
-            forwarded_for = Some(value);
-        }
         if skip_request_header(raw, head, name) {
             continue;
         }
         has_host |= name.eq_ignore_ascii_case(b"host");
-        header(out, name, value);
+        header(out, name, &raw[h.value.clone()]);
     }
     if !has_host {
         header(out, b"host", default_host.as_bytes());
     }
+    // Every earlier hop, in order (however many header lines they came in), then the client.
     out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(earlier) = forwarded_for.filter(|v| !v.is_empty()) {
-        out.extend_from_slice(earlier);
-        out.extend_from_slice(b", ");
+    for h in &head.headers {
+        let value = &raw[h.value.clone()];
+        if raw[h.name.clone()].eq_ignore_ascii_case(b"x-forwarded-for") && !value.is_empty() {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
+        }
     }
     out.extend_from_slice(client_ip.as_bytes());
     out.extend_from_slice(b"\r\nx-request-id: ");
@@ -122,7 +130,8 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes the client's response head into `out`, and says how the body follows.
+/// Writes the client's response head into `out`; says how the body follows
+/// and whether the client connection stays open after it.
 pub fn client_response_head(
     out: &mut Vec<u8>,
     raw: &[u8],
@@ -131,10 +140,13 @@ pub fn client_response_head(
     client_minor: u8,
     keep_alive: bool,
     head_request: bool,
-) -> ClientFraming {
+) -> (ClientFraming, bool) {
     out.clear();
     let _ = write!(out, "HTTP/1.1 {} ", head.status);
-    out.extend_from_slice(&raw[head.reason.clone()]);
+    match &raw[head.reason.clone()] {
+        b"" => out.extend_from_slice(shared::http1::reason(head.status).as_bytes()),
+        reason => out.extend_from_slice(reason),
+    }
     out.extend_from_slice(b"\r\n");
     for h in &head.headers {
         let name = &raw[h.name.clone()];
@@ -166,20 +178,30 @@ pub fn client_response_head(
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
             ClientFraming::Chunked
         }
-        Framing::Chunked | Framing::UntilClose if client_minor == 0 => ClientFraming::UntilClose,
-        Framing::Chunked | Framing::UntilClose => {
+        Framing::Chunked => ClientFraming::Dechunk,
+        Framing::UntilClose if client_minor == 0 => ClientFraming::UntilClose,
+        Framing::UntilClose => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
             ClientFraming::Encode
         }
     };
-    let keep_alive = keep_alive && framing != ClientFraming::UntilClose;
+    let keep_alive = keep_alive && !framing.ends_with_close();
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     } else if client_minor == 0 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    framing
+    (framing, keep_alive)
+}
+
+/// How an error answer made by the gateway goes out.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorFraming {
+    /// The connection closes after it.
+    pub close: bool,
+    /// The request was HEAD: the head only, no body.
+    pub head_request: bool,
 }
 
 /// Writes a whole error response made by the gateway itself into `out`.
@@ -189,7 +211,7 @@ pub fn error_response(
     code: &str,
     message: &str,
     request_id: &str,
-    close: bool,
+    framing: ErrorFraming,
 ) {
     let body = ErrorBody::new(code, message)
         .with_request_id(request_id)
@@ -197,11 +219,14 @@ pub fn error_response(
     out.clear();
     let _ = write!(
         out,
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n{}\r\n{body}",
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n{}\r\n",
         shared::http1::reason(status),
         body.len(),
-        if close { "connection: close\r\n" } else { "" },
+        if framing.close { "connection: close\r\n" } else { "" },
     );
+    if !framing.head_request {
+        out.extend_from_slice(body.as_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -249,13 +274,17 @@ mod tests {
         assert_eq!(parse_response(raw, &mut head, 4096, false), Ok(true));
         let mut out = Vec::new();
         let framing = client_response_head(&mut out, raw, &head, "rid", 1, true, false);
-        assert_eq!(framing, ClientFraming::Chunked);
+        assert_eq!(framing, (ClientFraming::Chunked, true));
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-request-id: rid\r\ntransfer-encoding: chunked\r\n\r\n"
         );
         let framing = client_response_head(&mut out, raw, &head, "rid", 0, true, false);
-        assert_eq!(framing, ClientFraming::UntilClose);
+        assert_eq!(
+            framing,
+            (ClientFraming::Dechunk, false),
+            "HTTP/1.0 gets the data, then the close"
+        );
         assert!(String::from_utf8(out)
             .unwrap()
             .ends_with("connection: close\r\n\r\n"));
@@ -264,13 +293,48 @@ mod tests {
     #[test]
     fn error_body_is_json_with_the_request_id() {
         let mut out = Vec::new();
-        error_response(&mut out, 503, "no_available_instance", "none", "rid", true);
-        let text = String::from_utf8(out).unwrap();
+        let close = ErrorFraming {
+            close: true,
+            head_request: false,
+        };
+        error_response(&mut out, 503, "no_available_instance", "none", "rid", close);
+        let text = String::from_utf8(out.clone()).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
         assert!(head.contains("connection: close"));
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"]["request_id"], "rid");
         assert_eq!(v["error"]["code"], "no_available_instance");
+        let head_only = ErrorFraming {
+            close: false,
+            head_request: true,
+        };
+        error_response(
+            &mut out,
+            503,
+            "no_available_instance",
+            "none",
+            "rid",
+            head_only,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with("\r\n\r\n") && text.contains("content-length: "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_kept_in_order() {
+        let raw = b"GET / HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2, 10.0.0.3\r\n\r\n";
+        let mut head = RequestHead::default();
+        assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
+        let mut out = Vec::new();
+        upstream_head(&mut out, raw, &head, "127.0.0.9", "r", "gw");
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("x-forwarded-for: 10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.9\r\n"),
+            "{text}"
+        );
     }
 }

@@ -67,6 +67,7 @@ pub async fn serve(ctx: &Context, stream: TcpStream, peer: SocketAddr) {
             Ok(false) => return,
             Err(refusal) => {
                 c.refuse(&refusal, &shared::logging::new_request_id()).await;
+                ctx.metrics.request(refusal.status, 0.0, 0);
                 return;
             }
         }
@@ -100,26 +101,28 @@ pub async fn serve(ctx: &Context, stream: TcpStream, peer: SocketAddr) {
             head_request,
             client_minor: minor,
             wants_keep_alive,
+            replayable: idempotent || ctx.config.retry_non_idempotent,
             stop: &ctx.stop,
         };
         let reply = match ctx.router.route(codec::target_of(&c.upstream)) {
             Some(balancer) => {
                 let (stream, scratch, deadline) = (&mut c.stream, &mut c.scratch, &c.deadline);
-                failover::serve(
-                    ctx, balancer, &exchange, idempotent, stream, scratch, deadline,
-                )
-                .await
+                failover::serve(ctx, balancer, &exchange, stream, scratch, deadline).await
             }
             None => {
                 let keep_alive = exchange.keep_alive();
                 let message = "no route matches this path";
+                let framing = codec::ErrorFraming {
+                    close: !keep_alive,
+                    head_request,
+                };
                 codec::error_response(
                     &mut c.scratch,
                     404,
                     "no_route",
                     message,
                     &request_id,
-                    !keep_alive,
+                    framing,
                 );
                 let written = send(ctx, &c.deadline, &mut c.stream, &c.scratch).await;
                 failover::Reply {
@@ -143,11 +146,25 @@ pub async fn serve(ctx: &Context, stream: TcpStream, peer: SocketAddr) {
         if !reply.client_open {
             return;
         }
-        c.input.shrink();
+        c.shrink();
     }
 }
 
+/// Per-connection buffers above this are given back after the request that grew them.
+const KEEP_BUFFER: usize = 64 * 1024;
+
 impl Client<'_> {
+    /// Gives back what a large request or answer grew the buffers to, so an
+    /// idle keep-alive connection holds kilobytes, not `max_body_bytes`.
+    fn shrink(&mut self) {
+        self.input.shrink();
+        for buf in [&mut self.upstream, &mut self.chunked, &mut self.scratch] {
+            if buf.capacity() > KEEP_BUFFER {
+                *buf = Vec::with_capacity(4096);
+            }
+        }
+    }
+
     /// Reads until a whole request head is parsed. `Ok(false)`: the connection is
     /// done (closed, idle past `idle_timeout`, or the gateway is stopping while idle).
     async fn read_head(&mut self) -> Result<bool, Refusal> {
@@ -249,9 +266,6 @@ impl Client<'_> {
                 }
                 codec::end_upstream_head(&mut self.upstream, self.chunked.len());
                 self.upstream.extend_from_slice(&self.chunked);
-                if self.chunked.capacity() > 64 * 1024 {
-                    self.chunked = Vec::new();
-                }
             }
         }
         Ok(())
@@ -282,13 +296,17 @@ impl Client<'_> {
     /// Answers a refused request and closes: the rest of the stream cannot be trusted.
     async fn refuse(&mut self, refusal: &Refusal, request_id: &str) {
         log::info!(request_id = request_id, status = refusal.status; "refused: {}", refusal.message);
+        let close = codec::ErrorFraming {
+            close: true,
+            head_request: false,
+        };
         codec::error_response(
             &mut self.scratch,
             refusal.status,
             refusal.code,
             &refusal.message,
             request_id,
-            true,
+            close,
         );
         send(self.ctx, &self.deadline, &mut self.stream, &self.scratch).await;
         // Half-close, then read and drop what the client still sends for a moment:

@@ -88,6 +88,11 @@ impl Deadline {
         stop: Option<&Trigger>,
     ) -> Result<T, Interrupted> {
         let mut fut = pin!(fut);
+        debug_assert_eq!(
+            self.armed.load(Ordering::Relaxed),
+            0,
+            "waits on one deadline must not nest: the inner one would disarm the outer"
+        );
         let generation =
             self.generation.fetch_add(1, Ordering::Relaxed) & ((1 << GENERATION_BITS) - 1);
         let at = clock().saturating_add(limit.as_millis() as u64).max(1);

@@ -15,6 +15,7 @@
 //! left: 503 if there was no instance to try, 504 if every try timed out,
 //! else 502.
 
+use crate::codec;
 use crate::deadline::Deadline;
 use crate::forward::{self, Deadlines, Exchange, Try};
 use crate::metrics::Failover;
@@ -40,35 +41,30 @@ pub async fn serve(
     ctx: &Context,
     balancer: &Balancer,
     ex: &Exchange<'_>,
-    idempotent: bool,
     client: &mut TcpStream,
     scratch: &mut Vec<u8>,
     deadline: &Deadline,
 ) -> Reply {
     let config = &ctx.config;
     let give_up_at = Instant::now() + config.request_deadline;
-    let may_retry = idempotent || config.retry_non_idempotent;
     let mut tried: Vec<Arc<Upstream>> = Vec::new();
     let mut timeouts = 0u32;
     let mut last_failure = String::new();
     let mut next = balancer.pick(&tried);
     while let Some(target) = next.take() {
         let left = give_up_at.saturating_duration_since(Instant::now());
-        if tried.len() as u32 >= config.max_attempts || left.is_zero() {
-            break;
-        }
         tried.push(target.clone());
-        let another_possible =
-            (tried.len() as u32) < config.max_attempts && balancer.has_untried(&tried);
+        let attempts = tried.len() as u32;
+        let another_allowed = attempts < config.max_attempts;
         let deadlines = Deadlines {
             connect: config.connect_timeout.min(left),
             head: config.upstream_timeout.min(left),
             body: config.upstream_timeout,
             client: config.idle_timeout,
         };
-        let fail_on_5xx = config.retry_on_5xx && may_retry && another_possible;
-        let attempts = tried.len() as u32;
-        let cause = match forward::try_once(
+        let fail_on_5xx =
+            config.retry_on_5xx && ex.replayable && another_allowed && balancer.has_untried(&tried);
+        let tried_now = forward::try_once(
             &target,
             ex,
             client,
@@ -77,9 +73,8 @@ pub async fn serve(
             deadlines,
             fail_on_5xx,
             &ctx.metrics,
-        )
-        .await
-        {
+        );
+        let cause = match tried_now.await {
             Try::Answered {
                 status,
                 client_open,
@@ -91,7 +86,12 @@ pub async fn serve(
                 }
             }
             Try::ConnectFailed(e) => {
-                target.cool_down(config.connect_cooldown);
+                // A connect cut short by the request's own deadline says nothing about the instance.
+                let cut_short = e.kind() == std::io::ErrorKind::TimedOut
+                    && deadlines.connect < config.connect_timeout;
+                if !cut_short {
+                    target.cool_down(config.connect_cooldown);
+                }
                 last_failure = format!("cannot connect to {}: {e}", target.key);
                 Failover::Connect
             }
@@ -109,8 +109,8 @@ pub async fn serve(
                 Failover::Status5xx
             }
         };
-        let sent = cause != Failover::Connect;
-        if sent && !may_retry {
+        // Only a refused connection proves the instance never saw the request.
+        if cause != Failover::Connect && !ex.replayable {
             log::warn!(request_id = ex.request_id, upstream = target.key.as_str(), cause = cause.as_str();
                 "not retried: the method is not idempotent and retry_non_idempotent is off");
             last_failure.push_str(
@@ -118,8 +118,12 @@ pub async fn serve(
             );
             break;
         }
+        let left = give_up_at.saturating_duration_since(Instant::now());
+        if !another_allowed || left.is_zero() {
+            break;
+        }
         next = match cause {
-            Failover::Timeout => match lookup(ctx, balancer, &tried, deadline).await {
+            Failover::Timeout => match lookup(ctx, balancer, &tried, deadline, left).await {
                 Some(found) => Some(found),
                 None => balancer.pick(&tried),
             },
@@ -145,10 +149,14 @@ pub async fn serve(
     };
     log::warn!(request_id = ex.request_id, status = status, attempts = attempts; "{message}");
     let keep_alive = ex.keep_alive();
-    crate::codec::error_response(scratch, status, code, &message, ex.request_id, !keep_alive);
+    let framing = codec::ErrorFraming {
+        close: !keep_alive,
+        head_request: ex.head_request,
+    };
+    codec::error_response(scratch, status, code, &message, ex.request_id, framing);
     let write = futures_lite::AsyncWriteExt::write_all(client, scratch);
     let written = matches!(
-        async_std::future::timeout(config.idle_timeout, write).await,
+        deadline.within(config.idle_timeout, write).await,
         Ok(Ok(()))
     );
     Reply {
@@ -165,6 +173,7 @@ async fn lookup(
     balancer: &Balancer,
     tried: &[Arc<Upstream>],
     deadline: &Deadline,
+    left: std::time::Duration,
 ) -> Option<Arc<Upstream>> {
     let request = LookupRequest {
         namespace: balancer.namespace.clone(),
@@ -194,7 +203,10 @@ async fn lookup(
             .map_err(|_| "error")?;
         Ok(ctx.upstreams.get(&key, addrs))
     };
-    let outcome = match deadline.within(ctx.config.lookup_timeout, ask).await {
+    let outcome = match deadline
+        .within(ctx.config.lookup_timeout.min(left), ask)
+        .await
+    {
         Ok(Ok(found)) if !tried.iter().any(|t| t.key == found.key) => Ok(found),
         Ok(Ok(_)) => Err("error"),
         Ok(Err(outcome)) => Err(outcome),

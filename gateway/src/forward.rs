@@ -13,7 +13,7 @@ use async_std::net::TcpStream;
 use futures_lite::AsyncWriteExt;
 use shared::http1::{parse_response, ChunkedDecoder, Framing};
 use std::io::{Error, ErrorKind};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest response head accepted from an instance.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -32,6 +32,9 @@ pub struct Exchange<'a> {
     pub client_minor: u8,
     /// Whether the client asked to keep the connection open.
     pub wants_keep_alive: bool,
+    /// Whether the request may be sent again after an instance may have
+    /// processed it: an idempotent method, or `retry_non_idempotent`.
+    pub replayable: bool,
     /// Fired when the gateway stops: answers from then on close their connection.
     pub stop: &'a shared::shutdown::Trigger,
 }
@@ -47,7 +50,8 @@ impl Exchange<'_> {
 #[derive(Clone, Copy, Debug)]
 pub struct Deadlines {
     pub connect: Duration,
-    /// From sending the request to a complete response head.
+    /// From the start of the try to a complete response head (and small answer),
+    /// a reconnect after a keep-alive race included.
     pub head: Duration,
     /// Longest wait for each further piece of the response body.
     pub body: Duration,
@@ -71,12 +75,27 @@ pub enum Try {
     ServerError(u16),
 }
 
-enum HeadError {
+enum TryError {
     TimedOut,
     /// Closed or reset before any byte of an answer: on a pooled connection,
-    /// most likely the instance closed it while idle (the keep-alive race).
+    /// most likely the instance closed it while idle (the keep-alive race),
+    /// though it may also have taken the request and died.
     ClosedEarly(String),
     Broken(String),
+}
+
+/// Pooled connections idle longer than this are checked before use: instances
+/// close idle keep-alive connections after seconds, not milliseconds.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether an idle connection is still open and silent: a peek, polled once,
+/// that would block. End of stream, an error, or bytes nobody asked for
+/// (a `408` some servers send before closing) mean it is not.
+async fn still_open(conn: &Conn) -> bool {
+    let mut byte = [0u8; 1];
+    futures_lite::future::poll_once(conn.stream.peek(&mut byte))
+        .await
+        .is_none()
 }
 
 /// Sends `ex` to `up` and relays the answer to `client`.
@@ -91,50 +110,59 @@ pub async fn try_once(
     fail_on_5xx: bool,
     metrics: &Metrics,
 ) -> Try {
-    let mut conn = match up.checkout() {
-        Some(conn) => conn,
+    let until = Instant::now() + deadlines.head;
+    let mut pooled = up.checkout();
+    if let Some((conn, idled)) = &pooled {
+        if *idled >= CHECK_IDLE_AFTER && !still_open(conn).await {
+            pooled = None; // closed while idle: found before writing, so nothing was sent
+        }
+    }
+    let mut conn = match pooled {
+        Some((conn, _)) => conn,
         None => match up.connect(deadline, deadlines.connect).await {
             Ok(conn) => conn,
             Err(e) => return Try::ConnectFailed(e),
         },
     };
     loop {
+        let left = until.saturating_duration_since(Instant::now());
         match deadline
-            .within(deadlines.head, send_and_read_head(&mut conn, ex))
+            .within(left, send_and_read_head(&mut conn, ex))
             .await
         {
             Ok(Ok(())) => break,
-            Err(_) | Ok(Err(HeadError::TimedOut)) => return Try::TimedOut,
-            Ok(Err(HeadError::ClosedEarly(_))) if conn.reused => {
+            Err(_) | Ok(Err(TryError::TimedOut)) => return Try::TimedOut,
+            // The keep-alive race, most likely; but the instance may have taken the
+            // request, so only a replayable one goes again (once, on a fresh connection).
+            Ok(Err(TryError::ClosedEarly(why))) if conn.reused && ex.replayable => {
                 metrics.keepalive_retries.inc();
-                conn = match up.connect(deadline, deadlines.connect).await {
+                let left = until.saturating_duration_since(Instant::now());
+                conn = match up.connect(deadline, deadlines.connect.min(left)).await {
                     Ok(conn) => conn,
-                    Err(e) => return Try::ConnectFailed(e),
+                    // Not "never sent": the first write may have reached the instance.
+                    Err(e) => return Try::Broken(format!("{why}; reconnecting failed: {e}")),
                 };
             }
-            Ok(Err(HeadError::ClosedEarly(why) | HeadError::Broken(why))) => {
-                return Try::Broken(why)
-            }
+            Ok(Err(TryError::ClosedEarly(why) | TryError::Broken(why))) => return Try::Broken(why),
         }
     }
     let status = conn.head.status;
     if fail_on_5xx && status >= 500 {
         return Try::ServerError(status);
     }
-    let keep_alive = ex.keep_alive();
     let mut io = Io {
         client,
         deadline,
         limits: deadlines,
     };
-    match relay(&mut conn, ex, keep_alive, &mut io, scratch).await {
-        Ok(reusable) => {
+    match relay(&mut conn, ex, &mut io, scratch).await {
+        Ok((reusable, client_open)) => {
             if reusable {
                 up.checkin(conn);
             }
             Try::Answered {
                 status,
-                client_open: keep_alive,
+                client_open,
             }
         }
         Err(e) => {
@@ -148,9 +176,9 @@ pub async fn try_once(
 }
 
 /// Writes the request, then reads until a final (non-1xx) response head is parsed.
-async fn send_and_read_head(conn: &mut Conn, ex: &Exchange<'_>) -> Result<(), HeadError> {
+async fn send_and_read_head(conn: &mut Conn, ex: &Exchange<'_>) -> Result<(), TryError> {
     if let Err(e) = conn.stream.write_all(ex.request).await {
-        return Err(HeadError::ClosedEarly(format!("write failed: {e}")));
+        return Err(TryError::ClosedEarly(format!("write failed: {e}")));
     }
     loop {
         match parse_response(
@@ -160,33 +188,33 @@ async fn send_and_read_head(conn: &mut Conn, ex: &Exchange<'_>) -> Result<(), He
             ex.head_request,
         ) {
             Ok(true) if conn.head.status == 101 => {
-                return Err(HeadError::Broken("switched protocols unasked".into()))
+                return Err(TryError::Broken("switched protocols unasked".into()))
             }
             Ok(true) if conn.head.status < 200 => conn.buf.consume(conn.head.len),
             Ok(true) => return read_small_body(conn).await,
             Ok(false) => {}
-            Err(e) => return Err(HeadError::Broken(format!("invalid response head: {e}"))),
+            Err(e) => return Err(TryError::Broken(format!("invalid response head: {e}"))),
         }
         let nothing_yet = conn.buf.is_empty();
         match conn.buf.fill(&mut conn.stream).await {
             Ok(0) if nothing_yet => {
-                return Err(HeadError::ClosedEarly("closed before answering".into()))
+                return Err(TryError::ClosedEarly("closed before answering".into()))
             }
             Ok(0) => {
-                return Err(HeadError::Broken(
+                return Err(TryError::Broken(
                     "closed in the middle of the response head".into(),
                 ))
             }
             Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::TimedOut => return Err(HeadError::TimedOut),
-            Err(e) if nothing_yet => return Err(HeadError::ClosedEarly(e.to_string())),
-            Err(e) => return Err(HeadError::Broken(e.to_string())),
+            Err(e) if e.kind() == ErrorKind::TimedOut => return Err(TryError::TimedOut),
+            Err(e) if nothing_yet => return Err(TryError::ClosedEarly(e.to_string())),
+            Err(e) => return Err(TryError::Broken(e.to_string())),
         }
     }
 }
 
 /// Reads the rest of a small answer (see [`WHOLE_ANSWER`]) into the buffer.
-async fn read_small_body(conn: &mut Conn) -> Result<(), HeadError> {
+async fn read_small_body(conn: &mut Conn) -> Result<(), TryError> {
     let Framing::Length(n) = conn.head.framing else {
         return Ok(());
     };
@@ -197,41 +225,41 @@ async fn read_small_body(conn: &mut Conn) -> Result<(), HeadError> {
     while conn.buf.len() < whole {
         match conn.buf.fill(&mut conn.stream).await {
             Ok(0) => {
-                return Err(HeadError::Broken(
+                return Err(TryError::Broken(
                     "closed in the middle of the answer".into(),
                 ))
             }
             Ok(_) => {}
-            Err(e) => return Err(HeadError::Broken(e.to_string())),
+            Err(e) => return Err(TryError::Broken(e.to_string())),
         }
     }
     Ok(())
 }
 
-/// Streams the parsed answer to the client; true if the upstream connection
-/// ended cleanly and may be pooled again.
+/// Streams the parsed answer to the client. Answers whether the upstream
+/// connection ended cleanly (so it may be pooled again) and whether the client
+/// connection stays open.
 async fn relay(
     conn: &mut Conn,
     ex: &Exchange<'_>,
-    keep_alive: bool,
     io: &mut Io<'_>,
     scratch: &mut Vec<u8>,
-) -> std::io::Result<bool> {
-    let framing = codec::client_response_head(
+) -> std::io::Result<(bool, bool)> {
+    let (framing, keep_alive) = codec::client_response_head(
         scratch,
         conn.buf.data(),
         &conn.head,
         ex.request_id,
         ex.client_minor,
-        keep_alive,
+        ex.keep_alive(),
         ex.head_request,
     );
     conn.buf.consume(conn.head.len);
     let upstream_keep_alive = conn.head.keep_alive;
-    match framing {
+    let reusable = match framing {
         ClientFraming::Empty => {
             io.send(scratch).await?;
-            Ok(upstream_keep_alive)
+            upstream_keep_alive
         }
         ClientFraming::Length(n) => {
             // Head and as much body as has arrived go out in one write.
@@ -251,19 +279,27 @@ async fn relay(
                 conn.buf.consume(take);
                 left -= take as u64;
             }
-            Ok(upstream_keep_alive)
+            upstream_keep_alive
         }
-        ClientFraming::Chunked => {
+        ClientFraming::Chunked | ClientFraming::Dechunk => {
+            // Chunked to an HTTP/1.1 client as it came; just the data to an HTTP/1.0 one.
             io.send(scratch).await?;
             let mut decoder = ChunkedDecoder::new();
+            let mut data = Vec::new();
             loop {
+                let sink = (framing == ClientFraming::Dechunk).then_some(&mut data);
                 let used = decoder
-                    .decode(conn.buf.data(), None)
+                    .decode(conn.buf.data(), sink)
                     .map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
-                io.send(&conn.buf.data()[..used]).await?;
+                if framing == ClientFraming::Dechunk {
+                    io.send(&data).await?;
+                    data.clear();
+                } else {
+                    io.send(&conn.buf.data()[..used]).await?;
+                }
                 conn.buf.consume(used);
                 if decoder.is_done() {
-                    return Ok(upstream_keep_alive);
+                    break upstream_keep_alive;
                 }
                 io.fill(conn).await?;
             }
@@ -293,9 +329,10 @@ async fn relay(
             if framing == ClientFraming::Encode {
                 io.send(b"0\r\n\r\n").await?;
             }
-            Ok(false)
+            false
         }
-    }
+    };
+    Ok((reusable, keep_alive))
 }
 
 /// The client side of a try, and the deadlines its waits keep.

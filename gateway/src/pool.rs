@@ -75,12 +75,13 @@ impl Upstream {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently used idle connection that has not expired.
-    pub fn checkout(&self) -> Option<Conn> {
+    /// The most recently used idle connection that has not expired, and how long it idled.
+    pub fn checkout(&self) -> Option<(Conn, Duration)> {
         let mut idle = self.lock();
         while let Some(entry) = idle.pop() {
-            if entry.since.elapsed() < self.limits.idle_timeout {
-                return Some(entry.conn);
+            let idled = entry.since.elapsed();
+            if idled < self.limits.idle_timeout {
+                return Some((entry.conn, idled));
             }
         }
         None
@@ -102,11 +103,13 @@ impl Upstream {
         }
     }
 
-    /// Opens a new connection, trying each resolved address within `timeout`.
+    /// Opens a new connection, trying each resolved address, all within `timeout`.
     pub async fn connect(&self, deadline: &Deadline, timeout: Duration) -> std::io::Result<Conn> {
         let mut last = std::io::Error::other(format!("{} resolved to no address", self.key));
+        let until = Instant::now() + timeout;
         for addr in &self.addrs {
-            match deadline.within(timeout, TcpStream::connect(addr)).await {
+            let left = until.saturating_duration_since(Instant::now());
+            match deadline.within(left, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     self.opened.fetch_add(1, Ordering::Relaxed);

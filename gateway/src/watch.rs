@@ -136,6 +136,13 @@ async fn read_events(
     }
 }
 
+/// What the holder wakes up to.
+enum Next {
+    Update(Update),
+    GraceOver,
+    Closed,
+}
+
 /// The holder task: the one writer of the ring.
 pub async fn hold(
     ctx: Arc<Context>,
@@ -151,11 +158,18 @@ pub async fn hold(
                 Some(at) => task::sleep(at.saturating_duration_since(Instant::now())).await,
                 None => futures_lite::future::pending().await,
             }
-            None
+            Next::GraceOver
         };
-        let next = async { updates.recv().await.ok() }.or(grace_over).await;
+        let next = async {
+            match updates.recv().await {
+                Ok(update) => Next::Update(update),
+                Err(_) => Next::Closed,
+            }
+        }
+        .or(grace_over)
+        .await;
         match next {
-            Some(Update::Opened { reconnect: true }) => {
+            Next::Update(Update::Opened { reconnect: true }) => {
                 let ring = balancer.ring();
                 if !ring.members.is_empty() {
                     held = ring.members.clone();
@@ -168,14 +182,14 @@ pub async fn hold(
                 }
                 continue;
             }
-            Some(Update::Opened { reconnect: false }) => continue,
-            Some(Update::Snapshot(snapshot)) => latest = Some(snapshot),
-            None if grace_until.is_some() => {
+            Next::Update(Update::Opened { reconnect: false }) => continue,
+            Next::Update(Update::Snapshot(snapshot)) => latest = Some(snapshot),
+            Next::GraceOver => {
                 grace_until = None;
                 held.clear();
                 log::info!(namespace = balancer.namespace.as_str(); "relearn grace over: the ring follows discovery again");
             }
-            None => return, // the watcher is gone: stopping
+            Next::Closed => return, // the watcher is gone: stopping
         }
         if let Some(snapshot) = &latest {
             let ring = build(&ctx, snapshot, &held).await;

@@ -12,6 +12,8 @@ mod faults;
 mod framing;
 #[path = "acceptance/membership.rs"]
 mod membership;
+#[path = "acceptance/protocol.rs"]
+mod protocol;
 #[path = "acceptance/round_robin.rs"]
 mod round_robin;
 #[path = "acceptance/shutdown.rs"]

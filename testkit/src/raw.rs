@@ -25,6 +25,13 @@ pub enum Script {
     Hang,
     /// Send a head promising 100 bytes, then 10 of them, then close.
     HalfAnswer,
+    /// Echo with a Content-Length, then close the connection (an instance
+    /// with a very short keep-alive timeout).
+    EchoThenClose,
+    /// Echo without a length: the body ends when the connection closes.
+    EchoUntilClose,
+    /// Send these bytes as the whole answer.
+    Fixed(Vec<u8>),
     /// Answer this status with a small JSON body.
     Status(u16),
 }
@@ -187,6 +194,20 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             Script::Big(n) => big(&mut stream, n).await,
             Script::Close => return,
             Script::Hang => futures_lite::future::pending().await,
+            Script::EchoThenClose => {
+                let mut out = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len())
+                    .into_bytes();
+                out.extend_from_slice(&body);
+                let _ = stream.write_all(&out).await;
+                return;
+            }
+            Script::EchoUntilClose => {
+                let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n".to_vec();
+                out.extend_from_slice(&body);
+                let _ = stream.write_all(&out).await;
+                return;
+            }
+            Script::Fixed(bytes) => stream.write_all(&bytes).await,
             Script::HalfAnswer => {
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial\"")

@@ -88,3 +88,49 @@ async fn an_instance_dying_mid_answer_is_retried_not_truncated() {
     g.shutdown().await;
     d.shutdown().await;
 }
+
+#[async_std::test]
+async fn a_post_on_a_pooled_connection_that_breaks_after_the_write_is_not_sent_again() {
+    let (d, raws, g) = raw_system(vec![Script::Echo], |c| c.retry_non_idempotent = false).await;
+    let mut conn = Connection::connect(g.addr()).await.unwrap();
+    let (status, _, _) = send(&mut conn, "POST", "{\"first\": 1}").await;
+    assert_eq!(status, 200, "the upstream connection is now pooled");
+    raws[0].set(Script::Close);
+    let (status, body, _) = send(&mut conn, "POST", "{\"second\": 2}").await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        raws[0].received().len(),
+        2,
+        "the second POST reached the instance once, and only once"
+    );
+    g.shutdown().await;
+    d.shutdown().await;
+}
+
+#[async_std::test]
+async fn a_pooled_connection_closed_while_idle_is_found_before_writing() {
+    let (d, raws, g) = raw_system(vec![Script::EchoThenClose], |c| {
+        c.retry_non_idempotent = false
+    })
+    .await;
+    let mut conn = Connection::connect(g.addr()).await.unwrap();
+    let (status, _, _) = send(&mut conn, "POST", "{\"first\": 1}").await;
+    assert_eq!(status, 200);
+    // The instance closed its side right after answering; let the connection idle
+    // past the point where the gateway checks pooled connections before use.
+    async_std::task::sleep(Duration::from_millis(1200)).await;
+    let (status, body, _) = send(&mut conn, "POST", "{\"second\": 2}").await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"{\"second\": 2}"[..]),
+        "a fresh connection, not a failure"
+    );
+    assert_eq!(raws[0].received().len(), 2);
+    assert_eq!(
+        metric(&g.admin_url(), "gateway_keepalive_retries_total").await,
+        0.0,
+        "found before the write"
+    );
+    g.shutdown().await;
+    d.shutdown().await;
+}

@@ -122,9 +122,14 @@ struct Scan {
     other_expectation: bool,
 }
 
+/// Where `part` lies in `buf`; an empty range for a slice from elsewhere
+/// (httparse answers a missing reason phrase with a static `""`).
 fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-    start..start + part.len()
+    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    match start.checked_add(part.len()) {
+        Some(end) if end <= buf.len() => start..end,
+        _ => 0..0,
+    }
 }
 
 fn malformed(e: httparse::Error) -> HeadError {
@@ -264,9 +269,9 @@ pub fn parse_request(
             return Err(HeadError::UnsupportedCoding);
         }
     }
-    if minor == 1 && s.hosts != 1 {
+    if (minor == 1 && s.hosts != 1) || s.hosts > 1 {
         return Err(HeadError::Malformed(
-            "an HTTP/1.1 request needs exactly one Host",
+            "a request needs exactly one Host (HTTP/1.0: at most one)",
         ));
     }
     if s.other_expectation {
@@ -282,7 +287,8 @@ pub fn parse_request(
         Some(n) => Framing::Length(n),
     };
     head.keep_alive = keep_alive(minor, &s);
-    head.expect_continue = s.expect_continue && head.framing != Framing::Empty;
+    // An HTTP/1.0 client does not wait for 100 Continue (RFC 9110 section 10.1.1).
+    head.expect_continue = s.expect_continue && minor == 1 && head.framing != Framing::Empty;
     Ok(true)
 }
 
@@ -305,12 +311,19 @@ pub fn parse_response(
     let (Some(status), Some(minor)) = (res.code, res.version) else {
         return Err(HeadError::Malformed("incomplete status line"));
     };
+    if status < 100 {
+        return Err(HeadError::Malformed("status code below 100"));
+    }
     let s = scan(
         buf,
         res.headers,
         &mut head.headers,
         &mut head.connection_tokens,
     )?;
+    if s.has_te && s.other_coding {
+        // Forwarding it would mean re-expressing the coding to the client; refused instead.
+        return Err(HeadError::UnsupportedCoding);
+    }
     head.len = len;
     head.status = status;
     head.reason = offset(buf, res.reason.unwrap_or("").as_bytes());
@@ -319,7 +332,7 @@ pub fn parse_response(
     head.framing = if bodiless {
         Framing::Empty
     } else if s.has_te {
-        if s.chunked_last && !s.other_coding {
+        if s.chunked_last {
             Framing::Chunked
         } else {
             Framing::UntilClose
@@ -446,6 +459,7 @@ mod tests {
             ("POST / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
             ("POST / HTTP/1.2\r\nHost: a\r\n\r\n", 505),
             ("POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 417),
+            ("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
         ];
         for (text, status) in cases {
             let got = req(text).map(|_| ()).map_err(HeadError::status);
@@ -485,6 +499,47 @@ mod tests {
         let head = req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nExpect: 100-continue\r\n\r\n").unwrap();
         assert_eq!(head.framing, Framing::Chunked);
         assert!(head.expect_continue);
+    }
+
+    #[test]
+    fn a_missing_or_odd_reason_phrase_is_an_empty_range() {
+        let mut head = ResponseHead::default();
+        for text in [
+            "HTTP/1.1 200\r\nContent-Length: 2\r\n\r\n{}",
+            "HTTP/1.1 200 \u{e7}a va\r\nContent-Length: 2\r\n\r\n{}",
+        ] {
+            let buf = text.as_bytes();
+            assert_eq!(
+                parse_response(buf, &mut head, 4096, false),
+                Ok(true),
+                "{text}"
+            );
+            assert!(head.reason.end <= buf.len());
+            assert_eq!(head.framing, Framing::Length(2));
+        }
+    }
+
+    #[test]
+    fn odd_responses_are_refused() {
+        let mut head = ResponseHead::default();
+        for bad in [
+            "HTTP/1.1 099 X\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(
+                parse_response(bad.as_bytes(), &mut head, 4096, false).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn http10_gets_no_continue_and_one_host_at_most() {
+        let head =
+            req("POST / HTTP/1.0\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n").unwrap();
+        assert!(!head.expect_continue);
+        assert!(req("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n").is_err());
     }
 
     #[test]
@@ -547,6 +602,8 @@ mod tests {
         use proptest::prelude::*;
 
         const VALID: &[&str] = &[
+            "HTTP/1.1 200\r\nContent-Length: 2\r\n\r\n{}",
+            "HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST /api/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nX-Request-Id: r1\r\n\r\nhello",
             "POST / HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, x-a\r\n\r\n",
             "GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
@@ -567,7 +624,12 @@ mod tests {
                 assert!(!(te && cl), "both framings accepted");
             }
             let mut res = ResponseHead::default();
-            let _ = parse_response(buf, &mut res, 8 * 1024, false);
+            if let Ok(true) = parse_response(buf, &mut res, 8 * 1024, false) {
+                assert!(res.len <= buf.len() && res.reason.end <= buf.len());
+                for h in &res.headers {
+                    assert!(h.name.end <= res.len && h.value.end <= res.len);
+                }
+            }
         }
 
         proptest! {
