@@ -2,8 +2,8 @@
 //! instance of Service A; runs until SIGINT/SIGTERM, then deregisters and drains.
 
 use clap::Parser;
+use shared::cli::{set, Common};
 use shared::config::{parse_duration, AppConfig};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,9 +11,8 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(version)]
 struct Flags {
-    /// JSON config file (keys as in the README); defaults apply without one.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
     /// Port to listen on; 0 picks a free one, and the real one is registered.
     #[arg(long)]
     port: Option<u16>,
@@ -38,16 +37,13 @@ struct Flags {
     /// Turns on PUT/GET /chaos; `--chaos=false` overrides a file that turns it on.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     chaos: Option<bool>,
-    /// error, warn, info, debug or trace (or LOG_LEVEL).
-    #[arg(long)]
-    log_level: Option<String>,
 }
 
 impl Flags {
     /// A flag beats the file, the file beats the default.
     fn apply(self, config: &mut AppConfig) {
         let Flags {
-            config: _,
+            common: _,
             port,
             bind,
             advertise_host,
@@ -56,7 +52,6 @@ impl Flags {
             register_interval,
             health_check_path,
             chaos,
-            log_level: _,
         } = self;
         set(&mut config.port, port);
         set(&mut config.bind, bind);
@@ -69,18 +64,11 @@ impl Flags {
     }
 }
 
-fn set<T>(field: &mut T, flag: Option<T>) {
-    if let Some(value) = flag {
-        *field = value;
-    }
-}
-
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    shared::logging::init(flags.log_level.as_deref());
-    let mut config: AppConfig = match shared::config::load(flags.config.as_deref()) {
+    let mut config: AppConfig = match flags.common.start() {
         Ok(c) => c,
-        Err(e) => return shared::shutdown::fail(&e),
+        Err(code) => return code,
     };
     flags.apply(&mut config);
     shared::shutdown::run_until_signal(app::spawn(config), |h| h.shutdown())

@@ -1,16 +1,15 @@
 //! `gateway [--config FILE] [--listen ADDR] [--admin-listen ADDR] [--discovery-url URL]`.
 
 use clap::Parser;
-use std::path::PathBuf;
+use shared::cli::{set, Common};
 use std::process::ExitCode;
 
 /// Round-robin HTTP/1.1 gateway fed by discovery's pushed instance sets.
 #[derive(Parser)]
 #[command(version)]
 struct Flags {
-    /// JSON config file (keys as in the README); defaults apply without one.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
     /// Address clients send requests to, e.g. 127.0.0.1:8000 (beats the file).
     #[arg(long)]
     listen: Option<String>,
@@ -26,34 +25,19 @@ struct Flags {
     /// Log one request in N (0: failures only, 1: every request).
     #[arg(long)]
     access_log_sample: Option<u64>,
-    /// error, warn, info, debug or trace (or LOG_LEVEL).
-    #[arg(long)]
-    log_level: Option<String>,
 }
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    shared::logging::init(flags.log_level.as_deref());
-    let mut config: shared::config::GatewayConfig =
-        match shared::config::load(flags.config.as_deref()) {
-            Ok(c) => c,
-            Err(e) => return shared::shutdown::fail(&e),
-        };
-    if let Some(v) = flags.listen {
-        config.listen = v;
-    }
-    if let Some(v) = flags.admin_listen {
-        config.admin_listen = v;
-    }
-    if let Some(v) = flags.discovery_url {
-        config.discovery_url = v;
-    }
-    if let Some(v) = flags.access_log_sample {
-        config.access_log_sample = v;
-    }
-    if let Some(v) = flags.worker_threads {
-        config.worker_threads = v;
-    }
+    let mut config: shared::config::GatewayConfig = match flags.common.start() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    set(&mut config.listen, flags.listen);
+    set(&mut config.admin_listen, flags.admin_listen);
+    set(&mut config.discovery_url, flags.discovery_url);
+    set(&mut config.access_log_sample, flags.access_log_sample);
+    set(&mut config.worker_threads, flags.worker_threads);
     gateway::init_runtime(config.worker_threads);
     shared::shutdown::run_until_signal(gateway::spawn(config), |h| h.shutdown())
 }

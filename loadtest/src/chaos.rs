@@ -394,7 +394,7 @@ impl OwnApp {
             let output = output.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let line = strip_ansi(&line);
+                    let line = shared::logging::strip_ansi(&line);
                     let mut out = match output.lock() {
                         Ok(out) => out,
                         Err(poisoned) => poisoned.into_inner(),
@@ -509,35 +509,6 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
     addr.parse().ok()
 }
 
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The members of the gateway's ring for `namespace`.
-fn ring_members(status: &Value, namespace: &str) -> Vec<String> {
-    status["namespaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n["namespace"] == namespace)
-        .flat_map(|n| n["members"].as_array().cloned().unwrap_or_default())
-        .filter_map(|m| m["upstream"].as_str().map(str::to_string))
-        .collect()
-}
-
 /// Waits until the gateway routes `namespace` to `member` too.
 async fn wait_in_ring(admin_url: &str, namespace: &str, member: &str) -> Result<(), String> {
     let deadline = Instant::now() + READY_WITHIN;
@@ -545,7 +516,7 @@ async fn wait_in_ring(admin_url: &str, namespace: &str, member: &str) -> Result<
     loop {
         let last = match get_json(&url).await {
             Ok(status) => {
-                let members = ring_members(&status, namespace);
+                let members = shared::wire::ring_members(&status, namespace);
                 if members.iter().any(|m| m == member) {
                     return Ok(());
                 }
@@ -751,7 +722,7 @@ mod tests {
     fn the_listening_address_is_read_from_pretty_and_ndjson_logs() {
         let pretty = "\u{1b}[32minfo\u{1b}[0m app listening on http://127.0.0.1:41234";
         assert_eq!(
-            listening_addr(&strip_ansi(pretty)),
+            listening_addr(&shared::logging::strip_ansi(pretty)),
             Some("127.0.0.1:41234".parse().unwrap())
         );
         let ndjson =
@@ -760,18 +731,6 @@ mod tests {
         assert_eq!(
             listening_addr("gateway listening on http://1.2.3.4:5"),
             None
-        );
-    }
-
-    #[test]
-    fn ring_members_come_from_the_status_of_the_namespace() {
-        let status = serde_json::json!({"namespaces": [
-            {"namespace": "other", "members": [{"upstream": "127.0.0.1:1"}]},
-            {"namespace": "service A", "members": [{"upstream": "127.0.0.1:2"}, {"upstream": "127.0.0.1:3"}]},
-        ]});
-        assert_eq!(
-            ring_members(&status, "service A"),
-            vec!["127.0.0.1:2", "127.0.0.1:3"]
         );
     }
 

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod http1;
 pub mod logging;

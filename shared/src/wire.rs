@@ -281,9 +281,34 @@ pub fn validate_path(path: &str) -> Result<(), String> {
     }
 }
 
+/// The upstreams in the gateway's ring for `namespace`, read from the JSON
+/// of its admin `/status`; tools use it to wait until an instance is routed.
+pub fn ring_members(status: &serde_json::Value, namespace: &str) -> Vec<String> {
+    status["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["namespace"] == namespace)
+        .flat_map(|n| n["members"].as_array().cloned().unwrap_or_default())
+        .filter_map(|m| m["upstream"].as_str().map(str::to_string))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_members_come_from_the_status_of_the_namespace() {
+        let status = serde_json::json!({"namespaces": [
+            {"namespace": "other", "members": [{"upstream": "127.0.0.1:1"}]},
+            {"namespace": "service A", "members": [{"upstream": "127.0.0.1:2"}, {"upstream": "127.0.0.1:3"}]},
+        ]});
+        assert_eq!(
+            ring_members(&status, "service A"),
+            vec!["127.0.0.1:2", "127.0.0.1:3"]
+        );
+    }
 
     #[test]
     fn port_reads_number_and_string_and_writes_string() {

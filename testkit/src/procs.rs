@@ -58,7 +58,10 @@ impl Proc {
             let lines = lines.clone();
             readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(strip_ansi(&line));
+                    lines
+                        .lock()
+                        .unwrap()
+                        .push(shared::logging::strip_ansi(&line));
                 }
             }));
         }
@@ -155,21 +158,4 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

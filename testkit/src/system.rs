@@ -53,14 +53,7 @@ pub async fn apps(discovery_url: &str, n: usize) -> Vec<app::Handle> {
 /// The members of the gateway's ring for `namespace`, from its `/status`.
 pub async fn ring(admin_url: &str, namespace: &str) -> Vec<String> {
     let (_, status) = crate::client::get(&format!("{admin_url}/status")).await;
-    status["namespaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n["namespace"] == namespace)
-        .flat_map(|n| n["members"].as_array().cloned().unwrap_or_default())
-        .map(|m| m["upstream"].as_str().unwrap_or_default().to_string())
-        .collect()
+    shared::wire::ring_members(&status, namespace)
 }
 
 /// Waits until the gateway's ring for "service A" has exactly `members`.

@@ -1,0 +1,33 @@
+//! The flags every service binary shares, so `discovery`, `gateway` and `app`
+//! read their config file and log level the same way.
+
+use serde::de::DeserializeOwned;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// `--config FILE` and `--log-level LEVEL`; flatten into a binary's flags.
+#[derive(clap::Args)]
+pub struct Common {
+    /// JSON config file (keys as in the README); defaults apply without one.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// error, warn, info, debug or trace (or LOG_LEVEL).
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+impl Common {
+    /// Starts logging, then loads the config file (defaults without one);
+    /// on a bad file the error is logged and the exit code to return given.
+    pub fn start<T: DeserializeOwned + Default>(&self) -> Result<T, ExitCode> {
+        crate::logging::init(self.log_level.as_deref());
+        crate::config::load(self.config.as_deref()).map_err(|e| crate::shutdown::fail(&e))
+    }
+}
+
+/// A flag given on the command line beats the value from the file.
+pub fn set<T>(field: &mut T, flag: Option<T>) {
+    if let Some(value) = flag {
+        *field = value;
+    }
+}
