@@ -21,7 +21,9 @@ test:
 bench:
     bash bench/run.sh
     cargo bench -p discovery --bench registry
-    bash bench/loadgen.sh
+    rm -f bench/results-loadgen.md
+    LOADGEN_OUT=bench/results-loadgen.md bash bench/loadgen.sh
+    LOADGEN_OUT=bench/results-loadgen.md LOADGEN_PIN=1 bash bench/loadgen.sh
 
 # Format everything.
 fmt:

@@ -5,8 +5,8 @@
 #
 # Settings (environment): BENCH_SECONDS per run (10), BENCH_ROUNDS interleaved rounds (5),
 # BENCH_CONNECTIONS wrk connections (64), BENCH_LAYOUTS "pinned shared",
-# BENCH_PARTS "cheap apps slow memory" (which sections to run; "hold" keeps the system up
-# afterwards, for profiling).
+# BENCH_PARTS "cheap apps slow memory echo" (which sections to run; "hold" keeps the system
+# up afterwards, for profiling).
 #
 # Layouts on this 2-core machine, each proxy given as many workers as it has cores:
 #   pinned: every proxy gets core 0 to itself and one worker (nginx worker_processes 1,
@@ -22,7 +22,7 @@ SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 ROUNDS=${BENCH_ROUNDS:-5}
 CONNS=${BENCH_CONNECTIONS:-64}
 LAYOUTS=${BENCH_LAYOUTS:-"pinned shared"}
-PARTS=${BENCH_PARTS:-"cheap apps slow memory"}
+PARTS=${BENCH_PARTS:-"cheap apps slow memory echo"}
 OUT=$ROOT/bench/results.md
 LUA=$ROOT/bench/wrk/post256.lua
 
@@ -44,6 +44,7 @@ need() {
 }
 
 PIDS=()
+declare -A APP_PID=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pidfile in "$TMP"/upstream.pid "$TMP"/proxy-nginx.pid "$TMP"/proxy-haproxy.pid; do
@@ -209,6 +210,46 @@ slow_app() { # one of the three real apps slow: the gateway fails over, the othe
   done
 }
 
+# Service A's own echo throughput, the upstream figure the gateway's overhead is judged
+# against: one app alone on core 0 (the proxies stopped), wrk on core 1, rounds
+# interleaved with the cheap nginx upstream (one worker) pinned the same way as the baseline.
+echo_app() {
+  stop_proxies
+  local app=${APP_PID[$APP1]}
+  for pid in "${OTHER_PIDS[@]}"; do taskset -apc 1 "$pid" >/dev/null; done
+  taskset -apc 0 "$app" >/dev/null
+  for pid in $(pgrep -P "$(cat "$TMP/upstream.pid")"); do taskset -apc 0 "$pid" >/dev/null; done
+  WRK_CPUS=1
+  declare -A url=([app]="http://127.0.0.1:$APP1/" [nginx]="http://127.0.0.1:$UP1/")
+  rm -f "$TMP"/echo-*.txt
+  for t in app nginx; do measure "${url[$t]}" 2 "$CONNS" >/dev/null; done
+  for r in $(seq 1 3); do
+    for t in app nginx; do
+      measure "${url[$t]}" "$SECONDS_PER_RUN" "$CONNS" >> "$TMP/echo-$t.txt"
+      echo "  echo round $r $t: $(tail -1 "$TMP/echo-$t.txt")" >&2
+    done
+  done
+  local base; base=$(cut -d' ' -f1 "$TMP/echo-nginx.txt" | median)
+  {
+    echo
+    echo "### One Service A alone on one core"
+    echo
+    echo "The app (validates the JSON body and echoes it byte for byte) pinned alone to core 0, wrk on"
+    echo "core 1 with $CONNS keep-alive connections; the baseline is the cheap nginx upstream (one worker,"
+    echo "constant answer) pinned the same way. Medians of 3 interleaved rounds."
+    echo
+    echo "| target | req/s | vs nginx constant | p50 ms | p99 ms | errors |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    for t in app nginx; do
+      local f=$TMP/echo-$t.txt rps p50 p99 err
+      rps=$(cut -d' ' -f1 "$f" | median); p50=$(cut -d' ' -f2 "$f" | median); p99=$(cut -d' ' -f3 "$f" | median)
+      err=$(awk '{ s += $4 } END { print s }' "$f")
+      printf "| %s | %.0f | %.2fx | %.2f | %.2f | %d |\n" "$t" "$rps" \
+        "$(awk -v a="$rps" -v b="$base" 'BEGIN { print a / b }')" "$p50" "$p99" "$err"
+    done
+  } >> "$OUT"
+}
+
 main() {
   need
   for port in $UP1 $UP2 $UP3 $APP1 $APP2 $APP3 $DISCOVERY $GATEWAY $ADMIN $NGINX $HAPROXY; do
@@ -226,7 +267,7 @@ main() {
   wait_for discovery curl -sf "http://127.0.0.1:$DISCOVERY/health_check"
   for port in $APP1 $APP2 $APP3; do
     target/release/app --port "$port" --discovery-url "http://127.0.0.1:$DISCOVERY" --chaos --log-level warn > "$TMP/app-$port.log" 2>&1 &
-    PIDS+=($!); OTHER_PIDS+=($!)
+    PIDS+=($!); OTHER_PIDS+=($!); APP_PID[$port]=$!
   done
   for port in $UP1 $UP2 $UP3; do
     curl -sf "http://127.0.0.1:$DISCOVERY/api/register" -d "{\"namespace\": \"cheap\", \"port\": $port}" >/dev/null
@@ -255,6 +296,7 @@ main() {
   if part apps; then compare "The three real apps (Service A), shared layout" / 3 "$SECONDS_PER_RUN"; fi
   if part slow; then slow_app; fi
   if part memory; then peak_rss; fi
+  if part echo; then echo_app; fi
   if part hold; then
     echo "system up (gateway :$GATEWAY, nginx :$NGINX, HAProxy :$HAPROXY); Ctrl-C stops it" >&2
     sleep infinity
