@@ -24,6 +24,9 @@ CONNS=${BENCH_CONNECTIONS:-64}
 LAYOUTS=${BENCH_LAYOUTS:-"pinned shared"}
 PARTS=${BENCH_PARTS:-"cheap apps slow memory echo"}
 OUT=$ROOT/bench/results.md
+# Written here first and moved to $OUT only once every part asked for has run, so a run
+# that fails, is stopped, or only holds the system up for profiling keeps the last results.
+RESULTS=$TMP/results.md
 LUA=$ROOT/bench/wrk/post256.lua
 
 # Ports, all on 127.0.0.1.
@@ -68,8 +71,8 @@ wait_for() { # what, command...
   echo "timed out waiting for $what" >&2; exit 1
 }
 
-ring_size() { # namespace -> members in the gateway's ring
-  curl -s "http://127.0.0.1:$ADMIN/status" | python3 -c "import json,sys; d=json.load(sys.stdin); print([len(n['members']) for n in d['namespaces'] if n['namespace']=='$1'][0])" 2>/dev/null || echo 0
+rings_full() { # the gateway routes to all six upstreams (three cheap, three apps)
+  [ "$(curl -s "http://127.0.0.1:$ADMIN/status" | grep -o '"upstream"' | wc -l)" = 6 ]
 }
 
 start_gateway() {
@@ -78,7 +81,7 @@ start_gateway() {
     --worker-threads "$WORKERS" > "$TMP/gateway.log" 2>&1 &
   GATEWAY_PID=$!
   PIDS+=("$GATEWAY_PID")
-  wait_for "the gateway's rings" bash -c "[ \"\$(curl -s http://127.0.0.1:$ADMIN/status | grep -o '\"upstream\"' | wc -l)\" = 6 ]"
+  wait_for "the gateway's rings" rings_full
 }
 
 # Starts the three proxies with $WORKERS workers each.
@@ -131,25 +134,40 @@ measure() { # url seconds connections
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-# Runs every target ROUNDS times, interleaved; appends a table to the results.
-compare() { # title path rounds seconds
-  local title=$1 path=$2 rounds=$3 seconds=$4
-  declare -A url=([gateway]="http://127.0.0.1:$GATEWAY$path" [nginx]="http://127.0.0.1:$NGINX$path" [haproxy]="http://127.0.0.1:$HAPROXY$path")
-  local targets=(gateway nginx haproxy)
-  if [ "$path" = /cheap ]; then url[direct]="http://127.0.0.1:$UP1/"; targets+=(direct); fi
+# Measures every NAME=URL ROUNDS times, interleaved so a drift of the machine hits all alike,
+# after a 2 s warm-up of each (which also fills the proxies' pools); each run appends
+# "rps p50 p99 errors" to $TMP/run-NAME.txt.
+interleave() { # label rounds seconds name=url...
+  local label=$1 rounds=$2 seconds=$3; shift 3
   rm -f "$TMP"/run-*.txt
-  for t in "${targets[@]}"; do measure "${url[$t]}" 2 "$CONNS" >/dev/null; done # warm pools
+  for target in "$@"; do measure "${target#*=}" 2 "$CONNS" >/dev/null; done
   for r in $(seq 1 "$rounds"); do
-    for t in "${targets[@]}"; do
-      measure "${url[$t]}" "$seconds" "$CONNS" >> "$TMP/run-$t.txt"
-      echo "  $title round $r $t: $(tail -1 "$TMP/run-$t.txt")" >&2
+    for target in "$@"; do
+      local t=${target%%=*}
+      measure "${target#*=}" "$seconds" "$CONNS" >> "$TMP/run-$t.txt"
+      echo "  $label round $r $t: $(tail -1 "$TMP/run-$t.txt")" >&2
     done
   done
-  local best=0
+}
+
+# A target's medians over its rounds and its total errors: "rps p50 p99 errors".
+medians() { # name
+  local f=$TMP/run-$1.txt
+  echo "$(cut -d' ' -f1 "$f" | median) $(cut -d' ' -f2 "$f" | median) $(cut -d' ' -f3 "$f" | median) $(awk '{ s += $4 } END { print s }' "$f")"
+}
+
+# The three proxies (and, on the cheap upstream, a direct hit) side by side; appends a table.
+compare() { # title path rounds seconds
+  local title=$1 path=$2 rounds=$3 seconds=$4
+  local targets=(gateway nginx haproxy)
+  local urls=("gateway=http://127.0.0.1:$GATEWAY$path" "nginx=http://127.0.0.1:$NGINX$path" "haproxy=http://127.0.0.1:$HAPROXY$path")
+  if [ "$path" = /cheap ]; then targets+=(direct); urls+=("direct=http://127.0.0.1:$UP1/"); fi
+  interleave "$title" "$rounds" "$seconds" "${urls[@]}"
+  local best=0 r nginx_p99
   for t in nginx haproxy; do
-    local r; r=$(cut -d' ' -f1 "$TMP/run-$t.txt" | median); best=$(awk -v a="$best" -v b="$r" 'BEGIN { print (b > a) ? b : a }')
+    read -r r _ <<<"$(medians "$t")"; best=$(awk -v a="$best" -v b="$r" 'BEGIN { print (b > a) ? b : a }')
   done
-  local nginx_p99; nginx_p99=$(cut -d' ' -f3 "$TMP/run-nginx.txt" | median)
+  read -r _ _ nginx_p99 _ <<<"$(medians nginx)"
   {
     echo
     echo "### $title"
@@ -157,16 +175,14 @@ compare() { # title path rounds seconds
     echo "| target | req/s (median of $rounds) | vs better of nginx/HAProxy | p50 ms | p99 ms | p99 vs nginx | errors |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     for t in "${targets[@]}"; do
-      local f=$TMP/run-$t.txt rps p50 p99 err
-      rps=$(cut -d' ' -f1 "$f" | median); p50=$(cut -d' ' -f2 "$f" | median); p99=$(cut -d' ' -f3 "$f" | median)
-      err=$(awk '{ s += $4 } END { print s }' "$f")
+      local rps p50 p99 err; read -r rps p50 p99 err <<<"$(medians "$t")"
       printf "| %s | %.0f | %.2fx | %.2f | %.2f | %.2fx | %d |\n" "$t" "$rps" \
         "$(awk -v a="$rps" -v b="$best" 'BEGIN { print a / b }')" "$p50" "$p99" \
         "$(awk -v a="$p99" -v b="$nginx_p99" 'BEGIN { print a / b }')" "$err"
     done
     echo
     echo "Every round, per target (req/s): $(for t in "${targets[@]}"; do printf '%s %s; ' "$t" "$(cut -d' ' -f1 "$TMP/run-$t.txt" | tr '\n' ' ')"; done)"
-  } >> "$OUT"
+  } >> "$RESULTS"
 }
 
 peak_rss() { # the gateway's peak RSS with 1,000 keep-alive clients
@@ -181,7 +197,7 @@ peak_rss() { # the gateway's peak RSS with 1,000 keep-alive clients
     echo "### Memory"
     echo
     echo "Peak RSS (VmHWM) of a fresh gateway after ${SECONDS_PER_RUN} s of 1,000 concurrent keep-alive clients: **$((rss / 1024)) MiB** (target: under 64 MiB); $rps req/s meanwhile."
-  } >> "$OUT"
+  } >> "$RESULTS"
 }
 
 slow_app() { # one of the three real apps slow: the gateway fails over, the others time out
@@ -197,16 +213,16 @@ slow_app() { # one of the three real apps slow: the gateway fails over, the othe
     echo
     echo "| target | req/s | p50 ms | p99 ms | errors |"
     echo "| --- | ---: | ---: | ---: | ---: |"
-  } >> "$OUT"
+  } >> "$RESULTS"
   for t in gateway nginx haproxy; do
     local port; case $t in gateway) port=$GATEWAY;; nginx) port=$NGINX;; haproxy) port=$HAPROXY;; esac
     curl -s -X PUT "http://127.0.0.1:$APP2/chaos" -d '{"delay_ms": 3000}' >/dev/null
-    wait_for "the gateway's ring to hold the slow app again" bash -c "[ \"\$(curl -s http://127.0.0.1:$ADMIN/status | grep -o '\"upstream\"' | wc -l)\" = 6 ] || [ $t != gateway ]"
+    if [ "$t" = gateway ]; then wait_for "the gateway's ring to hold the slow app again" rings_full; fi
     read -r rps p50 p99 err <<<"$(measure "http://127.0.0.1:$port/" "$SECONDS_PER_RUN" 16)"
-    echo "| $t | $rps | $p50 | $p99 | $err |" >> "$OUT"
+    echo "| $t | $rps | $p50 | $p99 | $err |" >> "$RESULTS"
     echo "  slow app, $t: $rps $p50 $p99 $err" >&2
     curl -s -X PUT "http://127.0.0.1:$APP2/chaos" -d '{"delay_ms": 0}' >/dev/null
-    wait_for "the healed app back in the ring" bash -c "[ \"\$(curl -s http://127.0.0.1:$ADMIN/status | grep -o '\"upstream\"' | wc -l)\" = 6 ]"
+    wait_for "the healed app back in the ring" rings_full
   done
 }
 
@@ -220,16 +236,8 @@ echo_app() {
   taskset -apc 0 "$app" >/dev/null
   for pid in $(pgrep -P "$(cat "$TMP/upstream.pid")"); do taskset -apc 0 "$pid" >/dev/null; done
   WRK_CPUS=1
-  declare -A url=([app]="http://127.0.0.1:$APP1/" [nginx]="http://127.0.0.1:$UP1/")
-  rm -f "$TMP"/echo-*.txt
-  for t in app nginx; do measure "${url[$t]}" 2 "$CONNS" >/dev/null; done
-  for r in $(seq 1 3); do
-    for t in app nginx; do
-      measure "${url[$t]}" "$SECONDS_PER_RUN" "$CONNS" >> "$TMP/echo-$t.txt"
-      echo "  echo round $r $t: $(tail -1 "$TMP/echo-$t.txt")" >&2
-    done
-  done
-  local base; base=$(cut -d' ' -f1 "$TMP/echo-nginx.txt" | median)
+  interleave echo 3 "$SECONDS_PER_RUN" "app=http://127.0.0.1:$APP1/" "nginx=http://127.0.0.1:$UP1/"
+  local base; read -r base _ <<<"$(medians nginx)"
   {
     echo
     echo "### One Service A alone on one core"
@@ -241,13 +249,11 @@ echo_app() {
     echo "| target | req/s | vs nginx constant | p50 ms | p99 ms | errors |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: |"
     for t in app nginx; do
-      local f=$TMP/echo-$t.txt rps p50 p99 err
-      rps=$(cut -d' ' -f1 "$f" | median); p50=$(cut -d' ' -f2 "$f" | median); p99=$(cut -d' ' -f3 "$f" | median)
-      err=$(awk '{ s += $4 } END { print s }' "$f")
+      local rps p50 p99 err; read -r rps p50 p99 err <<<"$(medians "$t")"
       printf "| %s | %.0f | %.2fx | %.2f | %.2f | %d |\n" "$t" "$rps" \
         "$(awk -v a="$rps" -v b="$base" 'BEGIN { print a / b }')" "$p50" "$p99" "$err"
     done
-  } >> "$OUT"
+  } >> "$RESULTS"
 }
 
 main() {
@@ -283,7 +289,7 @@ main() {
     echo "and discovery on core 1), $CORES when sharing both cores (nginx worker_processes, HAProxy"
     echo "nbthread, gateway worker_threads). Medians over interleaved rounds; *direct* is wrk against one"
     echo "upstream, no proxy."
-  } > "$OUT"
+  } > "$RESULTS"
   part() { [[ " $PARTS " == *" $1 "* ]]; }
   if part cheap; then
     for l in $LAYOUTS; do
@@ -297,11 +303,13 @@ main() {
   if part slow; then slow_app; fi
   if part memory; then peak_rss; fi
   if part echo; then echo_app; fi
+  local measured=0
+  for p in cheap apps slow memory echo; do part "$p" && measured=1; done
+  if ((measured)); then mv "$RESULTS" "$OUT" && echo "results in $OUT" >&2; fi
   if part hold; then
     echo "system up (gateway :$GATEWAY, nginx :$NGINX, HAProxy :$HAPROXY); Ctrl-C stops it" >&2
     sleep infinity
   fi
-  echo "results in $OUT"
 }
 
 main "$@"
