@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod http1;
 pub mod logging;
+pub mod panics;
 pub mod runstate;
 pub mod serve;
 pub mod shutdown;

@@ -22,22 +22,77 @@ pub struct Served {
     accept: JoinHandle<()>,
 }
 
+/// What a served port tolerates from its clients.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Connections served at once; beyond it the listener stops accepting
+    /// (the kernel's backlog holds the rest) so descriptors stay free.
+    pub max_connections: usize,
+    /// A request head must arrive whole within this, from its first byte.
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after this.
+    pub idle_timeout: Duration,
+    /// Largest request head; larger ones are answered 431.
+    pub max_head_bytes: usize,
+    /// Largest request body; larger ones are answered 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            // Above the gateway's default max_header_bytes (16 KiB) plus what it
+            // adds, so every head the gateway forwards is one the apps take.
+            max_head_bytes: 32 * 1024,
+            max_body_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+
+/// How to serve: the limits, and where caught panics are counted.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub limits: Limits,
+    pub panics: crate::panics::Panics,
+}
+
 /// Binds `listen` (port 0 picks a free port) and serves `app` until `shutdown`.
 pub async fn serve<S>(app: tide::Server<S>, listen: &str) -> std::io::Result<Served>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
-    serve_on(app, listener)
+    serve_with(app, bind(listen).await?, Options::default())
 }
 
-/// Serves `app` on a listener bound by the caller.
+/// Binds `listen` (port 0 picks a free port), naming the address in the error.
+pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))
+}
+
+/// Serves `app` on a listener bound by the caller, with default options.
 pub fn serve_on<S>(app: tide::Server<S>, listener: TcpListener) -> std::io::Result<Served>
 where
     S: Clone + Send + Sync + 'static,
 {
+    serve_with(app, listener, Options::default())
+}
+
+/// Serves `app` on a listener bound by the caller, within `options`.
+pub fn serve_with<S>(
+    app: tide::Server<S>,
+    listener: TcpListener,
+    options: Options,
+) -> std::io::Result<Served>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let _ = &options; // TODO(front): enforce the limits (in progress)
+
     let addr = listener.local_addr()?;
     let stop = Trigger::new();
     let kill = Trigger::new();
