@@ -3,10 +3,15 @@
 default:
     @just --list
 
-# Build in release and run everything: discovery :8500, apps :8080-8082, gateway :8000 (admin :8001). Ctrl-C stops it all.
-up:
+# Build in release and run everything: discovery :8500, apps :8080-8082, gateway :8000 (admin :8001). Ctrl-C stops it all. Arguments pass on, e.g. `just up --apps 5 --gateway-port 9000` (`just up --help`).
+up *ARGS:
     cargo build --release -p discovery -p app -p gateway -p up
-    target/release/up
+    target/release/up {{ARGS}}
+
+# Stop the system `just up` runs (from any terminal) and wait until every process has exited.
+down *ARGS:
+    @cargo build --release --quiet -p up
+    target/release/up down {{ARGS}}
 
 # POST load through the running system's gateway; arguments pass on, e.g. `just loadtest --duration 5s --chaos kill`.
 loadtest *ARGS:

@@ -6,7 +6,8 @@
 # Settings (environment): BENCH_SECONDS per run (10), BENCH_ROUNDS interleaved rounds (5),
 # BENCH_CONNECTIONS wrk connections (64), BENCH_LAYOUTS "pinned shared",
 # BENCH_PARTS "cheap apps slow memory echo" (which sections to run; "hold" keeps the system
-# up afterwards, for profiling).
+# up afterwards, for profiling), BENCH_GATEWAY_BEFORE a second gateway binary (an earlier
+# build) measured as "gateway-before" in the same interleaved rounds, to price a change.
 #
 # Layouts on this 2-core machine, each proxy given as many workers as it has cores:
 #   pinned: every proxy gets core 0 to itself and one worker (nginx worker_processes 1,
@@ -32,6 +33,7 @@ LUA=$ROOT/bench/wrk/post256.lua
 # Ports, all on 127.0.0.1.
 UP1=19081 UP2=19082 UP3=19083 APP1=19091 APP2=19092 APP3=19093
 DISCOVERY=19500 GATEWAY=19000 ADMIN=19001 NGINX=19100 HAPROXY=19200
+BEFORE=19010 BEFORE_ADMIN=19011 BEFORE_BIN=${BENCH_GATEWAY_BEFORE:-}
 CORES=$(nproc)
 WORKERS=$CORES
 
@@ -82,6 +84,15 @@ start_gateway() {
   GATEWAY_PID=$!
   PIDS+=("$GATEWAY_PID")
   wait_for "the gateway's rings" rings_full
+  BEFORE_PID=
+  if [ -n "$BEFORE_BIN" ]; then
+    "$BEFORE_BIN" --config bench/conf/gateway.json --listen 127.0.0.1:$BEFORE \
+      --admin-listen 127.0.0.1:$BEFORE_ADMIN --discovery-url http://127.0.0.1:$DISCOVERY --log-level warn \
+      --worker-threads "$WORKERS" > "$TMP/gateway-before.log" 2>&1 &
+    BEFORE_PID=$!
+    PIDS+=("$BEFORE_PID")
+    wait_for "the earlier gateway" curl -sf "http://127.0.0.1:$BEFORE/cheap" -d '{}'
+  fi
 }
 
 # Starts the three proxies with $WORKERS workers each.
@@ -96,9 +107,9 @@ start_proxies() {
 }
 
 stop_proxies() {
-  kill "$GATEWAY_PID" "$(cat "$TMP/proxy-nginx.pid")" "$(cat "$TMP/proxy-haproxy.pid")" 2>/dev/null || true
-  wait "$GATEWAY_PID" 2>/dev/null || true
-  for port in $GATEWAY $NGINX $HAPROXY; do wait_for "port $port to close" port_free "$port"; done
+  kill "$GATEWAY_PID" $BEFORE_PID "$(cat "$TMP/proxy-nginx.pid")" "$(cat "$TMP/proxy-haproxy.pid")" 2>/dev/null || true
+  wait "$GATEWAY_PID" $BEFORE_PID 2>/dev/null || true
+  for port in $GATEWAY $NGINX $HAPROXY ${BEFORE_PID:+$BEFORE}; do wait_for "port $port to close" port_free "$port"; done
 }
 
 # Restarts the proxies for a layout: pinned (one worker each, alone on core 0,
@@ -109,7 +120,7 @@ layout() {
   if [ "$1" = shared ]; then proxy_cpus=0-$((CORES - 1)); other_cpus=$proxy_cpus; WORKERS=$CORES; fi
   [ -n "${GATEWAY_PID:-}" ] && stop_proxies
   start_proxies
-  for pid in $GATEWAY_PID $(cat "$TMP/proxy-haproxy.pid") $(pgrep -P "$(cat "$TMP/proxy-nginx.pid")"); do
+  for pid in $GATEWAY_PID $BEFORE_PID $(cat "$TMP/proxy-haproxy.pid") $(pgrep -P "$(cat "$TMP/proxy-nginx.pid")"); do
     taskset -apc "$proxy_cpus" "$pid" >/dev/null
   done
   for pid in "${OTHER_PIDS[@]}" $(pgrep -P "$(cat "$TMP/upstream.pid")"); do
@@ -161,6 +172,7 @@ compare() { # title path rounds seconds
   local title=$1 path=$2 rounds=$3 seconds=$4
   local targets=(gateway nginx haproxy)
   local urls=("gateway=http://127.0.0.1:$GATEWAY$path" "nginx=http://127.0.0.1:$NGINX$path" "haproxy=http://127.0.0.1:$HAPROXY$path")
+  if [ -n "$BEFORE_PID" ]; then targets+=(gateway-before); urls+=("gateway-before=http://127.0.0.1:$BEFORE$path"); fi
   if [ "$path" = /cheap ]; then targets+=(direct); urls+=("direct=http://127.0.0.1:$UP1/"); fi
   interleave "$title" "$rounds" "$seconds" "${urls[@]}"
   local best=0 r nginx_p99
@@ -201,7 +213,7 @@ peak_rss() { # the gateway's peak RSS with 1,000 keep-alive clients
 }
 
 slow_app() { # one of the three real apps slow: the gateway fails over, the others time out
-  curl -s -X PUT "http://127.0.0.1:$APP2/chaos" -d '{"delay_ms": 3000}' >/dev/null
+  curl -s -X PUT "http://127.0.0.1:$((APP2 + 100))/chaos" -d '{"delay_ms": 3000}' >/dev/null
   {
     echo
     echo "### One of the three real apps slow (3 s delay, proxy timeout 2 s)"
@@ -216,12 +228,12 @@ slow_app() { # one of the three real apps slow: the gateway fails over, the othe
   } >> "$RESULTS"
   for t in gateway nginx haproxy; do
     local port; case $t in gateway) port=$GATEWAY;; nginx) port=$NGINX;; haproxy) port=$HAPROXY;; esac
-    curl -s -X PUT "http://127.0.0.1:$APP2/chaos" -d '{"delay_ms": 3000}' >/dev/null
+    curl -s -X PUT "http://127.0.0.1:$((APP2 + 100))/chaos" -d '{"delay_ms": 3000}' >/dev/null
     if [ "$t" = gateway ]; then wait_for "the gateway's ring to hold the slow app again" rings_full; fi
     read -r rps p50 p99 err <<<"$(measure "http://127.0.0.1:$port/" "$SECONDS_PER_RUN" 16)"
     echo "| $t | $rps | $p50 | $p99 | $err |" >> "$RESULTS"
     echo "  slow app, $t: $rps $p50 $p99 $err" >&2
-    curl -s -X PUT "http://127.0.0.1:$APP2/chaos" -d '{"delay_ms": 0}' >/dev/null
+    curl -s -X PUT "http://127.0.0.1:$((APP2 + 100))/chaos" -d '{"delay_ms": 0}' >/dev/null
     wait_for "the healed app back in the ring" rings_full
   done
 }
@@ -258,7 +270,7 @@ echo_app() {
 
 main() {
   need
-  for port in $UP1 $UP2 $UP3 $APP1 $APP2 $APP3 $DISCOVERY $GATEWAY $ADMIN $NGINX $HAPROXY; do
+  for port in $UP1 $UP2 $UP3 $APP1 $APP2 $APP3 $((APP2 + 100)) $DISCOVERY $GATEWAY $ADMIN $NGINX $HAPROXY; do
     port_free "$port" || { echo "port $port is taken: stop whatever uses it first" >&2; exit 1; }
   done
   echo "building (release)"
@@ -272,7 +284,7 @@ main() {
   PIDS+=($!); OTHER_PIDS=($!)
   wait_for discovery curl -sf "http://127.0.0.1:$DISCOVERY/health_check"
   for port in $APP1 $APP2 $APP3; do
-    target/release/app --port "$port" --discovery-url "http://127.0.0.1:$DISCOVERY" --chaos --log-level warn > "$TMP/app-$port.log" 2>&1 &
+    target/release/app --port "$port" --discovery-url "http://127.0.0.1:$DISCOVERY" --admin-port $((port + 100)) --chaos --log-level warn > "$TMP/app-$port.log" 2>&1 &
     PIDS+=($!); OTHER_PIDS+=($!); APP_PID[$port]=$!
   done
   for port in $UP1 $UP2 $UP3; do

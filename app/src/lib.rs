@@ -4,10 +4,13 @@
 //!
 //! A request's path through the crate: `access` logs it and stamps
 //! `x-served-by`; `echo` answers business POSTs and `health` the checks, both
-//! slowed down or failed by `chaos` when `--chaos` is on. Beside the server,
-//! `registration` keeps the instance known to discovery from bind to shutdown.
+//! slowed down or failed by `chaos` when `--chaos` is on. The knobs themselves
+//! live on the `admin` listener, beside `/metrics`: never registered, so no
+//! client of the gateway reaches them. Beside the servers, `registration`
+//! keeps the instance known to discovery from bind to shutdown.
 
 mod access;
+mod admin;
 mod chaos;
 mod echo;
 mod health;
@@ -15,12 +18,16 @@ mod registration;
 
 use async_std::net::TcpListener;
 use shared::config::AppConfig;
-use shared::serve::Served;
+use shared::panics::Panics;
+use shared::serve::{Limits, Options, Served};
 use shared::wire::Port;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tide::{Request, StatusCode};
+
+/// How long shutdown lets an operator's admin call finish.
+const ADMIN_DRAIN: Duration = Duration::from_millis(500);
 
 /// What every handler shares; cloned per request, so only `Arc`s and copies.
 #[derive(Clone)]
@@ -36,9 +43,11 @@ pub(crate) struct State {
 #[derive(Debug)]
 pub struct Handle {
     served: Served,
+    admin: Served,
     registration: registration::Registration,
     served_by: Arc<str>,
     drain_timeout: Duration,
+    panics: Panics,
 }
 
 impl Handle {
@@ -52,16 +61,35 @@ impl Handle {
         format!("http://{}", self.addr())
     }
 
+    /// The admin listener (`/chaos`, `/metrics`, `/health_check`): for
+    /// operators and tests, never registered with discovery.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.addr()
+    }
+
+    /// `http://admin_addr`.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr())
+    }
+
     /// `host:port` as registered with discovery and sent in `x-served-by`.
     pub fn served_by(&self) -> &str {
         &self.served_by
     }
 
+    /// Panics caught so far (connections and background loops), as in
+    /// `app_panics_total`.
+    pub fn panics(&self) -> u64 {
+        self.panics.count()
+    }
+
     /// Leaves discovery first (so no new traffic is routed here), then lets
-    /// requests in progress finish within `drain_timeout`, then closes the port.
+    /// requests in progress finish within `drain_timeout`, then closes the
+    /// ports, the admin one last.
     pub async fn shutdown(self) {
         self.registration.leave().await;
         self.served.shutdown(self.drain_timeout).await;
+        self.admin.shutdown(ADMIN_DRAIN).await;
         log::info!("app stopped");
     }
 }
@@ -80,6 +108,17 @@ pub async fn spawn(config: AppConfig) -> std::io::Result<Handle> {
                 format!("cannot listen on {}:{}: {e}", config.bind, config.port),
             )
         })?;
+    let admin_listener = TcpListener::bind((config.bind.as_str(), config.admin_port))
+        .await
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot listen (admin) on {}:{}: {e}",
+                    config.bind, config.admin_port
+                ),
+            )
+        })?;
     let addr = listener.local_addr()?;
     let port = Port(addr.port());
     // An empty advertise_host lets discovery take the caller's IP; the bound
@@ -96,14 +135,39 @@ pub async fn spawn(config: AppConfig) -> std::io::Result<Handle> {
         served_by: served_by.clone(),
         max_body_bytes: config.max_body_bytes,
     };
-    let served = shared::serve::serve_on(routes(state, &config), listener)?;
+    let panics = Panics::new();
+    let limits = Limits {
+        max_head_bytes: config.max_header_bytes,
+        max_body_bytes: config.max_body_bytes,
+        ..Limits::default()
+    };
+    let admin = shared::serve::serve_with(
+        admin::routes(state.clone(), panics.clone()),
+        admin_listener,
+        Options {
+            limits: admin::limits(),
+            panics: panics.clone(),
+        },
+    )?;
+    let served = shared::serve::serve_with(
+        routes(state, &config),
+        listener,
+        Options {
+            limits,
+            panics: panics.clone(),
+        },
+    )?;
     log::info!(addr:% = served.addr(), served_by = &*served_by, chaos = config.chaos;
         "app listening on http://{}", served.addr());
+    log::info!(addr:% = admin.addr(), chaos = config.chaos;
+        "app admin listening on http://{} (chaos knobs, metrics; never registered)", admin.addr());
     Ok(Handle {
         served,
-        registration: registrar.start(),
+        admin,
+        registration: registrar.start(panics.clone()),
         served_by,
         drain_timeout: config.drain_timeout,
+        panics,
     })
 }
 
@@ -122,22 +186,12 @@ fn routes(state: State, config: &AppConfig) -> tide::Server<State> {
     // Any other path is business: tide's `/*` needs one character, hence `/` too.
     app.at("/").post(echo::echo);
     app.at("/*").post(echo::echo);
+    // The knobs live on the admin port; here `/chaos` is never business either,
+    // so a POST to it is not echoed (POST must be named, or `/*` would take it).
     for path in ["/chaos", "/chaos/"] {
-        // POST must be named here, or the `/*` POST route would take it.
-        if config.chaos {
-            app.at(path)
-                .get(chaos::show)
-                .put(chaos::set)
-                .post(|_: Request<State>| async {
-                    let mut res = tide::Response::new(StatusCode::MethodNotAllowed);
-                    res.insert_header("allow", "GET, PUT");
-                    Ok(res)
-                });
-        } else {
-            app.at(path)
-                .post(|_: Request<State>| status(StatusCode::NotFound))
-                .all(|_: Request<State>| status(StatusCode::NotFound));
-        }
+        app.at(path)
+            .post(|_: Request<State>| status(StatusCode::NotFound))
+            .all(|_: Request<State>| status(StatusCode::NotFound));
     }
     app
 }

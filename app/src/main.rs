@@ -1,5 +1,8 @@
 //! `app [--config FILE] [--port N] [--discovery-url URL] [--chaos] ...`: one
 //! instance of Service A; runs until SIGINT/SIGTERM, then deregisters and drains.
+//!
+//! Precedence: flag, then environment (`REGISTRATION_TOKEN`), then the file,
+//! then the defaults.
 
 use clap::Parser;
 use shared::cli::{set, Common};
@@ -34,9 +37,20 @@ struct Flags {
     /// Path discovery health-checks (served by this app too).
     #[arg(long)]
     health_check_path: Option<String>,
-    /// Turns on PUT/GET /chaos; `--chaos=false` overrides a file that turns it on.
+    /// Turns on PUT/GET /chaos on the admin port; `--chaos=false` overrides a file that turns it on.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     chaos: Option<bool>,
+    /// Port of the admin listener (/chaos, /metrics, /health_check) on --bind;
+    /// 0 picks a free one (logged at start). Never registered with discovery.
+    #[arg(long)]
+    admin_port: Option<u16>,
+    /// Token discovery requires to register (its registration_token). Prefer
+    /// the environment variable REGISTRATION_TOKEN: a flag shows in `ps`.
+    #[arg(long)]
+    registration_token: Option<String>,
+    /// Largest request head taken, in bytes (default 32768: above the gateway's 16 KiB).
+    #[arg(long)]
+    max_header_bytes: Option<usize>,
 }
 
 impl Flags {
@@ -52,6 +66,9 @@ impl Flags {
             register_interval,
             health_check_path,
             chaos,
+            admin_port,
+            registration_token,
+            max_header_bytes,
         } = self;
         set(&mut config.port, port);
         set(&mut config.bind, bind);
@@ -61,6 +78,20 @@ impl Flags {
         set(&mut config.register_interval, register_interval);
         set(&mut config.health_check_path, health_check_path);
         set(&mut config.chaos, chaos);
+        set(&mut config.admin_port, admin_port);
+        set(&mut config.max_header_bytes, max_header_bytes);
+        if registration_token.is_some() {
+            config.registration_token = registration_token;
+        }
+    }
+}
+
+/// The environment beats the file (and loses to a flag, applied after).
+fn apply_env(config: &mut AppConfig) {
+    // An empty one counts as unset, as `REGISTRATION_TOKEN=` is meant.
+    if let Some(token) = std::env::var_os("REGISTRATION_TOKEN").filter(|t| !t.is_empty()) {
+        // A token that is not UTF-8 cannot be valid; validation then names it.
+        config.registration_token = Some(token.to_string_lossy().into_owned());
     }
 }
 
@@ -70,6 +101,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    apply_env(&mut config);
     flags.apply(&mut config);
     shared::shutdown::run_until_signal(app::spawn(config), |h| h.shutdown())
 }

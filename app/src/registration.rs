@@ -6,12 +6,18 @@
 //!
 //! Renewal is idempotent at discovery (200, same id), so its cost is one small
 //! request per interval.
+//!
+//! With a `registration_token`, both calls carry `Authorization: Bearer`. A
+//! refusal (401/403/429: wrong token, host not allowed, registry full) is
+//! logged as an error once, not on every retry, and retried with backoff: an
+//! operator may fix discovery's side without restarting the app.
 
 use async_std::future::timeout;
 use async_std::task::{self, JoinHandle};
 use futures_lite::FutureExt;
 use shared::backoff::Backoff;
 use shared::config::AppConfig;
+use shared::panics::Panics;
 use shared::shutdown::Trigger;
 use shared::wire::{DeregisterRequest, Port, RegisterRequest};
 use std::sync::Arc;
@@ -41,6 +47,17 @@ pub struct Registrar {
     namespace: String,
     interval: Duration,
     backoff_cap: Duration,
+    /// `Bearer <token>`, when discovery asks for one.
+    authorization: Option<Secret>,
+}
+
+/// A header value that must not show in logs or `Debug` output.
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(redacted)")
+    }
 }
 
 /// The running loop; `leave` ends it and deregisters.
@@ -57,6 +74,16 @@ enum Outcome {
     Created,
     /// 200: a renewal of an instance discovery knows.
     Renewed,
+}
+
+/// Why a register call did not succeed.
+#[derive(Debug, PartialEq)]
+enum Failure {
+    /// Discovery answered and said no (a 4xx): retrying as is will not help
+    /// until someone changes a token, `allowed_hosts` or a cap.
+    Refused { status: u16, body: String },
+    /// Discovery away, slow or failing: retrying is the cure.
+    Unreachable(String),
 }
 
 impl Registrar {
@@ -104,14 +131,24 @@ impl Registrar {
             // Waiting longer than an interval between tries would make a
             // returning discovery wait longer than a healthy one does.
             backoff_cap: config.register_backoff_max.min(config.register_interval),
+            authorization: config
+                .registration_token
+                .as_deref()
+                .map(|t| Secret(format!("Bearer {t}"))),
         })
     }
 
-    /// Starts the register/renew loop in the background.
-    pub fn start(self) -> Registration {
+    /// Starts the register/renew loop in the background, restarted (and
+    /// counted in `panics`) should it ever panic.
+    pub fn start(self, panics: Panics) -> Registration {
         let registrar = Arc::new(self);
         let stop = Trigger::new();
-        let task = task::spawn(registrar.clone().run(stop.clone()));
+        let (r, s) = (registrar.clone(), stop.clone());
+        let task = task::spawn(shared::panics::supervise(
+            panics,
+            "registration renewal",
+            move || r.clone().run(s.clone()),
+        ));
         Registration {
             registrar,
             stop,
@@ -122,9 +159,12 @@ impl Registrar {
     async fn run(self: Arc<Self>, stop: Trigger) {
         let mut backoff = Backoff::new(BACKOFF_BASE.min(self.backoff_cap), self.backoff_cap);
         let mut ever_registered = false;
+        // The last refusal logged: the same one again is not logged again.
+        let mut refused: Option<u16> = None;
         while !stop.is_fired() {
             let wait = match self.register().await {
                 Ok(outcome) => {
+                    refused = None;
                     let failed = backoff.attempts();
                     match outcome {
                         Outcome::Created if ever_registered => log::info!(
@@ -141,7 +181,23 @@ impl Registrar {
                     backoff.reset();
                     self.interval
                 }
-                Err(e) => {
+                Err(Failure::Refused { status, body }) => {
+                    let delay = backoff.next_delay();
+                    if refused != Some(status) {
+                        refused = Some(status);
+                        log::error!(status = status, namespace = self.namespace.as_str(),
+                            instance = self.instance.as_str(), url = self.register_url.as_str();
+                            "discovery refused the registration ({status}: {body}); {}; retrying \
+                             with backoff, logged again only if the answer changes",
+                            refusal_hint(status, self.authorization.is_some()));
+                    } else {
+                        log::debug!(status = status, retry_in_ms = delay.as_millis() as u64;
+                            "registration still refused");
+                    }
+                    delay
+                }
+                Err(Failure::Unreachable(e)) => {
+                    refused = None;
                     let delay = backoff.next_delay();
                     log::warn!(attempt = backoff.attempts(), retry_in_ms = delay.as_millis() as u64,
                         url = self.register_url.as_str();
@@ -153,23 +209,50 @@ impl Registrar {
         }
     }
 
-    async fn register(&self) -> Result<Outcome, String> {
-        match self.post(&self.register_url, &self.register_body).await? {
+    async fn register(&self) -> Result<Outcome, Failure> {
+        match self
+            .post(&self.register_url, &self.register_body)
+            .await
+            .map_err(Failure::Unreachable)?
+        {
             (StatusCode::Created, _) => Ok(Outcome::Created),
             (StatusCode::Ok, _) => Ok(Outcome::Renewed),
-            (status, body) => Err(format!("discovery answered {status}: {body}")),
+            (status, body) if status.is_client_error() => Err(Failure::Refused {
+                status: status.into(),
+                body,
+            }),
+            (status, body) => Err(Failure::Unreachable(format!(
+                "discovery answered {status}: {body}"
+            ))),
         }
     }
 
     /// Posts a JSON body; the status and (up to a few KiB of) the answer.
     async fn post(&self, url: &Url, body: &[u8]) -> Result<(StatusCode, String), String> {
-        let req = surf::RequestBuilder::new(Method::Post, url.clone())
+        let mut req = surf::RequestBuilder::new(Method::Post, url.clone())
             .body(body.to_vec())
             .content_type(mime::JSON);
+        if let Some(authorization) = &self.authorization {
+            req = req.header("authorization", authorization.0.as_str());
+        }
         let mut res = self.client.send(req).await.map_err(|e| e.to_string())?;
         let mut text = res.body_string().await.unwrap_or_default();
         text.truncate(text.floor_char_boundary(4096));
         Ok((res.status(), text))
+    }
+}
+
+/// What to check for a refusal, in words an operator can act on.
+fn refusal_hint(status: u16, has_token: bool) -> &'static str {
+    match (status, has_token) {
+        (401, false) => {
+            "discovery wants a token: set --registration-token or REGISTRATION_TOKEN \
+             to its registration_token"
+        }
+        (401, true) => "the token does not match discovery's registration_token",
+        (403, _) => "discovery does not allow this host: check its allowed_hosts",
+        (429, _) => "discovery holds as many instances as it allows (max_instances)",
+        _ => "the request was refused as it is",
     }
 }
 
@@ -194,6 +277,11 @@ impl Registration {
             }
             Ok(Ok((StatusCode::NotFound, _))) => {
                 log::info!(instance = r.instance.as_str(); "discovery did not know this instance")
+            }
+            Ok(Ok((status, body))) if status.is_client_error() => {
+                log::error!(instance = r.instance.as_str(), status = u16::from(status);
+                    "discovery refused the deregistration ({status}: {body}); {}",
+                    refusal_hint(status.into(), r.authorization.is_some()))
             }
             Ok(Ok((status, body))) => {
                 log::warn!(instance = r.instance.as_str(); "deregistration answered {status}: {body}")

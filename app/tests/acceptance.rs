@@ -10,5 +10,7 @@ mod echo;
 mod lifecycle;
 #[path = "acceptance/registration.rs"]
 mod registration;
+#[path = "acceptance/security.rs"]
+mod security;
 #[path = "acceptance/support.rs"]
 mod support;

@@ -4,21 +4,28 @@
 //! A request's path through the crate: `registration` (register/deregister)
 //! and `lookup` read and change the `registry`; `health` checks instances and
 //! flips their status there; every change of an available set wakes the
-//! `watch` streams.
+//! `watch` streams. `access` decides who may register which hosts; `budget`
+//! splits the descriptors between clients and checks; `probe` is one check on
+//! the wire.
 
+mod access;
+pub mod budget;
 mod dashboard;
 mod health;
 mod lookup;
 mod metrics;
+mod probe;
 mod registration;
 mod registry;
 mod watch;
 
+use access::AllowedHosts;
 use async_std::task::{self, JoinHandle};
 use registry::{Policy, Registry};
 use shared::api::json_response;
 use shared::config::DiscoveryConfig;
-use shared::serve::Served;
+use shared::panics::{supervise, Panics};
+use shared::serve::{Limits, Options, Served};
 use shared::shutdown::Trigger;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +41,7 @@ pub(crate) struct State {
     hub: Arc<Hub>,
     metrics: Arc<metrics::Metrics>,
     config: Arc<DiscoveryConfig>,
+    allowed: Arc<AllowedHosts>,
 }
 
 /// A running discovery service.
@@ -66,26 +74,41 @@ impl Handle {
     }
 }
 
+/// Largest request body taken (registrations and lookups are far smaller).
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// Starts discovery on `config.listen` (port 0 picks a free port).
+///
+/// Client connections and health checks share the descriptor limit as
+/// [`budget::plan`] splits it; the binary raises the soft limit first.
 pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
-    config
-        .validate()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    config.validate().map_err(|e| invalid(e.to_string()))?;
+    let allowed = Arc::new(AllowedHosts::parse(&config.allowed_hosts).map_err(invalid)?);
     let config = Arc::new(config);
+    let budget = budget::plan(config.max_connections, config.max_concurrent_checks);
     let hub = Arc::new(Hub::default());
-    let (check_now, check_queue) = async_channel::bounded(4096);
+    let (wake, woken) = async_channel::bounded(1);
     let policy = Policy {
         healthy_threshold: config.healthy_threshold,
         unhealthy_threshold: config.unhealthy_threshold,
         deregister_after: config.deregister_after,
+        interval: config.health_check_time_interval,
+        max_instances: config.max_instances,
+        max_instances_per_namespace: config.max_instances_per_namespace,
     };
-    let registry = Arc::new(Registry::new(policy, hub.clone(), check_now));
-    let metrics = Arc::new(metrics::Metrics::default());
+    let registry = Arc::new(Registry::new(policy, hub.clone(), wake));
+    let panics = Panics::new();
+    let metrics = Arc::new(metrics::Metrics::new(panics.clone()));
     let checker = health::Checker {
         registry: registry.clone(),
         metrics: metrics.clone(),
-        client: health::client().map_err(std::io::Error::other)?,
+        allowed: allowed.clone(),
+        interval: config.health_check_time_interval,
         threshold: config.timeout_threshold,
+        slots: Arc::new(async_lock::Semaphore::new(budget.checks)),
+        panics: panics.clone(),
+        not_made: Arc::new(health::Throttle::new(health::NOT_MADE_LOG_EVERY)),
     };
     let stop = Trigger::new();
     let state = State {
@@ -93,15 +116,35 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         hub: hub.clone(),
         metrics,
         config: config.clone(),
+        allowed,
     };
-    let served = shared::serve::serve(routes(state), &config.listen).await?;
-    let checker = task::spawn(health::run(
-        checker,
-        config.health_check_time_interval,
-        check_queue,
-        stop.clone(),
-    ));
-    log::info!(addr:% = served.addr(); "discovery listening on http://{}", served.addr());
+    let limits = Limits {
+        max_connections: budget.connections,
+        header_timeout: config.client_header_timeout,
+        idle_timeout: config.idle_timeout,
+        max_body_bytes: MAX_BODY_BYTES,
+        ..Limits::default()
+    };
+    let listener = shared::serve::bind(&config.listen).await?;
+    let served = shared::serve::serve_with(
+        routes(state),
+        listener,
+        Options {
+            limits,
+            panics: panics.clone(),
+        },
+    )?;
+    let checker = {
+        let stop = stop.clone();
+        task::spawn(supervise(panics, "health checker", move || {
+            let (checker, woken, stop) = (checker.clone(), woken.clone(), stop.clone());
+            async move { checker.run(&woken, &stop).await }
+        }))
+    };
+    log::info!(addr:% = served.addr(), max_connections = budget.connections,
+        max_concurrent_checks = budget.checks, nofile = budget.nofile.unwrap_or(0),
+        token = config.registration_token.is_some();
+        "discovery listening on http://{}", served.addr());
     Ok(Handle {
         served,
         checker,

@@ -1,4 +1,7 @@
 //! `discovery [--config FILE] [--listen ADDR]`: runs until SIGINT/SIGTERM.
+//!
+//! Env `DISCOVERY_REGISTRATION_TOKEN` (when set and not empty) beats the
+//! file's `registration_token`: a secret is better kept out of files.
 
 use clap::Parser;
 use shared::cli::{set, Common};
@@ -22,5 +25,13 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     set(&mut config.listen, flags.listen);
+    if let Some(token) = std::env::var_os("DISCOVERY_REGISTRATION_TOKEN") {
+        if !token.is_empty() {
+            config.registration_token = Some(token.to_string_lossy().into_owned());
+        }
+    }
+    // Room for every connection and check the config allows, as far as the hard limit lets.
+    let wanted = config.max_connections + config.max_concurrent_checks;
+    discovery::budget::raise_nofile(wanted as u64 + discovery::budget::RESERVED);
     shared::shutdown::run_until_signal(discovery::spawn(config), |h| h.shutdown())
 }

@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry as Prom;
+use shared::panics::Panics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
@@ -31,10 +32,14 @@ pub struct Metrics {
     pub expired: Counter,
     pub watchers: Gauge,
     instances: Family<NamespaceStatus, Gauge>,
+    /// Mirrors `panics` at each render (`discovery_panics_total`).
+    panics_total: Counter,
+    panics: Panics,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// `panics` is where the server and the checker count the panics they caught.
+    pub fn new(panics: Panics) -> Self {
         let registrations = Family::default();
         let deregistrations = Family::default();
         let lookups = Family::default();
@@ -61,7 +66,8 @@ impl Default for Metrics {
         );
         prom.register(
             "health_checks",
-            "Health checks by outcome (ok, timeout, bad_status, error)",
+            "Health checks by outcome (ok, timeout, bad_status, error, refused: an address \
+             outside allowed_hosts; not_made: could not be made, status kept)",
             checks.clone(),
         );
         prom.register(
@@ -75,6 +81,12 @@ impl Default for Metrics {
             expired.clone(),
         );
         prom.register("watchers", "Open watch streams", watchers.clone());
+        let panics_total = Counter::default();
+        prom.register(
+            "panics",
+            "Panics caught in connections, health checks and the checker loop",
+            panics_total.clone(),
+        );
         prom.register(
             "instances",
             "Registered instances by namespace and status",
@@ -90,17 +102,22 @@ impl Default for Metrics {
             expired,
             watchers,
             instances,
+            panics_total,
+            panics,
         }
     }
-}
 
-impl Metrics {
     pub fn outcome(family: &Family<Outcome, Counter>, outcome: &'static str) {
         family.get_or_create(&Outcome { outcome }).inc();
     }
 
     /// The text exposition, with instance counts read from the registry now.
     pub fn render(&self, registry: &Registry) -> String {
+        let caught = self.panics.count();
+        let shown = self.panics_total.get();
+        if caught > shown {
+            self.panics_total.inc_by(caught - shown);
+        }
         self.instances.clear();
         for (namespace, c) in registry.counts() {
             for (status, n) in [

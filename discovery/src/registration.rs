@@ -1,12 +1,17 @@
 //! `POST /api/register`, `POST /api/deregister` and `GET /api/services`: the
-//! HTTP side of the registry. Input is checked in full before the registry is
-//! touched, so a bad request never changes stored state.
+//! HTTP side of the registry. A write is checked in full before the registry
+//! is touched, in this order: the bearer token (401), the body as exactly one
+//! JSON object with valid fields (400 naming the field), the host's addresses
+//! against `allowed_hosts` (403), the caps (429). A refused request never
+//! changes stored state.
 
+use crate::access::{bearer_matches, resolve, ResolveError};
 use crate::metrics::Metrics;
 use crate::State;
-use shared::api::{error_response, json_body, json_response};
+use serde::de::DeserializeOwned;
+use shared::api::{error_response, json_response, parse_json, read_body};
 use shared::wire::{
-    validate_host, validate_namespace, validate_path, DeregisterRequest, RegisterRequest,
+    normalize_host, validate_namespace, validate_path, DeregisterRequest, RegisterRequest,
 };
 use tide::{Request, Response, StatusCode};
 
@@ -18,7 +23,7 @@ type Counted = (&'static str, Response);
 pub async fn register(mut req: Request<State>) -> tide::Result {
     let (outcome, res) = try_register(&mut req)
         .await
-        .unwrap_or_else(|res| ("rejected", res));
+        .unwrap_or_else(|refused| refused);
     Metrics::outcome(&req.state().metrics.registrations, outcome);
     Ok(res)
 }
@@ -26,7 +31,7 @@ pub async fn register(mut req: Request<State>) -> tide::Result {
 pub async fn deregister(mut req: Request<State>) -> tide::Result {
     let (outcome, res) = try_deregister(&mut req)
         .await
-        .unwrap_or_else(|res| ("rejected", res));
+        .unwrap_or_else(|refused| refused);
     Metrics::outcome(&req.state().metrics.deregistrations, outcome);
     Ok(res)
 }
@@ -38,17 +43,25 @@ pub async fn services(req: Request<State>) -> tide::Result {
     ))
 }
 
-async fn try_register(req: &mut Request<State>) -> Result<Counted, Response> {
-    let body: RegisterRequest = json_body(req, MAX_BODY).await?;
+async fn try_register(req: &mut Request<State>) -> Result<Counted, Counted> {
+    authorize(req)?;
+    let body: RegisterRequest = one_json_object(req).await?;
     let state = req.state();
     let path = body
         .health_check_path
         .unwrap_or_else(|| state.config.health_check_path.clone());
     let host = checked(req, &body.namespace, body.host.as_deref())?;
     validate_path(&path).map_err(invalid)?;
+    allowed(state, &host, body.port.0).await?;
     let done = state
         .registry
-        .register(&body.namespace, &host, body.port, &path);
+        .register(&body.namespace, &host, body.port, &path)
+        .map_err(|full| {
+            (
+                "full",
+                error_response(StatusCode::TooManyRequests, "too_many_instances", full.0),
+            )
+        })?;
     if !done.created {
         return Ok(("renewed", json_response(StatusCode::Ok, &done.registration)));
     }
@@ -60,8 +73,9 @@ async fn try_register(req: &mut Request<State>) -> Result<Counted, Response> {
     ))
 }
 
-async fn try_deregister(req: &mut Request<State>) -> Result<Counted, Response> {
-    let body: DeregisterRequest = json_body(req, MAX_BODY).await?;
+async fn try_deregister(req: &mut Request<State>) -> Result<Counted, Counted> {
+    authorize(req)?;
+    let body: DeregisterRequest = one_json_object(req).await?;
     let host = checked(req, &body.namespace, body.host.as_deref())?;
     let Some(gone) = req
         .state()
@@ -83,20 +97,77 @@ async fn try_deregister(req: &mut Request<State>) -> Result<Counted, Response> {
     Ok(("removed", json_response(StatusCode::Ok, &gone)))
 }
 
-fn invalid(message: String) -> Response {
-    error_response(StatusCode::BadRequest, "invalid_field", message)
+fn invalid(message: String) -> Counted {
+    (
+        "rejected",
+        error_response(StatusCode::BadRequest, "invalid_field", message),
+    )
 }
 
-/// Validates the namespace and resolves the host (given, or the caller's IP).
-fn checked(req: &Request<State>, namespace: &str, host: Option<&str>) -> Result<String, Response> {
-    validate_namespace(namespace).map_err(invalid)?;
-    let host = match host {
-        Some(h) => h.to_string(),
-        None => caller_ip(req)
-            .ok_or_else(|| invalid("host is missing and the caller's address is unknown".into()))?,
+/// With a `registration_token` configured, the request must carry it as a bearer token.
+fn authorize(req: &Request<State>) -> Result<(), Counted> {
+    let Some(token) = req.state().config.registration_token.as_deref() else {
+        return Ok(());
     };
-    validate_host(&host).map_err(invalid)?;
-    Ok(host)
+    let values = req.header("authorization");
+    let given = values.into_iter().flatten().map(|v| v.as_str());
+    if bearer_matches(given, token) {
+        return Ok(());
+    }
+    let mut res = error_response(
+        StatusCode::Unauthorized,
+        "unauthorized",
+        "this discovery requires Authorization: Bearer <registration_token> to register or deregister",
+    );
+    res.insert_header("www-authenticate", "Bearer realm=\"discovery\"");
+    Err(("unauthorized", res))
+}
+
+/// The body as exactly one JSON object of `T`: trailing bytes after it are a 400.
+async fn one_json_object<T: DeserializeOwned>(req: &mut Request<State>) -> Result<T, Counted> {
+    let body = read_body(req, MAX_BODY)
+        .await
+        .map_err(|res| ("rejected", res))?;
+    // parse_json refuses bytes after the object.
+    parse_json(&body).map_err(|res| ("rejected", res))
+}
+
+/// Validates the namespace and normalizes the host (given, or the caller's IP).
+fn checked(req: &Request<State>, namespace: &str, host: Option<&str>) -> Result<String, Counted> {
+    validate_namespace(namespace).map_err(invalid)?;
+    match host {
+        Some(h) => normalize_host(h).map_err(invalid),
+        None => caller_ip(req)
+            .ok_or_else(|| invalid("host is missing and the caller's address is unknown".into())),
+    }
+}
+
+/// Resolves the host (a name within `resolve_timeout`) and holds every address to `allowed_hosts`.
+async fn allowed(state: &State, host: &str, port: u16) -> Result<(), Counted> {
+    let addrs = match resolve(host, port, state.config.resolve_timeout).await {
+        Ok(addrs) => addrs,
+        Err(e @ ResolveError::Local(_)) => {
+            return Err((
+                "rejected",
+                error_response(
+                    StatusCode::ServiceUnavailable,
+                    "cannot_resolve",
+                    e.to_string(),
+                ),
+            ))
+        }
+        Err(e) => return Err(invalid(format!("host: {e}"))),
+    };
+    state.allowed.check_all(&addrs).map_err(|why| {
+        (
+            "forbidden",
+            error_response(
+                StatusCode::Forbidden,
+                "host_not_allowed",
+                format!("host {host}: {why}"),
+            ),
+        )
+    })
 }
 
 fn caller_ip(req: &Request<State>) -> Option<String> {

@@ -7,6 +7,8 @@ mod bad_input;
 mod config;
 #[path = "acceptance/health.rs"]
 mod health;
+#[path = "acceptance/hostile.rs"]
+mod hostile;
 #[path = "acceptance/lookup.rs"]
 mod lookup;
 #[path = "acceptance/register.rs"]

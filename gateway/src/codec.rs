@@ -1,6 +1,7 @@
 //! What the gateway changes in a message on its way through.
 //!
-//! Requests: hop-by-hop headers (and those the client named in `Connection`)
+//! Requests: the target is normalized ([`crate::target`]) and a `Host` that
+//! is not `host[:port]` refused; hop-by-hop headers (and those the client named in `Connection`)
 //! are dropped, `X-Forwarded-For` gets the client's address appended,
 //! `X-Request-Id` is kept or generated, the body is re-framed with a
 //! Content-Length (the gateway buffers it, so a retry can send it again), and
@@ -8,6 +9,7 @@
 //! Responses: hop-by-hop headers dropped, the request id added, framing
 //! rewritten for this client connection.
 
+use crate::target::Refused;
 use shared::http1::{is_hop_by_hop, Framing, RequestHead, ResponseHead};
 use shared::wire::ErrorBody;
 use std::io::Write;
@@ -65,6 +67,7 @@ fn skip_request_header(raw: &[u8], head: &RequestHead, name: &[u8]) -> bool {
 
 /// Writes the upstream request head into `out`, all but its framing: the
 /// body is read after this, and [`end_upstream_head`] adds its length.
+/// Refused (400): a target that cannot be normalized, a bad `Host`.
 pub fn upstream_head(
     out: &mut Vec<u8>,
     raw: &[u8],
@@ -72,11 +75,11 @@ pub fn upstream_head(
     client_ip: &str,
     request_id: &str,
     default_host: &str,
-) {
+) -> Result<(), Refused> {
     out.clear();
     out.extend_from_slice(head.method(raw));
     out.push(b' ');
-    out.extend_from_slice(head.target(raw));
+    crate::target::normalize_into(out, head.target(raw))?;
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut has_host = false;
     for h in &head.headers {
@@ -84,8 +87,14 @@ pub fn upstream_head(
         if skip_request_header(raw, head, name) {
             continue;
         }
-        has_host |= name.eq_ignore_ascii_case(b"host");
-        header(out, name, &raw[h.value.clone()]);
+        let value = &raw[h.value.clone()];
+        if name.eq_ignore_ascii_case(b"host") {
+            if !crate::target::valid_host(value) {
+                return Err(Refused("Host is not host[:port]"));
+            }
+            has_host = true;
+        }
+        header(out, name, value);
     }
     if !has_host {
         header(out, b"host", default_host.as_bytes());
@@ -103,6 +112,7 @@ pub fn upstream_head(
     out.extend_from_slice(b"\r\nx-request-id: ");
     out.extend_from_slice(request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
+    Ok(())
 }
 
 /// Ends the upstream head with the body's length; the body follows.
@@ -240,7 +250,7 @@ mod tests {
         let mut head = RequestHead::default();
         assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
         let mut out = Vec::new();
-        upstream_head(&mut out, raw, &head, "127.0.0.9", "rid", "gw:1");
+        upstream_head(&mut out, raw, &head, "127.0.0.9", "rid", "gw:1").unwrap();
         end_upstream_head(&mut out, 2);
         out.extend_from_slice(b"{}");
         assert_eq!(target_of(&out), b"/a?b");
@@ -252,12 +262,25 @@ mod tests {
     }
 
     #[test]
+    fn the_target_is_forwarded_normalized_and_a_bad_host_refused() {
+        let raw = b"GET /api/%2e%2e/x/./y%7e?q=/../ HTTP/1.1\r\nHost: gw:80\r\n\r\n";
+        let mut head = RequestHead::default();
+        assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
+        let mut out = Vec::new();
+        upstream_head(&mut out, raw, &head, "1.2.3.4", "r", "gw").unwrap();
+        assert_eq!(target_of(&out), b"/x/y~?q=/../");
+        let raw = b"GET /api HTTP/1.1\r\nHost: x/chaos?\r\n\r\n";
+        assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
+        assert!(upstream_head(&mut out, raw, &head, "1.2.3.4", "r", "gw").is_err());
+    }
+
+    #[test]
     fn http10_without_host_gets_one() {
         let raw = b"GET / HTTP/1.0\r\n\r\n";
         let mut head = RequestHead::default();
         assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
         let mut out = Vec::new();
-        upstream_head(&mut out, raw, &head, "1.2.3.4", "r", "gw:1");
+        upstream_head(&mut out, raw, &head, "1.2.3.4", "r", "gw:1").unwrap();
         end_upstream_head(&mut out, 0);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("GET / HTTP/1.1\r\nhost: gw:1\r\n"));
@@ -330,7 +353,7 @@ mod tests {
         let mut head = RequestHead::default();
         assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
         let mut out = Vec::new();
-        upstream_head(&mut out, raw, &head, "127.0.0.9", "r", "gw");
+        upstream_head(&mut out, raw, &head, "127.0.0.9", "r", "gw").unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("x-forwarded-for: 10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.9\r\n"),

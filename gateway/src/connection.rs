@@ -4,6 +4,7 @@
 //! Requests are handled one at a time, so pipelined requests are answered in
 //! order; the next one waits in the read buffer.
 
+use crate::budget::Reservation;
 use crate::codec;
 use crate::deadline::{Deadline, Interrupted};
 use crate::failover;
@@ -79,7 +80,7 @@ pub async fn serve(ctx: &Context, stream: TcpStream, peer: SocketAddr) {
         let (minor, framing) = (c.head.minor_version, c.head.framing);
         let wants_keep_alive = c.head.keep_alive;
         let expect_continue = c.head.expect_continue;
-        codec::upstream_head(
+        let written = codec::upstream_head(
             &mut c.upstream,
             raw,
             &c.head,
@@ -88,13 +89,24 @@ pub async fn serve(ctx: &Context, stream: TcpStream, peer: SocketAddr) {
             &ctx.default_host,
         );
         c.input.consume(c.head.len);
-
-        if let Err(refusal) = c.read_body(framing, expect_continue).await {
-            c.refuse(&refusal, &request_id).await;
-            ctx.metrics
-                .request(refusal.status, started.elapsed().as_secs_f64(), 0);
+        if let Err(why) = written {
+            c.refuse(&Refusal::new(400, "bad_request", why.0), &request_id)
+                .await;
+            ctx.metrics.request(400, 0.0, 0);
             return;
         }
+
+        let body_until = started + ctx.config.client_body_timeout;
+        // Held until the answer is sent: the body stays buffered for retries.
+        let _held = match c.read_body(framing, expect_continue, body_until).await {
+            Ok(held) => held,
+            Err(refusal) => {
+                c.refuse(&refusal, &request_id).await;
+                ctx.metrics
+                    .request(refusal.status, started.elapsed().as_secs_f64(), 0);
+                return;
+            }
+        };
         let exchange = Exchange {
             request: &c.upstream,
             request_id: &request_id,
@@ -153,7 +165,7 @@ pub async fn serve(ctx: &Context, stream: TcpStream, peer: SocketAddr) {
 /// Per-connection buffers above this are given back after the request that grew them.
 const KEEP_BUFFER: usize = 64 * 1024;
 
-impl Client<'_> {
+impl<'a> Client<'a> {
     /// Gives back what a large request or answer grew the buffers to, so an
     /// idle keep-alive connection holds kilobytes, not `max_body_bytes`.
     fn shrink(&mut self) {
@@ -214,9 +226,17 @@ impl Client<'_> {
     }
 
     /// Buffers the body after the upstream head in `upstream` (a retry sends it
-    /// again), enforcing `max_body_bytes` and `client_header_timeout` per read.
-    async fn read_body(&mut self, framing: Framing, expect_continue: bool) -> Result<(), Refusal> {
-        let max = self.ctx.config.max_body_bytes;
+    /// again), enforcing `max_body_bytes`, `max_buffered_bytes` (the answer
+    /// holds the bytes it counts), `client_header_timeout` per read and
+    /// `client_body_timeout` (ending at `until`) for the whole body.
+    async fn read_body(
+        &mut self,
+        framing: Framing,
+        expect_continue: bool,
+        until: Instant,
+    ) -> Result<Reservation<'a>, Refusal> {
+        let ctx: &'a Context = self.ctx;
+        let max = ctx.config.max_body_bytes;
         let too_large = || {
             Refusal::new(
                 413,
@@ -224,9 +244,13 @@ impl Client<'_> {
                 format!("request body is larger than {max} bytes"),
             )
         };
+        let mut held = ctx.budget.empty();
         if let Framing::Length(n) = framing {
             if n > max as u64 {
                 return Err(too_large());
+            }
+            if !held.grow_to(n as usize) {
+                return Err(shed());
             }
         }
         if expect_continue && self.input.is_empty() {
@@ -242,7 +266,7 @@ impl Client<'_> {
                 codec::end_upstream_head(&mut self.upstream, n);
                 let mut left = n - self.input.take_into(n, &mut self.upstream);
                 while left > 0 {
-                    self.more().await?;
+                    self.more(until).await?;
                     left -= self.input.take_into(left, &mut self.upstream);
                 }
             }
@@ -259,31 +283,46 @@ impl Client<'_> {
                     if decoder.total() > max as u64 {
                         return Err(too_large());
                     }
+                    if !held.grow_to(self.chunked.len()) {
+                        return Err(shed());
+                    }
                     if decoder.is_done() {
                         break;
                     }
-                    self.more().await?;
+                    self.more(until).await?;
                 }
                 codec::end_upstream_head(&mut self.upstream, self.chunked.len());
                 self.upstream.extend_from_slice(&self.chunked);
             }
         }
-        Ok(())
+        Ok(held)
     }
 
-    /// Reads more of a body, within `client_header_timeout`.
-    async fn more(&mut self) -> Result<(), Refusal> {
-        let limit = self.ctx.config.client_header_timeout;
-        match self
-            .deadline
-            .within(limit, self.input.fill(&mut self.stream))
-            .await
-        {
+    /// Reads more of a body: within `client_header_timeout` of the last read,
+    /// and before `until`, the end of `client_body_timeout`.
+    async fn more(&mut self, until: Instant) -> Result<(), Refusal> {
+        let config = &self.ctx.config;
+        let left = until.saturating_duration_since(Instant::now());
+        let whole = left <= config.client_header_timeout;
+        let limit = left.min(config.client_header_timeout);
+        let read = if limit.is_zero() {
+            Err(Interrupted::Elapsed)
+        } else {
+            self.deadline
+                .within(limit, self.input.fill(&mut self.stream))
+                .await
+        };
+        match read {
             Ok(Ok(n)) if n > 0 => Ok(()),
             Ok(_) | Err(Interrupted::Stopping) => Err(Refusal::new(
                 400,
                 "bad_request",
                 "the client closed before sending the whole body",
+            )),
+            Err(Interrupted::Elapsed) if whole => Err(Refusal::new(
+                408,
+                "request_timeout",
+                "the request body did not arrive within client_body_timeout",
             )),
             Err(Interrupted::Elapsed) => Err(Refusal::new(
                 408,
@@ -333,6 +372,15 @@ async fn send(ctx: &Context, deadline: &Deadline, stream: &mut TcpStream, bytes:
             .within(ctx.config.idle_timeout, stream.write_all(bytes))
             .await,
         Ok(Ok(()))
+    )
+}
+
+/// Over `max_buffered_bytes`: the client may try again shortly, elsewhere or here.
+fn shed() -> Refusal {
+    Refusal::new(
+        503,
+        "overloaded",
+        "the gateway holds as many request bytes as max_buffered_bytes allows; try again later",
     )
 }
 

@@ -7,8 +7,14 @@
 //! retries; [`forward`] makes each try over a [`pool`]ed connection and
 //! streams the answer back, every wait bounded by a [`deadline`]. Off the request path, [`watch`] keeps the rings in
 //! step with discovery, and [`admin`] serves metrics and status.
+//!
+//! Hostile clients: [`target`] normalizes what is routed and forwarded,
+//! [`budget`] bounds the request bytes held across connections, and a panic
+//! ends one connection or restarts one background loop, never the process
+//! (`gateway_panics_total`).
 
 pub mod admin;
+pub mod budget;
 pub mod codec;
 pub mod connection;
 pub mod deadline;
@@ -18,12 +24,14 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod ring;
+pub mod target;
 pub mod watch;
 
 use async_std::net::TcpListener;
 use async_std::task::{self, JoinHandle};
 use futures_lite::FutureExt;
 use shared::config::GatewayConfig;
+use shared::panics::{supervise, Panics};
 use shared::serve::Served;
 use shared::shutdown::{Tracker, Trigger};
 use std::net::SocketAddr;
@@ -50,6 +58,10 @@ pub struct Context {
     pub requests: AtomicU64,
     /// Enforces the deadlines of every wait on the request path.
     pub watchdog: deadline::Watchdog,
+    /// Panics caught in connections and background loops.
+    pub panics: Panics,
+    /// Request bytes buffered across all connections (`max_buffered_bytes`).
+    pub budget: Arc<budget::Budget>,
 }
 
 /// A running gateway.
@@ -132,8 +144,15 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         .set_timeout(None)
         .try_into()
         .map_err(|e| std::io::Error::other(format!("cannot build the discovery client: {e}")))?;
+    let panics = Panics::new();
+    let budget = Arc::new(budget::Budget::new(config.max_buffered_bytes));
     let ctx = Arc::new(Context {
-        metrics: metrics::Metrics::new(router.clone(), upstreams.clone()),
+        metrics: metrics::Metrics::new(metrics::Sources {
+            router: router.clone(),
+            upstreams: upstreams.clone(),
+            panics: panics.clone(),
+            budget: budget.clone(),
+        }),
         router,
         upstreams,
         discovery,
@@ -142,24 +161,51 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         default_host: addr.to_string(),
         requests: AtomicU64::new(0),
         watchdog: deadline::Watchdog::default(),
+        panics,
+        budget,
         config,
     });
+    // Every loop restarts if it panics: a ring must keep following discovery,
+    // and without the watchdog no deadline on the request path would fire.
     let mut background = Vec::new();
     for balancer in ctx.router.balancers() {
         let (tx, rx) = async_channel::bounded(16);
-        background.push(task::spawn(watch::follow(
-            ctx.clone(),
-            balancer.clone(),
-            tx,
+        let (c, b) = (ctx.clone(), balancer.clone());
+        background.push(task::spawn(supervise(
+            ctx.panics.clone(),
+            "watch follow",
+            move || watch::follow(c.clone(), b.clone(), tx.clone()),
         )));
-        background.push(task::spawn(watch::hold(ctx.clone(), balancer.clone(), rx)));
+        let (c, b) = (ctx.clone(), balancer.clone());
+        background.push(task::spawn(supervise(
+            ctx.panics.clone(),
+            "watch hold",
+            move || watch::hold(c.clone(), b.clone(), rx.clone()),
+        )));
     }
-    background.push(task::spawn(reap(ctx.clone())));
-    let sweeper = ctx.clone();
-    background.push(task::spawn(async move {
-        sweeper.watchdog.run(&sweeper.stop, &sweeper.kill).await
-    }));
-    let admin = shared::serve::serve(admin::routes(ctx.clone()), &ctx.config.admin_listen).await?;
+    let c = ctx.clone();
+    background.push(task::spawn(supervise(
+        ctx.panics.clone(),
+        "pool reaper",
+        move || reap(c.clone()),
+    )));
+    let c = ctx.clone();
+    background.push(task::spawn(supervise(
+        ctx.panics.clone(),
+        "watchdog",
+        move || {
+            let c = c.clone();
+            async move { c.watchdog.run(&c.stop, &c.kill).await }
+        },
+    )));
+    let admin = shared::serve::serve_with(
+        admin::routes(ctx.clone()),
+        shared::serve::bind(&ctx.config.admin_listen).await?,
+        shared::serve::Options {
+            limits: shared::serve::Limits::default(),
+            panics: ctx.panics.clone(),
+        },
+    )?;
     let connections = Tracker::default();
     let accept = listener::spawn(ctx.clone(), listener, connections.clone());
     log::info!(addr:% = addr; "gateway listening on http://{addr}");

@@ -32,7 +32,9 @@ pub fn spawn(ctx: Arc<Context>, listener: TcpListener, connections: Tracker) -> 
                         ctx.metrics.client_connections.inc();
                         // Ends within a tick of the drain time running out: every wait it
                         // makes is bounded by its deadline, which the watchdog then kills.
-                        connection::serve(&ctx, stream, peer).await;
+                        // A panic ends this connection only (logged and counted).
+                        let serve = connection::serve(&ctx, stream, peer);
+                        shared::panics::guard(&ctx.panics, "connection", serve).await;
                         ctx.metrics.client_connections.dec();
                         drop(tracked);
                     });

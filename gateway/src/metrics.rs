@@ -1,6 +1,7 @@
 //! `/metrics` on the admin port: counters bumped on the request path, and the
 //! rings, pools and watch streams read from their own state at scrape time.
 
+use crate::budget::Budget;
 use crate::pool::{clock, Upstreams};
 use crate::ring::{Router, WatchState};
 use prometheus_client::collector::Collector;
@@ -11,6 +12,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use shared::panics::Panics;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
@@ -69,8 +71,17 @@ struct Namespace {
     namespace: String,
 }
 
+/// State read at scrape time rather than counted on the request path.
+#[derive(Debug)]
+pub struct Sources {
+    pub router: Arc<Router>,
+    pub upstreams: Arc<Upstreams>,
+    pub panics: Panics,
+    pub budget: Arc<Budget>,
+}
+
 impl Metrics {
-    pub fn new(router: Arc<Router>, upstreams: Arc<Upstreams>) -> Self {
+    pub fn new(sources: Sources) -> Self {
         let mut registry = Registry::with_prefix("gateway");
         let requests = Family::<Status, Counter>::default();
         let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
@@ -114,7 +125,7 @@ impl Metrics {
             "Open client connections",
             client_connections.clone(),
         );
-        registry.register_collector(Box::new(State { router, upstreams }));
+        registry.register_collector(Box::new(State(sources)));
         Metrics {
             registry,
             requests,
@@ -169,11 +180,15 @@ impl Metrics {
     }
 }
 
-/// Rings, watch streams and pools, read at scrape time.
+/// Rings, watch streams, pools, panics and buffered bytes, read at scrape time.
 #[derive(Debug)]
-struct State {
-    router: Arc<Router>,
-    upstreams: Arc<Upstreams>,
+struct State(Sources);
+
+impl std::ops::Deref for State {
+    type Target = Sources;
+    fn deref(&self) -> &Sources {
+        &self.0
+    }
 }
 
 impl State {
@@ -207,6 +222,18 @@ struct UpstreamLabel {
 
 impl Collector for State {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        ConstCounter::new(self.panics.count()).encode(encoder.encode_descriptor(
+            "panics",
+            "Panics caught (in a connection, which ended, or a background loop, which restarted)",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstGauge::new(self.budget.held() as i64).encode(encoder.encode_descriptor(
+            "buffered_request_bytes",
+            "Request body bytes reserved now against max_buffered_bytes",
+            None,
+            MetricType::Gauge,
+        )?)?;
         self.per_namespace(
             &mut encoder,
             "ring_size",

@@ -10,6 +10,8 @@ mod common;
 mod faults;
 #[path = "acceptance/framing.rs"]
 mod framing;
+#[path = "acceptance/hostile.rs"]
+mod hostile;
 #[path = "acceptance/membership.rs"]
 mod membership;
 #[path = "acceptance/protocol.rs"]

@@ -5,9 +5,15 @@
 //! - kill: an extra app instance of this run's own, SIGKILLed (no chance to
 //!   deregister) and restarted on the same port;
 //! - slow: a registered instance answering after 3 s, past the gateway's
-//!   upstream timeout, through its `PUT /chaos` knob;
+//!   upstream timeout, through its `PUT /chaos` knob. The knob is on the
+//!   app's admin port, which discovery never lists: the state file of `just
+//!   up` names each app's admin URL; without one, the run starts an instance
+//!   of its own (as kill does) and slows that;
 //! - discovery: the registry itself stopped and restarted from `just up`'s
 //!   state file, while the gateway serves from its last ring.
+//!
+//! Instances this run starts register with the token discovery may require:
+//! `REGISTRATION_TOKEN` from this process's environment, else the state file's.
 
 use crate::driver::Watched;
 use crate::http::{call, get_json};
@@ -95,11 +101,16 @@ enum Scenario {
         bin: PathBuf,
         port: u16,
         discovery_url: String,
+        token: Option<String>,
     },
     Slow {
-        /// `http://host:port/chaos`.
+        /// The instance slowed, `host:port` as registered.
+        instance: String,
+        /// `http://admin-host:port/chaos`.
         knob: String,
         lifted: bool,
+        /// The instance this run started for it, when no admin URL was known.
+        own: Option<OwnApp>,
     },
     Discovery {
         state_path: PathBuf,
@@ -112,34 +123,44 @@ enum Scenario {
 /// Sets the fault up: kill starts its own instance and waits until the
 /// gateway routes to it; slow picks an instance; discovery checks the state file.
 pub async fn prepare(kind: Chaos, options: &Options) -> Result<Fault, String> {
+    // Read whenever there is one: chaos kill and slow use it too.
+    let state = RunState::load(&options.state).ok();
     let scenario = match kind {
         Chaos::Kill => {
-            let bin = match &options.app_bin {
-                Some(bin) => bin.clone(),
-                None => beside_this_executable("app")?,
-            };
-            let mut app = OwnApp::spawn(&bin, 0, &options.discovery_url)?;
-            let addr = app.listening(READY_WITHIN).await?;
-            wait_in_ring(&options.admin_url, &options.namespace, &addr.to_string()).await?;
+            let bin = app_bin(options)?;
+            let token = own_token(state.as_ref());
+            let (app, addr, _) = start_own_app(&bin, options, token.as_deref()).await?;
             Scenario::Kill {
                 app,
                 bin,
                 port: addr.port(),
                 discovery_url: options.discovery_url.clone(),
+                token,
             }
         }
         Chaos::Slow => {
-            let instance = pick_available(&options.discovery_url, &options.namespace).await?;
-            let knob = format!("http://{instance}/chaos");
-            match call("GET", &knob, None).await? {
-                (200, _) => {}
-                (status, _) => {
-                    return Err(format!(
-                        "GET {knob} answered {status}: the instance must run with --chaos"
-                    ))
+            let available = available(&options.discovery_url, &options.namespace).await?;
+            match knob_of_running(&available, state.as_ref()).await {
+                Some((instance, knob)) => Scenario::Slow {
+                    instance,
+                    knob,
+                    lifted: true,
+                    own: None,
+                },
+                None => {
+                    // No admin port known (no state file, or one from an older
+                    // `up`): slow an instance of this run's own.
+                    let bin = app_bin(options)?;
+                    let token = own_token(state.as_ref());
+                    let (app, addr, admin) = start_own_app(&bin, options, token.as_deref()).await?;
+                    Scenario::Slow {
+                        instance: addr.to_string(),
+                        knob: format!("http://{admin}/chaos"),
+                        lifted: true,
+                        own: Some(app),
+                    }
                 }
             }
-            Scenario::Slow { knob, lifted: true }
         }
         Chaos::Discovery => {
             let state = RunState::load(&options.state)?;
@@ -175,10 +196,12 @@ pub async fn prepare(kind: Chaos, options: &Options) -> Result<Fault, String> {
     };
     let target = match &scenario {
         Scenario::Kill { port, .. } => format!("127.0.0.1:{port} (own app instance)"),
-        Scenario::Slow { knob, .. } => knob
-            .trim_start_matches("http://")
-            .trim_end_matches("/chaos")
-            .to_string(),
+        Scenario::Slow {
+            instance,
+            own: Some(_),
+            ..
+        } => format!("{instance} (own app instance)"),
+        Scenario::Slow { instance, .. } => instance.clone(),
         Scenario::Discovery {
             state, state_path, ..
         } => format!(
@@ -189,7 +212,7 @@ pub async fn prepare(kind: Chaos, options: &Options) -> Result<Fault, String> {
     };
     let watched = match &scenario {
         Scenario::Kill { port, .. } => Some(Arc::new(Watched::new(format!("127.0.0.1:{port}")))),
-        Scenario::Slow { .. } => Some(Arc::new(Watched::new(target.clone()))),
+        Scenario::Slow { instance, .. } => Some(Arc::new(Watched::new(instance.clone()))),
         Scenario::Discovery { .. } => None,
     };
     Ok(Fault {
@@ -221,6 +244,7 @@ impl Fault {
                 bin,
                 port,
                 discovery_url,
+                token,
             } => {
                 app.kill();
                 report.timeline.injected_s = since(Instant::now());
@@ -229,7 +253,7 @@ impl Fault {
                 if let Some(w) = &self.watched {
                     w.lifted(restarted - start);
                 }
-                match restart_app(bin, *port, discovery_url).await {
+                match restart_app(bin, *port, discovery_url, token.as_deref()).await {
                     Ok(new) => {
                         *app = new;
                         report.timeline.lifted_s = since(restarted);
@@ -237,7 +261,7 @@ impl Fault {
                     Err(e) => report.problems.push(e),
                 }
             }
-            Scenario::Slow { knob, lifted } => {
+            Scenario::Slow { knob, lifted, .. } => {
                 let slow = format!("{{\"delay_ms\": {SLOW_DELAY_MS}}}");
                 match set_knob(knob, &slow).await {
                     Ok(()) => {
@@ -312,12 +336,21 @@ impl Fault {
                     self.report.problems.push(e);
                 }
             }
-            Scenario::Slow { knob, lifted } if !*lifted => {
-                if let Err(e) = set_knob(knob, "{\"delay_ms\": 0}").await {
-                    self.report.problems.push(e);
+            Scenario::Slow {
+                knob, lifted, own, ..
+            } => {
+                if !*lifted {
+                    if let Err(e) = set_knob(knob, "{\"delay_ms\": 0}").await {
+                        self.report.problems.push(e);
+                    }
+                }
+                if let Some(app) = own {
+                    if let Err(e) = app.terminate().await {
+                        self.report.problems.push(e);
+                    }
                 }
             }
-            _ => {}
+            Scenario::Discovery { .. } => {}
         }
         if let Some(w) = &self.watched {
             self.report.timeline.left_s = w.left().map(secs);
@@ -336,6 +369,57 @@ async fn sleep_until(t: Instant) {
     if t > now {
         async_std::task::sleep(t - now).await;
     }
+}
+
+/// The `app` binary this run starts instances of.
+fn app_bin(options: &Options) -> Result<PathBuf, String> {
+    match &options.app_bin {
+        Some(bin) => Ok(bin.clone()),
+        None => beside_this_executable("app"),
+    }
+}
+
+/// The token to hand an own instance: none when this process's environment
+/// has one (the child inherits it), else the one `just up` ran with.
+fn own_token(state: Option<&RunState>) -> Option<String> {
+    if std::env::var_os("REGISTRATION_TOKEN").is_some_and(|t| !t.is_empty()) {
+        return None;
+    }
+    state.and_then(|s| s.registration_token.clone())
+}
+
+/// Starts an own app instance and waits until the gateway routes to it; its
+/// business and admin addresses.
+async fn start_own_app(
+    bin: &Path,
+    options: &Options,
+    token: Option<&str>,
+) -> Result<(OwnApp, SocketAddr, SocketAddr), String> {
+    let mut app = OwnApp::spawn(bin, 0, &options.discovery_url, token)?;
+    let (addr, admin) = app.listening(READY_WITHIN).await?;
+    wait_in_ring(&options.admin_url, &options.namespace, &addr.to_string()).await?;
+    Ok((app, addr, admin))
+}
+
+/// The first available instance whose admin URL the state file names and
+/// whose knobs answer: its `host:port` and `/chaos` URL.
+async fn knob_of_running(
+    available: &[String],
+    state: Option<&RunState>,
+) -> Option<(String, String)> {
+    let admin_urls = &state?.app_admin_urls;
+    for instance in available {
+        let Some(admin) = admin_urls.get(instance) else {
+            continue;
+        };
+        let knob = format!("{}/chaos", admin.trim_end_matches('/'));
+        match call("GET", &knob, None).await {
+            Ok((200, _)) => return Some((instance.clone(), knob)),
+            // Without --chaos, or a stale file: try the next one.
+            Ok(_) | Err(_) => continue,
+        }
+    }
+    None
 }
 
 /// A sibling binary of the running executable (where cargo builds them all).
@@ -364,13 +448,22 @@ struct OwnApp {
 #[derive(Default)]
 struct Output {
     listening: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
     last: VecDeque<String>,
 }
 
 impl OwnApp {
-    /// `app --port PORT --discovery-url URL --chaos`, its output read by two threads.
-    fn spawn(bin: &Path, port: u16, discovery_url: &str) -> Result<OwnApp, String> {
-        let mut child = Command::new(bin)
+    /// `app --port PORT --discovery-url URL --chaos` (admin port: any free
+    /// one, read from its log), its output read by two threads. `token` goes
+    /// in its environment, never on its command line.
+    fn spawn(
+        bin: &Path,
+        port: u16,
+        discovery_url: &str,
+        token: Option<&str>,
+    ) -> Result<OwnApp, String> {
+        let mut command = Command::new(bin);
+        command
             .args([
                 "--port",
                 &port.to_string(),
@@ -378,8 +471,12 @@ impl OwnApp {
                 discovery_url,
                 "--chaos",
             ])
-            // The "listening" line is logged at info.
-            .env("LOG_LEVEL", "info")
+            // The "listening" lines are logged at info.
+            .env("LOG_LEVEL", "info");
+        if let Some(token) = token {
+            command.env("REGISTRATION_TOKEN", token);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -400,7 +497,10 @@ impl OwnApp {
                         Err(poisoned) => poisoned.into_inner(),
                     };
                     if out.listening.is_none() {
-                        out.listening = listening_addr(&line);
+                        out.listening = listening_addr(&line, BUSINESS_LINE);
+                    }
+                    if out.admin.is_none() {
+                        out.admin = listening_addr(&line, ADMIN_LINE);
                     }
                     if out.last.len() == 20 {
                         out.last.pop_front();
@@ -422,12 +522,16 @@ impl OwnApp {
         }
     }
 
-    /// The address it prints once it listens; an error if it exits first.
-    async fn listening(&mut self, limit: Duration) -> Result<SocketAddr, String> {
+    /// The business and admin addresses it prints once it listens; an error
+    /// if it exits first.
+    async fn listening(&mut self, limit: Duration) -> Result<(SocketAddr, SocketAddr), String> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(addr) = self.lock().listening {
-                return Ok(addr);
+            if let (Some(addr), Some(admin)) = {
+                let out = self.lock();
+                (out.listening, out.admin)
+            } {
+                return Ok((addr, admin));
             }
             let exited = match self.child.as_mut().map(Child::try_wait) {
                 Some(Ok(Some(status))) => Some(status.to_string()),
@@ -485,10 +589,15 @@ impl Drop for OwnApp {
 }
 
 /// Starts the app again on its port; retries while the port is not free yet.
-async fn restart_app(bin: &Path, port: u16, discovery_url: &str) -> Result<OwnApp, String> {
+async fn restart_app(
+    bin: &Path,
+    port: u16,
+    discovery_url: &str,
+    token: Option<&str>,
+) -> Result<OwnApp, String> {
     let mut last = String::new();
     for _ in 0..5 {
-        let mut app = OwnApp::spawn(bin, port, discovery_url)?;
+        let mut app = OwnApp::spawn(bin, port, discovery_url, token)?;
         match app.listening(READY_WITHIN).await {
             Ok(_) => return Ok(app),
             Err(e) => last = e,
@@ -498,10 +607,14 @@ async fn restart_app(bin: &Path, port: u16, discovery_url: &str) -> Result<OwnAp
     Err(format!("cannot restart the app on port {port}: {last}"))
 }
 
-/// `ADDR` from an `app listening on http://ADDR` line, pretty or ndjson.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    const NEEDLE: &str = "app listening on http://";
-    let rest = &line[line.find(NEEDLE)? + NEEDLE.len()..];
+/// What the app logs once its business port listens.
+const BUSINESS_LINE: &str = "app listening on http://";
+/// What the app logs once its admin port listens.
+const ADMIN_LINE: &str = "app admin listening on http://";
+
+/// `ADDR` from a `<needle>ADDR` line, pretty or ndjson.
+fn listening_addr(line: &str, needle: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(needle)? + needle.len()..];
     let addr: String = rest
         .chars()
         .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
@@ -533,15 +646,15 @@ async fn wait_in_ring(admin_url: &str, namespace: &str, member: &str) -> Result<
     }
 }
 
-/// The first available instance of `namespace`, as `host:port`.
-async fn pick_available(discovery_url: &str, namespace: &str) -> Result<String, String> {
+/// The available instances of `namespace`, as `host:port`; at least one.
+async fn available(discovery_url: &str, namespace: &str) -> Result<Vec<String>, String> {
     let services = get_json(&format!("{discovery_url}/api/services")).await?;
-    services[namespace]
+    let found: Vec<String> = services[namespace]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|i| i["status"] == "available")
-        .find_map(|i| {
+        .filter_map(|i| {
             let host = i["host"].as_str()?;
             let port = match &i["port"] {
                 Value::String(p) => p.parse().ok()?,
@@ -550,7 +663,13 @@ async fn pick_available(discovery_url: &str, namespace: &str) -> Result<String, 
             };
             Some(shared::wire::authority(host, shared::wire::Port(port)))
         })
-        .ok_or_else(|| format!("discovery lists no available instance of {namespace:?}"))
+        .collect();
+    if found.is_empty() {
+        return Err(format!(
+            "discovery lists no available instance of {namespace:?}"
+        ));
+    }
+    Ok(found)
 }
 
 async fn set_knob(knob: &str, body: &str) -> Result<(), String> {
@@ -691,7 +810,12 @@ fn restart_discovery(state_path: &Path, state: &mut RunState) -> Result<(), Stri
     let log_too = log
         .try_clone()
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-    let child = Command::new(&program)
+    let mut command = Command::new(&program);
+    // The token travels in the environment, as `up` passes it, never in argv.
+    if let Some(token) = &state.registration_token {
+        command.env("DISCOVERY_REGISTRATION_TOKEN", token);
+    }
+    let child = command
         .args(args)
         .current_dir(&state.cwd)
         .stdin(Stdio::null())
@@ -722,15 +846,24 @@ mod tests {
     fn the_listening_address_is_read_from_pretty_and_ndjson_logs() {
         let pretty = "\u{1b}[32minfo\u{1b}[0m app listening on http://127.0.0.1:41234";
         assert_eq!(
-            listening_addr(&shared::logging::strip_ansi(pretty)),
+            listening_addr(&shared::logging::strip_ansi(pretty), BUSINESS_LINE),
             Some("127.0.0.1:41234".parse().unwrap())
         );
         let ndjson =
             r#"{"level":30,"msg":"app listening on http://[::1]:8080","addr":"[::1]:8080"}"#;
-        assert_eq!(listening_addr(ndjson), Some("[::1]:8080".parse().unwrap()));
         assert_eq!(
-            listening_addr("gateway listening on http://1.2.3.4:5"),
+            listening_addr(ndjson, BUSINESS_LINE),
+            Some("[::1]:8080".parse().unwrap())
+        );
+        assert_eq!(
+            listening_addr("gateway listening on http://1.2.3.4:5", BUSINESS_LINE),
             None
+        );
+        let admin = "app admin listening on http://127.0.0.1:9 (chaos knobs, metrics)";
+        assert_eq!(listening_addr(admin, BUSINESS_LINE), None);
+        assert_eq!(
+            listening_addr(admin, ADMIN_LINE),
+            Some("127.0.0.1:9".parse().unwrap())
         );
     }
 

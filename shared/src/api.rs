@@ -91,8 +91,8 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
             ))
         }
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let (code, message) = if e.inner().is_syntax() || e.inner().is_eof() {
             (
@@ -105,7 +105,16 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
             ("invalid_field", format!("{path}: {}", e.inner()))
         };
         error_response(StatusCode::BadRequest, code, message)
-    })
+    })?;
+    // Exactly one object: bytes after it (white space aside) are refused.
+    de.end().map_err(|e| {
+        error_response(
+            StatusCode::BadRequest,
+            "invalid_json",
+            format!("request body has bytes after the JSON object: {e}"),
+        )
+    })?;
+    Ok(value)
 }
 
 /// Middleware: any 4xx/5xx without a body gets the JSON error body (tide's own

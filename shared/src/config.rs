@@ -141,6 +141,32 @@ pub struct DiscoveryConfig {
     /// How long shutdown waits for in-flight requests.
     #[serde(with = "duration")]
     pub drain_timeout: Duration,
+    /// When set, register and deregister need `Authorization: Bearer <token>`.
+    /// Env `DISCOVERY_REGISTRATION_TOKEN` beats the file. Reads stay open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registration_token: Option<String>,
+    /// CIDRs (or bare addresses) a registered host must resolve into, every
+    /// address of it. Link-local, cloud metadata, unspecified, multicast and
+    /// broadcast addresses are refused unless an entry lies within them.
+    pub allowed_hosts: Vec<String>,
+    /// Instances in one namespace; a registration beyond it is a 429.
+    pub max_instances_per_namespace: usize,
+    /// Instances in all namespaces together; a registration beyond it is a 429.
+    pub max_instances: usize,
+    /// Health checks in flight at once (lowered to fit the descriptor limit).
+    pub max_concurrent_checks: usize,
+    /// Client connections served at once (lowered to fit the descriptor
+    /// limit, keeping descriptors for the health checks).
+    pub max_connections: usize,
+    /// A client must send a whole request head within this.
+    #[serde(with = "duration")]
+    pub client_header_timeout: Duration,
+    /// A keep-alive client connection with no request in progress is closed after this.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Deadline to resolve a registered host name at registration.
+    #[serde(with = "duration")]
+    pub resolve_timeout: Duration,
 }
 
 impl Default for DiscoveryConfig {
@@ -155,6 +181,24 @@ impl Default for DiscoveryConfig {
             health_check_path: "/health_check".into(),
             watch_keepalive: Duration::from_secs(15),
             drain_timeout: Duration::from_secs(5),
+            registration_token: None,
+            allowed_hosts: [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "fc00::/7",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_instances_per_namespace: 1_000,
+            max_instances: 10_000,
+            max_concurrent_checks: 256,
+            max_connections: 1024,
+            client_header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            resolve_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -177,6 +221,25 @@ impl DiscoveryConfig {
         }
         if crate::wire::validate_path(&self.health_check_path).is_err() {
             errors.push("health_check_path must start with '/'");
+        }
+        // It is compared with what follows `Bearer ` in a header.
+        if self.registration_token.as_deref().is_some_and(|t| {
+            !(1..=1024).contains(&t.len()) || !t.bytes().all(|b| b.is_ascii_graphic())
+        }) {
+            errors.push("registration_token must be 1 to 1024 visible ASCII characters");
+        }
+        if self.max_instances == 0 || self.max_instances_per_namespace == 0 {
+            errors.push("max_instances and max_instances_per_namespace must be at least 1");
+        }
+        if self.max_concurrent_checks == 0 || self.max_connections == 0 {
+            errors.push("max_concurrent_checks and max_connections must be at least 1");
+        }
+        if self.client_header_timeout.is_zero()
+            || self.idle_timeout.is_zero()
+            || self.resolve_timeout.is_zero()
+        {
+            errors
+                .push("client_header_timeout, idle_timeout and resolve_timeout must be above zero");
         }
         joined(errors)
     }
@@ -239,6 +302,13 @@ pub struct GatewayConfig {
     /// A client must send a whole request head (and each body read) within this.
     #[serde(with = "duration")]
     pub client_header_timeout: Duration,
+    /// A client must send a whole request body within this, from the end of its head
+    /// (408 and close past it), however steadily it trickles.
+    #[serde(with = "duration")]
+    pub client_body_timeout: Duration,
+    /// Request body bytes buffered at once across all client connections; a
+    /// request that would pass it is answered 503 and its connection closed.
+    pub max_buffered_bytes: usize,
     /// An idle keep-alive client connection is closed after this.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
@@ -278,6 +348,9 @@ impl Default for GatewayConfig {
             max_body_bytes: 1024 * 1024,
             max_header_bytes: 16 * 1024,
             client_header_timeout: Duration::from_secs(10),
+            client_body_timeout: Duration::from_secs(30),
+            // 64 bodies of the largest size, or thousands of typical ones, at once.
+            max_buffered_bytes: 64 * 1024 * 1024,
             idle_timeout: Duration::from_secs(60),
             pool_max_idle: 128,
             pool_idle_timeout: Duration::from_secs(20),
@@ -317,6 +390,12 @@ impl GatewayConfig {
         if self.max_header_bytes < 256 {
             errors.push("max_header_bytes must be at least 256");
         }
+        if self.client_body_timeout.is_zero() {
+            errors.push("client_body_timeout must be above zero");
+        }
+        if self.max_buffered_bytes < self.max_body_bytes {
+            errors.push("max_buffered_bytes must be at least max_body_bytes");
+        }
         if !self.discovery_url.starts_with("http://") {
             errors.push("discovery_url must start with http://");
         }
@@ -340,9 +419,18 @@ pub struct AppConfig {
     #[serde(with = "duration")]
     pub register_interval: Duration,
     pub health_check_path: String,
-    /// Turns on `PUT /chaos` and `GET /chaos`.
+    /// Turns on `PUT /chaos` and `GET /chaos`, on the admin port only.
     pub chaos: bool,
+    /// Port of the admin listener (`/chaos`, `/metrics`, `/health_check`) on
+    /// `bind`; 0 picks a free one. Never registered with discovery.
+    pub admin_port: u16,
+    /// Sent as `Authorization: Bearer <token>` on register and deregister;
+    /// must match discovery's `registration_token`. Env `REGISTRATION_TOKEN`.
+    pub registration_token: Option<String>,
     pub max_body_bytes: usize,
+    /// Largest request head taken; above the gateway's `max_header_bytes`
+    /// (16 KiB) plus what it adds, so every head it forwards is served.
+    pub max_header_bytes: usize,
     /// Upper bound of the registration retry backoff.
     #[serde(with = "duration")]
     pub register_backoff_max: Duration,
@@ -362,7 +450,10 @@ impl Default for AppConfig {
             register_interval: Duration::from_secs(10),
             health_check_path: "/health_check".into(),
             chaos: false,
+            admin_port: 0,
+            registration_token: None,
             max_body_bytes: 1024 * 1024,
+            max_header_bytes: 32 * 1024,
             register_backoff_max: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
         }
@@ -389,6 +480,22 @@ impl AppConfig {
         }
         if !self.discovery_url.starts_with("http://") {
             errors.push("discovery_url must start with http://");
+        }
+        if self.admin_port != 0 && self.admin_port == self.port {
+            errors.push("admin_port must differ from port");
+        }
+        // It travels in an `Authorization` header as it is.
+        let header_safe =
+            |t: &str| (1..=1024).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_graphic());
+        if self
+            .registration_token
+            .as_deref()
+            .is_some_and(|t| !header_safe(t))
+        {
+            errors.push("registration_token must be 1 to 1024 visible ASCII characters");
+        }
+        if self.max_header_bytes < 1024 {
+            errors.push("max_header_bytes must be at least 1024");
         }
         joined(errors)
     }
@@ -438,6 +545,36 @@ mod tests {
         );
         let err = parse::<DiscoveryConfig>(r#"{"timeout_threshold": "fast"}"#).unwrap_err();
         assert!(err.contains("timeout_threshold"), "{err}");
+    }
+
+    #[test]
+    fn app_admin_port_token_and_head_limit_are_checked() {
+        let bad = |c: AppConfig| c.validate().unwrap_err().to_string();
+        let app = AppConfig::default;
+        assert!(bad(AppConfig {
+            admin_port: 8080,
+            ..app()
+        })
+        .contains("admin_port"));
+        for token in ["", "two words", "caf\u{e9}"] {
+            let c = AppConfig {
+                registration_token: Some(token.into()),
+                ..app()
+            };
+            assert!(bad(c).contains("registration_token"), "{token:?}");
+        }
+        assert!(bad(AppConfig {
+            max_header_bytes: 512,
+            ..app()
+        })
+        .contains("max_header_bytes"));
+        let c: AppConfig = parse(
+            r#"{"admin_port": 9080, "registration_token": "t0k3n", "max_header_bytes": 65536}"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.admin_port, c.max_header_bytes), (9080, 65536));
+        assert_eq!(c.registration_token.as_deref(), Some("t0k3n"));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! running system and, for each process it started, its pid, command line and
 //! log file. `loadtest --chaos discovery` uses it to stop and restart
 //! discovery; `up` reads it back at exit to stop every process it lists,
-//! including one the load test restarted.
+//! including one the load test restarted; `up down` (`just down`) signals
+//! the `up` it names, or stops the listed processes itself when `up` is gone.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -20,6 +21,17 @@ pub struct RunState {
     pub cwd: PathBuf,
     /// By name: `discovery`, `gateway`, `app-8080`, ...
     pub processes: BTreeMap<String, Process>,
+    /// Each app's admin base URL (`/chaos`, `/metrics`), by the `host:port` it
+    /// is registered as: the chaos knobs are not on the business port.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub app_admin_urls: BTreeMap<String, String>,
+    /// The token the apps register with, so instances another tool starts
+    /// (`loadtest --chaos kill`) can register too. The file is private (0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_token: Option<String>,
+    /// The pid of the `up` supervisor itself, which `up down` signals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_pid: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -46,7 +58,19 @@ impl RunState {
     pub fn save(&self, path: &Path) -> Result<(), String> {
         let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        // Owner-only: it may hold the registration token.
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::remove_file(&tmp);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(text.as_bytes())
+        };
+        write().map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 }

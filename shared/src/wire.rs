@@ -15,17 +15,25 @@ pub const MAX_NAMESPACE_CHARS: usize = 128;
 pub struct Port(pub u16);
 
 impl Port {
-    /// Parses the textual form, naming what is wrong.
+    /// Parses the textual form, naming what is wrong: ASCII digits only, no
+    /// sign, no padding, no leading zero (`"08080"` and `" 8081 "` are refused,
+    /// so one port has one spelling).
     pub fn parse(text: &str) -> Result<Port, String> {
-        let digits = text.trim();
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+        if !digits_only || text.len() > 5 {
             return Err(format!(
-                "port must be a number from 1 to 65535, got {text:?}"
+                "port must be a number from 1 to 65535 written with digits only, got {:?}",
+                shown(text)
             ));
         }
-        match digits.parse::<u32>() {
+        if text.len() > 1 && text.starts_with('0') {
+            return Err(format!(
+                "port must be written without leading zeros, got {text:?}"
+            ));
+        }
+        match text.parse::<u32>() {
             Ok(n) if (1..=65535).contains(&n) => Ok(Port(n as u16)),
-            _ => Err(format!("port must be from 1 to 65535, got {digits}")),
+            _ => Err(format!("port must be from 1 to 65535, got {text}")),
         }
     }
 }
@@ -229,7 +237,20 @@ impl ErrorBody {
     }
 }
 
-/// Checks a namespace: 1 to 128 printable characters.
+/// At most this much of a refused value is echoed back in an error message.
+const SHOWN_CHARS: usize = 64;
+
+/// `text`, cut to [`SHOWN_CHARS`] characters for an error message.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+/// Checks a namespace: 1 to 128 printable characters, no leading or trailing
+/// space, and none of the characters that make two different names look the
+/// same (see [`is_deceptive`]).
 pub fn validate_namespace(ns: &str) -> Result<(), String> {
     let chars = ns.chars().count();
     if chars == 0 || ns.trim().is_empty() {
@@ -240,34 +261,147 @@ pub fn validate_namespace(ns: &str) -> Result<(), String> {
             "namespace must be at most {MAX_NAMESPACE_CHARS} characters, got {chars}"
         ));
     }
-    if ns.chars().any(char::is_control) {
-        return Err("namespace must contain only printable characters".into());
+    if let Some(c) = ns.chars().find(|&c| is_deceptive(c)) {
+        return Err(format!(
+            "namespace must contain only printable characters and plain spaces, got U+{:04X} in {:?}",
+            c as u32,
+            shown(ns)
+        ));
+    }
+    if ns.starts_with(' ') || ns.ends_with(' ') {
+        return Err(format!(
+            "namespace must not start or end with a space, got {:?}",
+            shown(ns)
+        ));
     }
     Ok(())
 }
 
-/// Checks a host: an IP literal or a DNS name, nothing that could smuggle a path or port.
+/// Characters a namespace may not hold: control characters, format characters
+/// (Unicode category Cf, the bidi controls and zero-width characters among
+/// them), line and paragraph separators, every white space but U+0020, and the
+/// invisible fillers and variation selectors. Each of them lets a registrant
+/// make a namespace that looks like `service A` and is not.
+pub fn is_deceptive(c: char) -> bool {
+    /// Category Cf (Unicode 15.1) and the invisible non-Cf characters.
+    const RANGES: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),   // soft hyphen
+        (0x034F, 0x034F),   // combining grapheme joiner
+        (0x0600, 0x0605),   // Arabic number signs
+        (0x061C, 0x061C),   // Arabic letter mark (bidi)
+        (0x06DD, 0x06DD),   // Arabic end of ayah
+        (0x070F, 0x070F),   // Syriac abbreviation mark
+        (0x0890, 0x0891),   // Arabic pound/piastre mark above
+        (0x08E2, 0x08E2),   // Arabic disputed end of ayah
+        (0x115F, 0x1160),   // Hangul fillers
+        (0x17B4, 0x17B5),   // Khmer inherent vowels
+        (0x180B, 0x180F),   // Mongolian variation selectors and vowel separator
+        (0x200B, 0x200F),   // zero-width space/joiners, LRM, RLM
+        (0x2028, 0x202E),   // separators, bidi embeddings and overrides
+        (0x2060, 0x206F),   // word joiner, invisible operators, bidi isolates
+        (0x3164, 0x3164),   // Hangul filler
+        (0xFE00, 0xFE0F),   // variation selectors
+        (0xFEFF, 0xFEFF),   // byte order mark / zero-width no-break space
+        (0xFFA0, 0xFFA0),   // halfwidth Hangul filler
+        (0xFFF9, 0xFFFB),   // interlinear annotations
+        (0x110BD, 0x110BD), // Kaithi number sign
+        (0x110CD, 0x110CD), // Kaithi number sign above
+        (0x13430, 0x1343F), // Egyptian hieroglyph format controls
+        (0x1BCA0, 0x1BCA3), // shorthand format controls
+        (0x1D173, 0x1D17A), // musical symbol format controls
+        (0xE0000, 0xE0FFF), // tags and variation selectors supplement
+    ];
+    let n = c as u32;
+    c.is_control()
+        || (c.is_whitespace() && c != ' ')
+        || RANGES.iter().any(|&(lo, hi)| (lo..=hi).contains(&n))
+}
+
+/// Longest host name accepted (RFC 1123 section 2.1, without the trailing dot).
+pub const MAX_HOST_CHARS: usize = 253;
+
+/// The one spelling of a registered host, or why it is refused.
+///
+/// An IP literal is answered in its canonical text (`::ffff:10.0.0.1` is
+/// `10.0.0.1`); an IPv6 literal may come in brackets, which are dropped. A
+/// name is made of RFC 1123 labels (ASCII letters, digits and `-`, 1 to 63
+/// characters, not starting or ending with `-`), at most 253 characters, and
+/// is answered in lower case. Refused besides: labels with `--` in the third
+/// and fourth positions other than IDNA's `xn--` (reserved by RFC 5891), an
+/// all-digit last label (`09.1`: not a name, RFC 1123 section 2.1, and not a
+/// valid IPv4 address), and names made only of numeric labels (`0x7f.1`),
+/// which resolvers read as IPv4 in their legacy forms. An `xn--` label is
+/// taken as the LDH label it is; whether it resolves is found at registration.
+pub fn normalize_host(host: &str) -> Result<String, String> {
+    let refused = |why: &str| {
+        format!(
+            "host must be an IP address or an RFC 1123 host name: {why}, got {:?}",
+            shown(host)
+        )
+    };
+    if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner
+            .strip_suffix(']')
+            .ok_or_else(|| refused("an opening bracket without its closing one"))?;
+        return match inner.parse::<std::net::Ipv6Addr>() {
+            Ok(ip) => Ok(std::net::IpAddr::V6(ip).to_canonical().to_string()),
+            Err(_) => Err(refused("only an IPv6 address may stand in brackets")),
+        };
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(ip.to_canonical().to_string());
+    }
+    check_name(host).map_err(refused)?;
+    Ok(host.to_ascii_lowercase())
+}
+
+/// The RFC 1123 rules of [`normalize_host`] for a name.
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() > MAX_HOST_CHARS {
+        return Err("a name is at most 253 characters");
+    }
+    let mut labels = 0;
+    let mut numeric = 0;
+    let mut last_all_digits = false;
+    for label in name.split('.') {
+        let bytes = label.as_bytes();
+        if bytes.is_empty() || bytes.len() > 63 {
+            return Err("each dot-separated label is 1 to 63 characters");
+        }
+        if !bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+        {
+            return Err("a name holds only ASCII letters, digits, '-' and '.'");
+        }
+        if bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {
+            return Err("a label does not start or end with '-'");
+        }
+        if bytes.len() >= 4 && &bytes[2..4] == b"--" && !bytes[..2].eq_ignore_ascii_case(b"xn") {
+            return Err("'--' in a label's third and fourth places is reserved");
+        }
+        last_all_digits = bytes.iter().all(u8::is_ascii_digit);
+        let hex = bytes.len() > 2
+            && bytes[..2].eq_ignore_ascii_case(b"0x")
+            && bytes[2..].iter().all(u8::is_ascii_hexdigit);
+        labels += 1;
+        numeric += usize::from(last_all_digits || hex);
+    }
+    if last_all_digits {
+        return Err("the last label is all digits: not a name, and not a valid IPv4 address");
+    }
+    if numeric == labels {
+        return Err("numeric labels only: a legacy IPv4 form, write the address in dotted decimal");
+    }
+    Ok(())
+}
+
+/// Checks a host as [`normalize_host`] does.
 pub fn validate_host(host: &str) -> Result<(), String> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if bare.parse::<std::net::IpAddr>().is_ok() {
-        return Ok(());
-    }
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "host must be an IP address or a host name, got {host:?}"
-        ))
-    }
+    normalize_host(host).map(|_| ())
 }
 
 /// Checks a health check path: absolute, printable, no spaces.
@@ -359,5 +493,89 @@ mod tests {
         assert!(validate_host("a b").is_err());
         assert!(validate_host("").is_err());
         assert_eq!(authority("::1", Port(80)), "[::1]:80");
+    }
+
+    #[test]
+    fn ports_have_one_spelling() {
+        assert_eq!(Port::parse("8080"), Ok(Port(8080)));
+        assert_eq!(Port::parse("65535"), Ok(Port(65535)));
+        for bad in [
+            "08080", " 8081 ", "8081 ", "+80", "-1", "0", "00", "65536", "", "1e3", "८०",
+        ] {
+            assert!(Port::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        for bad in [r#""08080""#, r#"" 8081 ""#, "-5", "1.0"] {
+            assert!(serde_json::from_str::<Port>(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn hosts_are_ip_literals_or_rfc1123_names_in_one_spelling() {
+        for (given, kept) in [
+            ("127.0.0.1", "127.0.0.1"),
+            ("::1", "::1"),
+            ("[::1]", "::1"),
+            ("[0:0::1]", "::1"),
+            ("::ffff:10.0.0.1", "10.0.0.1"),
+            ("LocalHost", "localhost"),
+            ("app-1.svc.internal", "app-1.svc.internal"),
+            ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+            ("xn--a", "xn--a"),
+            ("1st.example", "1st.example"),
+        ] {
+            assert_eq!(normalize_host(given).as_deref(), Ok(kept), "{given}");
+        }
+        let long_label = "a".repeat(64);
+        let long_name = format!("{}.x", vec!["a".repeat(63); 4].join("."));
+        for bad in [
+            "[127.0.0.2]",
+            "[[[::1",
+            "::1]",
+            "[::1",
+            "09.1",
+            "127.1",
+            "0x7f000001",
+            "0x7f.0x1",
+            "10.0.0.256",
+            "-a.example",
+            "a-.example",
+            "ab--c.example",
+            "a_b.example",
+            "a..b",
+            "a.",
+            ".a",
+            "",
+            "a b",
+            "a/b",
+            "fe80::1%eth0",
+            "caf\u{e9}.example",
+            &long_label,
+            &long_name,
+        ] {
+            let err = normalize_host(bad).unwrap_err();
+            assert!(err.starts_with("host must be"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn namespaces_refuse_invisible_and_bidi_characters() {
+        for bad in [
+            "service\u{202E}A",
+            "service\u{200B} A",
+            "service A\u{FEFF}",
+            "service\u{00A0}A",
+            "service\u{2066}A",
+            "service\u{061C}A",
+            "service\u{E0041}A",
+            "service\u{3164}A",
+            " service A",
+            "service A ",
+            "a\u{7f}",
+        ] {
+            assert!(validate_namespace(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["service A", "サービス", "caf\u{e9}", "a-b_c.d"] {
+            assert!(validate_namespace(good).is_ok(), "{good:?} refused");
+        }
     }
 }

@@ -94,3 +94,28 @@ pub async fn post_once(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> R
     post(&mut req, "gateway", path, body, "");
     conn.exchange(&req).await.expect("gateway answers")
 }
+
+/// The gateway's whole `/metrics` text.
+pub async fn metrics_text(admin_url: &str) -> String {
+    let (_, text) = crate::client::get(&format!("{admin_url}/metrics")).await;
+    text.as_str().unwrap_or_default().to_string()
+}
+
+/// Sends raw request bytes on a fresh connection and returns what came back
+/// until the server closed it (panics after `limit`: a refusal must close).
+pub async fn refused(addr: std::net::SocketAddr, request: &[u8], limit: Duration) -> String {
+    let mut conn = Connection::connect(addr).await.expect("server accepts");
+    // The server may answer and close before all of a refused request is written.
+    let _ = conn.send(request).await;
+    let answer = async_std::future::timeout(limit, conn.read_to_close())
+        .await
+        .expect("the server closes a refused connection")
+        .unwrap_or_default();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Sends one raw request on a fresh connection and reads one answer.
+pub async fn exchange_raw(addr: std::net::SocketAddr, request: &[u8]) -> Response {
+    let mut conn = Connection::connect(addr).await.expect("server accepts");
+    conn.exchange(request).await.expect("server answers")
+}

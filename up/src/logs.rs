@@ -45,7 +45,7 @@ impl Tail {
 
     /// Prints whatever was appended since the last call. The files are opened
     /// afresh each time, so a process restarted by someone else still shows.
-    pub fn poll(&mut self) {
+    pub fn poll(&mut self, out: &mut crate::out::Out) {
         for f in &mut self.files {
             let Ok(mut file) = File::open(&f.path) else {
                 continue;
@@ -64,10 +64,7 @@ impl Tail {
             f.partial.push_str(&String::from_utf8_lossy(&bytes));
             while let Some(end) = f.partial.find('\n') {
                 let line: String = f.partial.drain(..=end).collect();
-                println!(
-                    "{}",
-                    render(&f.name, line.trim_end(), self.width, self.colour)
-                );
+                out.line(render(&f.name, line.trim_end(), self.width, self.colour));
             }
         }
     }

@@ -2,8 +2,12 @@
 //! from the shipped config files (read only for their addresses).
 
 use shared::config::{DiscoveryConfig, GatewayConfig};
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+
+/// An app's admin port (`/chaos`, `/metrics`) is its port plus this.
+pub const APP_ADMIN_OFFSET: u16 = 100;
 
 /// One process to start.
 #[derive(Clone, Debug)]
@@ -13,6 +17,8 @@ pub struct Service {
     /// Every address it binds.
     pub binds: Vec<SocketAddr>,
     pub log: PathBuf,
+    /// Extra environment (the registration token: never on a command line, which `ps` shows to everyone).
+    pub env: Vec<(String, String)>,
 }
 
 /// The whole system.
@@ -23,8 +29,29 @@ pub struct Plan {
     pub gateway_url: String,
     pub admin_url: String,
     pub apps: Vec<SocketAddr>,
+    /// Each app's admin base URL by its business `host:port`.
+    pub app_admins: BTreeMap<String, String>,
     pub state: PathBuf,
     pub dir: PathBuf,
+    pub registration_token: String,
+}
+
+/// What to start, from `up`'s flags.
+#[derive(Clone, Debug)]
+pub struct Options<'a> {
+    pub config_dir: &'a Path,
+    pub bin_dir: &'a Path,
+    pub state: &'a Path,
+    /// One app per port (each replaced by a free one with `free`).
+    pub app_ports: Vec<u16>,
+    /// Pick free ports for whatever no flag below names.
+    pub free: bool,
+    pub discovery_port: Option<u16>,
+    pub gateway_port: Option<u16>,
+    pub admin_port: Option<u16>,
+    /// Apps run with `--chaos` (the fault knobs `loadtest --chaos` turns).
+    pub chaos: bool,
+    pub registration_token: String,
 }
 
 /// The folder of the running executable, where cargo puts its sibling binaries.
@@ -52,13 +79,14 @@ fn path_arg(p: &Path) -> String {
 }
 
 impl Plan {
-    pub fn new(
-        config_dir: &Path,
-        bin_dir: &Path,
-        state: &Path,
-        app_ports: &[u16],
-        free: bool,
-    ) -> Result<Plan, String> {
+    pub fn new(o: &Options) -> Result<Plan, String> {
+        let Options {
+            config_dir,
+            bin_dir,
+            state,
+            free,
+            ..
+        } = *o;
         let discovery_file = config_dir.join("discovery.json");
         let gateway_file = config_dir.join("gateway.json");
         let app_file = config_dir.join("app.json");
@@ -74,16 +102,24 @@ impl Plan {
             shared::config::load(Some(&discovery_file)).map_err(|e| e.to_string())?;
         let gateway: GatewayConfig =
             shared::config::load(Some(&gateway_file)).map_err(|e| e.to_string())?;
-        let pick = |configured: SocketAddr| -> Result<SocketAddr, String> {
-            Ok(if free {
-                SocketAddr::new(configured.ip(), free_port()?)
-            } else {
-                configured
+        // A flag's port first, else a free one with --free-ports, else the file's.
+        let pick = |configured: SocketAddr, flag: Option<u16>| -> Result<SocketAddr, String> {
+            Ok(match flag {
+                Some(port) => SocketAddr::new(configured.ip(), port),
+                None if free => SocketAddr::new(configured.ip(), free_port()?),
+                None => configured,
             })
         };
-        let discovery_addr = pick(addr(&discovery.listen, "discovery listen")?)?;
-        let gateway_addr = pick(addr(&gateway.listen, "gateway listen")?)?;
-        let admin_addr = pick(addr(&gateway.admin_listen, "gateway admin_listen")?)?;
+        let discovery_addr = pick(
+            addr(&discovery.listen, "discovery listen")?,
+            o.discovery_port,
+        )?;
+        let gateway_addr = pick(addr(&gateway.listen, "gateway listen")?, o.gateway_port)?;
+        let admin_addr = pick(
+            addr(&gateway.admin_listen, "gateway admin_listen")?,
+            o.admin_port,
+        )?;
+        let token = o.registration_token.clone();
         let discovery_url = format!("http://{discovery_addr}");
         let dir = state.parent().map(Path::to_path_buf).unwrap_or_default();
         let bin = |name: &str| path_arg(&bin_dir.join(name));
@@ -100,27 +136,45 @@ impl Plan {
             ],
             binds: vec![discovery_addr],
             log: log("discovery"),
+            env: vec![("DISCOVERY_REGISTRATION_TOKEN".into(), token.clone())],
         }];
         let mut apps = Vec::new();
-        for port in app_ports {
+        let mut app_admins = BTreeMap::new();
+        for port in &o.app_ports {
             let port = if free { free_port()? } else { *port };
+            // The fault knobs' own listener, never registered: app port + 100.
+            let admin_port = if free {
+                free_port()?
+            } else {
+                port.checked_add(APP_ADMIN_OFFSET).ok_or_else(|| {
+                    format!("app port {port}: its admin port (+{APP_ADMIN_OFFSET}) is past 65535")
+                })?
+            };
             let at = SocketAddr::from(([127, 0, 0, 1], port));
+            let admin_at = SocketAddr::from(([127, 0, 0, 1], admin_port));
             apps.push(at);
+            app_admins.insert(at.to_string(), format!("http://{admin_at}"));
             let name = format!("app-{port}");
+            let mut argv = vec![
+                bin("app"),
+                "--config".into(),
+                path_arg(&app_file),
+                "--port".into(),
+                port.to_string(),
+                "--admin-port".into(),
+                admin_port.to_string(),
+                "--discovery-url".into(),
+                discovery_url.clone(),
+            ];
+            if o.chaos {
+                argv.push("--chaos".into());
+            }
             services.push(Service {
-                argv: vec![
-                    bin("app"),
-                    "--config".into(),
-                    path_arg(&app_file),
-                    "--port".into(),
-                    port.to_string(),
-                    "--discovery-url".into(),
-                    discovery_url.clone(),
-                    "--chaos".into(),
-                ],
-                binds: vec![at],
+                argv,
+                binds: vec![at, admin_at],
                 log: log(&name),
                 name,
+                env: vec![("REGISTRATION_TOKEN".into(), token.clone())],
             });
         }
         services.push(Service {
@@ -138,6 +192,7 @@ impl Plan {
             ],
             binds: vec![gateway_addr, admin_addr],
             log: log("gateway"),
+            env: Vec::new(),
         });
         Ok(Plan {
             services,
@@ -145,8 +200,10 @@ impl Plan {
             gateway_url: format!("http://{gateway_addr}"),
             admin_url: format!("http://{admin_addr}"),
             apps,
+            app_admins,
             state: state.to_path_buf(),
             dir,
+            registration_token: token,
         })
     }
 
@@ -156,12 +213,12 @@ impl Plan {
             let alive: Vec<String> = state
                 .processes
                 .iter()
-                .filter(|(_, p)| crate::supervise::alive(p.pid))
+                .filter(|(_, p)| crate::pids::alive(p.pid))
                 .map(|(name, p)| format!("{name} (pid {})", p.pid))
                 .collect();
             if !alive.is_empty() {
                 return Err(format!(
-                    "the system is already up: {} (see {}); stop it with Ctrl-C where it runs",
+                    "the system is already up: {} (see {}); stop it with `just down` (or Ctrl-C where it runs)",
                     alive.join(", "),
                     self.state.display()
                 ));
@@ -187,5 +244,26 @@ impl Plan {
             }
         }
         Ok(())
+    }
+}
+
+/// A fresh registration token: 128 random bits from the kernel, as 32 hex digits.
+pub fn new_token() -> Result<String, String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| format!("cannot read /dev/urandom for a registration token: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_are_32_hex_digits_and_differ() {
+        let (a, b) = (super::new_token().unwrap(), super::new_token().unwrap());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
     }
 }

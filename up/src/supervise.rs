@@ -1,158 +1,366 @@
-//! Starts the plan's processes, waits until the system serves, streams the
-//! logs, and stops everything by pid on Ctrl-C or SIGTERM.
+//! The supervisor: starts the plan's processes (each through the launcher, so
+//! it dies with `up`), waits until the system serves, streams the logs,
+//! restarts a process that crashes, and stops everything in order when asked.
 //!
-//! Children get their own process group, so a Ctrl-C in the terminal reaches
-//! only `up`, which then stops the gateway first (letting requests finish),
-//! then the apps (which deregister), then discovery.
+//! Asked to stop means: SIGINT (Ctrl-C), SIGTERM (`just down`), SIGHUP (the
+//! terminal closed), or stdout gone (`just up | tee log` and the `tee` ended).
+//! Children have their own process group, so a Ctrl-C in the terminal reaches
+//! only `up`, which stops the gateway first (letting requests finish), then
+//! the apps (which deregister), then discovery.
+//!
+//! A child that exits with a failure or dies of a signal is restarted after a
+//! capped, jittered backoff (reset once it has run for a while). One that exits
+//! cleanly (status 0) was asked to stop by someone (an operator, `loadtest
+//! --chaos discovery`), and stays stopped; if the state file then names a new
+//! pid for it (the load test restarted it), `up` follows that process and
+//! stops it at exit too.
 
+use crate::launch::{self, Spec};
 use crate::logs::Tail;
-use crate::plan::Plan;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use crate::out::Out;
+use crate::pids;
+use crate::plan::{Plan, Service};
+use crate::stop::{self, Member};
+use shared::backoff::Backoff;
 use shared::runstate::{Process, RunState};
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::Child;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Whether a process with this pid exists (a zombie child counts: use try_wait for those).
-pub fn alive(pid: u32) -> bool {
-    i32::try_from(pid).is_ok_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
+/// First restart after about this long, doubling up to `RESTART_CAP`.
+const RESTART_BASE: Duration = Duration::from_millis(500);
+const RESTART_CAP: Duration = Duration::from_secs(30);
+/// A process that ran this long before dying starts its backoff over.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// How often the loop looks at children, logs, signals and stdout.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Why `up` stops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    Signal(usize),
+    StdoutClosed,
 }
 
-struct Running {
-    name: String,
-    child: Child,
-    exited: bool,
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Stop::Signal(n) if n == signal_hook::consts::SIGINT as usize => f.write_str("SIGINT"),
+            Stop::Signal(n) if n == signal_hook::consts::SIGTERM as usize => f.write_str("SIGTERM"),
+            Stop::Signal(n) if n == signal_hook::consts::SIGHUP as usize => f.write_str("SIGHUP"),
+            Stop::Signal(n) => write!(f, "signal {n}"),
+            Stop::StdoutClosed => f.write_str("stdout closed"),
+        }
+    }
+}
+
+/// One service and the process that runs it now.
+struct Slot {
+    service: Service,
+    /// The process `up` started, until it is reaped.
+    child: Option<Child>,
+    /// A process another tool started for this service, followed by pid.
+    adopted: Option<u32>,
+    /// The pid last recorded in the state file for this service.
+    pid: u32,
+    started: Instant,
+    backoff: Backoff,
+    restart_at: Option<Instant>,
+}
+
+impl Member for Slot {
+    fn name(&self) -> &str {
+        &self.service.name
+    }
+
+    fn pid(&mut self) -> Option<u32> {
+        if let Some(child) = &mut self.child {
+            match child.try_wait() {
+                Ok(None) => return Some(child.id()),
+                _ => self.child = None,
+            }
+        }
+        match self.adopted {
+            Some(pid) if pids::alive(pid) => Some(pid),
+            _ => {
+                self.adopted = None;
+                None
+            }
+        }
+    }
+}
+
+struct Supervisor<'a> {
+    plan: &'a Plan,
+    state: RunState,
+    /// Whether this run wrote the state file yet (before that, a file there is stale).
+    written: bool,
+    slots: Vec<Slot>,
+    tail: Tail,
+    out: Out,
+    signalled: Arc<AtomicUsize>,
 }
 
 pub fn run(plan: &Plan, ready_within: Duration) -> Result<(), String> {
     std::fs::create_dir_all(&plan.dir)
         .map_err(|e| format!("cannot create {}: {e}", plan.dir.display()))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
+    let signalled = Arc::new(AtomicUsize::new(0));
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        let number = usize::try_from(signal).unwrap_or(usize::MAX);
+        signal_hook::flag::register_usize(signal, signalled.clone(), number)
             .map_err(|e| format!("cannot listen for signals: {e}"))?;
     }
-    let mut state = RunState {
-        discovery_url: plan.discovery_url.clone(),
-        gateway_url: plan.gateway_url.clone(),
-        admin_url: plan.admin_url.clone(),
-        cwd: std::env::current_dir().unwrap_or_default(),
-        processes: Default::default(),
-    };
-    let mut running = Vec::new();
-    let mut tail = Tail::new(crate::logs::colour());
-    let started = start_all(
+    let mut sup = Supervisor {
         plan,
-        &mut state,
-        &mut running,
-        &mut tail,
-        &stop,
-        ready_within,
-    );
-    if let Err(e) = started {
-        tail.poll();
-        stop_all(&plan.state, &mut running);
+        state: RunState {
+            discovery_url: plan.discovery_url.clone(),
+            gateway_url: plan.gateway_url.clone(),
+            admin_url: plan.admin_url.clone(),
+            cwd: std::env::current_dir().unwrap_or_default(),
+            registration_token: Some(plan.registration_token.clone()),
+            up_pid: Some(std::process::id()),
+            app_admin_urls: plan.app_admins.clone(),
+            ..RunState::default()
+        },
+        written: false,
+        slots: Vec::new(),
+        tail: Tail::new(crate::logs::colour()),
+        out: Out::default(),
+        signalled,
+    };
+    if let Err(e) = sup.start(ready_within) {
+        sup.tail.poll(&mut sup.out);
+        sup.stop_all();
         return Err(e);
     }
-    announce(plan);
-    while !stop.load(Ordering::Relaxed) {
-        tail.poll();
-        for r in running.iter_mut().filter(|r| !r.exited) {
-            if let Ok(Some(status)) = r.child.try_wait() {
-                r.exited = true;
-                println!("up: {} exited ({status})", r.name);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    println!("\nup: stopping every process");
-    stop_all(&plan.state, &mut running);
-    tail.poll();
-    println!("up: stopped");
+    announce(plan, &mut sup.out);
+    let why = sup.watch();
+    sup.out.line(format_args!(
+        "\nup: stopping ({why}): the gateway, then the apps, then discovery"
+    ));
+    sup.stop_all();
+    sup.tail.poll(&mut sup.out);
+    sup.out.line("up: stopped");
     Ok(())
 }
 
-fn start_all(
-    plan: &Plan,
-    state: &mut RunState,
-    running: &mut Vec<Running>,
-    tail: &mut Tail,
-    stop: &AtomicBool,
-    ready_within: Duration,
-) -> Result<(), String> {
-    for service in &plan.services {
-        let log = File::create(&service.log)
-            .map_err(|e| format!("cannot create {}: {e}", service.log.display()))?;
-        let err = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(&service.argv[0])
-            .args(&service.argv[1..])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", service.argv[0]))?;
-        state.processes.insert(
-            service.name.clone(),
-            Process {
-                pid: child.id(),
-                argv: service.argv.clone(),
-                log: service.log.clone(),
-            },
-        );
-        state.save(&plan.state)?;
-        tail.follow(&service.name, &service.log);
-        running.push(Running {
-            name: service.name.clone(),
-            child,
-            exited: false,
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !service.binds.iter().all(|a| TcpStream::connect(a).is_ok()) {
-            died(running)?;
-            tail.poll();
-            if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+impl Supervisor<'_> {
+    fn stop_requested(&mut self) -> Option<Stop> {
+        match self.signalled.load(Ordering::Relaxed) {
+            0 if self.out.closed() => Some(Stop::StdoutClosed),
+            0 => None,
+            n => Some(Stop::Signal(n)),
+        }
+    }
+
+    /// Starts every service in order, each listening before the next starts,
+    /// then waits until the gateway routes to every app.
+    fn start(&mut self, ready_within: Duration) -> Result<(), String> {
+        for service in &self.plan.services {
+            let mut slot = Slot {
+                service: service.clone(),
+                child: None,
+                adopted: None,
+                pid: 0,
+                started: Instant::now(),
+                backoff: Backoff::new(RESTART_BASE, RESTART_CAP),
+                restart_at: None,
+            };
+            self.launch(&mut slot, false)?;
+            self.tail.follow(&service.name, &service.log);
+            self.slots.push(slot);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !service.binds.iter().all(|a| TcpStream::connect(a).is_ok()) {
+                self.died()?;
+                self.tail.poll(&mut self.out);
+                if let Some(why) = self.stop_requested() {
+                    return Err(format!("stopped during start-up ({why})"));
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{} did not start listening (see {})",
+                        service.name,
+                        service.log.display()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let deadline = Instant::now() + ready_within;
+        let want: Vec<String> = self.plan.apps.iter().map(ToString::to_string).collect();
+        while !routes_to_all(&self.plan.admin_url, &want) {
+            self.died()?;
+            self.tail.poll(&mut self.out);
+            if let Some(why) = self.stop_requested() {
+                return Err(format!("stopped during start-up ({why})"));
+            }
+            if Instant::now() > deadline {
                 return Err(format!(
-                    "{} did not start listening (see {})",
-                    service.name,
-                    service.log.display()
+                    "the gateway did not route to every app within {ready_within:?}"
                 ));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(TICK);
+        }
+        self.tail.poll(&mut self.out);
+        Ok(())
+    }
+
+    /// Starts (or restarts) a slot's process and records its pid.
+    fn launch(&mut self, slot: &mut Slot, restart: bool) -> Result<u32, String> {
+        let s = &slot.service;
+        let child = launch::spawn(&Spec {
+            argv: &s.argv,
+            env: &s.env,
+            log: &s.log,
+            append: restart,
+        })?;
+        let pid = child.id();
+        slot.child = Some(child);
+        slot.adopted = None;
+        slot.pid = pid;
+        slot.started = Instant::now();
+        self.record(
+            &s.name,
+            Process {
+                pid,
+                argv: s.argv.clone(),
+                log: s.log.clone(),
+            },
+        )?;
+        Ok(pid)
+    }
+
+    /// Writes a process into the state file, keeping what others wrote since
+    /// (`loadtest` records a discovery it restarted).
+    fn record(&mut self, name: &str, process: Process) -> Result<(), String> {
+        self.state
+            .processes
+            .insert(name.to_string(), process.clone());
+        let mut file = if self.written {
+            RunState::load(&self.plan.state).unwrap_or_else(|_| self.state.clone())
+        } else {
+            self.state.clone()
+        };
+        file.processes.insert(name.to_string(), process);
+        file.save(&self.plan.state)?;
+        self.written = true;
+        Ok(())
+    }
+
+    /// During start-up, any exit is fatal: it is a set-up problem, not a crash to ride out.
+    fn died(&mut self) -> Result<(), String> {
+        for slot in &mut self.slots {
+            if let Some(Ok(Some(status))) = slot.child.as_mut().map(Child::try_wait) {
+                return Err(format!(
+                    "{} exited during start-up ({status}); its log is above",
+                    slot.service.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The steady state: logs, crashed children, restarts; returns why it ends.
+    fn watch(&mut self) -> Stop {
+        loop {
+            if let Some(why) = self.stop_requested() {
+                return why;
+            }
+            self.tail.poll(&mut self.out);
+            let recorded = RunState::load(&self.plan.state).ok();
+            let mut slots = std::mem::take(&mut self.slots);
+            for slot in &mut slots {
+                self.tend(slot, recorded.as_ref());
+            }
+            self.slots = slots;
+            std::thread::sleep(TICK);
         }
     }
-    let deadline = Instant::now() + ready_within;
-    let want: Vec<String> = plan.apps.iter().map(ToString::to_string).collect();
-    while !routes_to_all(&plan.admin_url, &want) {
-        died(running)?;
-        tail.poll();
-        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-            return Err(format!(
-                "the gateway did not route to every app within {ready_within:?}"
+
+    fn tend(&mut self, slot: &mut Slot, recorded: Option<&RunState>) {
+        let name = slot.service.name.clone();
+        let now = Instant::now();
+        if let Some(Ok(Some(status))) = slot.child.as_mut().map(Child::try_wait) {
+            slot.child = None;
+            self.tail.poll(&mut self.out); // its last words first
+            if status.success() {
+                self.out.line(format_args!(
+                    "up: {name} exited ({status}): it stopped cleanly, so something asked it to; not restarting it"
+                ));
+            } else {
+                if slot.started.elapsed() >= STABLE_AFTER {
+                    slot.backoff.reset();
+                }
+                let delay = slot.backoff.next_delay();
+                self.out.line(format_args!(
+                    "up: {name} exited ({status}), restarting in {:.1}s",
+                    delay.as_secs_f64()
+                ));
+                slot.restart_at = Some(now + delay);
+            }
+        }
+        if slot.restart_at.is_some_and(|at| now >= at) {
+            slot.restart_at = None;
+            match self.launch(slot, true) {
+                Ok(pid) => self
+                    .out
+                    .line(format_args!("up: {name} restarted (pid {pid})")),
+                Err(e) => {
+                    let delay = slot.backoff.next_delay();
+                    self.out.line(format_args!(
+                        "up: cannot restart {name}: {e}; trying again in {:.1}s",
+                        delay.as_secs_f64()
+                    ));
+                    slot.restart_at = Some(now + delay);
+                }
+            }
+        }
+        if slot.child.is_some() || slot.restart_at.is_some() {
+            return;
+        }
+        if let Some(pid) = slot.adopted.filter(|p| !pids::alive(*p)) {
+            slot.adopted = None;
+            self.out.line(format_args!(
+                "up: {name} (pid {pid}, started outside up) exited; not restarting it"
             ));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        if let Some(pid) = adoptable(slot, recorded) {
+            slot.adopted = Some(pid);
+            slot.pid = pid;
+            self.out.line(format_args!(
+                "up: {name} runs again as pid {pid}, started outside up; up stops it at exit"
+            ));
+        }
     }
-    tail.poll();
-    Ok(())
+
+    fn stop_all(&mut self) {
+        // Last look at the state file: a process another tool restarted is stopped too.
+        let recorded = RunState::load(&self.plan.state).ok();
+        for slot in &mut self.slots {
+            if slot.child.is_none() && slot.adopted.is_none() {
+                slot.adopted = adoptable(slot, recorded.as_ref());
+            }
+        }
+        stop::in_order(&mut self.slots, stop::GRACE, &mut self.out);
+        if self.written {
+            let _ = std::fs::remove_file(&self.plan.state);
+        }
+    }
 }
 
-fn died(running: &mut [Running]) -> Result<(), String> {
-    for r in running.iter_mut() {
-        if let Ok(Some(status)) = r.child.try_wait() {
-            return Err(format!(
-                "{} exited during start-up ({status}); its log is above",
-                r.name
-            ));
-        }
-    }
-    Ok(())
+/// A live pid the state file records for this slot's service that is not the
+/// one `up` knows, running the same program.
+fn adoptable(slot: &Slot, recorded: Option<&RunState>) -> Option<u32> {
+    let p = recorded?.processes.get(&slot.service.name)?;
+    let program = slot.service.argv.first()?;
+    (p.pid != slot.pid && pids::alive(p.pid) && pids::runs(p.pid, program)).then_some(p.pid)
 }
 
 /// Whether the gateway's ring holds every app, from its admin `/status`.
@@ -189,79 +397,42 @@ fn get(base: &str, path: &str) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
-fn announce(plan: &Plan) {
+fn announce(plan: &Plan, out: &mut Out) {
     let apps: Vec<String> = plan.apps.iter().map(|a| format!("http://{a}")).collect();
-    println!();
-    println!(
+    let admins: Vec<String> = plan
+        .apps
+        .iter()
+        .filter_map(|a| plan.app_admins.get(&a.to_string()))
+        .cloned()
+        .collect();
+    out.line("");
+    out.line(format_args!(
         "  discovery  {}        dashboard: {}/",
         plan.discovery_url, plan.discovery_url
-    );
-    println!("  apps       {}", apps.join("  "));
-    println!(
+    ));
+    out.line(format_args!("  apps       {}", apps.join("  ")));
+    out.line(format_args!(
+        "  app admin  {}   (/chaos, /metrics; never registered)",
+        admins.join("  ")
+    ));
+    out.line(format_args!(
         "  gateway    {}        admin: {}/status  {}/metrics",
         plan.gateway_url, plan.admin_url, plan.admin_url
-    );
-    println!();
-    println!(
+    ));
+    out.line("");
+    out.line(format_args!(
         "  try:  curl -s {}/api/example -d '{{\"hello\": \"world\"}}'",
         plan.gateway_url
-    );
-    println!("  load: just loadtest");
-    println!();
-    println!(
-        "  logs follow; Ctrl-C stops everything (state and logs in {})",
+    ));
+    out.line("  load: just loadtest");
+    out.line("");
+    out.line(format_args!(
+        "  registration token: generated for this run, in {} (registration_token)",
+        plan.state.display()
+    ));
+    out.line(format_args!(
+        "  logs follow; Ctrl-C stops everything, as does `just down` elsewhere (state and logs in {})",
         plan.dir.display()
-    );
-    println!();
-}
-
-/// SIGTERM to every process in the state file (a restarted one included), the
-/// gateway first, discovery last; SIGKILL for whatever is left after 10 s.
-fn stop_all(state_path: &std::path::Path, running: &mut [Running]) {
-    let state = RunState::load(state_path).unwrap_or_default();
-    let mut order: Vec<(&String, &Process)> = state.processes.iter().collect();
-    order.sort_by_key(|(name, _)| match name.as_str() {
-        "gateway" => 0,
-        "discovery" => 2,
-        _ => 1,
-    });
-    for (_, p) in &order {
-        signal(p.pid, Signal::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        for r in running.iter_mut() {
-            if let Ok(Some(_)) = r.child.try_wait() {
-                r.exited = true;
-            }
-        }
-        let ours_left = running.iter().any(|r| !r.exited);
-        let others_left = order
-            .iter()
-            .filter(|(_, p)| !running.iter().any(|r| r.child.id() == p.pid))
-            .any(|(_, p)| alive(p.pid));
-        if !ours_left && !others_left {
-            break;
-        }
-        if Instant::now() > deadline {
-            for (name, p) in &order {
-                if alive(p.pid) {
-                    println!("up: {name} did not stop in time: killing it");
-                    signal(p.pid, Signal::SIGKILL);
-                }
-            }
-            for r in running.iter_mut() {
-                let _ = r.child.wait();
-            }
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = std::fs::remove_file(state_path);
-}
-
-fn signal(pid: u32, signal: Signal) {
-    if let Ok(pid) = i32::try_from(pid) {
-        let _ = kill(Pid::from_raw(pid), signal);
-    }
+    ));
+    out.line("");
 }

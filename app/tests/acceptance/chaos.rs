@@ -1,7 +1,7 @@
 //! Acceptance 4: with `--chaos`, a delay or a failing health check makes
 //! discovery mark the instance unavailable and undoing it brings it back;
 //! fail_rate fails business requests; invalid knobs are a 400 that changes
-//! nothing; without `--chaos` the paths are 404.
+//! nothing; without `--chaos` the paths are 404. The knobs are on the admin port.
 
 use crate::support::{app_config, send, wait_for_status};
 use serde_json::{json, Value};
@@ -15,7 +15,7 @@ async fn chaos_app(discovery_url: &str) -> app::Handle {
 }
 
 async fn put(app: &app::Handle, body: &str) -> (u16, Value) {
-    call("PUT", &format!("{}/chaos", app.url()), Some(body)).await
+    call("PUT", &format!("{}/chaos", app.admin_url()), Some(body)).await
 }
 
 #[async_std::test]
@@ -103,7 +103,7 @@ async fn invalid_knob_values_are_400_and_change_nothing() {
         let (status, error) = put(&app, bad).await;
         assert_eq!(status, 400, "{bad}: {error}");
         assert!(error["error"]["code"].is_string(), "{bad}: {error}");
-        let (_, now) = get(&format!("{}/chaos", app.url())).await;
+        let (_, now) = get(&format!("{}/chaos", app.admin_url())).await;
         assert_eq!(now, before, "{bad} changed the knobs");
     }
     let (_, error) = put(&app, r#"{"speed": 1}"#).await;
@@ -168,26 +168,37 @@ async fn fail_rate_one_fails_business_requests_and_zero_brings_them_back() {
 async fn without_chaos_the_chaos_paths_are_404_and_with_it_post_is_not_echoed() {
     let d = testkit::discovery().await;
     let plain = app::spawn(app_config(&d.url())).await.unwrap();
-    for path in ["/chaos", "/chaos/"] {
-        for method in ["GET", "PUT", "POST", "DELETE"] {
-            let res = send(plain.addr(), method, path, br#"{"delay_ms": 800}"#).await;
-            assert_eq!(res.status, 404, "{method} {path}");
-            assert_eq!(res.json()["error"]["code"], "not_found");
+    for addr in [plain.addr(), plain.admin_addr()] {
+        for path in ["/chaos", "/chaos/"] {
+            for method in ["GET", "PUT", "POST", "DELETE"] {
+                let res = send(addr, method, path, br#"{"delay_ms": 800}"#).await;
+                assert_eq!(res.status, 404, "{method} {path} on {addr}");
+                assert_eq!(res.json()["error"]["code"], "not_found");
+            }
         }
     }
     let res = send(plain.addr(), "POST", "/chaotic", b"{}").await;
     assert_eq!(res.status, 200, "only /chaos itself is taken");
 
     let chaotic = chaos_app(&d.url()).await;
-    let (status, knobs) = get(&format!("{}/chaos", chaotic.url())).await;
+    let (status, knobs) = get(&format!("{}/chaos", chaotic.admin_url())).await;
     assert_eq!(status, 200);
     assert_eq!(
         knobs,
         json!({"delay_ms": 0, "health": "ok", "fail_rate": 0.0})
     );
-    let res = send(chaotic.addr(), "POST", "/chaos", br#"{"delay_ms": 800}"#).await;
+    let res = send(
+        chaotic.admin_addr(),
+        "POST",
+        "/chaos",
+        br#"{"delay_ms": 800}"#,
+    )
+    .await;
     assert_eq!(res.status, 405);
-    let (_, knobs) = get(&format!("{}/chaos", chaotic.url())).await;
+    assert_eq!(res.header("allow"), Some("GET, PUT"));
+    let res = send(chaotic.addr(), "POST", "/chaos", br#"{"delay_ms": 800}"#).await;
+    assert_eq!(res.status, 404, "not echoed on the business port either");
+    let (_, knobs) = get(&format!("{}/chaos", chaotic.admin_url())).await;
     assert_eq!(knobs["delay_ms"], 0);
     plain.shutdown().await;
     chaotic.shutdown().await;

@@ -109,7 +109,8 @@ async fn invalid_json_is_400_and_an_oversized_body_413_with_the_json_error_body(
     let res = send(app.addr(), "POST", "/", &over).await;
     assert_eq!(res.status, 413);
     assert_eq!(res.json()["error"]["code"], "payload_too_large");
-    assert_eq!(res.header("x-served-by"), Some(served_by.as_str()));
+    // Refused by the serving front from the length alone, before the body is
+    // read or the app's handlers (and their x-served-by) see the request.
     // Without a length up front the limit holds while reading.
     let res = send_chunked(app.addr(), "/api/example", &over, 64 * 1024).await;
     assert_eq!(res.status, 413);

@@ -9,6 +9,7 @@ use testkit::procs::Proc;
 async fn sigterm_lets_requests_in_flight_finish_and_exits_zero() {
     let d = testkit::discovery().await;
     let (app, app_addr) = start_app(&d.url()).await;
+    let app_admin = app.listening("app admin").await;
     let config = format!(
         r#"{{"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", "discovery_url": "{}", "upstream_timeout": "5s"}}"#,
         d.url()
@@ -28,7 +29,7 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_zero() {
     // Every business request now takes 1 s at the app.
     let (status, _) = testkit::client::call(
         "PUT",
-        &format!("http://{app_addr}/chaos"),
+        &format!("http://{app_admin}/chaos"),
         Some(r#"{"delay_ms": 1000}"#),
     )
     .await;

@@ -20,7 +20,7 @@ async fn a_slow_app_is_failed_over_through_discovery_until_it_leaves_the_ring() 
     let slow = sys.apps[1].served_by().to_string();
     let (status, _) = testkit::client::call(
         "PUT",
-        &format!("http://{slow}/chaos"),
+        &format!("{}/chaos", sys.apps[1].admin_url()),
         Some(r#"{"delay_ms": 3000}"#),
     )
     .await;

@@ -12,10 +12,13 @@ use testkit::system::{apps, gateway_config, wait_ring};
 async fn a_slow_instance_is_routed_around_without_errors() {
     let _one = exclusive().await;
     let system = System::start(|c| c.upstream_timeout = Duration::from_millis(500)).await;
+    // The knobs are on the apps' admin ports, which the state file names.
+    let state = system.write_state("slow");
     let options = Options {
         chaos: Some(Chaos::Slow),
         chaos_at: Some(Duration::from_secs(1)),
         chaos_for: Some(Duration::from_millis(1500)),
+        state: state.clone(),
         ..system.options(Duration::from_secs(4))
     };
     let summary = loadtest::run(options).await.unwrap();
@@ -39,8 +42,58 @@ async fn a_slow_instance_is_routed_around_without_errors() {
     // ... and start again once the health check passes and the ring takes it back.
     assert!(rejoined > lifted && rejoined < 4.0, "{summary}");
     // The instance is fast again afterwards.
-    let (status, knobs) = testkit::client::get(&format!("http://{}/chaos", chaos.target)).await;
+    let app = system
+        .apps
+        .iter()
+        .find(|a| a.served_by() == chaos.target)
+        .unwrap();
+    let (status, knobs) = testkit::client::get(&format!("{}/chaos", app.admin_url())).await;
     assert_eq!((status, knobs["delay_ms"].as_u64()), (200, Some(0)));
+    let _ = std::fs::remove_file(state);
+    system.stop().await;
+}
+
+#[async_std::test]
+async fn without_admin_urls_slow_chaos_slows_an_instance_of_its_own() {
+    let _one = exclusive().await;
+    // Discovery wants a token: the own instance gets it from the state file.
+    let token = "loadtest-own-instance-token";
+    let system = System::start_with_token(Some(token), |c| {
+        c.upstream_timeout = Duration::from_millis(500)
+    })
+    .await;
+    let state = system.write_state_with("own-slow", |s| {
+        s.app_admin_urls.clear();
+        s.registration_token = Some(token.into());
+    });
+    let options = Options {
+        chaos: Some(Chaos::Slow),
+        chaos_at: Some(Duration::from_secs(1)),
+        chaos_for: Some(Duration::from_millis(1500)),
+        app_bin: Some(testkit::procs::bin("app")),
+        state: state.clone(),
+        ..system.options(Duration::from_secs(4))
+    };
+    let summary = loadtest::run(options).await.unwrap();
+    println!("{summary}");
+    assert!(summary.passed, "{summary}");
+    let chaos = summary.chaos.as_ref().unwrap();
+    assert!(chaos.problems.is_empty(), "{:?}", chaos.problems);
+    assert_eq!(chaos.errors_during_fault, 0);
+    let own = chaos.target.split_whitespace().next().unwrap().to_string();
+    assert!(chaos.target.ends_with("(own app instance)"), "{summary}");
+    assert!(!members(&system.apps).contains(&own), "{summary}");
+    let t = &chaos.timeline;
+    assert!(t.injected_s.is_some() && t.lifted_s.is_some(), "{summary}");
+    assert!(t.rejoined_s.unwrap() > t.lifted_s.unwrap(), "{summary}");
+    // Stopped at the end: it deregistered and left the ring.
+    wait_ring(
+        &system.gateway.admin_url(),
+        &members(&system.apps),
+        Duration::from_secs(5),
+    )
+    .await;
+    let _ = std::fs::remove_file(state);
     system.stop().await;
 }
 

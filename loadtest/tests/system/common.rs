@@ -1,9 +1,11 @@
 //! What the tests share: a running system and options aimed at it.
 
 use loadtest::Options;
+use shared::runstate::RunState;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
-use testkit::system::{apps, gateway_config, wait_ring};
+use testkit::system::{app_config, gateway_config, wait_ring};
 
 /// Discovery, three apps and a gateway whose ring holds every app.
 pub struct System {
@@ -14,8 +16,28 @@ pub struct System {
 
 impl System {
     pub async fn start(tweak: impl FnOnce(&mut shared::config::GatewayConfig)) -> System {
-        let discovery = testkit::discovery().await;
-        let apps = apps(&discovery.url(), 3).await;
+        System::start_with_token(None, tweak).await
+    }
+
+    /// With `token`, discovery requires it and the apps send it.
+    pub async fn start_with_token(
+        token: Option<&str>,
+        tweak: impl FnOnce(&mut shared::config::GatewayConfig),
+    ) -> System {
+        let discovery = discovery::spawn(shared::config::DiscoveryConfig {
+            registration_token: token.map(str::to_string),
+            ..testkit::discovery_config()
+        })
+        .await
+        .unwrap();
+        let mut apps = Vec::new();
+        for _ in 0..3 {
+            let config = shared::config::AppConfig {
+                registration_token: token.map(str::to_string),
+                ..app_config(&discovery.url())
+            };
+            apps.push(app::spawn(config).await.unwrap());
+        }
         let mut config = gateway_config(&discovery.url());
         tweak(&mut config);
         let gateway = gateway::spawn(config).await.unwrap();
@@ -32,17 +54,44 @@ impl System {
         }
     }
 
-    /// Options for a run of `duration` against this system.
+    /// Options for a run of `duration` against this system (no state file).
     pub fn options(&self, duration: Duration) -> Options {
         Options {
             url: self.gateway.url(),
             admin_url: self.gateway.admin_url(),
             discovery_url: self.discovery.url(),
+            state: std::env::temp_dir().join("loadtest-tests-no-state-file.json"),
             duration,
             connections: 16,
             drain_timeout: Duration::from_secs(5),
             ..Options::default()
         }
+    }
+
+    /// Writes a state file as `just up` does, naming each app's admin URL.
+    pub fn write_state(&self, name: &str) -> PathBuf {
+        self.write_state_with(name, |_| {})
+    }
+
+    /// Writes a state file as `just up` does, changed by `tweak`.
+    pub fn write_state_with(&self, name: &str, tweak: impl FnOnce(&mut RunState)) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("loadtest-{name}-{}.json", std::process::id()));
+        let state = RunState {
+            discovery_url: self.discovery.url(),
+            gateway_url: self.gateway.url(),
+            admin_url: self.gateway.admin_url(),
+            app_admin_urls: self
+                .apps
+                .iter()
+                .map(|a| (a.served_by().to_string(), a.admin_url()))
+                .collect(),
+            ..RunState::default()
+        };
+        let mut state = state;
+        tweak(&mut state);
+        state.save(&path).unwrap();
+        path
     }
 
     pub async fn stop(self) {

@@ -117,6 +117,27 @@ impl Connection {
         Ok(())
     }
 
+    /// Reads only the next final response head (1xx interim answers skipped),
+    /// at most `max_head` bytes, and returns its status code and HTTP/1 minor
+    /// version; the body is left unread. For health checks, which need the
+    /// status and must not let an instance make them read (or hold) a body.
+    pub async fn read_status(&mut self, max_head: usize) -> std::io::Result<(u16, u8)> {
+        let mut head = ResponseHead::default();
+        loop {
+            match parse_response(self.buf.data(), &mut head, max_head, true) {
+                Ok(true) if head.status < 200 && head.status != 101 => {
+                    self.buf.consume(head.len);
+                }
+                Ok(true) => {
+                    self.buf.consume(head.len);
+                    return Ok((head.status, head.minor_version));
+                }
+                Ok(false) => self.more().await?,
+                Err(e) => return Err(Error::new(ErrorKind::InvalidData, e)),
+            }
+        }
+    }
+
     /// Reads the next complete response.
     pub async fn read(&mut self) -> std::io::Result<Response> {
         let mut res = Response::default();

@@ -44,12 +44,16 @@ pub enum HeadError {
     UnsupportedCoding,
     /// An `Expect` other than `100-continue`.
     Expectation,
+    /// A header value with a byte above 0x7F (obs-text). RFC 9110 section
+    /// 5.5 lets a recipient refuse it, and the tide services cannot take it,
+    /// so the gateway refuses it too rather than forward what apps would not.
+    HeaderBytes,
 }
 
 impl HeadError {
     pub fn status(self) -> u16 {
         match self {
-            HeadError::Malformed(_) | HeadError::Framing(_) => 400,
+            HeadError::Malformed(_) | HeadError::Framing(_) | HeadError::HeaderBytes => 400,
             HeadError::TooLarge | HeadError::TooManyHeaders => 431,
             HeadError::Version => 505,
             HeadError::UnsupportedCoding => 501,
@@ -65,6 +69,9 @@ impl HeadError {
             HeadError::Version => "only HTTP/1.0 and HTTP/1.1 are supported",
             HeadError::UnsupportedCoding => "only the chunked transfer coding is supported",
             HeadError::Expectation => "only Expect: 100-continue is supported",
+            HeadError::HeaderBytes => {
+                "a header value has a byte above 0x7F; only visible ASCII, space and tab are accepted"
+            }
         }
     }
 }
@@ -152,12 +159,19 @@ fn scan(
     fields: &[httparse::Header<'_>],
     headers: &mut Vec<Header>,
     tokens: &mut Vec<Range<usize>>,
+    request: bool,
 ) -> Result<Scan, HeadError> {
     headers.clear();
     tokens.clear();
     let mut s = Scan::default();
     for field in fields {
         let name = field.name.as_bytes();
+        // httparse already refuses controls other than HTAB; what it lets
+        // through beyond visible ASCII is obs-text (0x80..=0xFF). Responses
+        // keep it: passing it on to a client harms no one.
+        if request && !field.value.is_ascii() {
+            return Err(HeadError::HeaderBytes);
+        }
         let value = trim_ows(field.value);
         headers.push(Header {
             name: offset(buf, name),
@@ -253,6 +267,7 @@ pub fn parse_request(
         req.headers,
         &mut head.headers,
         &mut head.connection_tokens,
+        true,
     )?;
     if s.has_te {
         if minor == 0 {
@@ -319,6 +334,7 @@ pub fn parse_response(
         res.headers,
         &mut head.headers,
         &mut head.connection_tokens,
+        false,
     )?;
     if s.has_te && s.other_coding {
         // Forwarding it would mean re-expressing the coding to the client; refused instead.
@@ -465,6 +481,27 @@ mod tests {
             let got = req(text).map(|_| ()).map_err(HeadError::status);
             assert_eq!(got, Err(status), "{text:?}");
         }
+    }
+
+    #[test]
+    fn header_bytes_above_0x7f_are_refused_in_requests_only() {
+        for value in [&b"caf\xc3\xa9"[..], b"\x80", b"a\xff b", b"\xfe\t"] {
+            let mut text = b"POST /pay HTTP/1.1\r\nHost: a\r\nX-Note: ".to_vec();
+            text.extend_from_slice(value);
+            text.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\n{}");
+            let mut head = RequestHead::default();
+            let got = parse_request(&text, &mut head, 4096);
+            assert_eq!(got, Err(HeadError::HeaderBytes), "{value:?}");
+            assert_eq!(HeadError::HeaderBytes.status(), 400);
+            let mut res = b"HTTP/1.1 200 OK\r\nX-Note: ".to_vec();
+            res.extend_from_slice(value);
+            res.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\n{}");
+            let mut head = ResponseHead::default();
+            assert_eq!(parse_response(&res, &mut head, 4096, false), Ok(true));
+        }
+        // Visible ASCII, space and tab stay accepted.
+        let ok = req("GET / HTTP/1.1\r\nHost: a\r\nX-Note: a b\t~!\"\r\n\r\n").unwrap();
+        assert_eq!(ok.headers.len(), 2);
     }
 
     #[test]
@@ -616,6 +653,7 @@ mod tests {
                 assert!(head.len <= buf.len());
                 for h in &head.headers {
                     assert!(h.name.end <= head.len && h.value.end <= head.len);
+                    assert!(buf[h.value.clone()].is_ascii(), "obs-text accepted");
                 }
                 assert!(head.method.end <= head.len && head.target.end <= head.len);
                 assert!(head.minor_version <= 1);

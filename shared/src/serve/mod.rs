@@ -1,14 +1,30 @@
-//! Serves a tide app on a port with a graceful shutdown, which tide lacks:
-//! stop accepting, let requests in progress finish, close idle keep-alive
-//! connections, and cut whatever is left once the drain time is up.
+//! Serves a tide app on a port: our own HTTP/1 front in place of async-h1's
+//! server, and a graceful shutdown, which tide lacks.
+//!
+//! async-h1 and http-types `unwrap` on input they cannot represent (a header
+//! value above 0x7F ends the process), refuse HTTP/1.0, stop at 8 KiB heads
+//! and lose pipelined bytes. The front reads heads and bodies with the
+//! project's strict codec ([`crate::http1`]), refuses what tide could not
+//! take with a JSON error, and hands tide only requests it can represent
+//! ([`front`]); it writes tide's answers with its own framing ([`respond`]).
+//! Every connection runs under [`crate::panics::guard`] and every handler
+//! call under a catch that answers 500: a panic ends at most one connection.
+//!
+//! Shutdown: stop accepting, let requests in progress finish, close idle
+//! keep-alive connections, and cut whatever is left once the drain time is up.
+
+mod connection;
+mod front;
+mod respond;
+mod slots;
 
 use crate::shutdown::{Tracker, Trigger};
-use async_h1::server::{ConnectionStatus, Server as H1};
-use async_std::net::{TcpListener, TcpStream};
+use async_std::net::TcpListener;
 use async_std::task::{self, JoinHandle};
+use connection::Shared;
 use futures_lite::FutureExt;
+use slots::Slots;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,12 +41,22 @@ pub struct Served {
 /// What a served port tolerates from its clients.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Connections served at once; beyond it the listener stops accepting
-    /// (the kernel's backlog holds the rest) so descriptors stay free.
+    /// Connections served at once; at the cap the listener stops accepting
+    /// (the kernel's backlog holds the rest) so descriptors stay free, and
+    /// closes connections idle for 250 ms or more (between requests, or
+    /// connected and silent) to make room.
     pub max_connections: usize,
-    /// A request head must arrive whole within this, from its first byte.
+    /// A request head must arrive whole within this from its first byte (a
+    /// new connection's first byte too, counted from the accept): 408 and
+    /// close otherwise.
     pub header_timeout: Duration,
-    /// A keep-alive connection with no request in progress is closed after this.
+    /// A whole request body must arrive within this once its head is in
+    /// (not per read: a body dripped a byte at a time is cut too): 408 and
+    /// close otherwise.
+    pub body_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after
+    /// this; it also bounds each write of an answer to a client that does
+    /// not read.
     pub idle_timeout: Duration,
     /// Largest request head; larger ones are answered 431.
     pub max_head_bytes: usize,
@@ -43,6 +69,7 @@ impl Default for Limits {
         Limits {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             // Above the gateway's default max_header_bytes (16 KiB) plus what it
             // adds, so every head the gateway forwards is one the apps take.
@@ -91,19 +118,18 @@ pub fn serve_with<S>(
 where
     S: Clone + Send + Sync + 'static,
 {
-    let _ = &options; // TODO(front): enforce the limits (in progress)
-
     let addr = listener.local_addr()?;
     let stop = Trigger::new();
     let kill = Trigger::new();
     let connections = Tracker::default();
-    let accept = task::spawn(accept_loop(
+    let shared = Arc::new(Shared {
         app,
-        listener,
-        stop.clone(),
-        kill.clone(),
-        connections.clone(),
-    ));
+        limits: options.limits,
+        panics: options.panics,
+        stop: stop.clone(),
+        kill: kill.clone(),
+    });
+    let accept = task::spawn(accept_loop(shared, listener, connections.clone()));
     Ok(Served {
         addr,
         stop,
@@ -131,16 +157,29 @@ impl Served {
     }
 }
 
-async fn accept_loop<S>(
-    app: tide::Server<S>,
-    listener: TcpListener,
-    stop: Trigger,
-    kill: Trigger,
-    connections: Tracker,
-) where
+/// How long a connection must have been idle before it is closed to make
+/// room at the connection cap (a client that just connected gets this long
+/// to send its request).
+const REAP_GRACE: Duration = Duration::from_millis(250);
+
+async fn accept_loop<S>(shared: Arc<Shared<S>>, listener: TcpListener, connections: Tracker)
+where
     S: Clone + Send + Sync + 'static,
 {
+    let slots = Arc::new(Slots::default());
+    let max = shared.limits.max_connections.max(1);
+    let grace = REAP_GRACE.min(shared.limits.idle_timeout);
+    let stop = shared.stop.clone();
     loop {
+        // At the cap: accept nothing (the kernel's backlog holds the rest, and
+        // descriptors stay free), and make room by closing idle connections.
+        while slots.len() >= max && !stop.is_fired() {
+            slots.reap_idle(grace);
+            slots
+                .freed(grace.max(Duration::from_millis(10)))
+                .or(stop.wait())
+                .await;
+        }
         let accepted = listener
             .accept()
             .or(async {
@@ -151,60 +190,29 @@ async fn accept_loop<S>(
         match accepted {
             Ok((stream, _)) => {
                 let tracked = connections.enter();
-                let (app, stop, kill) = (app.clone(), stop.clone(), kill.clone());
+                let held = slots.enter();
+                let shared = shared.clone();
                 task::spawn(async move {
-                    connection(app, stream, stop, kill).await;
+                    let panics = shared.panics.clone();
+                    crate::panics::guard(
+                        &panics,
+                        "connection",
+                        connection::serve(&shared, stream, held),
+                    )
+                    .await;
                     drop(tracked);
                 });
             }
             Err(_) if stop.is_fired() => break,
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
+                // Out of file descriptors and the like: back off instead of
+                // spinning, and make room if the cap is not what ran out.
                 log::warn!("accept failed: {e}");
+                slots.reap_idle(grace);
                 task::sleep(Duration::from_millis(20)).await;
             }
         }
     }
-}
-
-/// One keep-alive connection, one request at a time; ends between requests once stopping.
-async fn connection<S>(app: tide::Server<S>, stream: TcpStream, stop: Trigger, kill: Trigger)
-where
-    S: Clone + Send + Sync + 'static,
-{
-    let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().ok();
-    let peer = stream.peer_addr().ok();
-    let busy = Arc::new(AtomicBool::new(false));
-    let flag = busy.clone();
-    let mut server = H1::new(stream, move |mut req: http_types::Request| {
-        flag.store(true, Ordering::Release);
-        req.set_local_addr(local);
-        req.set_peer_addr(peer);
-        let app = app.clone();
-        async move { app.respond(req).await }
-    });
-    while !stop.is_fired() {
-        let idle_stop = async {
-            stop.wait().await;
-            if busy.load(Ordering::Acquire) {
-                futures_lite::future::pending::<()>().await;
-            }
-            Ok(ConnectionStatus::Close)
-        };
-        let killed = async {
-            kill.wait().await;
-            Ok(ConnectionStatus::Close)
-        };
-        let status = server.accept_one().or(idle_stop).or(killed).await;
-        busy.store(false, Ordering::Release);
-        match status {
-            Ok(ConnectionStatus::KeepAlive) => {}
-            Ok(ConnectionStatus::Close) => break,
-            Err(e) => {
-                log::debug!(peer:? = peer; "connection ended: {e}");
-                break;
-            }
-        }
-    }
+    // Idle keep-alive connections close now; busy ones after their answer.
+    slots.close_all_when_idle();
 }
