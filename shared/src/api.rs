@@ -111,7 +111,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
         error_response(
             StatusCode::BadRequest,
             "invalid_json",
-            format!("request body has bytes after the JSON object: {e}"),
+            format!("request body must be exactly one JSON object; bytes follow it ({e})"),
         )
     })?;
     Ok(value)

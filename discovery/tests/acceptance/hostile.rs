@@ -485,3 +485,29 @@ async fn with_128_descriptors_and_400_idle_connections_no_instance_is_marked_una
     }
     let _ = std::fs::remove_file(&config);
 }
+
+#[async_std::test]
+async fn a_non_ascii_header_to_discovery_is_400_and_discovery_lives() {
+    let d = start(testkit::discovery_config()).await;
+    let heads: [&[u8]; 2] = [
+        b"POST /api/register HTTP/1.1\r\nHost: d\r\nX-Note: caf\xc3\xa9\r\nContent-Length: 2\r\n\r\n{}",
+        b"GET /api/services HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer \xff\r\n\r\n",
+    ];
+    for head in heads {
+        let mut stream = TcpStream::connect(d.addr()).await.unwrap();
+        stream.write_all(head).await.unwrap();
+        let mut answer = Vec::new();
+        let _ =
+            async_std::io::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(answer.contains("\"error\""), "a JSON error body: {answer}");
+        let (status, _) = get(&format!("{}/health_check", d.url())).await;
+        assert_eq!(status, 200, "discovery lives on");
+    }
+    assert!(
+        registry(&d.url()).await.is_empty(),
+        "nothing was registered"
+    );
+    d.shutdown().await;
+}
