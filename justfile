@@ -13,19 +13,25 @@ down *ARGS:
     @cargo build --release --quiet -p up
     target/release/up down {{ARGS}}
 
+# Past one machine, on loopback: 3 etcd members, 2 discovery replicas sharing one registry, 2 gateways sharing :8000, 3 apps. Ctrl-C stops it all. Needs etcd (Debian: apt-get install etcd-server).
+cluster:
+    cargo build --release -p discovery -p app -p gateway
+    bash cluster/run.sh
+
 # POST load through the running system's gateway; arguments pass on, e.g. `just loadtest --duration 5s --chaos kill`.
 loadtest *ARGS:
     cargo build --release -p loadtest -p app
     target/release/loadtest {{ARGS}}
 
-# The test suite, as CI runs it.
+# The test suite, as CI runs it (installs Debian's chromium first when missing: the console tests drive it).
 test:
+    bash .ci/install-chromium
     cargo test --workspace
 
 # Gateway vs nginx and HAProxy, discovery at 1,000 instances, load generator vs wrk: results under bench/.
 bench:
     bash bench/run.sh
-    cargo bench -p discovery --bench registry
+    cargo bench --profile perf -p discovery --bench registry
     rm -f bench/results-loadgen.md
     LOADGEN_OUT=bench/results-loadgen.md bash bench/loadgen.sh
     LOADGEN_OUT=bench/results-loadgen.md LOADGEN_PIN=1 bash bench/loadgen.sh

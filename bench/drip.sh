@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Slow request bodies against the release gateway (issue 9, "Bounded slow clients").
+# Slow request bodies against the fully optimized (perf profile) gateway (issue 9, "Bounded slow clients").
 #
 #   bash bench/drip.sh            (writes bench/results-drip.md)
 #
@@ -21,8 +21,8 @@ TMP=$ROOT/bench/tmp/drip
 PORT=19300 ADMIN=19301
 mkdir -p "$TMP"
 
-cargo build --release -p gateway
-BIN=$ROOT/target/release/gateway
+cargo build --profile perf -p gateway
+BIN=$ROOT/target/perf/gateway
 
 client() {
     python3 - "$PORT" "$CONNECTIONS" "$EVERY" <<'PY'
@@ -97,7 +97,7 @@ run "cap above the load" $((512 * 1024 * 1024))
     echo "# Slow request bodies: $CONNECTIONS clients dripping"
     echo
     echo "Each client declares a 1 MiB body, sends 1 MB at once, then 1 byte every ${EVERY}s;"
-    echo "gateway: release build, client_body_timeout ${TIMEOUT}s. Answers: status -> count and"
+    echo "gateway: perf-profile build, client_body_timeout ${TIMEOUT}s. Answers: status -> count and"
     echo "seconds from the client's head to the answer (min, max). RSS of the gateway process:"
     echo "before the clients, peak (VmHWM), and once every client was answered."
     echo "Machine: $(nproc) cores, $(date -u +%Y-%m-%d). Command: \`bash bench/drip.sh\`."

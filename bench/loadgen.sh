@@ -79,8 +79,8 @@ if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then
   LAYOUT="nginx pinned to core 0, the load generators to cores 1-$(($(nproc) - 1))"
 fi
 
-echo "building loadtest (release)"
-cargo build --release -q -p loadtest
+echo "building loadtest (perf profile)"
+cargo build --profile perf -q -p loadtest
 URL=http://127.0.0.1:$PORT/
 
 run_wrk() {
@@ -89,7 +89,7 @@ run_wrk() {
 }
 
 run_loadtest() { # threads seconds
-  "${CLIENT[@]}" target/release/loadtest --url "http://127.0.0.1:$PORT" --duration "$2"s --connections "$CONNS" \
+  "${CLIENT[@]}" target/perf/loadtest --url "http://127.0.0.1:$PORT" --duration "$2"s --connections "$CONNS" \
     --threads "$1" --no-progress --no-verify --json "$TMP/loadtest.json" >> "$TMP/loadtest.log" 2>&1 ||
     { echo "loadtest failed:" >&2; tail -20 "$TMP/loadtest.log" >&2; exit 1; }
   sed -n 's/.*"throughput_rps": \([0-9.]*\).*/\1/p' "$TMP/loadtest.json" | awk '{ printf "%.0f\n", $1 }'

@@ -78,7 +78,7 @@ rings_full() { # the gateway routes to all six upstreams (three cheap, three app
 }
 
 start_gateway() {
-  target/release/gateway --config bench/conf/gateway.json --listen 127.0.0.1:$GATEWAY \
+  target/perf/gateway --config bench/conf/gateway.json --listen 127.0.0.1:$GATEWAY \
     --admin-listen 127.0.0.1:$ADMIN --discovery-url http://127.0.0.1:$DISCOVERY --log-level warn \
     --worker-threads "$WORKERS" > "$TMP/gateway.log" 2>&1 &
   GATEWAY_PID=$!
@@ -273,18 +273,18 @@ main() {
   for port in $UP1 $UP2 $UP3 $APP1 $APP2 $APP3 $((APP2 + 100)) $DISCOVERY $GATEWAY $ADMIN $NGINX $HAPROXY; do
     port_free "$port" || { echo "port $port is taken: stop whatever uses it first" >&2; exit 1; }
   done
-  echo "building (release)"
-  cargo build --release -q -p gateway -p discovery -p app
+  echo "building (perf profile: fat LTO, one codegen unit)"
+  cargo build --profile perf -q -p gateway -p discovery -p app
   rm -rf "$TMP" && mkdir -p "$TMP"
   render bench/conf/upstream-nginx.conf "$TMP/upstream.conf"
 
   nginx -c "$TMP/upstream.conf"
   echo '{"health_check_time_interval": "1s", "timeout_threshold": "500ms"}' > "$TMP/discovery.json"
-  target/release/discovery --config "$TMP/discovery.json" --listen 127.0.0.1:$DISCOVERY --log-level warn > "$TMP/discovery.log" 2>&1 &
+  target/perf/discovery --config "$TMP/discovery.json" --listen 127.0.0.1:$DISCOVERY --log-level warn > "$TMP/discovery.log" 2>&1 &
   PIDS+=($!); OTHER_PIDS=($!)
   wait_for discovery curl -sf "http://127.0.0.1:$DISCOVERY/health_check"
   for port in $APP1 $APP2 $APP3; do
-    target/release/app --port "$port" --discovery-url "http://127.0.0.1:$DISCOVERY" --admin-port $((port + 100)) --chaos --log-level warn > "$TMP/app-$port.log" 2>&1 &
+    target/perf/app --port "$port" --discovery-url "http://127.0.0.1:$DISCOVERY" --admin-port $((port + 100)) --chaos --log-level warn > "$TMP/app-$port.log" 2>&1 &
     PIDS+=($!); OTHER_PIDS+=($!); APP_PID[$port]=$!
   done
   for port in $UP1 $UP2 $UP3; do

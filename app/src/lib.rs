@@ -24,6 +24,7 @@ use shared::wire::Port;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tide::http::Method;
 use tide::{Request, StatusCode};
 
 /// How long shutdown lets an operator's admin call finish.
@@ -184,14 +185,28 @@ fn routes(state: State, config: &AppConfig) -> tide::Server<State> {
         app.at(&config.health_check_path).get(health::check);
     }
     // Any other path is business: tide's `/*` needs one character, hence `/` too.
-    app.at("/").post(echo::echo);
-    app.at("/*").post(echo::echo);
+    // Other methods there: 405 with `Allow: POST`.
+    for path in ["/", "/*"] {
+        shared::api::allow(app.at(path).post(echo::echo), &[Method::Post]);
+    }
     // The knobs live on the admin port; here `/chaos` is never business either,
-    // so a POST to it is not echoed (POST must be named, or `/*` would take it).
+    // so no method reaches it: each is named, or `/*` would take it (an echo
+    // for POST, a 405 for the others).
     for path in ["/chaos", "/chaos/"] {
-        app.at(path)
-            .post(|_: Request<State>| status(StatusCode::NotFound))
-            .all(|_: Request<State>| status(StatusCode::NotFound));
+        let mut route = app.at(path);
+        route.all(|_: Request<State>| status(StatusCode::NotFound));
+        for method in [
+            Method::Get,
+            Method::Post,
+            Method::Put,
+            Method::Delete,
+            Method::Patch,
+            Method::Options,
+            Method::Trace,
+            Method::Connect,
+        ] {
+            route.method(method, |_: Request<State>| status(StatusCode::NotFound));
+        }
     }
     app
 }

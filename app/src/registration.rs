@@ -7,6 +7,10 @@
 //! Renewal is idempotent at discovery (200, same id), so its cost is one small
 //! request per interval.
 //!
+//! The bodies also suit the seed's Go discovery: the host travels as `ip`
+//! (its name; ours reads it as an alias of `host`) and the port as a string,
+//! and a 404 on `/api/deregister` is retried on the seed's `/api/unregister`.
+//!
 //! With a `registration_token`, both calls carry `Authorization: Bearer`. A
 //! refusal (401/403/429: wrong token, host not allowed, registry full) is
 //! logged as an error once, not on every retry, and retried with backoff: an
@@ -40,6 +44,8 @@ pub struct Registrar {
     client: surf::Client,
     register_url: Url,
     deregister_url: Url,
+    /// The seed's name for deregistration, tried when `deregister_url` is a 404.
+    unregister_url: Url,
     register_body: Vec<u8>,
     deregister_body: Vec<u8>,
     /// For log lines: which instance this is.
@@ -111,6 +117,8 @@ impl Registrar {
             port,
             host: host.clone(),
         };
+        let register_body = seed_compatible(&register).map_err(std::io::Error::other)?;
+        let deregister_body = seed_compatible(&deregister).map_err(std::io::Error::other)?;
         let client = surf::Config::new()
             // One call per interval needs no pool, and a pooled connection to
             // a discovery that restarted would only fail the next call.
@@ -123,8 +131,9 @@ impl Registrar {
             client,
             register_url: url("/api/register")?,
             deregister_url: url("/api/deregister")?,
-            register_body: serde_json::to_vec(&register).map_err(std::io::Error::other)?,
-            deregister_body: serde_json::to_vec(&deregister).map_err(std::io::Error::other)?,
+            unregister_url: url("/api/unregister")?,
+            register_body,
+            deregister_body,
             instance: shared::wire::authority(host.as_deref().unwrap_or("(caller ip)"), port),
             namespace: config.namespace.clone(),
             interval: config.register_interval,
@@ -242,6 +251,20 @@ impl Registrar {
     }
 }
 
+/// The JSON body with the host under the seed's name `ip` rather than `host`.
+/// The seed's discovery knows `ip` only; ours takes `ip` as an alias of
+/// `host`, and refuses a body naming both (a duplicate field), so the one
+/// name both understand is sent.
+fn seed_compatible(request: &impl serde::Serialize) -> serde_json::Result<Vec<u8>> {
+    let mut body = serde_json::to_value(request)?;
+    if let Some(object) = body.as_object_mut() {
+        if let Some(host) = object.remove("host") {
+            object.insert("ip".into(), host);
+        }
+    }
+    serde_json::to_vec(&body)
+}
+
 /// What to check for a refusal, in words an operator can act on.
 fn refusal_hint(status: u16, has_token: bool) -> &'static str {
     match (status, has_token) {
@@ -266,12 +289,18 @@ impl Registration {
             self.task.cancel().await;
         }
         let r = &self.registrar;
-        match timeout(
-            DEREGISTER_WAIT,
-            r.post(&r.deregister_url, &r.deregister_body),
-        )
-        .await
-        {
+        let deregister = async {
+            match r.post(&r.deregister_url, &r.deregister_body).await {
+                // The seed's discovery has no /api/deregister: its name is
+                // /api/unregister (ours answers 404 there too for an unknown
+                // instance, which costs one more call at shutdown).
+                Ok((StatusCode::NotFound, _)) => {
+                    r.post(&r.unregister_url, &r.deregister_body).await
+                }
+                other => other,
+            }
+        };
+        match timeout(DEREGISTER_WAIT, deregister).await {
             Ok(Ok((StatusCode::Ok, _))) => {
                 log::info!(instance = r.instance.as_str(); "deregistered from discovery")
             }
@@ -290,5 +319,39 @@ impl Registration {
             Err(_) => log::warn!(instance = r.instance.as_str();
                 "cannot deregister: discovery did not answer within {DEREGISTER_WAIT:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn bodies_name_the_host_ip_and_our_discovery_reads_them() {
+        let register = RegisterRequest {
+            namespace: "service A".into(),
+            port: Port(8080),
+            host: Some("127.0.0.1".into()),
+            health_check_path: None,
+        };
+        let body = seed_compatible(&register).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["ip"], "127.0.0.1");
+        assert_eq!(json["port"], "8080", "the seed's port is a string");
+        assert!(json.get("host").is_none());
+        let read: RegisterRequest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(read, register);
+        // Why not both: our discovery refuses `host` and `ip` together.
+        let both = r#"{"namespace":"a","port":"1","host":"127.0.0.1","ip":"127.0.0.1"}"#;
+        assert!(serde_json::from_str::<RegisterRequest>(both).is_err());
+        let no_host = DeregisterRequest {
+            namespace: "a".into(),
+            port: Port(1),
+            host: None,
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&seed_compatible(&no_host).unwrap()).unwrap();
+        assert!(json.get("ip").is_none() && json.get("host").is_none());
     }
 }

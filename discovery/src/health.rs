@@ -14,8 +14,9 @@
 
 use crate::access::{resolve, AllowedHosts, ResolveError};
 use crate::metrics::Metrics;
+use crate::mirror::{CheckResult, CheckTarget};
 use crate::probe::{self, Probe};
-use crate::registry::{CheckResult, CheckTarget, Registry};
+use crate::registry::Registry;
 use async_lock::Semaphore;
 use async_std::task;
 use futures_lite::FutureExt;
@@ -143,7 +144,12 @@ impl Checker {
             .check_seconds
             .observe(result.latency.as_secs_f64());
         let reason = result.failure.clone().unwrap_or_default();
-        let recorded = self.registry.record_check(target, result);
+        let recorded = self.registry.record_check(target, result).await;
+        if let Some(e) = &recorded.store_error {
+            log::warn!(namespace = target.namespace.as_str(), id = target.id.as_str(),
+                instance = target.authority().as_str(), reason = e.to_string().as_str();
+                "health check result not stored, it is tried again at the next check: {e}");
+        }
         if let Some(status) = recorded.flipped {
             log::info!(namespace = target.namespace.as_str(), id = target.id.as_str(),
                 instance = target.authority().as_str(), status = status.as_str(),

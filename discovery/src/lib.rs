@@ -2,26 +2,34 @@
 //! round-robin lookup and the watch stream that pushes available sets to gateways.
 //!
 //! A request's path through the crate: `registration` (register/deregister)
-//! and `lookup` read and change the `registry`; `health` checks instances and
-//! flips their status there; every change of an available set wakes the
-//! `watch` streams. `access` decides who may register which hosts; `budget`
-//! splits the descriptors between clients and checks; `probe` is one check on
-//! the wire.
+//! and `maintenance` write through the `registry` to the `store` (memory, or
+//! a remote store shared by replicas), which pushes every change into the
+//! local `mirror`; `lookup`, `watch`, `/api/services` and the dashboard read
+//! the mirror only. `health` checks instances, runs the state machine in the
+//! mirror and writes status flips to the store; every change of a routable
+//! set wakes the `watch` streams. `access` decides who may register which
+//! hosts; `budget` splits the descriptors between clients and checks; `probe`
+//! is one check on the wire.
 
 mod access;
 pub mod budget;
 mod dashboard;
+pub mod etcd;
 mod health;
 mod lookup;
+mod maintenance;
 mod metrics;
+mod mirror;
 mod probe;
 mod registration;
 mod registry;
+pub mod store;
 mod watch;
 
 use access::AllowedHosts;
 use async_std::task::{self, JoinHandle};
-use registry::{Policy, Registry};
+use mirror::{Mirror, Policy};
+use registry::Registry;
 use shared::api::json_response;
 use shared::config::DiscoveryConfig;
 use shared::panics::{supervise, Panics};
@@ -52,6 +60,7 @@ pub struct Handle {
     stop: Trigger,
     hub: Arc<Hub>,
     config: Arc<DiscoveryConfig>,
+    registry: Arc<Registry>,
 }
 
 impl Handle {
@@ -70,6 +79,7 @@ impl Handle {
         self.checker.await;
         self.hub.close();
         self.served.shutdown(self.config.drain_timeout).await;
+        self.registry.close().await;
         log::info!("discovery stopped");
     }
 }
@@ -94,11 +104,18 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         unhealthy_threshold: config.unhealthy_threshold,
         deregister_after: config.deregister_after,
         interval: config.health_check_time_interval,
+    };
+    let caps = store::Caps {
         max_instances: config.max_instances,
         max_instances_per_namespace: config.max_instances_per_namespace,
     };
-    let registry = Arc::new(Registry::new(policy, hub.clone(), wake));
     let panics = Panics::new();
+    let mirror = Arc::new(Mirror::new(policy, hub.clone(), wake));
+    // The one place the store is chosen: `store::open` reads `config.store`.
+    let store = store::open(&config, mirror.clone(), &panics)
+        .await
+        .map_err(invalid)?;
+    let registry = Arc::new(Registry::new(mirror, store, caps));
     let metrics = Arc::new(metrics::Metrics::new(panics.clone()));
     let checker = health::Checker {
         registry: registry.clone(),
@@ -112,7 +129,7 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
     };
     let stop = Trigger::new();
     let state = State {
-        registry,
+        registry: registry.clone(),
         hub: hub.clone(),
         metrics,
         config: config.clone(),
@@ -143,7 +160,7 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
     };
     log::info!(addr:% = served.addr(), max_connections = budget.connections,
         max_concurrent_checks = budget.checks, nofile = budget.nofile.unwrap_or(0),
-        token = config.registration_token.is_some();
+        token = config.registration_token.is_some(), store = config.store.as_str();
         "discovery listening on http://{}", served.addr());
     Ok(Handle {
         served,
@@ -151,13 +168,14 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         stop,
         hub,
         config,
+        registry,
     })
 }
 
 fn routes(state: State) -> tide::Server<State> {
     let mut app = tide::with_state(state);
     app.with(shared::api::json_errors());
-    app.at("/").get(dashboard::page);
+    dashboard::routes(&mut app);
     app.at("/health_check").get(|_| async {
         Ok(json_response(
             StatusCode::Ok,
@@ -173,15 +191,41 @@ fn routes(state: State) -> tide::Server<State> {
     for path in ["/api/lookup", "/api/lookup/"] {
         app.at(path).post(lookup::post).get(lookup::get);
     }
+    for path in ["/api/maintenance", "/api/maintenance/"] {
+        app.at(path)
+            .put(maintenance::start)
+            .delete(maintenance::lift);
+    }
     app.at("/api/services").get(registration::services);
     app.at("/api/watch").get(watch_stream);
     app.at("/metrics").get(|req: Request<State>| async move {
         let state = req.state();
         let mut res = tide::Response::new(StatusCode::Ok);
         res.set_body(state.metrics.render(&state.registry));
-        res.set_content_type("text/plain; version=0.0.4");
+        res.insert_header("content-type", metrics::CONTENT_TYPE);
         Ok(res)
     });
+    // Any other method on these paths: 405 with `Allow`.
+    {
+        use tide::http::Method::{Delete, Get, Post, Put};
+        let allowed: [(&[&str], &[tide::http::Method]); 7] = [
+            (&["/api/register", "/api/register/"], &[Post]),
+            (
+                &["/api/deregister", "/api/deregister/", "/api/unregister"],
+                &[Post],
+            ),
+            (&["/api/lookup", "/api/lookup/"], &[Get, Post]),
+            (&["/api/maintenance", "/api/maintenance/"], &[Put, Delete]),
+            (&["/api/services", "/api/watch"], &[Get]),
+            (&["/metrics"], &[Get]),
+            (&["/health_check"], &[Get]),
+        ];
+        for (paths, methods) in allowed {
+            for path in paths {
+                shared::api::allow(&mut app.at(path), methods);
+            }
+        }
+    }
     app
 }
 

@@ -2,7 +2,7 @@
 //! over the available instances, honouring `exclude`.
 
 use crate::metrics::Metrics;
-use crate::registry::LookupError;
+use crate::mirror::LookupError;
 use crate::State;
 use serde::Deserialize;
 use shared::api::{error_response, json_body, json_response};

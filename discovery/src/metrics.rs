@@ -1,4 +1,8 @@
-//! `GET /metrics`: Prometheus text for registrations, lookups, health checks and watchers.
+//! `GET /metrics`: Prometheus text for registrations, lookups, health checks
+//! and watchers, the build and the process. Served as the classic text format
+//! (`text/plain; version=0.0.4`), which browsers show and every scraper reads;
+//! prometheus-client writes OpenMetrics, which
+//! [`shared::process_metrics::text_format`] turns into it.
 
 use crate::registry::Registry;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,6 +16,25 @@ use shared::panics::Panics;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     pub outcome: &'static str,
+}
+
+/// The content type of `/metrics`, the same as the gateway's.
+pub const CONTENT_TYPE: &str = shared::process_metrics::CONTENT_TYPE;
+
+/// Every health check outcome, created at zero so alerts on their rates see a series at once.
+const CHECK_OUTCOMES: [&str; 6] = [
+    "ok",
+    "timeout",
+    "bad_status",
+    "error",
+    "refused",
+    "not_made",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Build {
+    version: &'static str,
+    revision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,6 +55,12 @@ pub struct Metrics {
     pub expired: Counter,
     pub watchers: Gauge,
     instances: Family<NamespaceStatus, Gauge>,
+    /// Seconds since the least recently checked instance's last check, read at render.
+    oldest_check_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while the store is reachable (always, for memory), read at render.
+    store_connected: Gauge,
+    /// Seconds since the mirror was last known in step with the store, read at render.
+    store_mirror_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Mirrors `panics` at each render (`discovery_panics_total`).
     panics_total: Counter,
     panics: Panics,
@@ -48,7 +77,20 @@ impl Metrics {
         let expired = Counter::default();
         let watchers = Gauge::default();
         let instances = Family::default();
+        let oldest_check_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let mut prom = Prom::with_prefix("discovery");
+        let build = Family::<Build, Gauge>::default();
+        build
+            .get_or_create(&Build {
+                version: env!("CARGO_PKG_VERSION"),
+                revision: env!("DISCOVERY_GIT_REVISION"),
+            })
+            .set(1);
+        prom.register(
+            "build_info",
+            "Always 1; the labels say which build runs (git revision, or unknown)",
+            build,
+        );
         prom.register(
             "registrations",
             "Registrations by outcome (created, renewed, rejected)",
@@ -70,6 +112,15 @@ impl Metrics {
              outside allowed_hosts; not_made: could not be made, status kept)",
             checks.clone(),
         );
+        for outcome in CHECK_OUTCOMES {
+            let _ = checks.get_or_create(&Outcome { outcome });
+        }
+        prom.register(
+            "health_check_oldest_age_seconds",
+            "Seconds since the least recently checked instance was last checked \
+             (0 when none has been checked): grows without bound if checks stall",
+            oldest_check_age.clone(),
+        );
         prom.register(
             "health_check_duration_seconds",
             "Latency of health checks",
@@ -81,6 +132,20 @@ impl Metrics {
             expired.clone(),
         );
         prom.register("watchers", "Open watch streams", watchers.clone());
+        let store_connected = Gauge::default();
+        prom.register(
+            "store_connected",
+            "1 while the registry's store (etcd) is reachable; at 0 lookups and watches \
+             go on from the last mirror and writes answer 503",
+            store_connected.clone(),
+        );
+        let store_mirror_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        prom.register(
+            "store_mirror_age_seconds",
+            "Seconds since this replica's mirror was last known in step with the store \
+             (about 1 at most while connected; 0 for the memory store)",
+            store_mirror_age.clone(),
+        );
         let panics_total = Counter::default();
         prom.register(
             "panics",
@@ -102,6 +167,9 @@ impl Metrics {
             expired,
             watchers,
             instances,
+            oldest_check_age,
+            store_connected,
+            store_mirror_age,
             panics_total,
             panics,
         }
@@ -133,10 +201,27 @@ impl Metrics {
                     .set(n as i64);
             }
         }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let oldest = registry
+            .services()
+            .values()
+            .flatten()
+            .filter_map(|i| i.last_check_unix_ms)
+            .min()
+            .map_or(0.0, |at| now_ms.saturating_sub(at) as f64 / 1000.0);
+        self.oldest_check_age.set(oldest);
+        self.store_connected
+            .set(i64::from(registry.store_health().reachable));
+        self.store_mirror_age
+            .set(registry.store_mirror_age().map_or(0.0, |a| a.as_secs_f64()));
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.prom).is_err() {
             out.clear();
         }
-        out
+        let mut text = shared::process_metrics::text_format(&out);
+        shared::process_metrics::render(&mut text);
+        text
     }
 }

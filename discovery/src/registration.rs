@@ -7,6 +7,7 @@
 
 use crate::access::{bearer_matches, resolve, ResolveError};
 use crate::metrics::Metrics;
+use crate::store::StoreError;
 use crate::State;
 use serde::de::DeserializeOwned;
 use shared::api::{error_response, json_response, parse_json, read_body};
@@ -18,7 +19,7 @@ use tide::{Request, Response, StatusCode};
 const MAX_BODY: usize = 64 * 1024;
 
 /// An answer and the outcome label it is counted under.
-type Counted = (&'static str, Response);
+pub(crate) type Counted = (&'static str, Response);
 
 pub async fn register(mut req: Request<State>) -> tide::Result {
     let (outcome, res) = try_register(&mut req)
@@ -56,21 +57,15 @@ async fn try_register(req: &mut Request<State>) -> Result<Counted, Counted> {
     let done = state
         .registry
         .register(&body.namespace, &host, body.port, &path)
-        .map_err(|full| {
-            (
-                "full",
-                error_response(StatusCode::TooManyRequests, "too_many_instances", full.0),
-            )
-        })?;
+        .await
+        .map_err(refused)?;
+    let registration = done.record.registration();
     if !done.created {
-        return Ok(("renewed", json_response(StatusCode::Ok, &done.registration)));
+        return Ok(("renewed", json_response(StatusCode::Ok, &registration)));
     }
     log::info!(namespace = body.namespace.as_str(), host = host.as_str(), port:% = body.port,
-        id = done.registration.id.as_str(); "instance registered");
-    Ok((
-        "created",
-        json_response(StatusCode::Created, &done.registration),
-    ))
+        id = registration.id.as_str(); "instance registered");
+    Ok(("created", json_response(StatusCode::Created, &registration)))
 }
 
 async fn try_deregister(req: &mut Request<State>) -> Result<Counted, Counted> {
@@ -81,23 +76,52 @@ async fn try_deregister(req: &mut Request<State>) -> Result<Counted, Counted> {
         .state()
         .registry
         .deregister(&body.namespace, &host, body.port)
+        .await
+        .map_err(refused)?
     else {
-        let message = format!(
-            "{} is not registered in namespace {:?}",
-            shared::wire::authority(&host, body.port),
-            body.namespace
-        );
-        return Ok((
-            "unknown",
-            error_response(StatusCode::NotFound, "unknown_instance", message),
-        ));
+        return Ok(unknown(&body.namespace, &host, body.port));
     };
     log::info!(namespace = body.namespace.as_str(), host = host.as_str(), port:% = body.port,
         id = gone.id.as_str(); "instance deregistered");
-    Ok(("removed", json_response(StatusCode::Ok, &gone)))
+    Ok((
+        "removed",
+        json_response(StatusCode::Ok, &gone.registration()),
+    ))
 }
 
-fn invalid(message: String) -> Counted {
+/// 404 for a write naming an instance that is not registered.
+pub(crate) fn unknown(namespace: &str, host: &str, port: shared::wire::Port) -> Counted {
+    let message = format!(
+        "{} is not registered in namespace {namespace:?}",
+        shared::wire::authority(host, port),
+    );
+    (
+        "unknown",
+        error_response(StatusCode::NotFound, "unknown_instance", message),
+    )
+}
+
+/// A write the store did not take: 429 at a cap, 503 when it cannot be reached.
+pub(crate) fn refused(e: StoreError) -> Counted {
+    match e {
+        StoreError::Full(m) => (
+            "full",
+            error_response(StatusCode::TooManyRequests, "too_many_instances", m),
+        ),
+        StoreError::Unavailable(m) => {
+            log::warn!(reason = m.as_str(); "registry write refused: the store is unavailable");
+            let mut res = error_response(
+                StatusCode::ServiceUnavailable,
+                "store_unavailable",
+                format!("the registry cannot be changed now: {m}"),
+            );
+            res.insert_header("retry-after", "1");
+            ("unavailable", res)
+        }
+    }
+}
+
+pub(crate) fn invalid(message: String) -> Counted {
     (
         "rejected",
         error_response(StatusCode::BadRequest, "invalid_field", message),
@@ -105,7 +129,7 @@ fn invalid(message: String) -> Counted {
 }
 
 /// With a `registration_token` configured, the request must carry it as a bearer token.
-fn authorize(req: &Request<State>) -> Result<(), Counted> {
+pub(crate) fn authorize(req: &Request<State>) -> Result<(), Counted> {
     let Some(token) = req.state().config.registration_token.as_deref() else {
         return Ok(());
     };
@@ -117,14 +141,16 @@ fn authorize(req: &Request<State>) -> Result<(), Counted> {
     let mut res = error_response(
         StatusCode::Unauthorized,
         "unauthorized",
-        "this discovery requires Authorization: Bearer <registration_token> to register or deregister",
+        "this discovery requires Authorization: Bearer <registration_token> to register, deregister or change maintenance",
     );
     res.insert_header("www-authenticate", "Bearer realm=\"discovery\"");
     Err(("unauthorized", res))
 }
 
 /// The body as exactly one JSON object of `T`: trailing bytes after it are a 400.
-async fn one_json_object<T: DeserializeOwned>(req: &mut Request<State>) -> Result<T, Counted> {
+pub(crate) async fn one_json_object<T: DeserializeOwned>(
+    req: &mut Request<State>,
+) -> Result<T, Counted> {
     let body = read_body(req, MAX_BODY)
         .await
         .map_err(|res| ("rejected", res))?;
@@ -133,7 +159,11 @@ async fn one_json_object<T: DeserializeOwned>(req: &mut Request<State>) -> Resul
 }
 
 /// Validates the namespace and normalizes the host (given, or the caller's IP).
-fn checked(req: &Request<State>, namespace: &str, host: Option<&str>) -> Result<String, Counted> {
+pub(crate) fn checked(
+    req: &Request<State>,
+    namespace: &str,
+    host: Option<&str>,
+) -> Result<String, Counted> {
     validate_namespace(namespace).map_err(invalid)?;
     match host {
         Some(h) => normalize_host(h).map_err(invalid),

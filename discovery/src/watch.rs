@@ -1,6 +1,8 @@
-//! `GET /api/watch?namespace=`: Server-Sent Events pushing a namespace's available set.
+//! `GET /api/watch?namespace=`: Server-Sent Events pushing a namespace's
+//! routable set (available and not in maintenance), read from the local mirror.
 //!
-//! Each stream has its own task. The registry wakes it through a one-slot
+//! Each stream has its own task. The mirror wakes it, for a change made here
+//! or pushed by the store from another replica, through a one-slot
 //! async-channel with `try_send`, so a watcher that stops reading never blocks
 //! the registry or other watchers: its wake-ups coalesce, and when it reads
 //! again it gets the newest snapshot (every event is the whole set, so

@@ -3,14 +3,22 @@
 
 #[path = "acceptance/bad_input.rs"]
 mod bad_input;
+#[path = "acceptance/cluster.rs"]
+mod cluster;
 #[path = "acceptance/config.rs"]
 mod config;
+#[path = "acceptance/console.rs"]
+mod console;
 #[path = "acceptance/health.rs"]
 mod health;
 #[path = "acceptance/hostile.rs"]
 mod hostile;
 #[path = "acceptance/lookup.rs"]
 mod lookup;
+#[path = "acceptance/maintenance.rs"]
+mod maintenance;
+#[path = "acceptance/metrics.rs"]
+mod metrics;
 #[path = "acceptance/register.rs"]
 mod register;
 #[path = "acceptance/watch.rs"]

@@ -14,23 +14,35 @@ type State = Arc<Context>;
 pub fn routes(ctx: State) -> tide::Server<State> {
     let mut app = tide::with_state(ctx);
     app.with(shared::api::json_errors());
+    crate::console::routes(&mut app);
     app.at("/health_check")
         .get(|_| async { Ok(json_response(StatusCode::Ok, &json!({"status": "ok"}))) });
     app.at("/status").get(|req: Request<State>| async move {
-        Ok(json_response(StatusCode::Ok, &status(req.state())))
+        Ok(json_response(
+            StatusCode::Ok,
+            &status(&req.state().current()),
+        ))
     });
     app.at("/metrics").get(|req: Request<State>| async move {
         let mut res = Response::new(StatusCode::Ok);
         res.set_body(req.state().metrics.render());
-        res.set_content_type("application/openmetrics-text; version=1.0.0; charset=utf-8");
+        // As written: set_content_type would reorder the parameters.
+        res.insert_header("content-type", crate::metrics::CONTENT_TYPE);
         Ok(res)
     });
     app
 }
 
 /// The rings, their members and the watch streams feeding them.
+///
+/// Each member carries its statistics: `requests` (answered tries) and
+/// `errors` (5xx answers and tries with no answer) since it joined, counters
+/// a reader turns into rates; and over the last `window_seconds` (up to
+/// about half a minute) `requests_per_second`, `errors_per_second`, and the
+/// `p50_ms` and `p99_ms` latency of its tries (`null` without any).
 pub fn status(ctx: &Context) -> Value {
     let now = clock();
+    let instant = std::time::Instant::now();
     let namespaces: Vec<Value> = ctx
         .router
         .balancers()
@@ -43,24 +55,39 @@ pub fn status(ctx: &Context) -> Value {
                 .iter()
                 .enumerate()
                 .map(|(i, m)| {
+                    let window = m.stats.window(instant);
+                    let per_second = |n: u64| {
+                        (window.seconds > 0.0).then(|| n as f64 / window.seconds)
+                    };
                     json!({
                         "upstream": m.key,
                         "cooling_down": m.is_cooling(),
                         "idle_connections": m.idle_count(),
                         "held_from_before_reconnect": i >= fresh,
+                        "requests": m.stats.requests(),
+                        "errors": m.stats.errors(),
+                        "window_seconds": window.seconds,
+                        "requests_per_second": per_second(window.requests),
+                        "errors_per_second": per_second(window.errors),
+                        "p50_ms": window.p50_ms,
+                        "p99_ms": window.p99_ms,
                     })
                 })
                 .collect();
             let last = b.watch.last_event_ms.load(Ordering::Relaxed);
+            let confirmed = b.watch.last_confirmed_ms.load(Ordering::Relaxed);
             let grace = b.watch.grace_until_ms.load(Ordering::Relaxed).saturating_sub(now);
             json!({
                 "namespace": b.namespace,
                 "ring_version": ring.version,
                 "members": members,
+                // "watch" or "lookup" (a discovery without /api/watch), and the URLs in use.
+                "discovery": crate::source::status(ctx, b),
                 "watch": {
                     "state": b.watch.get().as_str(),
                     "version": ring.version,
                     "snapshot_age_seconds": (last > 0).then(|| now.saturating_sub(last) as f64 / 1000.0),
+                    "confirmed_age_seconds": (confirmed > 0).then(|| now.saturating_sub(confirmed) as f64 / 1000.0),
                     "reconnects": b.watch.reconnects.load(Ordering::Relaxed),
                     "relearn_grace_remaining_seconds": grace as f64 / 1000.0,
                 },
@@ -71,7 +98,16 @@ pub fn status(ctx: &Context) -> Value {
         .config
         .routes
         .iter()
-        .map(|r| json!({"prefix": r.prefix, "namespace": r.namespace}))
+        .map(|r| {
+            let source = ctx
+                .router
+                .balancers()
+                .iter()
+                .find(|b| b.namespace == r.namespace)
+                .map(|b| b.source.kind().as_str());
+            json!({"prefix": r.prefix, "namespace": r.namespace, "source": source})
+        })
         .collect();
-    json!({"namespaces": namespaces, "routes": routes, "discovery_url": ctx.config.discovery_url})
+    json!({"namespaces": namespaces, "routes": routes, "discovery_url": ctx.config.discovery_url,
+        "discovery_urls": ctx.config.discovery_urls()})
 }

@@ -79,9 +79,23 @@ pub fn upstream_head(
     out.clear();
     out.extend_from_slice(head.method(raw));
     out.push(b' ');
-    crate::target::normalize_into(out, head.target(raw))?;
+    // Absolute form (RFC 9112 section 3.2.2): routed and forwarded as the
+    // origin form, its authority replacing Host.
+    let target = head.target(raw);
+    let authority = head.authority(raw);
+    if authority.is_some() && !target.starts_with(b"/") {
+        out.push(b'/');
+    }
+    crate::target::normalize_into(out, target)?;
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut has_host = false;
+    if let Some(authority) = authority {
+        if !crate::target::valid_host(authority) {
+            return Err(Refused("the request target's authority is not host[:port]"));
+        }
+        header(out, b"host", authority);
+        has_host = true;
+    }
     for h in &head.headers {
         let name = &raw[h.name.clone()];
         if skip_request_header(raw, head, name) {
@@ -91,6 +105,9 @@ pub fn upstream_head(
         if name.eq_ignore_ascii_case(b"host") {
             if !crate::target::valid_host(value) {
                 return Err(Refused("Host is not host[:port]"));
+            }
+            if authority.is_some() {
+                continue;
             }
             has_host = true;
         }
@@ -227,9 +244,15 @@ pub fn error_response(
         .with_request_id(request_id)
         .to_json();
     out.clear();
+    // A 503 (no instance now, or over max_buffered_bytes) passes: say when to try again.
+    let retry_after = if status == 503 {
+        "retry-after: 1\r\n"
+    } else {
+        ""
+    };
     let _ = write!(
         out,
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n{}\r\n",
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n{retry_after}{}\r\n",
         shared::http1::reason(status),
         body.len(),
         if framing.close { "connection: close\r\n" } else { "" },
@@ -272,6 +295,23 @@ mod tests {
         let raw = b"GET /api HTTP/1.1\r\nHost: x/chaos?\r\n\r\n";
         assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
         assert!(upstream_head(&mut out, raw, &head, "1.2.3.4", "r", "gw").is_err());
+    }
+
+    #[test]
+    fn an_absolute_form_target_is_forwarded_in_origin_form_with_its_authority_as_host() {
+        let raw = b"POST http://gw.example:8000/api/../x?q HTTP/1.1\r\nHost: other\r\n\r\n";
+        let mut head = RequestHead::default();
+        assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
+        let mut out = Vec::new();
+        upstream_head(&mut out, raw, &head, "1.2.3.4", "r", "gw").unwrap();
+        assert_eq!(target_of(&out), b"/x?q");
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.contains("host: gw.example:8000\r\n"), "{text}");
+        assert!(!text.contains("other"), "{text}");
+        let raw = b"GET http://h?q HTTP/1.1\r\nHost: h\r\n\r\n";
+        assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
+        upstream_head(&mut out, raw, &head, "1.2.3.4", "r", "gw").unwrap();
+        assert_eq!(target_of(&out), b"/?q");
     }
 
     #[test]
@@ -325,6 +365,7 @@ mod tests {
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
         assert!(head.contains("connection: close"));
+        assert!(head.contains("\r\nretry-after: 1"), "{head}");
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"]["request_id"], "rid");
         assert_eq!(v["error"]["code"], "no_available_instance");

@@ -3,6 +3,10 @@
 //!
 //! Requests are handled one at a time, so pipelined requests are answered in
 //! order; the next one waits in the read buffer.
+//!
+//! Reloads: each request is served on the [`Context`] in force when its head
+//! arrived (one look at the swap per request, see [`crate::reload`]), from
+//! routing to the last try; limits on reading the next head come from it too.
 
 use crate::budget::Reservation;
 use crate::codec;
@@ -12,8 +16,10 @@ use crate::forward::Exchange;
 use crate::Context;
 use async_std::net::{SocketAddr, TcpStream};
 use futures_lite::AsyncWriteExt;
+use shared::config::GatewayConfig;
 use shared::http1::{parse_request, ChunkedDecoder, Framing, ReadBuf, RequestHead};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A request refused by the gateway itself; the connection closes after it.
@@ -35,7 +41,10 @@ impl Refusal {
 
 /// A client connection's socket, deadline and buffers, reused from one request to the next.
 struct Client<'a> {
+    /// The context the connection began with: what every generation shares.
     ctx: &'a Context,
+    /// The generation in force at the last request (`None`: the gateway stopped).
+    now: Option<Arc<Context>>,
     stream: TcpStream,
     deadline: std::sync::Arc<Deadline>,
     input: ReadBuf,
@@ -54,6 +63,7 @@ pub async fn serve(ctx: &Context, stream: TcpStream, peer: SocketAddr) {
     let client_ip = peer.ip().to_canonical().to_string();
     let mut c = Client {
         ctx,
+        now: ctx.live.current(),
         stream,
         deadline: ctx.watchdog.deadline(),
         input: ReadBuf::with_capacity(4096),
@@ -73,6 +83,7 @@ pub async fn serve(ctx: &Context, stream: TcpStream, peer: SocketAddr) {
             }
         }
         let started = Instant::now();
+        c.refresh();
         let raw = c.input.data();
         let request_id = codec::request_id(raw, &c.head);
         let head_request = c.head.method(raw) == b"HEAD";
@@ -96,7 +107,7 @@ pub async fn serve(ctx: &Context, stream: TcpStream, peer: SocketAddr) {
             return;
         }
 
-        let body_until = started + ctx.config.client_body_timeout;
+        let body_until = started + c.config().client_body_timeout;
         // Held until the answer is sent: the body stays buffered for retries.
         let _held = match c.read_body(framing, expect_continue, body_until).await {
             Ok(held) => held,
@@ -107,19 +118,20 @@ pub async fn serve(ctx: &Context, stream: TcpStream, peer: SocketAddr) {
                 return;
             }
         };
+        let now: &Context = c.now.as_deref().unwrap_or(ctx);
         let exchange = Exchange {
             request: &c.upstream,
             request_id: &request_id,
             head_request,
             client_minor: minor,
             wants_keep_alive,
-            replayable: idempotent || ctx.config.retry_non_idempotent,
+            replayable: idempotent || now.config.retry_non_idempotent,
             stop: &ctx.stop,
         };
-        let reply = match ctx.router.route(codec::target_of(&c.upstream)) {
+        let reply = match now.router.route(codec::target_of(&c.upstream)) {
             Some(balancer) => {
                 let (stream, scratch, deadline) = (&mut c.stream, &mut c.scratch, &c.deadline);
-                failover::serve(ctx, balancer, &exchange, stream, scratch, deadline).await
+                failover::serve(now, balancer, &exchange, stream, scratch, deadline).await
             }
             None => {
                 let keep_alive = exchange.keep_alive();
@@ -136,7 +148,7 @@ pub async fn serve(ctx: &Context, stream: TcpStream, peer: SocketAddr) {
                     &request_id,
                     framing,
                 );
-                let written = send(ctx, &c.deadline, &mut c.stream, &c.scratch).await;
+                let written = send(now, &c.deadline, &mut c.stream, &c.scratch).await;
                 failover::Reply {
                     status: 404,
                     client_open: written && keep_alive,
@@ -148,7 +160,7 @@ pub async fn serve(ctx: &Context, stream: TcpStream, peer: SocketAddr) {
         ctx.metrics
             .request(reply.status, elapsed.as_secs_f64(), reply.attempts);
         access_log(
-            ctx,
+            now,
             &c.upstream,
             &request_id,
             reply.status,
@@ -166,6 +178,25 @@ pub async fn serve(ctx: &Context, stream: TcpStream, peer: SocketAddr) {
 const KEEP_BUFFER: usize = 64 * 1024;
 
 impl<'a> Client<'a> {
+    /// The config in force at the last request.
+    fn config(&self) -> &GatewayConfig {
+        &self.now.as_deref().unwrap_or(self.ctx).config
+    }
+
+    /// Takes the generation in force now. One load of the swap; the
+    /// reference count is touched only when a reload changed it.
+    fn refresh(&mut self) {
+        let loaded = self.ctx.live.swap().load();
+        let same = match (&*loaded, &self.now) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.now = (*loaded).clone();
+        }
+    }
+
     /// Gives back what a large request or answer grew the buffers to, so an
     /// idle keep-alive connection holds kilobytes, not `max_body_bytes`.
     fn shrink(&mut self) {
@@ -180,7 +211,7 @@ impl<'a> Client<'a> {
     /// Reads until a whole request head is parsed. `Ok(false)`: the connection is
     /// done (closed, idle past `idle_timeout`, or the gateway is stopping while idle).
     async fn read_head(&mut self) -> Result<bool, Refusal> {
-        let config = &self.ctx.config;
+        let config = &self.now.as_deref().unwrap_or(self.ctx).config;
         let mut head_deadline = None;
         loop {
             if !self.input.is_empty() {
@@ -236,7 +267,7 @@ impl<'a> Client<'a> {
         until: Instant,
     ) -> Result<Reservation<'a>, Refusal> {
         let ctx: &'a Context = self.ctx;
-        let max = ctx.config.max_body_bytes;
+        let max = self.config().max_body_bytes;
         let too_large = || {
             Refusal::new(
                 413,
@@ -255,7 +286,8 @@ impl<'a> Client<'a> {
         }
         if expect_continue && self.input.is_empty() {
             let continue_ = b"HTTP/1.1 100 Continue\r\n\r\n";
-            if !send(self.ctx, &self.deadline, &mut self.stream, continue_).await {
+            let now = self.now.as_deref().unwrap_or(self.ctx);
+            if !send(now, &self.deadline, &mut self.stream, continue_).await {
                 return Err(Refusal::new(400, "bad_request", "client went away"));
             }
         }
@@ -301,7 +333,7 @@ impl<'a> Client<'a> {
     /// Reads more of a body: within `client_header_timeout` of the last read,
     /// and before `until`, the end of `client_body_timeout`.
     async fn more(&mut self, until: Instant) -> Result<(), Refusal> {
-        let config = &self.ctx.config;
+        let config = &self.now.as_deref().unwrap_or(self.ctx).config;
         let left = until.saturating_duration_since(Instant::now());
         let whole = left <= config.client_header_timeout;
         let limit = left.min(config.client_header_timeout);
@@ -347,7 +379,13 @@ impl<'a> Client<'a> {
             request_id,
             close,
         );
-        send(self.ctx, &self.deadline, &mut self.stream, &self.scratch).await;
+        send(
+            self.now.as_deref().unwrap_or(self.ctx),
+            &self.deadline,
+            &mut self.stream,
+            &self.scratch,
+        )
+        .await;
         // Half-close, then read and drop what the client still sends for a moment:
         // closing with unread input would reset the connection and could destroy
         // the answer before the client reads it.

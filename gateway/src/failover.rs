@@ -1,5 +1,9 @@
 //! The retry policy: which instance to try next, and whether to try at all.
 //!
+//! Which instance comes next is the [`crate::source`]'s answer: with the
+//! watch, the ring (and discovery's lookup after a timeout); with a
+//! discovery that has no watch, a lookup per try.
+//!
 //! - Connect failure: the request never left, so the next ring member is
 //!   tried at once, and the instance is skipped for `connect_cooldown`.
 //! - Timeout: the instance may be processing the request. Retried only for
@@ -19,11 +23,11 @@ use crate::codec;
 use crate::deadline::Deadline;
 use crate::forward::{self, Deadlines, Exchange, Try};
 use crate::metrics::Failover;
-use crate::pool::{resolve, Upstream};
+use crate::pool::Upstream;
 use crate::ring::Balancer;
+use crate::source::{self, After, Pick};
 use crate::Context;
 use async_std::net::TcpStream;
-use shared::wire::{authority, LookupRequest, LookupResponse};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -50,7 +54,17 @@ pub async fn serve(
     let mut tried: Vec<Arc<Upstream>> = Vec::new();
     let mut timeouts = 0u32;
     let mut last_failure = String::new();
-    let mut next = balancer.pick(&tried);
+    let mut next = source::next(
+        &Pick {
+            ctx,
+            balancer,
+            tried: &tried,
+            deadline,
+            left: config.request_deadline,
+        },
+        After::Start,
+    )
+    .await;
     while let Some(target) = next.take() {
         let left = give_up_at.saturating_duration_since(Instant::now());
         tried.push(target.clone());
@@ -122,13 +136,18 @@ pub async fn serve(
         if !another_allowed || left.is_zero() {
             break;
         }
-        next = match cause {
-            Failover::Timeout => match lookup(ctx, balancer, &tried, deadline, left).await {
-                Some(found) => Some(found),
-                None => balancer.pick(&tried),
-            },
-            _ => balancer.pick(&tried),
+        let after = match cause {
+            Failover::Timeout => After::Timeout,
+            _ => After::Failure,
         };
+        let pick = Pick {
+            ctx,
+            balancer,
+            tried: &tried,
+            deadline,
+            left,
+        };
+        next = source::next(&pick, after).await;
         if let Some(n) = &next {
             ctx.metrics.failover(cause);
             log::warn!(request_id = ex.request_id, from = target.key.as_str(), to = n.key.as_str(),
@@ -163,65 +182,5 @@ pub async fn serve(
         status,
         client_open: keep_alive && written,
         attempts,
-    }
-}
-
-/// Asks discovery for an available instance other than those tried; `None` if
-/// it does not answer in time or has none.
-async fn lookup(
-    ctx: &Context,
-    balancer: &Balancer,
-    tried: &[Arc<Upstream>],
-    deadline: &Deadline,
-    left: std::time::Duration,
-) -> Option<Arc<Upstream>> {
-    let request = LookupRequest {
-        namespace: balancer.namespace.clone(),
-        exclude: tried.iter().map(|t| t.key.clone()).collect(),
-    };
-    let url = format!("{}/api/lookup", ctx.config.discovery_url);
-    let ask = async {
-        let mut res = ctx
-            .discovery
-            .post(&url)
-            .body_json(&request)
-            .map_err(|_| "error")?
-            .await
-            .map_err(|_| "error")?;
-        match u16::from(res.status()) {
-            200 => {}
-            503 | 404 => return Err("none_available"),
-            _ => return Err("error"),
-        }
-        let found: LookupResponse = res.body_json().await.map_err(|_| "error")?;
-        let key = authority(&found.host, found.port);
-        if let Some(member) = balancer.ring().members.iter().find(|m| m.key == key) {
-            return Ok(member.clone());
-        }
-        let addrs = resolve(&found.host, found.port.0)
-            .await
-            .map_err(|_| "error")?;
-        Ok(ctx.upstreams.get(&key, addrs))
-    };
-    let outcome = match deadline
-        .within(ctx.config.lookup_timeout.min(left), ask)
-        .await
-    {
-        Ok(Ok(found)) if !tried.iter().any(|t| t.key == found.key) => Ok(found),
-        Ok(Ok(_)) => Err("error"),
-        Ok(Err(outcome)) => Err(outcome),
-        Err(_) => Err("timeout"),
-    };
-    match outcome {
-        Ok(found) => {
-            ctx.metrics.lookup("ok");
-            Some(found)
-        }
-        Err(outcome) => {
-            ctx.metrics.lookup(outcome);
-            log::debug!(namespace = balancer.namespace.as_str(), outcome = outcome;
-                "discovery lookup gave nothing; falling back to the ring");
-            None
-        }
     }
 }

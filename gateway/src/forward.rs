@@ -7,7 +7,7 @@
 
 use crate::codec::{self, ClientFraming};
 use crate::deadline::Deadline;
-use crate::metrics::Metrics;
+use crate::metrics::{Failover, Metrics};
 use crate::pool::{Conn, Upstream};
 use async_std::net::TcpStream;
 use futures_lite::AsyncWriteExt;
@@ -98,9 +98,48 @@ async fn still_open(conn: &Conn) -> bool {
         .is_none()
 }
 
-/// Sends `ex` to `up` and relays the answer to `client`.
+/// Sends `ex` to `up` and relays the answer to `client`, counting the try
+/// in the instance's own statistics (a few atomic adds).
 #[allow(clippy::too_many_arguments)]
 pub async fn try_once(
+    up: &Upstream,
+    ex: &Exchange<'_>,
+    client: &mut TcpStream,
+    scratch: &mut Vec<u8>,
+    deadline: &Deadline,
+    deadlines: Deadlines,
+    fail_on_5xx: bool,
+    metrics: &Metrics,
+) -> Try {
+    let started = Instant::now();
+    let tried = try_inner(
+        up,
+        ex,
+        client,
+        scratch,
+        deadline,
+        deadlines,
+        fail_on_5xx,
+        metrics,
+    )
+    .await;
+    let took = started.elapsed();
+    let stats = &up.stats;
+    match &tried {
+        Try::Answered { status, .. } => stats.answered(*status, took),
+        Try::ConnectFailed(_) => stats.failed(Failover::Connect, took),
+        Try::TimedOut => stats.failed(Failover::Timeout, took),
+        Try::Broken(_) => stats.failed(Failover::Broken, took),
+        Try::ServerError(status) => {
+            stats.answered(*status, took);
+            stats.failed(Failover::Status5xx, took);
+        }
+    }
+    tried
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn try_inner(
     up: &Upstream,
     ex: &Exchange<'_>,
     client: &mut TcpStream,

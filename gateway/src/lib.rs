@@ -8,6 +8,10 @@
 //! streams the answer back, every wait bounded by a [`deadline`]. Off the request path, [`watch`] keeps the rings in
 //! step with discovery, and [`admin`] serves metrics and status.
 //!
+//! SIGHUP: [`reload`] swaps in a new [`Context`] (config and routes) that
+//! every request after it uses, keeping rings and pools; [`stats`] holds
+//! each instance's counters for the per-upstream metrics and `/status`.
+//!
 //! Hostile clients: [`target`] normalizes what is routed and forwarded,
 //! [`budget`] bounds the request bytes held across connections, and a panic
 //! ends one connection or restarts one background loop, never the process
@@ -17,17 +21,20 @@ pub mod admin;
 pub mod budget;
 pub mod codec;
 pub mod connection;
+pub mod console;
 pub mod deadline;
 pub mod failover;
 pub mod forward;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
+pub mod reload;
 pub mod ring;
+pub mod source;
+pub mod stats;
 pub mod target;
 pub mod watch;
 
-use async_std::net::TcpListener;
 use async_std::task::{self, JoinHandle};
 use futures_lite::FutureExt;
 use shared::config::GatewayConfig;
@@ -45,7 +52,7 @@ pub struct Context {
     pub config: GatewayConfig,
     pub router: Arc<ring::Router>,
     pub upstreams: Arc<pool::Upstreams>,
-    pub metrics: metrics::Metrics,
+    pub metrics: Arc<metrics::Metrics>,
     /// Client for discovery: the watch streams and lookups after a timeout.
     pub discovery: surf::Client,
     /// Fired at shutdown: stop accepting, finish the current requests.
@@ -55,13 +62,42 @@ pub struct Context {
     /// `Host` for HTTP/1.0 requests that carry none.
     pub default_host: String,
     /// Requests seen, for access log sampling.
-    pub requests: AtomicU64,
+    pub requests: Arc<AtomicU64>,
     /// Enforces the deadlines of every wait on the request path.
-    pub watchdog: deadline::Watchdog,
+    pub watchdog: Arc<deadline::Watchdog>,
     /// Panics caught in connections and background loops.
     pub panics: Panics,
     /// Request bytes buffered across all connections (`max_buffered_bytes`).
     pub budget: Arc<budget::Budget>,
+    /// The newest context after reloads ([`reload`]); shared by every generation.
+    pub live: Arc<reload::Live>,
+}
+
+impl Context {
+    /// A copy for a new generation: the same config and router (which a
+    /// reload then replaces), everything else shared.
+    pub fn share(&self) -> Context {
+        Context {
+            config: self.config.clone(),
+            router: self.router.clone(),
+            upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
+            discovery: self.discovery.clone(),
+            stop: self.stop.clone(),
+            kill: self.kill.clone(),
+            default_host: self.default_host.clone(),
+            requests: self.requests.clone(),
+            watchdog: self.watchdog.clone(),
+            panics: self.panics.clone(),
+            budget: self.budget.clone(),
+            live: self.live.clone(),
+        }
+    }
+
+    /// The context in force now: the newest generation, or this one once stopped.
+    pub fn current(self: &Arc<Self>) -> Arc<Context> {
+        self.live.current().unwrap_or_else(|| self.clone())
+    }
 }
 
 /// A running gateway.
@@ -94,10 +130,21 @@ impl Handle {
         format!("http://{}", self.admin.addr())
     }
 
+    /// The context in force (the newest after reloads).
+    pub fn context(&self) -> Arc<Context> {
+        self.ctx.current()
+    }
+
+    /// Swaps in `next` (a config read again, flags applied), or refuses it
+    /// and keeps the old one; see [`reload`].
+    pub async fn reload(&self, next: Result<GatewayConfig, String>) -> Result<(), String> {
+        reload::apply(&self.ctx, next).await
+    }
+
     /// Stops accepting, lets requests in progress finish within `drain_timeout`,
     /// cuts the rest, then stops the watchers and the admin port.
     pub async fn shutdown(self) {
-        let ctx = &self.ctx;
+        let ctx = self.ctx.current();
         ctx.stop.fire();
         self.accept.await;
         if !self.connections.drained(ctx.config.drain_timeout).await {
@@ -105,7 +152,8 @@ impl Handle {
         }
         ctx.kill.fire();
         self.connections.drained(Duration::from_secs(1)).await;
-        for task in self.background {
+        let reloaded = ctx.live.stop();
+        for task in self.background.into_iter().chain(reloaded) {
             task.await;
         }
         self.admin.shutdown(Duration::from_secs(1)).await;
@@ -129,9 +177,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
-    })?;
+    let listener = listener::bind(&config.listen, config.reuse_port)?;
     let addr = listener.local_addr()?;
     let router = Arc::new(ring::Router::new(&config.routes));
     let upstreams = Arc::new(pool::Upstreams::new(pool::Limits {
@@ -146,42 +192,33 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         .map_err(|e| std::io::Error::other(format!("cannot build the discovery client: {e}")))?;
     let panics = Panics::new();
     let budget = Arc::new(budget::Budget::new(config.max_buffered_bytes));
+    let live = Arc::new(reload::Live::default());
     let ctx = Arc::new(Context {
-        metrics: metrics::Metrics::new(metrics::Sources {
-            router: router.clone(),
+        metrics: Arc::new(metrics::Metrics::new(metrics::Sources {
+            live: live.clone(),
             upstreams: upstreams.clone(),
             panics: panics.clone(),
             budget: budget.clone(),
-        }),
+        })),
         router,
         upstreams,
         discovery,
         stop: Trigger::new(),
         kill: Trigger::new(),
         default_host: addr.to_string(),
-        requests: AtomicU64::new(0),
-        watchdog: deadline::Watchdog::default(),
+        requests: Arc::default(),
+        watchdog: Arc::default(),
         panics,
         budget,
         config,
+        live,
     });
+    ctx.live.start(&ctx);
     // Every loop restarts if it panics: a ring must keep following discovery,
     // and without the watchdog no deadline on the request path would fire.
     let mut background = Vec::new();
     for balancer in ctx.router.balancers() {
-        let (tx, rx) = async_channel::bounded(16);
-        let (c, b) = (ctx.clone(), balancer.clone());
-        background.push(task::spawn(supervise(
-            ctx.panics.clone(),
-            "watch follow",
-            move || watch::follow(c.clone(), b.clone(), tx.clone()),
-        )));
-        let (c, b) = (ctx.clone(), balancer.clone());
-        background.push(task::spawn(supervise(
-            ctx.panics.clone(),
-            "watch hold",
-            move || watch::hold(c.clone(), b.clone(), rx.clone()),
-        )));
+        background.extend(spawn_watch(&ctx, balancer));
     }
     let c = ctx.clone();
     background.push(task::spawn(supervise(
@@ -220,8 +257,29 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     })
 }
 
-/// Closes expired idle upstream connections and forgets instances nobody uses.
+/// Starts what keeps `balancer`'s ring in step with discovery: the watch
+/// tasks (see [`watch`]), each restarting if it panics. Used at start and by
+/// a reload that routes a new namespace.
+pub(crate) fn spawn_watch(
+    ctx: &Arc<Context>,
+    balancer: &Arc<ring::Balancer>,
+) -> Vec<JoinHandle<()>> {
+    let (tx, rx) = async_channel::bounded(16);
+    let (c, b) = (ctx.clone(), balancer.clone());
+    let follow = task::spawn(supervise(ctx.panics.clone(), "watch follow", move || {
+        watch::follow(c.clone(), b.clone(), tx.clone())
+    }));
+    let (c, b) = (ctx.clone(), balancer.clone());
+    let hold = task::spawn(supervise(ctx.panics.clone(), "watch hold", move || {
+        watch::hold(c.clone(), b.clone(), rx.clone())
+    }));
+    vec![follow, hold]
+}
+
+/// Closes expired idle upstream connections, forgets instances nobody uses,
+/// and samples the per-instance statistics for the windowed rates of `/status`.
 async fn reap(ctx: Arc<Context>) {
+    let mut sampled = std::time::Instant::now();
     while !ctx.stop.is_fired() {
         task::sleep(Duration::from_secs(1))
             .or(async {
@@ -229,5 +287,11 @@ async fn reap(ctx: Arc<Context>) {
             })
             .await;
         ctx.upstreams.reap();
+        if sampled.elapsed() >= stats::SAMPLE_EVERY {
+            sampled = std::time::Instant::now();
+            for up in ctx.upstreams.all() {
+                up.stats.sample(sampled);
+            }
+        }
     }
 }

@@ -1,22 +1,103 @@
-//! Accepts client connections and gives each its own task.
+//! Binds the client address and accepts connections, each in its own task.
+//!
+//! With `reuse_port` (the default) the socket is bound with SO_REUSEADDR and
+//! SO_REUSEPORT, so several gateways on one host share the address: the
+//! kernel gives each its own accept queue and spreads new connections over
+//! them by a hash of the client's address and port.
 //!
 //! Shutdown: the accept loop stops at once; each connection ends after the
 //! request it is serving (idle ones at once); whatever is still running after
-//! `drain_timeout` is cut by the [`crate::deadline::Watchdog`].
+//! `drain_timeout` is cut by the [`crate::deadline::Watchdog`]. With
+//! SO_REUSEPORT, connections the kernel already queued for *this* socket are
+//! reset when it closes rather than handed to a sibling, so before closing
+//! the socket the loop takes everything left in its queue (non-blocking
+//! accepts until `WouldBlock`) and serves those too. What can still be lost is
+//! a connection completing its handshake in the microseconds between that
+//! last accept and the close; Linux 5.14+ with `net.ipv4.tcp_migrate_req=1`
+//! moves even those to a sibling.
+//!
+//! A connection's first request is never cut by the shutdown: the client
+//! connected before the gateway stopped, so the task waits (at most
+//! [`FIRST_REQUEST_GRACE`] once stopping) for its first bytes.
 
 use crate::connection;
 use crate::Context;
-use async_std::net::TcpListener;
+use async_std::net::{TcpListener, TcpStream};
 use async_std::task::{self, JoinHandle};
 use futures_lite::FutureExt;
 use shared::shutdown::Tracker;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Listen backlog: room for a burst of connections while the loop is busy.
+const BACKLOG: i32 = 1024;
+/// How long a connection accepted before or while stopping may take to send
+/// its first request once the gateway is stopping.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// A bound client socket: the async listener the loop accepts on, and a
+/// second handle on the same socket for draining its queue at shutdown.
+#[derive(Debug)]
+pub struct Bound {
+    listener: TcpListener,
+    drain: std::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl Bound {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
+/// Binds `listen` (an `ip:port` or `host:port`), with SO_REUSEPORT when `reuse_port`.
+pub fn bind(listen: &str, reuse_port: bool) -> std::io::Result<Bound> {
+    let cannot = |e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))
+    };
+    let addr = listen
+        .to_socket_addrs()
+        .map_err(cannot)?
+        .next()
+        .ok_or_else(|| {
+            std::io::Error::new(
+                ErrorKind::InvalidInput,
+                format!("cannot listen on {listen}: it resolves to no address"),
+            )
+        })?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(cannot)?;
+    // What std's bind does on Unix: a restarted gateway rebinds at once.
+    socket.set_reuse_address(true).map_err(cannot)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(cannot)?;
+    }
+    socket.bind(&addr.into()).map_err(cannot)?;
+    socket.listen(BACKLOG).map_err(cannot)?;
+    let plain: std::net::TcpListener = socket.into();
+    let drain = plain.try_clone().map_err(cannot)?;
+    let listener = TcpListener::from(plain);
+    let addr = listener.local_addr()?;
+    Ok(Bound {
+        listener,
+        drain,
+        addr,
+    })
+}
+
 /// Starts the accept loop; `connections` counts the live connection tasks.
-pub fn spawn(ctx: Arc<Context>, listener: TcpListener, connections: Tracker) -> JoinHandle<()> {
+pub fn spawn(ctx: Arc<Context>, bound: Bound, connections: Tracker) -> JoinHandle<()> {
     task::spawn(async move {
-        loop {
+        let Bound {
+            listener, drain, ..
+        } = bound;
+        while !ctx.stop.is_fired() {
             let accepted = listener
                 .accept()
                 .or(async {
@@ -25,21 +106,8 @@ pub fn spawn(ctx: Arc<Context>, listener: TcpListener, connections: Tracker) -> 
                 })
                 .await;
             match accepted {
-                Ok((stream, peer)) => {
-                    let tracked = connections.enter();
-                    let ctx = ctx.clone();
-                    task::spawn(async move {
-                        ctx.metrics.client_connections.inc();
-                        // Ends within a tick of the drain time running out: every wait it
-                        // makes is bounded by its deadline, which the watchdog then kills.
-                        // A panic ends this connection only (logged and counted).
-                        let serve = connection::serve(&ctx, stream, peer);
-                        shared::panics::guard(&ctx.panics, "connection", serve).await;
-                        ctx.metrics.client_connections.dec();
-                        drop(tracked);
-                    });
-                }
-                Err(_) if ctx.stop.is_fired() => return,
+                Ok((stream, peer)) => serve(&ctx, stream, peer, &connections),
+                Err(_) if ctx.stop.is_fired() => break,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     log::warn!("accept failed: {e}");
@@ -47,5 +115,71 @@ pub fn spawn(ctx: Arc<Context>, listener: TcpListener, connections: Tracker) -> 
                 }
             }
         }
+        // The socket stays open through `drain` while the async handle goes.
+        drop(listener);
+        let queued = drain_queue(&ctx, &drain, &connections);
+        drop(drain);
+        if queued > 0 {
+            log::info!(connections = queued; "stopped accepting; served {queued} connections left in the accept queue");
+        }
     })
+}
+
+/// Takes every connection already in the socket's accept queue; how many.
+fn drain_queue(ctx: &Arc<Context>, drain: &std::net::TcpListener, connections: &Tracker) -> usize {
+    if let Err(e) = drain.set_nonblocking(true) {
+        log::warn!("cannot drain the accept queue: {e}");
+        return 0;
+    }
+    let mut queued = 0;
+    loop {
+        match drain.accept() {
+            Ok((stream, peer)) => {
+                queued += 1;
+                serve(ctx, TcpStream::from(stream), peer, connections);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return queued,
+            Err(e) => {
+                log::warn!("draining the accept queue failed: {e}");
+                return queued;
+            }
+        }
+    }
+}
+
+/// Serves one connection in its own task.
+fn serve(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, connections: &Tracker) {
+    let tracked = connections.enter();
+    let ctx = ctx.clone();
+    task::spawn(async move {
+        ctx.metrics.client_connections.inc();
+        // Ends within a tick of the drain time running out: every wait it
+        // makes is bounded by its deadline, which the watchdog then kills.
+        // A panic ends this connection only (logged and counted).
+        if first_bytes(&ctx, &stream).await {
+            let serve = connection::serve(&ctx, stream, peer);
+            shared::panics::guard(&ctx.panics, "connection", serve).await;
+        }
+        ctx.metrics.client_connections.dec();
+        drop(tracked);
+    });
+}
+
+/// Waits until the client has sent something (true), closed, or waited past
+/// `idle_timeout` (or [`FIRST_REQUEST_GRACE`] once the gateway stops).
+async fn first_bytes(ctx: &Context, stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let sent = async { matches!(stream.peek(&mut byte).await, Ok(n) if n > 0) };
+    let gone = async {
+        task::sleep(ctx.config.idle_timeout)
+            .or(async {
+                ctx.stop.wait().await;
+                task::sleep(FIRST_REQUEST_GRACE).await;
+            })
+            .or(async { ctx.kill.wait().await })
+            .await;
+        false
+    };
+    sent.or(gone).await
 }

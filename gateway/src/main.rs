@@ -1,4 +1,6 @@
 //! `gateway [--config FILE] [--listen ADDR] [--admin-listen ADDR] [--discovery-url URL]`.
+//!
+//! SIGHUP reloads the config file (see `gateway::reload`); SIGINT/SIGTERM drain and stop.
 
 use clap::Parser;
 use shared::cli::{set, Common};
@@ -33,11 +35,31 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    set(&mut config.listen, flags.listen);
-    set(&mut config.admin_listen, flags.admin_listen);
-    set(&mut config.discovery_url, flags.discovery_url);
-    set(&mut config.access_log_sample, flags.access_log_sample);
-    set(&mut config.worker_threads, flags.worker_threads);
+    flags.apply(&mut config);
     gateway::init_runtime(config.worker_threads);
-    shared::shutdown::run_until_signal(gateway::spawn(config), |h| h.shutdown())
+    // SIGHUP: read the file again, the flags beating it as at start.
+    let reload = move |h: &gateway::Handle| {
+        let next = shared::config::load(flags.common.config.as_deref())
+            .map(|mut c| {
+                flags.apply(&mut c);
+                c
+            })
+            .map_err(|e| e.to_string());
+        let ctx = h.context();
+        async move {
+            let _ = gateway::reload::apply(&ctx, next).await;
+        }
+    };
+    shared::shutdown::run_until_signal_with_reload(gateway::spawn(config), |h| h.shutdown(), reload)
+}
+
+impl Flags {
+    /// A flag given on the command line beats the file.
+    fn apply(&self, config: &mut shared::config::GatewayConfig) {
+        set(&mut config.listen, self.listen.clone());
+        set(&mut config.admin_listen, self.admin_listen.clone());
+        set(&mut config.discovery_url, self.discovery_url.clone());
+        set(&mut config.access_log_sample, self.access_log_sample);
+        set(&mut config.worker_threads, self.worker_threads);
+    }
 }

@@ -1,8 +1,13 @@
 //! `/metrics` on the admin port: counters bumped on the request path, and the
-//! rings, pools and watch streams read from their own state at scrape time.
+//! rings, pools, watch streams and per-instance statistics read from their
+//! own state at scrape time.
+//!
+//! Served in the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]), which
+//! every scraper reads and a browser shows.
 
 use crate::budget::Budget;
 use crate::pool::{clock, Upstreams};
+use crate::reload::Live;
 use crate::ring::{Router, WatchState};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -30,6 +35,14 @@ struct Cause {
 struct Outcome {
     outcome: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadResult {
+    result: &'static str,
+}
+
+/// The content type of `/metrics`.
+pub const CONTENT_TYPE: &str = shared::process_metrics::CONTENT_TYPE;
 
 /// Why a try was given up and another instance chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +76,7 @@ pub struct Metrics {
     failovers: Family<Cause, Counter>,
     pub keepalive_retries: Counter,
     lookups: Family<Outcome, Counter>,
+    reloads: Family<ReloadResult, Counter>,
     pub client_connections: Gauge,
 }
 
@@ -74,7 +88,8 @@ struct Namespace {
 /// State read at scrape time rather than counted on the request path.
 #[derive(Debug)]
 pub struct Sources {
-    pub router: Arc<Router>,
+    /// Where the router in force is (it changes on reload).
+    pub live: Arc<Live>,
     pub upstreams: Arc<Upstreams>,
     pub panics: Panics,
     pub budget: Arc<Budget>,
@@ -90,6 +105,12 @@ impl Metrics {
         let keepalive_retries = Counter::default();
         let lookups = Family::<Outcome, Counter>::default();
         let client_connections = Gauge::default();
+        let reloads = Family::<ReloadResult, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result: ok, or error (the old config was kept)",
+            reloads.clone(),
+        );
         registry.register(
             "requests",
             "Client requests by the status answered",
@@ -135,8 +156,14 @@ impl Metrics {
             failovers,
             keepalive_retries,
             lookups,
+            reloads,
             client_connections,
         }
+    }
+
+    /// Counts one reload: `"ok"` or `"error"`.
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ReloadResult { result }).inc();
     }
 
     /// Counts one answered request.
@@ -171,12 +198,15 @@ impl Metrics {
         self.lookups.get_or_create(&Outcome { outcome }).inc();
     }
 
+    /// The `/metrics` text: the registry, then the process metrics.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
             out.clear();
         }
-        out
+        let mut text = shared::process_metrics::text_format(&out);
+        shared::process_metrics::render(&mut text);
+        text
     }
 }
 
@@ -192,6 +222,13 @@ impl std::ops::Deref for State {
 }
 
 impl State {
+    /// The router in force (an empty one once the gateway stopped).
+    fn router(&self) -> Arc<Router> {
+        self.live
+            .router()
+            .unwrap_or_else(|| Arc::new(Router::new(&[])))
+    }
+
     fn per_namespace(
         &self,
         encoder: &mut DescriptorEncoder,
@@ -201,7 +238,7 @@ impl State {
         value: impl Fn(&crate::ring::Balancer) -> i64,
     ) -> Result<(), std::fmt::Error> {
         let mut family = encoder.encode_descriptor(name, help, None, kind)?;
-        for b in self.router.balancers() {
+        for b in self.router().balancers() {
             let labels = Namespace {
                 namespace: b.namespace.clone(),
             };
@@ -220,8 +257,130 @@ struct UpstreamLabel {
     upstream: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Member {
+    namespace: String,
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberCode {
+    namespace: String,
+    upstream: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberCause {
+    namespace: String,
+    upstream: String,
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Build {
+    version: &'static str,
+    revision: &'static str,
+}
+
+/// One instance's latency histogram, encoded from its own buckets.
+struct Latency<'a>(&'a crate::stats::UpstreamStats);
+
+impl EncodeMetric for Latency<'_> {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let (buckets, sum, count) = self.0.histogram();
+        encoder
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+impl State {
+    /// The per-instance series: requests by code, latency and failovers, for
+    /// every instance of every routed ring, and those that left one within
+    /// [`crate::ring::DEPARTED_KEPT_MS`].
+    fn per_upstream(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let tracked: Vec<(String, crate::ring::Tracked)> = self
+            .router()
+            .balancers()
+            .iter()
+            .flat_map(|b| {
+                b.tracked()
+                    .into_iter()
+                    .map(|t| (b.namespace.clone(), t))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut requests = encoder.encode_descriptor(
+            "upstream_requests",
+            "Tries answered by each instance, by the status it answered",
+            None,
+            MetricType::Counter,
+        )?;
+        for (namespace, t) in &tracked {
+            for (code, n) in t.stats.codes() {
+                let labels = MemberCode {
+                    namespace: namespace.clone(),
+                    upstream: t.key.clone(),
+                    code,
+                };
+                ConstCounter::new(n).encode(requests.encode_family(&labels)?)?;
+            }
+        }
+        let mut latency = encoder.encode_descriptor(
+            "upstream_request_duration_seconds",
+            "Time of each try on each instance, answered or failed, to the end of the answer",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (namespace, t) in &tracked {
+            let labels = Member {
+                namespace: namespace.clone(),
+                upstream: t.key.clone(),
+            };
+            Latency(&t.stats).encode(latency.encode_family(&labels)?)?;
+        }
+        let mut failovers = encoder.encode_descriptor(
+            "upstream_failovers",
+            "Tries given up on each instance, by cause (connect, timeout, broken, status_5xx)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (namespace, t) in &tracked {
+            for cause in crate::stats::CAUSES {
+                let labels = MemberCause {
+                    namespace: namespace.clone(),
+                    upstream: t.key.clone(),
+                    cause: cause.as_str(),
+                };
+                ConstCounter::new(t.stats.failovers(cause))
+                    .encode(failovers.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Collector for State {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let build = Build {
+            version: env!("CARGO_PKG_VERSION"),
+            revision: env!("GATEWAY_GIT_REVISION"),
+        };
+        let mut info = encoder.encode_descriptor(
+            "build_info",
+            "Always 1; the labels say which build runs",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1).encode(info.encode_family(&build)?)?;
+        self.per_upstream(&mut encoder)?;
         ConstCounter::new(self.panics.count()).encode(encoder.encode_descriptor(
             "panics",
             "Panics caught (in a connection, which ended, or a background loop, which restarted)",
@@ -265,9 +424,9 @@ impl Collector for State {
         self.per_namespace(
             &mut encoder,
             "watch_snapshot_age_seconds",
-            "Seconds since the last watch event (-1: none yet)",
+            "Seconds since discovery last confirmed the ring (an event or a keep-alive; -1: never)",
             MetricType::Gauge,
-            |b| match b.watch.last_event_ms.load(Ordering::Relaxed) {
+            |b| match b.watch.last_confirmed_ms.load(Ordering::Relaxed) {
                 0 => -1,
                 at => (clock().saturating_sub(at) / 1000) as i64,
             },

@@ -51,6 +51,8 @@ pub struct Upstream {
     /// Milliseconds on [`clock`] until which connect failures keep it skipped.
     cooling_until: AtomicU64,
     pub opened: AtomicU64,
+    /// Requests, errors and latency of the tries made to it (`/metrics`, `/status`).
+    pub stats: Arc<crate::stats::UpstreamStats>,
 }
 
 /// Milliseconds since the process started: a cheap clock for cool-downs.
@@ -68,6 +70,7 @@ impl Upstream {
             limits,
             cooling_until: AtomicU64::new(0),
             opened: AtomicU64::new(0),
+            stats: Arc::default(),
         }
     }
 

@@ -5,11 +5,16 @@
 //! lock), and one atomic cursor, so N requests over k instances give each
 //! N/k, plus or minus one, however many run at once.
 
-use crate::pool::Upstream;
+use crate::pool::{clock, Upstream};
+use crate::stats::UpstreamStats;
 use arc_swap::ArcSwap;
 use shared::config::RouteConfig;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// How long the per-upstream series of an instance that left the ring are
+/// still exported (a rate over the last minutes still sees its last requests).
+pub const DEPARTED_KEPT_MS: u64 = 5 * 60 * 1000;
 
 /// The instances of a namespace at one version of discovery's pushed set.
 #[derive(Debug, Default)]
@@ -28,6 +33,10 @@ pub struct WatchStatus {
     pub reconnects: AtomicU64,
     /// [`crate::pool::clock`] milliseconds of the last event received.
     pub last_event_ms: AtomicU64,
+    /// [`crate::pool::clock`] milliseconds of the last sign that the snapshot is
+    /// current: an event or a keep-alive on a connected stream. Alerts key on
+    /// this, so a calm but healthy system does not look stale.
+    pub last_confirmed_ms: AtomicU64,
     /// [`crate::pool::clock`] milliseconds until which held members stay.
     pub grace_until_ms: AtomicU64,
 }
@@ -64,6 +73,16 @@ impl WatchState {
     }
 }
 
+/// An instance this namespace's ring lists, or listed lately: whose
+/// statistics `/metrics` exports under this namespace.
+#[derive(Clone, Debug)]
+pub struct Tracked {
+    pub key: String,
+    pub stats: Arc<UpstreamStats>,
+    /// [`clock`] milliseconds when it left the ring; `None` while in it.
+    pub left_ms: Option<u64>,
+}
+
 /// One namespace's ring, cursor and watch state.
 #[derive(Debug)]
 pub struct Balancer {
@@ -71,6 +90,10 @@ pub struct Balancer {
     ring: ArcSwap<Ring>,
     cursor: AtomicUsize,
     pub watch: WatchStatus,
+    /// Where requests find instances: the ring (watch) or a lookup per try.
+    pub source: crate::source::State,
+    /// Members now and lately, for the per-upstream series.
+    tracked: Mutex<Vec<Tracked>>,
 }
 
 impl Balancer {
@@ -80,6 +103,8 @@ impl Balancer {
             ring: ArcSwap::from_pointee(Ring::default()),
             cursor: AtomicUsize::new(0),
             watch: WatchStatus::default(),
+            source: crate::source::State::default(),
+            tracked: Mutex::new(Vec::new()),
         }
     }
 
@@ -88,7 +113,51 @@ impl Balancer {
     }
 
     pub fn replace(&self, ring: Ring) {
+        self.track(&ring.members, clock(), DEPARTED_KEPT_MS);
         self.ring.store(Arc::new(ring));
+    }
+
+    /// Notes who joined and who left, and forgets those gone longer than `keep_ms`.
+    fn track(&self, members: &[Arc<Upstream>], now_ms: u64, keep_ms: u64) {
+        let mut tracked = self.tracked.lock().unwrap_or_else(|p| p.into_inner());
+        for t in tracked.iter_mut() {
+            let member = members.iter().find(|m| m.key == t.key);
+            match member {
+                Some(m) => {
+                    t.left_ms = None;
+                    // The pool forgot it meanwhile and made it anew: follow the new one.
+                    t.stats = m.stats.clone();
+                }
+                None => {
+                    t.left_ms.get_or_insert(now_ms);
+                }
+            }
+        }
+        for m in members {
+            if !tracked.iter().any(|t| t.key == m.key) {
+                tracked.push(Tracked {
+                    key: m.key.clone(),
+                    stats: m.stats.clone(),
+                    left_ms: None,
+                });
+            }
+        }
+        tracked.retain(|t| {
+            t.left_ms
+                .is_none_or(|left| now_ms.saturating_sub(left) < keep_ms)
+        });
+    }
+
+    /// The instances whose series are exported now: the ring's, and those
+    /// that left it less than [`DEPARTED_KEPT_MS`] ago.
+    pub fn tracked(&self) -> Vec<Tracked> {
+        let mut tracked = self.tracked.lock().unwrap_or_else(|p| p.into_inner());
+        let now = clock();
+        tracked.retain(|t| {
+            t.left_ms
+                .is_none_or(|left| now.saturating_sub(left) < DEPARTED_KEPT_MS)
+        });
+        tracked.clone()
     }
 
     /// The next member in round-robin order that this request has not tried
@@ -131,13 +200,29 @@ pub struct Router {
 
 impl Router {
     pub fn new(routes: &[RouteConfig]) -> Self {
+        Self::rebuilt(routes, &[]).0
+    }
+
+    /// The router for `routes` after a reload: the balancer of a namespace
+    /// in `known` is kept (its ring, cursor, pools and watch go on); the
+    /// second part is the balancers made for new namespaces, whose watch
+    /// must be started.
+    pub fn rebuilt(routes: &[RouteConfig], known: &[Arc<Balancer>]) -> (Self, Vec<Arc<Balancer>>) {
+        let mut made = Vec::new();
         let mut balancers: Vec<Arc<Balancer>> = Vec::new();
         let mut table = Vec::new();
         for route in routes {
             let balancer = match balancers.iter().find(|b| b.namespace == route.namespace) {
                 Some(b) => b.clone(),
                 None => {
-                    let b = Arc::new(Balancer::new(&route.namespace));
+                    let b = match known.iter().find(|b| b.namespace == route.namespace) {
+                        Some(b) => b.clone(),
+                        None => {
+                            let b = Arc::new(Balancer::new(&route.namespace));
+                            made.push(b.clone());
+                            b
+                        }
+                    };
                     balancers.push(b.clone());
                     b
                 }
@@ -145,10 +230,18 @@ impl Router {
             table.push((route.prefix.clone(), balancer));
         }
         table.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-        Router {
-            routes: table,
-            balancers,
-        }
+        (
+            Router {
+                routes: table,
+                balancers,
+            },
+            made,
+        )
+    }
+
+    /// The prefixes and the namespaces they route to, longest prefix first.
+    pub fn routes(&self) -> impl Iterator<Item = (&str, &Arc<Balancer>)> {
+        self.routes.iter().map(|(p, b)| (p.as_str(), b))
     }
 
     /// The balancer for a request target (path and query).
@@ -247,6 +340,47 @@ mod tests {
             ring.members[0].key,
             "a cooling one as a last resort"
         );
+    }
+
+    #[test]
+    fn departed_members_are_tracked_for_a_while_then_dropped() {
+        let b = Balancer::new("ns");
+        let (one, two) = (upstream(1), upstream(2));
+        b.track(&[one.clone(), two.clone()], 1_000, 500);
+        b.track(std::slice::from_ref(&one), 1_100, 500);
+        let t = b.tracked.lock().unwrap().clone();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[1].left_ms, Some(1_100));
+        b.track(std::slice::from_ref(&one), 1_599, 500);
+        assert_eq!(
+            b.tracked.lock().unwrap().len(),
+            2,
+            "kept 499 ms after leaving"
+        );
+        b.track(std::slice::from_ref(&one), 1_600, 500);
+        assert_eq!(b.tracked.lock().unwrap().len(), 1, "dropped 500 ms after");
+        b.track(&[one.clone(), two.clone()], 1_700, 500);
+        assert!(b
+            .tracked
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|t| t.left_ms.is_none()));
+    }
+
+    #[test]
+    fn a_rebuilt_router_keeps_the_balancers_of_remaining_namespaces() {
+        let route = |prefix: &str, namespace: &str| RouteConfig {
+            prefix: prefix.into(),
+            namespace: namespace.into(),
+        };
+        let old = Router::new(&[route("/", "a"), route("/b", "b")]);
+        let (new, made) = Router::rebuilt(&[route("/", "a"), route("/c", "c")], old.balancers());
+        assert!(Arc::ptr_eq(&new.balancers()[0], &old.balancers()[0]));
+        assert_eq!(made.len(), 1);
+        assert_eq!(made[0].namespace, "c");
+        assert!(Arc::ptr_eq(new.route(b"/c/x").unwrap(), &made[0]));
+        assert_eq!(new.route(b"/b").unwrap().namespace, "a");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! when discovery is away.
 //!
 //! Two tasks per routed namespace. The *watcher* holds discovery's
-//! `/api/watch` stream open, reconnecting with capped exponential backoff and
-//! jitter, and passes what it reads over an async-channel. The *holder*
+//! `/api/watch` stream open, moving through the `discovery_url`s when one
+//! fails and backing off (capped, with jitter) after a whole round failed,
+//! and passes what it reads over an async-channel. The *holder*
 //! resolves each snapshot's instances and swaps the ring; it is the only
 //! writer of the ring.
 //!
@@ -14,10 +15,12 @@
 //! ring missing from the new snapshots are kept (after the fresh ones) rather
 //! than dropped; then the ring follows discovery exactly again. A member that
 //! really died in the meantime costs a refused connect and a failover, not an
-//! error.
+//! error. A move to another `discovery_url` is such a reconnect: the replica
+//! taking over may not have caught up, and the grace covers it the same way.
 
 use crate::pool::{clock, resolve, Upstream};
 use crate::ring::{Balancer, Ring, WatchState};
+use crate::source::{Kind, LOOKUP_RECHECK};
 use crate::Context;
 use async_std::task;
 use futures_lite::FutureExt;
@@ -28,10 +31,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Longest silence on the stream (discovery sends keep-alives) before it is presumed dead.
-const STREAM_IDLE: Duration = Duration::from_secs(45);
 /// Longest watch event line accepted.
 const MAX_LINE: usize = 16 * 1024 * 1024;
+/// How long discovery has to answer the watch request.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the watcher tells the holder.
 #[derive(Debug)]
@@ -43,7 +46,29 @@ pub enum Update {
     Snapshot(WatchEvent),
 }
 
+/// Why a watch stream could not be opened or ended.
+enum Failed {
+    /// `/api/watch` answered 404: a discovery without a watch (the seed's).
+    NoWatch,
+    Other(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::NoWatch => f.write_str("discovery has no /api/watch (404)"),
+            Failed::Other(why) => f.write_str(why),
+        }
+    }
+}
+
 /// The watcher task: runs until the gateway stops.
+///
+/// With several `discovery_url`s it follows one; when that one fails (cannot
+/// connect, an HTTP error, the stream ends or stays silent past
+/// `watch_idle_timeout`) it moves to the next at once, and backs off only
+/// after a whole round failed. A round in which one URL answered 404 and none
+/// opened a stream switches the namespace to lookups ([`crate::source`]).
 pub async fn follow(
     ctx: Arc<Context>,
     balancer: Arc<Balancer>,
@@ -51,87 +76,152 @@ pub async fn follow(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut opened_before = false;
+    let urls = ctx.config.discovery_urls();
+    let ns = balancer.namespace.as_str();
+    // The URL tried now, and how many have failed in a row in this round.
+    let (mut at, mut failed_in_round, mut no_watch_in_round) = (0usize, 0usize, None);
     let stopped = || async {
         ctx.stop.wait().await;
     };
-    while !ctx.stop.is_fired() {
+    while !ctx.stop.is_fired() && !urls.is_empty() {
+        let url = &urls[at % urls.len()];
         balancer.watch.set(WatchState::Connecting);
+        let mut opened = false;
         let run = async {
-            let reader = open(&ctx, &balancer.namespace).await?;
+            let reader = open(&ctx, url, ns).await?;
+            opened = true;
             backoff.reset();
             balancer.watch.set(WatchState::Connected);
-            log::info!(namespace = balancer.namespace.as_str(); "watch stream open");
+            balancer.source.set_watching(Some(at % urls.len()));
+            log::info!(namespace = ns, url = url.as_str(); "watch stream open");
             let reconnect = std::mem::replace(&mut opened_before, true);
             if reconnect {
                 balancer.watch.reconnects.fetch_add(1, Ordering::Relaxed);
             }
             let _ = updates.send(Update::Opened { reconnect }).await;
-            read_events(reader, &balancer, &updates).await
+            read_events(&ctx, reader, &balancer, &updates).await
         };
         let ended = run.or(async {
             stopped().await;
             Ok(())
         });
-        if let Err(why) = ended.await {
-            if !ctx.stop.is_fired() {
-                log::warn!(namespace = balancer.namespace.as_str(), attempt = backoff.attempts() + 1;
-                    "watch stream unavailable, keeping the last ring: {why}");
-            }
-        }
+        let failure = ended.await.err();
+        balancer.source.set_watching(None);
         balancer.watch.set(WatchState::Disconnected);
-        let pause = backoff.next_delay();
+        if ctx.stop.is_fired() {
+            break;
+        }
+        match &failure {
+            // Known already: said once when switching to lookups.
+            Some(Failed::NoWatch) if balancer.source.kind() == Kind::Lookup => {
+                log::debug!(namespace = ns, url = url.as_str(); "still no watch stream")
+            }
+            Some(why) => {
+                log::warn!(namespace = ns, url = url.as_str(), attempt = backoff.attempts() + 1;
+                    "watch stream unavailable, keeping the last ring: {why}")
+            }
+            None => {}
+        }
+        let tried = at % urls.len();
+        at = (at + 1) % urls.len();
+        if opened {
+            // A stream that was open failed: the next URL after a short
+            // pause (the backoff was reset when it opened), so a discovery
+            // that closes every stream at once is not hammered.
+            (failed_in_round, no_watch_in_round) = (0, None);
+            task::sleep(backoff.next_delay()).or(stopped()).await;
+            continue;
+        }
+        failed_in_round += 1;
+        if matches!(failure, Some(Failed::NoWatch)) {
+            no_watch_in_round.get_or_insert(tried);
+        }
+        if failed_in_round < urls.len() {
+            // The next URL at once.
+            continue;
+        }
+        // A whole round without a stream.
+        failed_in_round = 0;
+        let pause = match no_watch_in_round.take() {
+            Some(answered) => {
+                balancer.source.set_answered(answered);
+                if balancer.source.set_kind(Kind::Lookup) {
+                    log::warn!(namespace = ns, url = urls[answered].as_str();
+                        "discovery has no watch stream: asking /api/lookup per request \
+                         (the seed's flow); retrying the watch every {LOOKUP_RECHECK:?}");
+                }
+                LOOKUP_RECHECK
+            }
+            None => backoff.next_delay(),
+        };
         task::sleep(pause).or(stopped()).await;
     }
 }
 
 type Reader = Box<dyn futures_lite::AsyncBufRead + Unpin + Send + Sync>;
 
-async fn open(ctx: &Context, namespace: &str) -> Result<Reader, String> {
-    let mut url = surf::Url::parse(&format!("{}/api/watch", ctx.config.discovery_url))
-        .map_err(|e| format!("bad discovery_url: {e}"))?;
+async fn open(ctx: &Context, base: &str, namespace: &str) -> Result<Reader, Failed> {
+    let mut url = surf::Url::parse(&format!("{base}/api/watch"))
+        .map_err(|e| Failed::Other(format!("bad discovery_url {base:?}: {e}")))?;
     url.query_pairs_mut().append_pair("namespace", namespace);
-    let answer =
-        async_std::future::timeout(Duration::from_secs(5), ctx.discovery.get(url).send()).await;
+    let answer = async_std::future::timeout(OPEN_TIMEOUT, ctx.discovery.get(url).send()).await;
     let mut res = match answer {
         Ok(Ok(res)) => res,
-        Ok(Err(e)) => return Err(format!("cannot reach discovery: {e}")),
-        Err(_) => return Err("discovery did not answer within 5s".into()),
+        Ok(Err(e)) => return Err(Failed::Other(format!("cannot reach discovery: {e}"))),
+        Err(_) => {
+            return Err(Failed::Other(format!(
+                "discovery did not answer within {OPEN_TIMEOUT:?}"
+            )))
+        }
     };
-    if res.status() != 200 {
-        return Err(format!("discovery answered {}", res.status()));
+    match u16::from(res.status()) {
+        200 => Ok(Box::new(res.take_body().into_reader())),
+        404 => Err(Failed::NoWatch),
+        status => Err(Failed::Other(format!("discovery answered {status}"))),
     }
-    Ok(Box::new(res.take_body().into_reader()))
 }
 
 async fn read_events(
+    ctx: &Context,
     mut reader: Reader,
     balancer: &Balancer,
     updates: &async_channel::Sender<Update>,
-) -> Result<(), String> {
+) -> Result<(), Failed> {
     let mut parser = sse::Parser::default();
+    let idle = ctx.config.watch_idle_timeout;
+    let fail = |why: String| Failed::Other(why);
     loop {
-        let line =
-            async_std::future::timeout(STREAM_IDLE, sse::next(&mut reader, &mut parser, MAX_LINE))
-                .await
-                .map_err(|_| format!("no event or keep-alive for {STREAM_IDLE:?}"))?
-                .map_err(|e| format!("stream broke: {e}"))?;
+        let line = async_std::future::timeout(idle, sse::next(&mut reader, &mut parser, MAX_LINE))
+            .await
+            .map_err(|_| fail(format!("no event or keep-alive for {idle:?}")))?
+            .map_err(|e| fail(format!("stream broke: {e}")))?;
         match line {
-            None => return Err("discovery closed the stream".into()),
+            None => return Err(fail("discovery closed the stream".into())),
             Some(Line::Event(event)) if event.event == "instances" => {
                 let snapshot: WatchEvent = serde_json::from_str(&event.data)
-                    .map_err(|e| format!("unreadable watch event: {e}"))?;
+                    .map_err(|e| fail(format!("unreadable watch event: {e}")))?;
                 if snapshot.namespace != balancer.namespace {
-                    return Err(format!("event for namespace {:?}", snapshot.namespace));
+                    return Err(fail(format!(
+                        "event for namespace {:?}",
+                        snapshot.namespace
+                    )));
                 }
+                let now = clock().max(1);
+                balancer.watch.last_event_ms.store(now, Ordering::Relaxed);
                 balancer
                     .watch
-                    .last_event_ms
-                    .store(clock().max(1), Ordering::Relaxed);
+                    .last_confirmed_ms
+                    .store(now, Ordering::Relaxed);
                 if updates.send(Update::Snapshot(snapshot)).await.is_err() {
                     return Ok(());
                 }
             }
-            Some(_) => {}
+            // A keep-alive (or any other line) on the live stream confirms the
+            // snapshot is still current.
+            Some(_) => balancer
+                .watch
+                .last_confirmed_ms
+                .store(clock().max(1), Ordering::Relaxed),
         }
     }
 }
@@ -196,6 +286,10 @@ pub async fn hold(
             log::info!(namespace = balancer.namespace.as_str(), version = ring.version,
                 members = ring.members.len(), held = ring.held; "ring updated");
             balancer.replace(ring);
+            if balancer.source.set_kind(Kind::Watch) {
+                log::info!(namespace = balancer.namespace.as_str();
+                    "discovery's watch stream is back: requests pick from the ring again");
+            }
         }
     }
 }

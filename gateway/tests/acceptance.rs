@@ -4,20 +4,32 @@
 
 #[path = "acceptance/broken.rs"]
 mod broken;
+#[path = "acceptance/cluster_gateways.rs"]
+mod cluster_gateways;
 #[path = "acceptance/common.rs"]
 mod common;
+#[path = "acceptance/console.rs"]
+mod console;
 #[path = "acceptance/faults.rs"]
 mod faults;
 #[path = "acceptance/framing.rs"]
 mod framing;
 #[path = "acceptance/hostile.rs"]
 mod hostile;
+#[path = "acceptance/manners.rs"]
+mod manners;
 #[path = "acceptance/membership.rs"]
 mod membership;
+#[path = "acceptance/metrics.rs"]
+mod metrics;
 #[path = "acceptance/protocol.rs"]
 mod protocol;
+#[path = "acceptance/reload.rs"]
+mod reload;
 #[path = "acceptance/round_robin.rs"]
 mod round_robin;
+#[path = "acceptance/seed.rs"]
+mod seed;
 #[path = "acceptance/shutdown.rs"]
 mod shutdown;
 #[path = "acceptance/slow_clients.rs"]

@@ -5,7 +5,7 @@ use crate::wire::ErrorBody;
 use futures_lite::AsyncReadExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tide::http::mime;
+use tide::http::{mime, Method};
 use tide::{Request, Response, StatusCode};
 
 /// A response with the JSON error body.
@@ -117,21 +117,116 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
     Ok(value)
 }
 
-/// Middleware: any 4xx/5xx without a body gets the JSON error body (tide's own
-/// 404 and 405 included, and errors returned by handlers).
+/// Seconds a client is asked to wait after a 503 (`Retry-After`) when the
+/// answer names none: the condition (no instance, overload, a restart) is
+/// usually over within a health-check interval.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// Middleware of HTTP manners for every tide service:
+///
+/// - any 4xx/5xx without a body gets the JSON error body (tide's own 404
+///   and 405 included, and errors returned by handlers);
+/// - every error body carries the request id (`X-Request-Id` from the
+///   request when it is sane, else a new one), which is also echoed in the
+///   response's `X-Request-Id` header (on every answer when the client sent one);
+/// - a 503 without `Retry-After` gets one.
 pub fn json_errors<S: Clone + Send + Sync + 'static>() -> impl tide::Middleware<S> {
-    tide::utils::After(|mut res: Response| async move {
+    Manners
+}
+
+struct Manners;
+
+#[tide::utils::async_trait]
+impl<S: Clone + Send + Sync + 'static> tide::Middleware<S> for Manners {
+    async fn handle(&self, req: Request<S>, next: tide::Next<'_, S>) -> tide::Result {
+        let sent_id = req
+            .header("x-request-id")
+            .map(|v| v.as_str())
+            .filter(|id| crate::logging::valid_request_id(id.as_bytes()))
+            .map(str::to_string);
+        let mut res = next.run(req).await;
         let status = res.status();
-        if (status.is_client_error() || status.is_server_error()) && res.is_empty() != Some(false) {
+        if status == StatusCode::ServiceUnavailable && res.header("retry-after").is_none() {
+            res.insert_header("retry-after", RETRY_AFTER_SECONDS.to_string());
+        }
+        if !(status.is_client_error() || status.is_server_error()) {
+            if let Some(id) = sent_id {
+                res.insert_header("x-request-id", id);
+            }
+            return Ok(res);
+        }
+        let id = sent_id.unwrap_or_else(crate::logging::new_request_id);
+        let body = if res.is_empty() != Some(false) {
             let message = res
                 .error()
                 .map(|e| e.to_string())
                 .filter(|m| !m.is_empty())
                 .unwrap_or_else(|| status.canonical_reason().to_string());
-            let body = ErrorBody::new(code_for(status), message);
-            res.set_body(body.to_json());
+            Some(ErrorBody::new(code_for(status), message))
+        } else if res
+            .content_type()
+            .is_some_and(|m| m.essence() == mime::JSON.essence())
+        {
+            // A handler's own error body: the request id goes into it. Error
+            // bodies are small; one that is not ours is left as it is.
+            let bytes = res.take_body().into_bytes().await.unwrap_or_default();
+            match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => Some(body),
+                Err(_) => {
+                    res.set_body(bytes);
+                    res.set_content_type(mime::JSON);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(body) = body {
+            res.set_body(body.with_request_id(id.clone()).to_json());
             res.set_content_type(mime::JSON);
         }
+        res.insert_header("x-request-id", id);
         Ok(res)
-    })
+    }
+}
+
+/// Answers the methods a route does not serve with 405 and `Allow`
+/// (RFC 9110 section 15.5.6), rather than tide's bare 405. `allowed` lists
+/// what the route serves; HEAD is implied by GET, as tide serves it.
+///
+/// Each other method is registered on the route explicitly (not with
+/// `all`, which would also take HEAD from a GET route elsewhere).
+pub fn allow<S: Clone + Send + Sync + 'static>(route: &mut tide::Route<'_, S>, allowed: &[Method]) {
+    let mut names: Vec<&str> = allowed.iter().map(|m| m.as_ref()).collect();
+    if allowed.contains(&Method::Get) && !allowed.contains(&Method::Head) {
+        names.push("HEAD");
+    }
+    let header = names.join(", ");
+    for method in [
+        Method::Get,
+        Method::Post,
+        Method::Put,
+        Method::Delete,
+        Method::Patch,
+        Method::Options,
+        Method::Trace,
+        Method::Connect,
+    ] {
+        if allowed.contains(&method) {
+            continue;
+        }
+        let header = header.clone();
+        route.method(method, move |_req: Request<S>| {
+            let header = header.clone();
+            async move {
+                let mut res = error_response(
+                    StatusCode::MethodNotAllowed,
+                    "method_not_allowed",
+                    format!("Method Not Allowed: this path serves {header} only"),
+                );
+                res.insert_header("allow", header);
+                Ok(res)
+            }
+        });
+    }
 }

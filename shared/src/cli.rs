@@ -1,11 +1,12 @@
 //! The flags every service binary shares, so `discovery`, `gateway` and `app`
-//! read their config file and log level the same way.
+//! read their config file, log level and log format the same way.
 
 use serde::de::DeserializeOwned;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// `--config FILE` and `--log-level LEVEL`; flatten into a binary's flags.
+/// `--config FILE`, `--log-level LEVEL` and `--log-format pretty|json`;
+/// flatten into a binary's flags.
 #[derive(clap::Args)]
 pub struct Common {
     /// JSON config file (keys as in the README); defaults apply without one.
@@ -14,13 +15,16 @@ pub struct Common {
     /// error, warn, info, debug or trace (or LOG_LEVEL).
     #[arg(long)]
     pub log_level: Option<String>,
+    /// pretty or json (or LOG_FORMAT); default: pretty on a terminal, JSON otherwise.
+    #[arg(long, value_enum)]
+    pub log_format: Option<crate::logging::LogFormat>,
 }
 
 impl Common {
     /// Starts logging, then loads the config file (defaults without one);
     /// on a bad file the error is logged and the exit code to return given.
     pub fn start<T: DeserializeOwned + Default>(&self) -> Result<T, ExitCode> {
-        crate::logging::init(self.log_level.as_deref());
+        crate::logging::init_with(self.log_level.as_deref(), self.log_format);
         crate::config::load(self.config.as_deref()).map_err(|e| crate::shutdown::fail(&e))
     }
 }

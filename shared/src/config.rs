@@ -167,6 +167,16 @@ pub struct DiscoveryConfig {
     /// Deadline to resolve a registered host name at registration.
     #[serde(with = "duration")]
     pub resolve_timeout: Duration,
+    /// Where registrations live: `"memory"` (one process) or
+    /// `"etcd://HOST:PORT[,HOST:PORT...]/PREFIX"` (replicas sharing one registry).
+    pub store: String,
+    /// This replica's name among those sharing an etcd store (default: none,
+    /// the store makes one up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+    /// The URL other replicas and operators reach this replica at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<String>,
 }
 
 impl Default for DiscoveryConfig {
@@ -199,6 +209,9 @@ impl Default for DiscoveryConfig {
             client_header_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             resolve_timeout: Duration::from_secs(2),
+            store: "memory".into(),
+            replica_id: None,
+            advertise_url: None,
         }
     }
 }
@@ -241,7 +254,92 @@ impl DiscoveryConfig {
             errors
                 .push("client_header_timeout, idle_timeout and resolve_timeout must be above zero");
         }
+        let mut owned = Vec::new();
+        if let Err(e) = StoreUrl::parse(&self.store) {
+            owned.push(e);
+        }
+        if self.replica_id.as_deref().is_some_and(|r| {
+            !(1..=64).contains(&r.len())
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        }) {
+            owned.push("replica_id must be 1 to 64 ASCII letters, digits, '-', '_' or '.'".into());
+        }
+        if self.advertise_url.as_deref().is_some_and(|u| {
+            !(u.starts_with("http://") || u.starts_with("https://"))
+                || u.len() > 2048
+                || !u.bytes().all(|b| b.is_ascii_graphic())
+        }) {
+            owned.push("advertise_url must be an http:// or https:// URL".into());
+        }
+        errors.extend(owned.iter().map(String::as_str));
         joined(errors)
+    }
+}
+
+/// Discovery's `store` setting, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// In this process's memory (the default).
+    Memory,
+    /// etcd 3.4+ over its JSON gateway: the members' `host:port`s and the key prefix.
+    Etcd {
+        endpoints: Vec<String>,
+        /// Without the leading `/`; keys live under `/PREFIX/`.
+        prefix: String,
+    },
+}
+
+impl StoreUrl {
+    /// Reads `"memory"` or `"etcd://HOST:PORT[,HOST:PORT...]/PREFIX"`, naming what is wrong.
+    pub fn parse(text: &str) -> Result<StoreUrl, String> {
+        if text == "memory" {
+            return Ok(StoreUrl::Memory);
+        }
+        let form = "store must be \"memory\" or \"etcd://HOST:PORT[,HOST:PORT...]/PREFIX\"";
+        let Some(rest) = text.strip_prefix("etcd://") else {
+            return Err(format!("{form}, got {text:?}"));
+        };
+        let (hosts, prefix) = rest
+            .split_once('/')
+            .ok_or_else(|| format!("{form}: the key prefix is missing, got {text:?}"))?;
+        let prefix = prefix.trim_end_matches('/');
+        if prefix.is_empty()
+            || prefix.len() > 256
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+        {
+            return Err(format!(
+                "{form}: the prefix must be 1 to 256 ASCII letters, digits, '-', '_', '.' or '/', got {text:?}"
+            ));
+        }
+        let mut endpoints = Vec::new();
+        for member in hosts.split(',') {
+            let ok = member.rsplit_once(':').is_some_and(|(host, port)| {
+                let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                    Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+                    None => {
+                        !host.is_empty()
+                            && host
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+                    }
+                };
+                host_ok && crate::wire::Port::parse(port).is_ok()
+            });
+            if !ok {
+                return Err(format!(
+                    "{form}: each member is HOST:PORT, got {member:?} in {text:?}"
+                ));
+            }
+            endpoints.push(member.to_string());
+        }
+        Ok(StoreUrl::Etcd {
+            endpoints,
+            prefix: prefix.to_string(),
+        })
     }
 }
 
@@ -269,7 +367,16 @@ pub struct GatewayConfig {
     pub listen: String,
     /// Address of `/metrics`, `/status` and `/health_check`.
     pub admin_listen: String,
+    /// Discovery's base URL, or several comma-separated (replicas): the watch
+    /// follows one and moves to the next when it fails.
     pub discovery_url: String,
+    /// Bind `listen` with SO_REUSEPORT, so several gateways on one host share
+    /// the address and the kernel spreads connections between them.
+    pub reuse_port: bool,
+    /// A watch stream silent this long (no event, no keep-alive: discovery
+    /// sends one every 15 s by default) is presumed dead; the next URL is tried.
+    #[serde(with = "duration")]
+    pub watch_idle_timeout: Duration,
     /// Longest matching prefix wins.
     pub routes: Vec<RouteConfig>,
     /// Deadline to open a TCP connection to an instance.
@@ -332,6 +439,8 @@ impl Default for GatewayConfig {
             listen: "127.0.0.1:8000".into(),
             admin_listen: "127.0.0.1:8001".into(),
             discovery_url: "http://127.0.0.1:8500".into(),
+            reuse_port: true,
+            watch_idle_timeout: Duration::from_secs(45),
             routes: vec![RouteConfig {
                 prefix: "/".into(),
                 namespace: "service A".into(),
@@ -396,10 +505,30 @@ impl GatewayConfig {
         if self.max_buffered_bytes < self.max_body_bytes {
             errors.push("max_buffered_bytes must be at least max_body_bytes");
         }
-        if !self.discovery_url.starts_with("http://") {
-            errors.push("discovery_url must start with http://");
+        let urls = self.discovery_urls();
+        if urls.is_empty() {
+            errors.push("discovery_url must name at least one URL");
+        }
+        if urls.iter().any(|u| {
+            u.strip_prefix("http://")
+                .is_none_or(|rest| rest.is_empty() || rest.contains(char::is_whitespace))
+        }) {
+            errors.push("every discovery_url must start with http:// and name a host");
+        }
+        if self.watch_idle_timeout.is_zero() {
+            errors.push("watch_idle_timeout must be above zero");
         }
         joined(errors)
+    }
+
+    /// The URLs of `discovery_url` (comma-separated), trimmed, without a trailing `/`.
+    pub fn discovery_urls(&self) -> Vec<String> {
+        self.discovery_url
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/'))
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect()
     }
 }
 
@@ -531,6 +660,73 @@ mod tests {
         ] {
             assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
         }
+    }
+
+    #[test]
+    fn store_urls_are_memory_or_etcd_members_and_a_prefix() {
+        assert_eq!(StoreUrl::parse("memory"), Ok(StoreUrl::Memory));
+        assert_eq!(
+            StoreUrl::parse("etcd://h1:2379,10.0.0.2:2379,[::1]:2379/disco/"),
+            Ok(StoreUrl::Etcd {
+                endpoints: vec![
+                    "h1:2379".into(),
+                    "10.0.0.2:2379".into(),
+                    "[::1]:2379".into()
+                ],
+                prefix: "disco".into(),
+            })
+        );
+        for bad in [
+            "",
+            "Memory",
+            "etcd://h1:2379",
+            "etcd://h1:2379/",
+            "etcd://h1/p",
+            "etcd://h1:0/p",
+            "etcd://:2379/p",
+            "etcd://h1:2379,/p",
+            "etcd://h\u{e9}:2379/p",
+            "etcd://h1:2379/p q",
+            "http://h1:2379/p",
+        ] {
+            assert!(StoreUrl::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let c = DiscoveryConfig {
+            store: "etcd:/x".into(),
+            replica_id: Some("a b".into()),
+            advertise_url: Some("ftp://x".into()),
+            ..DiscoveryConfig::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        for key in ["store", "replica_id", "advertise_url"] {
+            assert!(err.contains(key), "{err}");
+        }
+        assert!(DiscoveryConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn discovery_url_lists_several_urls_each_checked() {
+        let c = GatewayConfig {
+            discovery_url: " http://a:8500/, http://b:8500 ,".into(),
+            ..GatewayConfig::default()
+        };
+        assert_eq!(c.discovery_urls(), ["http://a:8500", "http://b:8500"]);
+        assert!(c.validate().is_ok());
+        for bad in [
+            "",
+            " , ",
+            "http://a:8500,https://b",
+            "http://a:8500,http://",
+            "http://a b",
+        ] {
+            let c = GatewayConfig {
+                discovery_url: bad.into(),
+                ..GatewayConfig::default()
+            };
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("discovery_url"), "{bad:?}: {err}");
+        }
+        assert!(GatewayConfig::default().reuse_port);
     }
 
     #[test]

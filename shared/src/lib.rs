@@ -9,6 +9,7 @@ pub mod config;
 pub mod http1;
 pub mod logging;
 pub mod panics;
+pub mod process_metrics;
 pub mod runstate;
 pub mod serve;
 pub mod shutdown;

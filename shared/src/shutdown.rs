@@ -93,6 +93,8 @@ pub fn fail(error: &dyn std::fmt::Display) -> std::process::ExitCode {
 
 /// The body of every service's `main`: start it, wait for SIGINT/SIGTERM,
 /// shut it down gracefully and exit 0. A second signal exits at once.
+/// SIGHUP keeps its default action (the process ends): see
+/// [`run_until_signal_with_reload`] for services that reload.
 pub fn run_until_signal<H, Start, Stop, Stopping>(
     start: Start,
     stop: Stop,
@@ -102,11 +104,49 @@ where
     Stop: FnOnce(H) -> Stopping,
     Stopping: std::future::Future<Output = ()>,
 {
+    run(start, stop, None::<fn(&H) -> std::future::Ready<()>>)
+}
+
+/// Like [`run_until_signal`], and each SIGHUP calls `reload` (which reads the
+/// config again) instead of ending the process. Signals that arrive while a
+/// reload runs wait for it.
+pub fn run_until_signal_with_reload<H, Start, Stop, Stopping, Reload, Reloading>(
+    start: Start,
+    stop: Stop,
+    reload: Reload,
+) -> std::process::ExitCode
+where
+    Start: std::future::Future<Output = std::io::Result<H>>,
+    Stop: FnOnce(H) -> Stopping,
+    Stopping: std::future::Future<Output = ()>,
+    Reload: Fn(&H) -> Reloading,
+    Reloading: std::future::Future<Output = ()>,
+{
+    run(start, stop, Some(reload))
+}
+
+fn run<H, Start, Stop, Stopping, Reload, Reloading>(
+    start: Start,
+    stop: Stop,
+    reload: Option<Reload>,
+) -> std::process::ExitCode
+where
+    Start: std::future::Future<Output = std::io::Result<H>>,
+    Stop: FnOnce(H) -> Stopping,
+    Stopping: std::future::Future<Output = ()>,
+    Reload: Fn(&H) -> Reloading,
+    Reloading: std::future::Future<Output = ()>,
+{
     use futures_lite::{FutureExt, StreamExt};
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     task::block_on(async {
         // Registered before starting, so a signal during start-up is not lost.
-        let mut signals = match signal_hook_async_std::Signals::new([SIGINT, SIGTERM]) {
+        let wanted: &[i32] = if reload.is_some() {
+            &[SIGINT, SIGTERM, SIGHUP]
+        } else {
+            &[SIGINT, SIGTERM]
+        };
+        let mut signals = match signal_hook_async_std::Signals::new(wanted) {
             Ok(s) => s,
             Err(e) => return fail(&format!("cannot listen for signals: {e}")),
         };
@@ -114,17 +154,30 @@ where
             Ok(h) => h,
             Err(e) => return fail(&e),
         };
-        let signal = signals.next().await.unwrap_or(SIGTERM);
+        let signal = loop {
+            let signal = signals.next().await.unwrap_or(SIGTERM);
+            match &reload {
+                Some(reload) if signal == SIGHUP => {
+                    log::info!(signal = signal; "reloading the configuration");
+                    reload(&handle).await;
+                }
+                _ => break signal,
+            }
+        };
         log::info!(signal = signal; "shutting down");
         let stopped = async {
             stop(handle).await;
             std::process::ExitCode::SUCCESS
         };
         let forced = async {
-            signals.next().await;
+            // A hang-up while draining is not a reason to stop draining.
+            while signals.next().await == Some(SIGHUP) {}
             log::warn!("second signal: exiting without finishing");
             std::process::ExitCode::from(130)
         };
-        stopped.or(forced).await
+        let code = stopped.or(forced).await;
+        // Grouped warnings still being counted are printed before exiting.
+        log::logger().flush();
+        code
     })
 }

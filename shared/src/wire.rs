@@ -176,6 +176,38 @@ pub struct InstanceInfo {
     pub last_check_error: Option<String>,
     pub consecutive_failures: u32,
     pub consecutive_successes: u32,
+    /// Unix time in milliseconds when it entered its current status.
+    #[serde(default)]
+    pub since_unix_ms: u64,
+    /// In maintenance: not routed to, still checked, kept across re-registration.
+    #[serde(default)]
+    pub maintenance: bool,
+    /// Unix time in milliseconds since when it is in maintenance.
+    #[serde(default)]
+    pub maintenance_since_unix_ms: Option<u64>,
+}
+
+/// `PUT` / `DELETE /api/maintenance`: take an instance out of rotation, or put it back.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    pub namespace: String,
+    pub port: Port,
+    /// Defaults to the caller's IP, as in a registration.
+    #[serde(alias = "ip", default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// Answer to a maintenance change: the instance with its maintenance state.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MaintenanceAnswer {
+    pub id: String,
+    pub namespace: String,
+    pub host: String,
+    pub port: Port,
+    pub status: InstanceStatus,
+    pub maintenance: bool,
+    pub maintenance_since_unix_ms: Option<u64>,
 }
 
 /// An available instance as pushed to watchers.

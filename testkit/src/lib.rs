@@ -3,10 +3,13 @@
 //! of the workspace's binaries when a test needs to signal or kill them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod client;
+pub mod etcd;
 pub mod peer;
 pub mod procs;
 pub mod raw;
+pub mod seed;
 pub mod system;
 
 use std::future::Future;

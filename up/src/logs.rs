@@ -1,9 +1,15 @@
-//! Follows the processes' log files and prints them readably: femme writes
-//! ndjson in release builds, which is for machines.
+//! Follows the processes' log files and prints them readably. The children
+//! write JSON lines (their stdout is a file, so that is their default):
+//! `level` (femme's numbers, or a name), `time` (RFC 3339, or the epoch
+//! milliseconds older builds wrote), `msg`, `target`, key-values. A child
+//! started with `LOG_FORMAT=pretty` writes readable lines already; those are
+//! shown as they are, with the process name after their time.
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+
+use shared::logging::{escape_controls, strip_ansi};
 
 /// Whether to colour the output (a terminal, and NO_COLOR unset).
 pub fn colour() -> bool {
@@ -70,7 +76,9 @@ impl Tail {
     }
 }
 
-/// One readable line: time, process, level, message, fields.
+/// One readable line: time, process, level, message, fields. Control
+/// characters a child logged (escaped in its JSON) stay escaped here, so no
+/// log line can drive the operator's terminal.
 pub fn render(name: &str, line: &str, width: usize, colour: bool) -> String {
     let paint = |code: &str, text: &str| {
         if colour {
@@ -82,25 +90,42 @@ pub fn render(name: &str, line: &str, width: usize, colour: bool) -> String {
     let who = paint("36", &format!("{name:<width$}"));
     let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_str::<serde_json::Value>(line)
     else {
-        return format!("             {who} {line}");
+        return plain(&who, line);
     };
-    let level = match fields.remove("level").and_then(|l| l.as_u64()) {
-        Some(50) => paint("31", "ERROR"),
-        Some(40) => paint("33", "WARN "),
-        Some(30) => "INFO ".to_string(),
-        Some(20) => "DEBUG".to_string(),
-        _ => "TRACE".to_string(),
+    let level = match fields.remove("level") {
+        Some(serde_json::Value::Number(n)) => match n.as_u64() {
+            Some(50..) => "ERROR",
+            Some(40..=49) => "WARN",
+            Some(30..=39) => "INFO",
+            Some(20..=29) => "DEBUG",
+            _ => "TRACE",
+        },
+        Some(serde_json::Value::String(s)) => match s.to_ascii_lowercase().as_str() {
+            "error" | "fatal" => "ERROR",
+            "warn" | "warning" => "WARN",
+            "info" => "INFO",
+            "debug" => "DEBUG",
+            _ => "TRACE",
+        },
+        _ => "INFO",
     };
-    let time = fields
-        .remove("time")
-        .and_then(|t| t.as_u64())
-        .map(clock)
-        .unwrap_or_default();
+    let level = match level {
+        "ERROR" => paint("31", "ERROR"),
+        "WARN" => paint("33", "WARN "),
+        other => format!("{other:<5}"),
+    };
+    let time = match fields.remove("time") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(clock).unwrap_or_default(),
+        Some(serde_json::Value::String(s)) => rfc3339_clock(&s).unwrap_or_default(),
+        _ => String::new(),
+    };
     let msg = match fields.remove("msg") {
         Some(serde_json::Value::String(s)) => s,
         Some(other) => other.to_string(),
         None => String::new(),
     };
+    // The process name says where a line comes from; the module is noise here.
+    fields.remove("target");
     let rest: Vec<String> = fields
         .iter()
         .map(|(k, v)| match v {
@@ -108,10 +133,42 @@ pub fn render(name: &str, line: &str, width: usize, colour: bool) -> String {
             v => format!("{k}={v}"),
         })
         .collect();
-    format!(
-        "{time} {who} {level} {msg}  {}",
-        paint("2", &rest.join(" "))
-    )
+    let msg = escape_controls(&msg);
+    let rest = escape_controls(&rest.join(" ")).into_owned();
+    format!("{time:<12} {who} {level} {msg}  {}", paint("2", &rest))
+}
+
+/// A line that is not JSON: a child's pretty log line (`HH:MM:SS.mmm ...`,
+/// its time put first) or anything else it printed (a panic's message),
+/// colour codes dropped and control characters escaped.
+fn plain(who: &str, line: &str) -> String {
+    let text = strip_ansi(line);
+    let text = escape_controls(&text);
+    match text.split_once(' ') {
+        Some((time, rest)) if is_clock(time) => format!("{time} {who} {rest}"),
+        _ => format!("             {who} {text}"),
+    }
+}
+
+/// `HH:MM:SS.mmm`.
+fn is_clock(s: &str) -> bool {
+    s.len() == 12
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            2 | 5 => b == b':',
+            8 => b == b'.',
+            _ => b.is_ascii_digit(),
+        })
+}
+
+/// `HH:MM:SS.mmm` of an RFC 3339 time (`2026-11-26T07:45:01.123Z`).
+fn rfc3339_clock(time: &str) -> Option<String> {
+    let clock = time.get(11..)?;
+    let clock: String = clock
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, ':' | '.'))
+        .take(12)
+        .collect();
+    (clock.len() >= 8).then_some(clock)
 }
 
 /// `HH:MM:SS.mmm` (UTC) of a Unix time in milliseconds.
@@ -131,16 +188,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ndjson_becomes_readable() {
-        let line =
-            r#"{"level":40,"time":3723004,"msg":"failing over","request_id":"ab","attempt":1}"#;
+    fn json_lines_become_readable() {
+        let line = r#"{"level":40,"time":"2026-11-26T01:02:03.004Z","msg":"failing over","target":"gateway::failover","request_id":"ab","attempt":1}"#;
         assert_eq!(
             render("gateway", line, 9, false),
             "01:02:03.004 gateway   WARN  failing over  attempt=1 request_id=ab"
         );
+        // What femme wrote before: epoch milliseconds.
+        let femme = r#"{"level":30,"time":3723004,"msg":"app listening on http://127.0.0.1:8080"}"#;
         assert_eq!(
-            render("app", "panicked at x", 4, false),
-            "             app  panicked at x"
+            render("app", femme, 4, false),
+            "01:02:03.004 app  INFO  app listening on http://127.0.0.1:8080  "
+        );
+        let named = r#"{"level":"error","time":"2026-11-26T01:02:03Z","msg":"x"}"#;
+        assert_eq!(
+            render("app", named, 4, false),
+            "01:02:03     app  ERROR x  "
+        );
+    }
+
+    #[test]
+    fn escaped_control_characters_stay_escaped() {
+        let line = r#"{"level":40,"time":"2026-11-26T01:02:03.004Z","msg":"bad \u001b[2J head\r\n","path":"/\u0007"}"#;
+        let shown = render("gateway", line, 9, false);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        assert!(shown.contains(r"bad \u{1b}[2J head\r\n"), "{shown:?}");
+        assert!(shown.contains(r"path=/\u{7}"), "{shown:?}");
+    }
+
+    #[test]
+    fn other_lines_are_shown_as_they_are() {
+        assert_eq!(
+            render("app", "panicked at 'x\r\u{7}'", 4, false),
+            r"             app  panicked at 'x\r\u{7}'"
+        );
+        // A child forced to LOG_FORMAT=pretty: its own time goes first.
+        let pretty = "\u{1b}[2m01:02:03.004\u{1b}[0m \u{1b}[33mWARN \u{1b}[0m gateway::failover failing over";
+        assert_eq!(
+            render("gateway", pretty, 9, false),
+            "01:02:03.004 gateway   WARN  gateway::failover failing over"
         );
     }
 }

@@ -90,7 +90,14 @@ pub struct RequestHead {
     /// Bytes of the head, final blank line included; the body starts here.
     pub len: usize,
     pub method: Range<usize>,
+    /// The origin-form target (path and query). For an absolute-form target
+    /// (`http://host:port/path?q`, RFC 9112 section 3.2.2) it is the part
+    /// after the authority, which may be empty or start with `?` (both mean
+    /// the path `/`).
     pub target: Range<usize>,
+    /// The authority of an absolute-form `http://` target, which replaces
+    /// `Host` (RFC 9112 section 3.2.2); `None` for the origin form.
+    pub authority: Option<Range<usize>>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     pub headers: Vec<Header>,
@@ -241,6 +248,35 @@ fn keep_alive(minor_version: u8, s: &Scan) -> bool {
     }
 }
 
+/// Splits a request target into its origin-form part and, for the absolute
+/// form `http://authority[/path][?query]`, the authority. Other schemes (the
+/// gateway and the tide services speak plain HTTP only) and userinfo
+/// (`user@host`, deprecated and a phishing vector) are refused.
+fn split_target<'a>(
+    target: &'a str,
+    method: &str,
+) -> Result<(&'a str, Option<&'a str>), HeadError> {
+    if target.starts_with('/') || (target == "*" && method == "OPTIONS") {
+        return Ok((target, None));
+    }
+    let scheme = target
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("http://"));
+    let (Some(_), Some(rest)) = (scheme, target.get(7..)) else {
+        return Err(HeadError::Malformed(
+            "request target must be a path or an absolute http:// URI",
+        ));
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() || authority.contains(['@', '#']) || path.contains('#') {
+        return Err(HeadError::Malformed(
+            "absolute request target needs a host, and no userinfo or fragment",
+        ));
+    }
+    Ok((path, Some(authority)))
+}
+
 /// Parses a request head from the start of `buf` into `head`.
 ///
 /// `Ok(false)`: incomplete, read more. `Ok(true)`: `head` describes it.
@@ -259,9 +295,7 @@ pub fn parse_request(
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("incomplete request line"));
     };
-    if !(target.starts_with('/') || (target == "*" && method == "OPTIONS")) {
-        return Err(HeadError::Malformed("request target must be a path"));
-    }
+    let (target, authority) = split_target(target, method)?;
     let s = scan(
         buf,
         req.headers,
@@ -295,6 +329,7 @@ pub fn parse_request(
     head.len = len;
     head.method = offset(buf, method.as_bytes());
     head.target = offset(buf, target.as_bytes());
+    head.authority = authority.map(|a| offset(buf, a.as_bytes()));
     head.minor_version = minor;
     head.framing = match s.content_length {
         _ if s.has_te => Framing::Chunked,
@@ -373,6 +408,11 @@ impl RequestHead {
         &buf[self.target.clone()]
     }
 
+    /// The authority of an absolute-form target (see [`RequestHead::authority`]).
+    pub fn authority<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
+        self.authority.clone().map(|a| &buf[a])
+    }
+
     /// The first value of header `name` (case-insensitive).
     pub fn header<'a>(&self, buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
         find(&self.headers, buf, name)
@@ -431,6 +471,32 @@ mod tests {
     }
 
     #[test]
+    fn absolute_form_targets_are_split_into_authority_and_path() {
+        let text = "POST http://gw.example:8000/api/x?y=1 HTTP/1.1\r\nHost: other\r\n\r\n";
+        let head = req(text).unwrap();
+        let buf = text.as_bytes();
+        assert_eq!(head.target(buf), b"/api/x?y=1");
+        assert_eq!(head.authority(buf), Some(&b"gw.example:8000"[..]));
+        let text = "GET HTTP://h?q HTTP/1.1\r\nHost: h\r\n\r\n";
+        let head = req(text).unwrap();
+        assert_eq!(head.target(text.as_bytes()), b"?q");
+        assert_eq!(head.authority(text.as_bytes()), Some(&b"h"[..]));
+        assert_eq!(
+            req("GET /x HTTP/1.1\r\nHost: h\r\n\r\n").unwrap().authority,
+            None
+        );
+        for bad in [
+            "GET https://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET http://u@h/x HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET x HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET http:/ HTTP/1.1\r\nHost: h\r\n\r\n",
+        ] {
+            assert!(matches!(req(bad), Err(HeadError::Malformed(_))), "{bad}");
+        }
+    }
+
+    #[test]
     fn keep_alive_rules() {
         assert!(
             !req("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
@@ -471,7 +537,9 @@ mod tests {
             ("POST /\0 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
             ("POST / HTTP/1.1\r\n\r\n", 400),
             ("POST / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
-            ("POST http://evil/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            // Absolute form is taken for http:// only (see absolute_form_targets_...).
+            ("POST https://evil/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("POST evil/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
             ("POST / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
             ("POST / HTTP/1.2\r\nHost: a\r\n\r\n", 505),
             ("POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 417),

@@ -144,10 +144,14 @@ fn method(bytes: &[u8]) -> Result<Method, Refusal> {
 
 /// `http://<Host or the local address><target>`, refused unless the target
 /// is a visible-ASCII path and the Host a plain `host[:port]`, so neither can
-/// move what tide routes on (`Host: x/chaos?` must not reach `/chaos`).
+/// move what tide routes on (`Host: x/chaos?` must not reach `/chaos`). An
+/// absolute-form target's authority takes the place of Host (RFC 9112
+/// section 3.2.2), under the same rule.
 fn url(buf: &[u8], head: &RequestHead, local: Option<SocketAddr>) -> Result<Url, Refusal> {
     let target = head.target(buf);
-    if !target.starts_with(b"/") {
+    let absolute = head.authority(buf);
+    let path_less = absolute.is_some() && !target.starts_with(b"/");
+    if !target.starts_with(b"/") && !path_less {
         return Err(Refusal::bad("request target must be a path"));
     }
     if !target.iter().all(|b| (0x21..0x7f).contains(b)) {
@@ -155,16 +159,17 @@ fn url(buf: &[u8], head: &RequestHead, local: Option<SocketAddr>) -> Result<Url,
             "request target has a byte outside visible ASCII",
         ));
     }
-    let host = head.header(buf, "host").unwrap_or_default();
+    let host = absolute.unwrap_or_else(|| head.header(buf, "host").unwrap_or_default());
     if !host.iter().all(|b| is_authority_byte(*b)) {
         return Err(Refusal::bad("Host is not host[:port]"));
     }
     // Both are visible ASCII by now.
     let target = String::from_utf8_lossy(target);
+    let slash = if path_less { "/" } else { "" };
     let text = match (host.is_empty(), local) {
-        (false, _) => format!("http://{}{target}", String::from_utf8_lossy(host)),
-        (true, Some(local)) => format!("http://{local}{target}"),
-        (true, None) => format!("http://localhost{target}"),
+        (false, _) => format!("http://{}{slash}{target}", String::from_utf8_lossy(host)),
+        (true, Some(local)) => format!("http://{local}{slash}{target}"),
+        (true, None) => format!("http://localhost{slash}{target}"),
     };
     Url::parse(&text).map_err(|e| Refusal::bad(format!("Host or request target: {e}")))
 }
@@ -314,6 +319,14 @@ mod tests {
             Err(Refusal::Answer(s, _)) => s,
             Err(Refusal::Gone) => 0,
         }
+    }
+
+    #[test]
+    fn an_absolute_form_target_is_routed_by_its_path_and_authority() {
+        let req = head_of(b"POST http://app:9/api/x?y=1 HTTP/1.1\r\nHost: other\r\n\r\n").unwrap();
+        assert_eq!(req.url().as_str(), "http://app:9/api/x?y=1");
+        let req = head_of(b"GET http://app:9 HTTP/1.1\r\nHost: app\r\n\r\n").unwrap();
+        assert_eq!(req.url().path(), "/");
     }
 
     #[test]

@@ -1,0 +1,18 @@
+//! The etcd store: discovery replicas sharing one registry in etcd 3.4+.
+//!
+//! - `client`: etcd's JSON gateway over surf (no tokio), several members with failover;
+//! - `keys`: the key layout under the prefix;
+//! - `mirror`: this replica's copy of the prefix, fed by one watch, passed to the core;
+//! - `presence`: this replica's key on its own lease;
+//! - `owners`: which live replica checks which instance (rendezvous hashing);
+//! - `store`: [`crate::store::Store`] on top of them.
+
+pub mod client;
+mod keys;
+mod mirror;
+mod owners;
+mod presence;
+mod store;
+
+pub use presence::LEASE_TTL;
+pub use store::EtcdStore;

@@ -1,0 +1,201 @@
+//! Reloading the configuration (SIGHUP) without dropping a connection.
+//!
+//! Everything the request path reads (the config and the router) is in a
+//! [`Context`]; a reload builds a new one that shares everything else (pools,
+//! metrics, triggers, the watchdog) and swaps it in with arc-swap. Each
+//! connection looks at the swap once per request, so a request runs start
+//! to end on one config, and the next one on the new config.
+//!
+//! Routes: the balancer of a namespace still routed is kept (its ring,
+//! cursor, pooled connections and watch go on); a new namespace gets a new
+//! balancer whose watch starts before the swap, so its ring is filled (within
+//! [`FIRST_RING_WAIT`]) by the time a request can be routed to it. A
+//! namespace no longer routed keeps its watch running and is reused if it
+//! is routed again.
+//!
+//! What cannot change without a restart (`listen`, `admin_listen`,
+//! `worker_threads`, `reuse_port`, and the pool and buffer sizes that
+//! existing objects were built with) keeps its old value, and the reload says so in the log. A
+//! config that does not parse or validate is refused whole: the old one stays.
+
+use crate::ring::{Balancer, Router};
+use crate::Context;
+use arc_swap::ArcSwapOption;
+use async_std::task::{self, JoinHandle};
+use shared::config::GatewayConfig;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Longest a reload waits for the first ring of a new namespace before it
+/// swaps the routes in anyway (discovery may be away).
+pub const FIRST_RING_WAIT: Duration = Duration::from_millis(800);
+
+/// What every generation of the [`Context`] shares: the newest one, and the
+/// balancers and tasks reloads made.
+#[derive(Debug, Default)]
+pub struct Live {
+    current: ArcSwapOption<Context>,
+    /// Every balancer ever routed, its watch running.
+    known: Mutex<Vec<Arc<Balancer>>>,
+    /// Watch tasks started by reloads, awaited at shutdown.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// One reload at a time.
+    reloading: async_std::sync::Mutex<()>,
+    /// The router in force, for the admin port's readers.
+    router: arc_swap::ArcSwapOption<Router>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Live {
+    /// The context in force; `None` once the gateway has stopped.
+    pub fn current(&self) -> Option<Arc<Context>> {
+        self.current.load_full()
+    }
+
+    /// The swap itself, for readers that cache what they loaded.
+    pub fn swap(&self) -> &ArcSwapOption<Context> {
+        &self.current
+    }
+
+    /// The router in force (empty before start and after stop).
+    pub fn router(&self) -> Option<Arc<Router>> {
+        self.router.load_full()
+    }
+
+    /// Records the first context, at start.
+    pub(crate) fn start(&self, ctx: &Arc<Context>) {
+        lock(&self.known).extend(ctx.router.balancers().iter().cloned());
+        self.router.store(Some(ctx.router.clone()));
+        self.current.store(Some(ctx.clone()));
+    }
+
+    /// Forgets the context (it refers back to this), and gives the watch
+    /// tasks that reloads started, to be awaited.
+    pub(crate) fn stop(&self) -> Vec<JoinHandle<()>> {
+        self.current.store(None);
+        std::mem::take(&mut *lock(&self.tasks))
+    }
+}
+
+/// Applies `next` (read from the file, the command line's flags applied
+/// again): swaps it in, or refuses it and keeps the old one. Counted in
+/// `gateway_config_reloads_total{result}`.
+pub async fn apply(ctx: &Context, next: Result<GatewayConfig, String>) -> Result<(), String> {
+    let live = &ctx.live;
+    let _one = live.reloading.lock().await;
+    let Some(old) = live.current() else {
+        return Err("the gateway is stopping".into());
+    };
+    let next = next.and_then(|c| c.validate().map(|()| c).map_err(|e| e.to_string()));
+    let mut next = match next {
+        Ok(next) => next,
+        Err(why) => {
+            old.metrics.reload("error");
+            log::error!(error = why.as_str(); "configuration refused, the old one stays in force: {why}");
+            return Err(why);
+        }
+    };
+    let kept = keep_restart_only(&old.config, &mut next);
+    if !kept.is_empty() {
+        log::warn!(settings = kept.join(", ").as_str();
+            "configuration: {} changed but cannot change without a restart; ignored", kept.join(", "));
+    }
+    let (router, made) = {
+        let mut known = lock(&live.known);
+        let (router, made) = Router::rebuilt(&next.routes, &known);
+        known.extend(made.iter().cloned());
+        (router, made)
+    };
+    let new = Arc::new(Context {
+        config: next,
+        router: Arc::new(router),
+        ..old.share()
+    });
+    if !made.is_empty() {
+        let mut tasks = Vec::new();
+        for balancer in &made {
+            tasks.extend(crate::spawn_watch(&new, balancer));
+        }
+        lock(&live.tasks).extend(tasks);
+        first_rings(&made).await;
+    }
+    live.router.store(Some(new.router.clone()));
+    live.current.store(Some(new.clone()));
+    old.metrics.reload("ok");
+    let routes: Vec<String> = new
+        .config
+        .routes
+        .iter()
+        .map(|r| format!("{} -> {}", r.prefix, r.namespace))
+        .collect();
+    log::info!(routes = routes.join(", ").as_str(), new_namespaces = made.len();
+        "configuration reloaded");
+    Ok(())
+}
+
+/// Puts back the old value of each setting that only a restart can change;
+/// names those that differed.
+fn keep_restart_only(old: &GatewayConfig, next: &mut GatewayConfig) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    macro_rules! keep {
+        ($($field:ident),*) => {$(
+            if next.$field != old.$field {
+                kept.push(stringify!($field));
+                next.$field = old.$field.clone();
+            }
+        )*};
+    }
+    keep!(
+        listen,
+        admin_listen,
+        worker_threads,
+        pool_max_idle,
+        pool_idle_timeout,
+        max_buffered_bytes,
+        reuse_port
+    );
+    kept
+}
+
+/// Waits until every new balancer has its first ring from discovery, or
+/// [`FIRST_RING_WAIT`] passed.
+async fn first_rings(made: &[Arc<Balancer>]) {
+    let until = Instant::now() + FIRST_RING_WAIT;
+    while Instant::now() < until {
+        let ready = made
+            .iter()
+            .all(|b| b.ring().version > 0 || b.watch.last_event_ms.load(Ordering::Relaxed) > 0);
+        if ready {
+            return;
+        }
+        task::sleep(Duration::from_millis(5)).await;
+    }
+    log::warn!("reload: a new namespace has no instances from discovery yet; routing to it anyway");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_only_settings_keep_their_old_values() {
+        let old = GatewayConfig::default();
+        let mut next = GatewayConfig {
+            listen: "127.0.0.1:1".into(),
+            worker_threads: 3,
+            max_attempts: 5,
+            ..GatewayConfig::default()
+        };
+        assert_eq!(
+            keep_restart_only(&old, &mut next),
+            vec!["listen", "worker_threads"]
+        );
+        assert_eq!(next.listen, old.listen);
+        assert_eq!(next.worker_threads, old.worker_threads);
+        assert_eq!(next.max_attempts, 5, "the rest is taken");
+    }
+}

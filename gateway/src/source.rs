@@ -1,0 +1,348 @@
+//! Where the request path gets its instances from: the seam between
+//! [`crate::failover`] and discovery, in the spirit of Pingora's
+//! `ServiceDiscovery`.
+//!
+//! Two sources implement [`DiscoverySource`]:
+//!
+//! - [`Push`] (the default): discovery pushes each namespace's available set
+//!   over `/api/watch` ([`crate::watch`]) and requests pick from the local
+//!   ring; the hot path makes no discovery call. Only after a timeout does it
+//!   ask `/api/lookup`, to learn which instance is available now.
+//! - [`Lookup`]: for a discovery without a watch stream (the seed's Go
+//!   discovery answers 404 on `/api/watch`). Every try asks `POST /api/lookup
+//!   {"namespace", "exclude"}`, as the seed's own flow does, and falls back to
+//!   the ring (whatever a watch left in it) only when discovery does not answer.
+//!
+//! The watcher chooses per namespace: a whole round of `discovery_url`s that
+//! opened no stream, one of them answering 404, switches the namespace to
+//! [`Lookup`]; the watch is retried every [`LOOKUP_RECHECK`], and its first
+//! snapshot switches back to [`Push`]. `/status` shows the source and URL.
+
+use crate::deadline::Deadline;
+use crate::pool::{resolve, Upstream};
+use crate::ring::Balancer;
+use crate::Context;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shared::wire::{authority, LookupRequest, Port};
+use std::future::Future;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a namespace in lookup mode tries the watch again, in case
+/// discovery was upgraded to one that has it.
+pub const LOOKUP_RECHECK: Duration = Duration::from_secs(10);
+
+/// Lookups more when discovery names an instance the request already tried.
+const MAX_REASKS: usize = 3;
+
+/// No URL index.
+const NONE: usize = usize::MAX;
+
+/// Which source a namespace's requests use now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Pushed sets over `/api/watch`; picks from the ring.
+    Watch,
+    /// `/api/lookup` per try.
+    Lookup,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Watch => "watch",
+            Kind::Lookup => "lookup",
+        }
+    }
+}
+
+/// Why the request path wants another instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    /// The request's first try.
+    Start,
+    /// The previous try timed out: the instance may be busy, ask discovery.
+    Timeout,
+    /// The previous try was refused, broke, or answered 5xx.
+    Failure,
+}
+
+/// What a pick needs to know about the request.
+#[derive(Debug)]
+pub struct Pick<'a> {
+    pub ctx: &'a Context,
+    pub balancer: &'a Balancer,
+    /// Instances this request already tried (excluded).
+    pub tried: &'a [Arc<Upstream>],
+    pub deadline: &'a Deadline,
+    /// Time left of the request's deadline.
+    pub left: Duration,
+}
+
+/// One way of finding the instance for a request's next try.
+pub trait DiscoverySource {
+    fn kind(&self) -> Kind;
+
+    /// The instance for the next try, or `None` when there is none to try.
+    fn next<'a>(
+        &'a self,
+        pick: &'a Pick<'a>,
+        after: After,
+    ) -> impl Future<Output = Option<Arc<Upstream>>> + Send + 'a;
+}
+
+/// Pushed sets: the ring, and a lookup only after a timeout.
+#[derive(Debug)]
+pub struct Push;
+
+/// The seed's flow: a lookup per try.
+#[derive(Debug)]
+pub struct Lookup;
+
+impl DiscoverySource for Push {
+    fn kind(&self) -> Kind {
+        Kind::Watch
+    }
+
+    async fn next<'a>(&'a self, pick: &'a Pick<'a>, after: After) -> Option<Arc<Upstream>> {
+        if after == After::Timeout {
+            if let Some(found) = lookup(pick).await {
+                return Some(found);
+            }
+        }
+        pick.balancer.pick(pick.tried)
+    }
+}
+
+impl DiscoverySource for Lookup {
+    fn kind(&self) -> Kind {
+        Kind::Lookup
+    }
+
+    async fn next<'a>(&'a self, pick: &'a Pick<'a>, _after: After) -> Option<Arc<Upstream>> {
+        match lookup(pick).await {
+            Some(found) => Some(found),
+            None => pick.balancer.pick(pick.tried),
+        }
+    }
+}
+
+/// The next instance for a request of `pick.balancer`'s namespace, from the
+/// namespace's current source.
+pub async fn next(pick: &Pick<'_>, after: After) -> Option<Arc<Upstream>> {
+    match pick.balancer.source.kind() {
+        Kind::Watch => Push.next(pick, after).await,
+        Kind::Lookup => Lookup.next(pick, after).await,
+    }
+}
+
+/// Per namespace: the source in use and which discovery URL serves it.
+#[derive(Debug)]
+pub struct State {
+    kind: AtomicU8,
+    /// Index in `discovery_urls()` of the URL whose watch stream is open.
+    watching: AtomicUsize,
+    /// Index of the URL that answered the last lookup.
+    answered: AtomicUsize,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            kind: AtomicU8::new(Kind::Watch as u8),
+            watching: AtomicUsize::new(NONE),
+            answered: AtomicUsize::new(NONE),
+        }
+    }
+}
+
+impl State {
+    pub fn kind(&self) -> Kind {
+        if self.kind.load(Ordering::Relaxed) == Kind::Lookup as u8 {
+            Kind::Lookup
+        } else {
+            Kind::Watch
+        }
+    }
+
+    /// Sets the source; true if it changed.
+    pub fn set_kind(&self, kind: Kind) -> bool {
+        self.kind.swap(kind as u8, Ordering::Relaxed) != kind as u8
+    }
+
+    /// The watch stream from URL `at` is open (`None`: no stream open).
+    pub fn set_watching(&self, at: Option<usize>) {
+        self.watching.store(at.unwrap_or(NONE), Ordering::Relaxed);
+    }
+
+    pub fn watching(&self) -> Option<usize> {
+        Some(self.watching.load(Ordering::Relaxed)).filter(|i| *i != NONE)
+    }
+
+    /// A lookup should start with URL `at` (it answered).
+    pub fn set_answered(&self, at: usize) {
+        self.answered.store(at, Ordering::Relaxed);
+    }
+
+    /// The URL indexes in the order lookups try them: the live watch's URL,
+    /// else the one that answered last, then the others in order.
+    fn lookup_order(&self, n: usize) -> Vec<usize> {
+        let first = self
+            .watching()
+            .or(Some(self.answered.load(Ordering::Relaxed)).filter(|i| *i != NONE))
+            .filter(|i| *i < n);
+        let mut order: Vec<usize> = first.into_iter().collect();
+        order.extend((0..n).filter(|i| Some(*i) != first));
+        order
+    }
+}
+
+/// `/status` of one namespace's source.
+pub fn status(ctx: &Context, balancer: &Balancer) -> Value {
+    let urls = ctx.config.discovery_urls();
+    let s = &balancer.source;
+    let url = |i: Option<usize>| i.and_then(|i| urls.get(i).cloned());
+    json!({
+        "source": s.kind().as_str(),
+        "watch_url": url(s.watching()),
+        "lookup_url": url(s.lookup_order(urls.len()).first().copied()),
+    })
+}
+
+/// A lookup answer, read leniently: the seed answers `{"ip", "port", ...}`
+/// (no `host`, no `id`, port as a string), ours both `host` and `ip`.
+#[derive(Deserialize)]
+struct Found {
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    ip: Option<String>,
+    port: Port,
+}
+
+/// Asks discovery for an available instance other than those tried, trying
+/// the URLs in [`State::lookup_order`] within `lookup_timeout`; `None` if no
+/// discovery names one in time.
+pub async fn lookup(pick: &Pick<'_>) -> Option<Arc<Upstream>> {
+    let (ctx, balancer) = (pick.ctx, pick.balancer);
+    let urls = ctx.config.discovery_urls();
+    let request = LookupRequest {
+        namespace: balancer.namespace.clone(),
+        exclude: pick.tried.iter().map(|t| t.key.clone()).collect(),
+    };
+    let asking = async {
+        let mut outcome = Err("error");
+        // The seed's discovery ignores `exclude`, but its round robin names
+        // the next instance when asked again.
+        for _ in 0..=pick.tried.len().min(MAX_REASKS) {
+            outcome = Err("error");
+            for at in balancer.source.lookup_order(urls.len()) {
+                outcome = ask(ctx, balancer, &urls[at], &request).await;
+                if !matches!(outcome, Err("error")) {
+                    // It answered: the next lookup starts there.
+                    balancer.source.set_answered(at);
+                    break;
+                }
+            }
+            match &outcome {
+                Ok(found) if pick.tried.iter().any(|t| t.key == found.key) => continue,
+                _ => break,
+            }
+        }
+        outcome
+    };
+    let limit = ctx.config.lookup_timeout.min(pick.left);
+    let outcome = match pick.deadline.within(limit, asking).await {
+        Ok(Ok(found)) if !pick.tried.iter().any(|t| t.key == found.key) => Ok(found),
+        Ok(Ok(_)) => Err("error"),
+        Ok(Err(outcome)) => Err(outcome),
+        Err(_) => Err("timeout"),
+    };
+    match outcome {
+        Ok(found) => {
+            ctx.metrics.lookup("ok");
+            Some(found)
+        }
+        Err(outcome) => {
+            ctx.metrics.lookup(outcome);
+            log::debug!(namespace = balancer.namespace.as_str(), outcome = outcome;
+                "discovery lookup gave nothing; falling back to the ring");
+            None
+        }
+    }
+}
+
+/// One lookup at one discovery URL. `Err("none_available")`: it answered
+/// that it has none; `Err("error")`: it did not answer usefully.
+async fn ask(
+    ctx: &Context,
+    balancer: &Balancer,
+    base: &str,
+    request: &LookupRequest,
+) -> Result<Arc<Upstream>, &'static str> {
+    let url = format!("{base}/api/lookup");
+    let mut res = ctx
+        .discovery
+        .post(&url)
+        .body_json(request)
+        .map_err(|_| "error")?
+        .await
+        .map_err(|_| "error")?;
+    match u16::from(res.status()) {
+        200 => {}
+        503 | 404 => return Err("none_available"),
+        _ => return Err("error"),
+    }
+    let found: Found = res.body_json().await.map_err(|_| "error")?;
+    let host = found.host.or(found.ip).ok_or("error")?;
+    let key = authority(&host, found.port);
+    if let Some(member) = balancer.ring().members.iter().find(|m| m.key == key) {
+        return Ok(member.clone());
+    }
+    let addrs = resolve(&host, found.port.0).await.map_err(|_| "error")?;
+    if addrs.is_empty() {
+        return Err("error");
+    }
+    Ok(ctx.upstreams.get(&key, addrs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_start_with_the_live_watch_then_the_last_answer() {
+        let s = State::default();
+        assert_eq!(s.lookup_order(3), vec![0, 1, 2]);
+        s.set_answered(2);
+        assert_eq!(s.lookup_order(3), vec![2, 0, 1]);
+        s.set_watching(Some(1));
+        assert_eq!(s.lookup_order(3), vec![1, 0, 2]);
+        s.set_watching(None);
+        assert_eq!(s.lookup_order(3), vec![2, 0, 1]);
+        // An index beyond the list (the list changed) is ignored.
+        assert_eq!(s.lookup_order(2), vec![0, 1]);
+    }
+
+    #[test]
+    fn the_kind_flips_and_says_so() {
+        let s = State::default();
+        assert_eq!(s.kind(), Kind::Watch);
+        assert!(s.set_kind(Kind::Lookup));
+        assert!(!s.set_kind(Kind::Lookup));
+        assert_eq!(s.kind().as_str(), "lookup");
+    }
+
+    #[test]
+    fn seed_lookup_answers_are_read() {
+        let f: Found =
+            serde_json::from_str(r#"{"ip":"127.0.0.1","port":"8080","namespace":"service A"}"#)
+                .unwrap();
+        assert_eq!(
+            (f.host, f.ip.as_deref(), f.port),
+            (None, Some("127.0.0.1"), Port(8080))
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! Per-instance request statistics: what `/metrics` exports per upstream and
+//! what `/status` shows the console (request and error rates, p50/p99).
+//!
+//! The hot path pays a few relaxed atomic adds per try: every
+//! [`crate::pool::Upstream`] owns its [`UpstreamStats`] from the moment it
+//! joins, so nothing is looked up by label per request. Rates and
+//! percentiles over the last half minute are computed off the request path,
+//! from samples the reaper takes every few seconds.
+
+use crate::metrics::Failover;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Latency buckets per octave: percentiles are read to within about 19 %.
+const PER_OCTAVE: u32 = 4;
+/// Buckets with a bound (the last count is above every bound).
+const BOUNDED: usize = 80;
+/// The smallest bound, in microseconds.
+const FIRST_BOUND_US: f64 = 100.0;
+/// Every how many fine buckets one is exported to Prometheus (one per octave:
+/// 100 us, 200 us, ... 52 s).
+const EXPORT_EVERY: usize = PER_OCTAVE as usize;
+/// Status codes counted one by one: 100..=599.
+const CODES: usize = 500;
+/// How often a sample is taken for the windowed rates, and how many are kept.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+const SAMPLES: usize = 7;
+
+/// Upper bounds of the latency buckets, in microseconds.
+fn bounds() -> &'static [u64; BOUNDED] {
+    static BOUNDS: OnceLock<[u64; BOUNDED]> = OnceLock::new();
+    BOUNDS.get_or_init(|| {
+        std::array::from_fn(|i| {
+            (FIRST_BOUND_US * 2f64.powf(i as f64 / f64::from(PER_OCTAVE))).round() as u64
+        })
+    })
+}
+
+/// One instance's counters and latency histogram, shared by the rings that list it.
+#[derive(Debug)]
+pub struct UpstreamStats {
+    /// Answers by status code (index: code - 100).
+    codes: Box<[AtomicU64]>,
+    /// Tries given up on this instance, by [`Failover`] cause.
+    failed: [AtomicU64; 4],
+    /// Latency of every try (answered or failed), by bucket.
+    buckets: Box<[AtomicU64]>,
+    sum_us: AtomicU64,
+    /// Taken by [`UpstreamStats::sample`], oldest first.
+    samples: Mutex<VecDeque<Sample>>,
+}
+
+/// The cumulative figures at one moment.
+#[derive(Clone, Debug)]
+struct Sample {
+    at: Instant,
+    requests: u64,
+    errors: u64,
+    buckets: Vec<u64>,
+}
+
+/// The figures of the last window (up to half a minute), for the console.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Window {
+    pub seconds: f64,
+    pub requests: u64,
+    pub errors: u64,
+    /// `None` when no try ended in the window.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl Default for UpstreamStats {
+    fn default() -> Self {
+        UpstreamStats {
+            codes: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
+            failed: Default::default(),
+            buckets: (0..=BOUNDED).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+            samples: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+fn cause_index(cause: Failover) -> usize {
+    match cause {
+        Failover::Connect => 0,
+        Failover::Timeout => 1,
+        Failover::Broken => 2,
+        Failover::Status5xx => 3,
+    }
+}
+
+/// Every cause, in index order.
+pub const CAUSES: [Failover; 4] = [
+    Failover::Connect,
+    Failover::Timeout,
+    Failover::Broken,
+    Failover::Status5xx,
+];
+
+impl UpstreamStats {
+    /// A try that got an answer with `status` (a 5xx that is failed over
+    /// counts here and in [`UpstreamStats::failed`]).
+    pub fn answered(&self, status: u16, took: Duration) {
+        if let Some(slot) = usize::from(status)
+            .checked_sub(100)
+            .and_then(|i| self.codes.get(i))
+        {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+        self.observe(took);
+    }
+
+    /// A try given up on this instance, for `cause`.
+    pub fn failed(&self, cause: Failover, took: Duration) {
+        self.failed[cause_index(cause)].fetch_add(1, Ordering::Relaxed);
+        if cause != Failover::Status5xx {
+            self.observe(took);
+        }
+    }
+
+    fn observe(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let i = bounds().partition_point(|b| *b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Answers by status code, the codes seen only.
+    pub fn codes(&self) -> Vec<(u16, u64)> {
+        self.codes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as u16 + 100, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    pub fn failovers(&self, cause: Failover) -> u64 {
+        self.failed[cause_index(cause)].load(Ordering::Relaxed)
+    }
+
+    /// Answered tries.
+    pub fn requests(&self) -> u64 {
+        self.codes.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+
+    /// 5xx answers and tries that got no answer (connect, timeout, broken).
+    pub fn errors(&self) -> u64 {
+        let server_errors: u64 = self.codes[400..]
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum();
+        server_errors
+            + [Failover::Connect, Failover::Timeout, Failover::Broken]
+                .iter()
+                .map(|c| self.failovers(*c))
+                .sum::<u64>()
+    }
+
+    fn bucket_counts(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The latency histogram as Prometheus buckets `(upper bound in seconds,
+    /// count in it)` (not cumulative; the last bound is infinity), the sum in
+    /// seconds and the count.
+    pub fn histogram(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let counts = self.bucket_counts();
+        let mut out = Vec::with_capacity(BOUNDED / EXPORT_EVERY + 1);
+        let mut pending = 0;
+        for (i, n) in counts.iter().enumerate() {
+            pending += n;
+            if i == BOUNDED {
+                out.push((f64::INFINITY, pending));
+            } else if i % EXPORT_EVERY == 0 {
+                out.push((bounds()[i] as f64 / 1e6, pending));
+                pending = 0;
+            }
+        }
+        let count = counts.iter().sum();
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (out, sum, count)
+    }
+
+    /// Records the cumulative figures now, keeping the last half minute or so.
+    pub fn sample(&self, now: Instant) {
+        let sample = Sample {
+            at: now,
+            requests: self.requests(),
+            errors: self.errors(),
+            buckets: self.bucket_counts(),
+        };
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        samples.push_back(sample);
+        while samples.len() > SAMPLES {
+            samples.pop_front();
+        }
+    }
+
+    /// Rates and percentiles since the oldest sample kept (everything since
+    /// the instance joined, before the first sample).
+    pub fn window(&self, now: Instant) -> Window {
+        let oldest = self
+            .samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .front()
+            .cloned();
+        let counts = self.bucket_counts();
+        let (seconds, requests, errors, delta) = match oldest {
+            Some(s) => (
+                now.saturating_duration_since(s.at).as_secs_f64(),
+                self.requests().saturating_sub(s.requests),
+                self.errors().saturating_sub(s.errors),
+                counts
+                    .iter()
+                    .zip(&s.buckets)
+                    .map(|(n, then)| n.saturating_sub(*then))
+                    .collect(),
+            ),
+            None => (0.0, self.requests(), self.errors(), counts),
+        };
+        Window {
+            seconds,
+            requests,
+            errors,
+            p50_ms: quantile(&delta, 0.5),
+            p99_ms: quantile(&delta, 0.99),
+        }
+    }
+}
+
+/// The `q` quantile of bucket counts, in milliseconds, interpolated within
+/// its bucket; `None` for no observations.
+fn quantile(counts: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (q * total as f64).ceil().max(1.0);
+    let mut seen = 0u64;
+    for (i, n) in counts.iter().enumerate() {
+        if *n == 0 {
+            continue;
+        }
+        if (seen + n) as f64 >= rank {
+            let bounds = bounds();
+            let upper = bounds.get(i).copied().unwrap_or(bounds[BOUNDED - 1]) as f64;
+            let lower = if i == 0 { 0.0 } else { bounds[i - 1] as f64 };
+            let within = (rank - seen as f64) / *n as f64;
+            return Some((lower + (upper - lower) * within) / 1000.0);
+        }
+        seen += n;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_fall_in_the_right_bucket() {
+        let s = UpstreamStats::default();
+        for _ in 0..98 {
+            s.answered(200, Duration::from_millis(2));
+        }
+        s.answered(503, Duration::from_millis(100));
+        s.failed(Failover::Timeout, Duration::from_millis(100));
+        let w = s.window(Instant::now());
+        let p50 = w.p50_ms.unwrap();
+        assert!((1.6..=2.4).contains(&p50), "{p50}");
+        let p99 = w.p99_ms.unwrap();
+        assert!((80.0..=120.0).contains(&p99), "{p99}");
+        assert_eq!((s.requests(), s.errors()), (99, 2));
+        assert_eq!(s.codes(), vec![(200, 98), (503, 1)]);
+        let (buckets, sum, count) = s.histogram();
+        assert_eq!(count, 100);
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), 100);
+        assert_eq!(buckets.first().unwrap().0, 0.0001);
+        assert!(buckets.last().unwrap().0.is_infinite());
+        assert!((sum - 0.396).abs() < 0.001, "{sum}");
+    }
+
+    #[test]
+    fn the_window_counts_only_what_came_after_the_oldest_sample() {
+        let s = UpstreamStats::default();
+        s.answered(200, Duration::from_secs(1));
+        let t0 = Instant::now();
+        s.sample(t0);
+        s.answered(200, Duration::from_millis(1));
+        let w = s.window(t0 + Duration::from_secs(5));
+        assert_eq!((w.requests, w.errors, w.seconds), (1, 0, 5.0));
+        assert!(w.p99_ms.unwrap() < 2.0);
+        for i in 0..20 {
+            s.sample(t0 + Duration::from_secs(i));
+        }
+        assert_eq!(s.samples.lock().unwrap().len(), SAMPLES);
+    }
+}
