@@ -197,6 +197,13 @@ fn routes(state: State) -> tide::Server<State> {
             .delete(maintenance::lift);
     }
     app.at("/api/services").get(registration::services);
+    // The registry's store: backend, reachable, detail (the console's banner).
+    app.at("/api/store").get(|req: Request<State>| async move {
+        Ok(json_response(
+            StatusCode::Ok,
+            &req.state().registry.store_health(),
+        ))
+    });
     app.at("/api/watch").get(watch_stream);
     app.at("/metrics").get(|req: Request<State>| async move {
         let state = req.state();

@@ -77,6 +77,9 @@ function refresh() {
         throw new Error("/api/services answered something else than an object");
       }
       view.services = services;
+      // The registry's store (memory or etcd): when etcd is unreachable this
+      // replica serves its last mirror, and the page says so.
+      view.store = await fetchJson("/api/store").catch(() => null);
       view.updatedAt = Date.now();
       view.updates += 1;
       view.live = true;
@@ -192,6 +195,14 @@ function render() {
         " (" + age(now - view.updatedAt) + " ago). Retrying."
       : "Discovery is unreachable (" + view.problem + "): nothing to show yet. Retrying.";
   }
+  const store = document.getElementById("store");
+  const storeDown = view.live && view.store && view.store.reachable === false;
+  store.hidden = !storeDown;
+  store.textContent = storeDown
+    ? "The registry store (" + String(view.store.backend) + ") is unreachable" +
+      (view.store.detail ? " (" + String(view.store.detail) + ")" : "") +
+      ": serving the last mirror; registrations and status changes wait until it is back."
+    : "";
   document.getElementById("updated").textContent = view.updatedAt
     ? "Last update " + clock(view.updatedAt) + "."
     : "No view yet.";

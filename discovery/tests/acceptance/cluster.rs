@@ -167,6 +167,11 @@ async fn a_replica_cut_off_during_a_compaction_relearns_the_registry() {
     .await;
     let (status, found) = post(&format!("{bc}/api/lookup"), r#"{"namespace": "svc"}"#).await;
     assert_eq!(status, 200, "lookups go on from the last mirror: {found}");
+    // The console reads this to say it is serving the last mirror.
+    let (status, store) = get(&format!("{bc}/api/store")).await;
+    assert_eq!(status, 200);
+    assert_eq!(store["backend"], "etcd", "{store}");
+    assert_eq!(store["reachable"], false, "{store}");
 
     // The registry changes while it is away, and the history is compacted.
     let (status, body) = post(
@@ -314,6 +319,22 @@ async fn a_killed_replicas_checks_move_within_one_lease_ttl() {
     })
     .await;
 
+    let stop_at = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A gateway watching the replica that will die first (b2), then b1; real
+    // apps behind it, registered through b1, and clients POSTing through it.
+    let apps = testkit::system::apps(&b1, 2).await;
+    let members: Vec<String> = apps.iter().map(|a| a.served_by().to_string()).collect();
+    let gateway = gateway::spawn(testkit::system::gateway_config(&format!("{b2},{b1}")))
+        .await
+        .unwrap();
+    testkit::system::wait_ring(&gateway.admin_url(), &members, Duration::from_secs(10)).await;
+    assert_eq!(watch_url(&gateway).await.as_deref(), Some(b2.as_str()));
+    let gateway_load = {
+        let addr = gateway.addr();
+        let stop = stop_at.clone();
+        async_std::task::spawn(async move { gateway_clients(addr, 4, stop).await })
+    };
+
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
         let (b1, stop) = (b1.clone(), stop.clone());
@@ -350,6 +371,29 @@ async fn a_killed_replicas_checks_move_within_one_lease_ttl() {
     let moved = killed.elapsed();
     p1.wait_for_line("replica left", Duration::from_secs(1))
         .await;
+    // The gateway's watch has moved to the live replica, and no client noticed.
+    testkit::wait_until(
+        "the gateway watches the live replica",
+        Duration::from_secs(10),
+        || async { watch_url(&gateway).await.as_deref() == Some(b1.as_str()) },
+    )
+    .await;
+    stop_at.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (served, failures) = gateway_load.await;
+    assert!(
+        failures.is_empty(),
+        "{} requests through the gateway failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        served > 50,
+        "the gateway served {served} requests meanwhile"
+    );
+    gateway.shutdown().await;
+    for a in apps {
+        a.shutdown().await;
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = load.await;
     assert!(
@@ -712,4 +756,75 @@ async fn measure_1000_instances_etcd_vs_memory() {
     let etcd_rate = lookup_rate(&r2.url(), "bench", 5).await;
     let mem_rate = lookup_rate(&mem.url(), "bench", 5).await;
     eprintln!("lookups/s on one replica: etcd {etcd_rate:.0}, memory {mem_rate:.0}");
+}
+
+/// The discovery URL whose watch feeds the gateway's "service A" ring.
+async fn watch_url(gateway: &gateway::Handle) -> Option<String> {
+    let status = testkit::system::status(&gateway.admin_url()).await;
+    status["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|n| n["namespace"] == "service A")?["discovery"]["watch_url"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// `clients` keep-alive clients POSTing through the gateway until `stop`;
+/// how many were answered with their own body, and every failure.
+async fn gateway_clients(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (usize, Vec<String>) {
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let stop = stop.clone();
+            async_std::task::spawn(async move {
+                let (mut served, mut failures) = (0, Vec::new());
+                let mut conn: Option<shared::http1::client::Connection> = None;
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let body = format!(r#"{{"client": {c}, "n": {n}}}"#).into_bytes();
+                    if conn.is_none() {
+                        conn = shared::http1::client::Connection::connect(addr).await.ok();
+                    }
+                    let Some(open) = conn.as_mut() else {
+                        failures.push("connect failed".to_string());
+                        continue;
+                    };
+                    let mut req = Vec::new();
+                    shared::http1::client::post(&mut req, "gateway", "/pay", &body, "");
+                    match open.exchange(&req).await {
+                        Ok(r) if r.status == 200 && r.body == body => {
+                            served += 1;
+                            if !r.keep_alive {
+                                conn = None;
+                            }
+                        }
+                        Ok(r) => {
+                            conn = None;
+                            failures.push(format!(
+                                "{} {}",
+                                r.status,
+                                String::from_utf8_lossy(&r.body)
+                            ));
+                        }
+                        Err(e) => {
+                            conn = None;
+                            failures.push(format!("transport: {e}"));
+                        }
+                    }
+                }
+                (served, failures)
+            })
+        })
+        .collect();
+    let (mut served, mut failures) = (0, Vec::new());
+    for t in tasks {
+        let (s, f) = t.await;
+        served += s;
+        failures.extend(f);
+    }
+    (served, failures)
 }

@@ -127,3 +127,13 @@ async fn metrics_parse_as_prometheus_text() {
     }
     d.shutdown().await;
 }
+
+#[async_std::test]
+async fn the_store_says_what_it_is_and_that_it_is_reachable() {
+    let d = testkit::discovery().await;
+    let (status, store) = testkit::client::get(&format!("{}/api/store", d.url())).await;
+    assert_eq!(status, 200);
+    assert_eq!(store["backend"], "memory", "{store}");
+    assert_eq!(store["reachable"], true, "{store}");
+    d.shutdown().await;
+}
