@@ -23,15 +23,18 @@ loadtest *ARGS:
     cargo build --release -p loadtest -p app
     target/release/loadtest {{ARGS}}
 
-# The test suite, as CI runs it (installs Debian's chromium first when missing: the console tests drive it).
+# The test suite, as CI runs it. Installs what the tests drive when it is missing (Debian's chromium for the consoles, etcd-server for the cluster tests).
 test:
     bash .ci/install-chromium
+    bash .ci/install-etcd
     cargo test --workspace
 
 # Gateway vs nginx and HAProxy, discovery at 1,000 instances, load generator vs wrk: results under bench/.
 bench:
     bash bench/run.sh
     cargo bench --profile perf -p discovery --bench registry
+    cargo bench --profile perf -p discovery --bench flood
+    bash bench/drip.sh
     rm -f bench/results-loadgen.md
     LOADGEN_OUT=bench/results-loadgen.md bash bench/loadgen.sh
     LOADGEN_OUT=bench/results-loadgen.md LOADGEN_PIN=1 bash bench/loadgen.sh

@@ -83,7 +83,7 @@ impl Metrics {
         build
             .get_or_create(&Build {
                 version: env!("CARGO_PKG_VERSION"),
-                revision: env!("DISCOVERY_GIT_REVISION"),
+                revision: shared::build_info::REVISION,
             })
             .set(1);
         prom.register(

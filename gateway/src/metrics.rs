@@ -371,7 +371,7 @@ impl Collector for State {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let build = Build {
             version: env!("CARGO_PKG_VERSION"),
-            revision: env!("GATEWAY_GIT_REVISION"),
+            revision: shared::build_info::REVISION,
         };
         let mut info = encoder.encode_descriptor(
             "build_info",

@@ -4,8 +4,10 @@
 
 pub mod api;
 pub mod backoff;
+pub mod build_info;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod http1;
 pub mod logging;
 pub mod panics;

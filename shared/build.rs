@@ -1,5 +1,6 @@
-//! Records the git revision for `gateway_build_info` ("unknown" outside a
-//! git checkout or without git), and rebuilds when HEAD moves.
+//! Records the git revision for `shared::build_info` (every service's
+//! `*_build_info` metric; "unknown" outside a git checkout or without git),
+//! and rebuilds when HEAD moves.
 
 use std::path::Path;
 use std::process::Command;
@@ -17,7 +18,7 @@ fn main() {
     let revision = git(&["rev-parse", "--short", "HEAD"])
         .filter(|r| r.chars().all(|c| c.is_ascii_hexdigit()))
         .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=GATEWAY_GIT_REVISION={revision}");
+    println!("cargo:rustc-env=SHARED_GIT_REVISION={revision}");
     println!("cargo:rerun-if-changed=build.rs");
     // Only paths that exist: a missing one would rerun this script on every build.
     if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
