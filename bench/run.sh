@@ -5,7 +5,8 @@
 #
 # Settings (environment): BENCH_SECONDS per run (10), BENCH_ROUNDS interleaved rounds (5),
 # BENCH_CONNECTIONS wrk connections (64), BENCH_LAYOUTS "pinned shared",
-# BENCH_PARTS "cheap apps slow memory echo" (which sections to run; "hold" keeps the system
+# BENCH_PARTS "cheap apps slow memory echo clients10k" (which sections to run; clients10k is
+# 10,000 keep-alive clients against each proxy, shared layout, p99 and RSS; "hold" keeps the system
 # up afterwards, for profiling), BENCH_GATEWAY_BEFORE a second gateway binary (an earlier
 # build) measured as "gateway-before" in the same interleaved rounds, to price a change.
 #
@@ -23,7 +24,9 @@ SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 ROUNDS=${BENCH_ROUNDS:-5}
 CONNS=${BENCH_CONNECTIONS:-64}
 LAYOUTS=${BENCH_LAYOUTS:-"pinned shared"}
-PARTS=${BENCH_PARTS:-"cheap apps slow memory echo"}
+PARTS=${BENCH_PARTS:-"cheap apps slow memory echo clients10k"}
+# 10,000 clients need 10,000 descriptors in wrk and in each proxy (plus their upstream side).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 OUT=$ROOT/bench/results.md
 # Written here first and moved to $OUT only once every part asked for has run, so a run
 # that fails, is stopped, or only holds the system up for profiling keeps the last results.
@@ -198,7 +201,7 @@ compare() { # title path rounds seconds
 }
 
 peak_rss() { # the gateway's peak RSS with 1,000 keep-alive clients
-  kill "$GATEWAY_PID"; wait "$GATEWAY_PID" 2>/dev/null || true
+  kill "$GATEWAY_PID" $BEFORE_PID; wait "$GATEWAY_PID" $BEFORE_PID 2>/dev/null || true
   start_gateway
   taskset -apc 0-$((CORES - 1)) "$GATEWAY_PID" >/dev/null
   local out; out=$(wrk -t1 -c1000 -d"$SECONDS_PER_RUN"s -s "$LUA" "http://127.0.0.1:$GATEWAY/cheap" 2>&1)
@@ -268,6 +271,71 @@ echo_app() {
   } >> "$RESULTS"
 }
 
+rss_kib() { # target: resident memory now, in KiB, over all of the target's processes
+  local pids
+  case $1 in
+    gateway) pids=$GATEWAY_PID ;;
+    gateway-before) pids=$BEFORE_PID ;;
+    nginx) pids="$(cat "$TMP/proxy-nginx.pid") $(pgrep -P "$(cat "$TMP/proxy-nginx.pid")" | tr '\n' ' ')" ;;
+    haproxy) pids=$(cat "$TMP/proxy-haproxy.pid") ;;
+  esac
+  # shellcheck disable=SC2086
+  ps -o rss= -p "$(echo $pids | tr ' ' ',')" | awk '{ s += $1 } END { print s + 0 }'
+}
+
+# 10,000 keep-alive clients on each proxy (shared layout, every proxy one worker per core):
+# the tail latency when many connections compete, and the memory they cost. RSS is read
+# halfway through each run; bytes per connection is that minus the RSS just before, over 10,000.
+clients10k() {
+  local clients=10000 rounds=2 targets=(gateway nginx haproxy)
+  if [ -n "$BEFORE_PID" ]; then targets+=(gateway-before); fi
+  local t port r
+  rm -f "$TMP"/c10k-*.txt
+  for r in $(seq 1 "$rounds"); do
+    for t in "${targets[@]}"; do
+      case $t in gateway) port=$GATEWAY;; gateway-before) port=$BEFORE;; nginx) port=$NGINX;; haproxy) port=$HAPROXY;; esac
+      local idle; idle=$(rss_kib "$t")
+      taskset -c "$WRK_CPUS" wrk -t2 -c"$clients" -d"$SECONDS_PER_RUN"s --timeout 10s --latency -s "$LUA" \
+        "http://127.0.0.1:$port/cheap" > "$TMP/c10k-wrk.txt" 2>&1 &
+      local wrk=$!
+      sleep $((SECONDS_PER_RUN / 2))
+      local busy; busy=$(rss_kib "$t")
+      wait "$wrk" || true
+      cat "$TMP/c10k-wrk.txt" >> "$TMP/wrk.log"
+      local line; line=$(awk '
+        function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+        /^ +50%/ { p50 = ms($2) } /^ +99%/ { p99 = ms($2) }
+        /Requests\/sec/ { rps = $2 }
+        /Non-2xx/ { err += $NF } /Socket errors/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
+        END { printf "%.0f %.2f %.2f %d", rps, p50, p99, err }' "$TMP/c10k-wrk.txt")
+      echo "$line $busy $(( (busy - idle) * 1024 / clients ))" >> "$TMP/c10k-$t.txt"
+      echo "  10k clients round $r $t: $line rss ${busy} KiB" >&2
+      sleep 2 # let the closed connections' sockets go
+    done
+  done
+  local nginx_p99; nginx_p99=$(cut -d' ' -f3 "$TMP/c10k-nginx.txt" | median)
+  {
+    echo
+    echo "### $clients keep-alive clients, shared layout"
+    echo
+    echo "wrk with 2 threads and $clients connections on /cheap, $SECONDS_PER_RUN s per run, medians of $rounds interleaved"
+    echo "rounds. RSS over all of a proxy's processes, read halfway through the run; per connection: that"
+    echo "minus the RSS just before the run, over $clients."
+    echo "HAProxy's maxconn is 9000 (its descriptor need at the hard limit of $(ulimit -Hn)), so its last 1,000 clients wait in the backlog."
+    echo
+    echo "| target | req/s | p50 ms | p99 ms | p99 vs nginx | RSS MiB | bytes per connection | errors |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for t in "${targets[@]}"; do
+      local f=$TMP/c10k-$t.txt
+      local rps p50 p99 err rss per
+      rps=$(cut -d' ' -f1 "$f" | median); p50=$(cut -d' ' -f2 "$f" | median); p99=$(cut -d' ' -f3 "$f" | median)
+      err=$(awk '{ s += $4 } END { print s }' "$f"); rss=$(cut -d' ' -f5 "$f" | median); per=$(cut -d' ' -f6 "$f" | median)
+      printf "| %s | %.0f | %.2f | %.2f | %.2fx | %.0f | %.0f | %d |\n" "$t" "$rps" "$p50" "$p99" \
+        "$(awk -v a="$p99" -v b="$nginx_p99" 'BEGIN { print a / b }')" "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" "$per" "$err"
+    done
+  } >> "$RESULTS"
+}
+
 main() {
   need
   for port in $UP1 $UP2 $UP3 $APP1 $APP2 $APP3 $((APP2 + 100)) $DISCOVERY $GATEWAY $ADMIN $NGINX $HAPROXY; do
@@ -314,9 +382,10 @@ main() {
   if part apps; then compare "The three real apps (Service A), shared layout" / 3 "$SECONDS_PER_RUN"; fi
   if part slow; then slow_app; fi
   if part memory; then peak_rss; fi
+  if part clients10k; then clients10k; fi
   if part echo; then echo_app; fi
   local measured=0
-  for p in cheap apps slow memory echo; do part "$p" && measured=1; done
+  for p in cheap apps slow memory echo clients10k; do part "$p" && measured=1; done
   if ((measured)); then mv "$RESULTS" "$OUT" && echo "results in $OUT" >&2; fi
   if part hold; then
     echo "system up (gateway :$GATEWAY, nginx :$NGINX, HAProxy :$HAPROXY); Ctrl-C stops it" >&2

@@ -31,8 +31,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Listen backlog: room for a burst of connections while the loop is busy.
-const BACKLOG: i32 = 1024;
+/// Listen backlog (the kernel caps it at `net.core.somaxconn`). A burst of
+/// thousands of connections arrives while the accept loop waits its turn; a
+/// full queue drops the handshake's last ACK while the client already sends
+/// its request, which then waits for a retransmission (a second or more): at
+/// 10,000 clients that was the p99.
+const BACKLOG: i32 = 65535;
 /// How long a connection accepted before or while stopping may take to send
 /// its first request once the gateway is stopping.
 pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
