@@ -21,12 +21,21 @@ pub fn installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// A port free now, outside Linux's ephemeral range (32768-60999): a port
+/// picked inside it (by binding port 0) can be taken by any other test's
+/// outgoing connection or port-0 bind before etcd binds it, or while a member
+/// is down between a kill and its restart.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (start.wrapping_add(n.wrapping_mul(37)) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One member.
