@@ -217,7 +217,7 @@ pub async fn resolve(
     let lookup = async_std::net::ToSocketAddrs::to_socket_addrs(&(host, port));
     match async_std::future::timeout(limit, lookup).await {
         Err(_) => Err(ResolveError::TimedOut(limit)),
-        Ok(Err(e)) if is_local_trouble(&e) => Err(ResolveError::Local(e)),
+        Ok(Err(e)) if shared::local_trouble::is_local_trouble(&e) => Err(ResolveError::Local(e)),
         Ok(Err(e)) => Err(ResolveError::NotFound(format!(
             "{host} does not resolve: {e}"
         ))),
@@ -233,23 +233,6 @@ pub async fn resolve(
             }
         }
     }
-}
-
-/// Errors that say this process is short of something (descriptors, buffers,
-/// memory, local ports), not that the peer is unwell.
-pub fn is_local_trouble(e: &io::Error) -> bool {
-    use nix::errno::Errno;
-    e.raw_os_error().is_some_and(|n| {
-        [
-            Errno::EMFILE,
-            Errno::ENFILE,
-            Errno::ENOBUFS,
-            Errno::ENOMEM,
-            Errno::EADDRNOTAVAIL,
-        ]
-        .iter()
-        .any(|x| *x as i32 == n)
-    })
 }
 
 /// Whether the `Authorization` values carry exactly `Bearer <token>`.

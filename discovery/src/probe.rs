@@ -5,9 +5,9 @@
 //! hold more than that. Connects to resolved addresses only: no URL is ever
 //! built from what a registrant sent.
 
-use crate::access::is_local_trouble;
 use async_std::net::TcpStream;
 use shared::http1::client::Connection;
+use shared::local_trouble::is_local_trouble;
 use std::net::SocketAddr;
 
 /// Largest response head a check reads.

@@ -54,6 +54,8 @@ pub async fn serve(
     let mut tried: Vec<Arc<Upstream>> = Vec::new();
     let mut timeouts = 0u32;
     let mut last_failure = String::new();
+    // The gateway itself is short of descriptors or ports: no instance is to blame.
+    let mut short_of: Option<std::io::Error> = None;
     let mut next = source::next(
         &Pick {
             ctx,
@@ -98,6 +100,13 @@ pub async fn serve(
                     client_open,
                     attempts,
                 }
+            }
+            Try::ConnectFailed(e) if shared::local_trouble::is_local_trouble(&e) => {
+                // Out of descriptors or local ports: every other instance would fail
+                // the same way, and cooling them down would empty the ring for
+                // everyone once the shortage is over. Answer 503 and keep the ring.
+                short_of = Some(e);
+                break;
             }
             Try::ConnectFailed(e) => {
                 // A connect cut short by the request's own deadline says nothing about the instance.
@@ -155,7 +164,14 @@ pub async fn serve(
         }
     }
     let attempts = tried.len() as u32;
-    let (status, code, message) = if tried.is_empty() {
+    let (status, code, message) = if let Some(e) = short_of {
+        ctx.metrics.local_shortages.inc();
+        (
+            503,
+            "overloaded",
+            format!("the gateway cannot open a connection now: {e}"),
+        )
+    } else if tried.is_empty() {
         (
             503,
             "no_available_instance",

@@ -75,6 +75,9 @@ pub struct Metrics {
     attempts: Histogram,
     failovers: Family<Cause, Counter>,
     pub keepalive_retries: Counter,
+    /// Requests answered 503 because the gateway was out of descriptors or
+    /// local ports: its own trouble, not an instance's.
+    pub local_shortages: Counter,
     lookups: Family<Outcome, Counter>,
     reloads: Family<ReloadResult, Counter>,
     pub client_connections: Gauge,
@@ -103,6 +106,7 @@ impl Metrics {
         let attempts = Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 8.0]);
         let failovers = Family::<Cause, Counter>::default();
         let keepalive_retries = Counter::default();
+        let local_shortages = Counter::default();
         let lookups = Family::<Outcome, Counter>::default();
         let client_connections = Gauge::default();
         let reloads = Family::<ReloadResult, Counter>::default();
@@ -137,6 +141,11 @@ impl Metrics {
             keepalive_retries.clone(),
         );
         registry.register(
+            "local_shortages",
+            "Requests answered 503 because the gateway could not open an upstream connection for want of descriptors or local ports (no instance was blamed)",
+            local_shortages.clone(),
+        );
+        registry.register(
             "discovery_lookups",
             "Lookups sent to discovery after a timeout, by outcome (ok, none_available, error, timeout)",
             lookups.clone(),
@@ -155,6 +164,7 @@ impl Metrics {
             attempts,
             failovers,
             keepalive_retries,
+            local_shortages,
             lookups,
             reloads,
             client_connections,

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod http1;
+pub mod local_trouble;
 pub mod logging;
 pub mod panics;
 pub mod process_metrics;

@@ -416,3 +416,167 @@ async fn an_http_1_0_instance_becomes_available_and_receives_traffic_through_the
     gateway.shutdown().await;
     discovery.shutdown().await;
 }
+
+/// The gateway binary under `ulimit -n LIMIT`, its output collected.
+struct LimitedGateway {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl LimitedGateway {
+    fn start(limit: u32, discovery_url: &str) -> LimitedGateway {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\"")])
+            .arg(testkit::procs::bin("gateway"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--discovery-url", discovery_url, "--worker-threads", "1"])
+            .env("LOG_LEVEL", "info")
+            .env("LOG_FORMAT", "json")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+        let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+        for stream in [out, err] {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        LimitedGateway { child, lines }
+    }
+
+    /// The address from its "WHAT listening on http://ADDR" line.
+    async fn listening(&self, what: &str) -> std::net::SocketAddr {
+        let needle = format!("{what} listening on http://");
+        let mut found = None;
+        testkit::wait_until(&needle, Duration::from_secs(20), || {
+            let line = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(&needle))
+                .cloned();
+            found = line;
+            let ready = found.is_some();
+            async move { ready }
+        })
+        .await;
+        let line = found.unwrap();
+        let rest = &line[line.find(&needle).unwrap() + needle.len()..];
+        rest.chars()
+            .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | ':'))
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    }
+
+    fn open_descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for LimitedGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The gateway out of descriptors must not blame the instances: before, every
+/// failed connect cooled an instance down, so once the shortage was over the
+/// ring was empty for everyone (503 for every request) until the cool-downs
+/// ended. Now such a request is a 503 `overloaded`, no instance is cooled
+/// down, and the next request after the shortage is served at once.
+#[async_std::test]
+async fn a_gateway_out_of_descriptors_blames_no_instance() {
+    const LIMIT: u32 = 64;
+    let discovery = testkit::discovery().await;
+    let apps = testkit::system::apps(&discovery.url(), 3).await;
+    let gateway = LimitedGateway::start(LIMIT, &discovery.url());
+    let addr = gateway.listening("gateway").await;
+    let admin = format!("http://{}", gateway.listening("gateway admin").await);
+    let members: Vec<String> = apps.iter().map(|a| a.served_by().to_string()).collect();
+    testkit::system::wait_ring(&admin, &members, Duration::from_secs(10)).await;
+
+    // Idle client connections until the gateway holds every descriptor it may
+    // (no business request yet, so no pooled upstream connection to reuse).
+    let mut idle: Vec<TcpStream> = Vec::new();
+    let filling = Instant::now();
+    let full = || {
+        gateway
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("accept failed"))
+    };
+    while !full() {
+        assert!(
+            filling.elapsed() < Duration::from_secs(10),
+            "the gateway never ran out of its {LIMIT} descriptors"
+        );
+        idle.push(TcpStream::connect(addr).await.unwrap());
+        async_std::task::sleep(Duration::from_millis(2)).await;
+    }
+    // The first connection was accepted first: it asks.
+    let mut asker = idle.remove(0);
+    let body = br#"{"pay": 1}"#;
+    let mut req = Vec::new();
+    shared::http1::client::post(&mut req, "gateway", "/api/pay", body, "");
+    asker.write_all(&req).await.unwrap();
+    let mut conn = Connection::from_stream(asker);
+    let res = conn.read().await.unwrap();
+    assert_eq!(
+        res.status,
+        503,
+        "{}; {} descriptors open; the gateway printed:\n{}",
+        String::from_utf8_lossy(&res.body),
+        gateway.open_descriptors(),
+        gateway.lines.lock().unwrap().join("\n")
+    );
+    let answer = String::from_utf8_lossy(&res.body).to_string();
+    assert!(answer.contains("overloaded"), "{answer}");
+    assert!(res.header("retry-after").is_some(), "says when to retry");
+
+    // The shortage ends: the very next request is served, by a ring still whole.
+    drop(idle);
+    drop(conn);
+    testkit::wait_until(
+        "the idle connections are gone",
+        Duration::from_secs(10),
+        || {
+            let low = gateway.open_descriptors() < LIMIT as usize - 8;
+            async move { low }
+        },
+    )
+    .await;
+    let mut client = Client::new(addr);
+    for _ in 0..3 {
+        let res = client.post("/api/pay", body).await.unwrap();
+        assert_eq!(
+            (res.status, res.body.as_slice()),
+            (200, &body[..]),
+            "{}",
+            String::from_utf8_lossy(&res.body)
+        );
+    }
+    let shortages = metric(&admin, "gateway_local_shortages_total").await;
+    assert!(shortages >= 1.0, "counted: {shortages}");
+    for a in apps {
+        a.shutdown().await;
+    }
+    discovery.shutdown().await;
+}
