@@ -101,7 +101,7 @@ pub async fn serve(
                     attempts,
                 }
             }
-            Try::ConnectFailed(e) if shared::local_trouble::is_local_trouble(&e) => {
+            Try::ShortOfResources(e) => {
                 // Out of descriptors or local ports: every other instance would fail
                 // the same way, and cooling them down would empty the ring for
                 // everyone once the shortage is over. Answer 503 and keep the ring.

@@ -67,6 +67,10 @@ pub enum Try {
     Answered { status: u16, client_open: bool },
     /// No connection could be opened: the request was not sent.
     ConnectFailed(Error),
+    /// No connection could be opened because the gateway itself is out of
+    /// descriptors, buffers or local ports: the request was not sent, and
+    /// the instance is not to blame ([`shared::local_trouble`]).
+    ShortOfResources(Error),
     /// Sent, but no response head (or no whole small answer) within the deadline.
     TimedOut,
     /// The connection failed before a complete response head (or small answer).
@@ -128,6 +132,8 @@ pub async fn try_once(
     match &tried {
         Try::Answered { status, .. } => stats.answered(*status, took),
         Try::ConnectFailed(_) => stats.failed(Failover::Connect, took),
+        // Not a try of the instance: nothing is counted against it.
+        Try::ShortOfResources(_) => {}
         Try::TimedOut => stats.failed(Failover::Timeout, took),
         Try::Broken(_) => stats.failed(Failover::Broken, took),
         Try::ServerError(status) => {
@@ -160,6 +166,9 @@ async fn try_inner(
         Some((conn, _)) => conn,
         None => match up.connect(deadline, deadlines.connect).await {
             Ok(conn) => conn,
+            Err(e) if shared::local_trouble::is_local_trouble(&e) => {
+                return Try::ShortOfResources(e)
+            }
             Err(e) => return Try::ConnectFailed(e),
         },
     };
