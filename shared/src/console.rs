@@ -15,6 +15,10 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 /// The style both consoles start from; each appends its own rules.
 pub const BASE_STYLE: &str = include_str!("../assets/console.css");
 
+/// The script both consoles load before their own (`/console-common.js`):
+/// elements from text, the clock, the live or stale state.
+pub const COMMON_SCRIPT: &str = include_str!("../assets/console-common.js");
+
 /// One console's files.
 #[derive(Clone, Copy, Debug)]
 pub struct Assets {
@@ -23,12 +27,14 @@ pub struct Assets {
     pub style: &'static str,
 }
 
-/// Mounts the page at `/` and its script and style beside it.
+/// Mounts the page at `/` and its scripts and style beside it.
 pub fn routes<S: Clone + Send + Sync + 'static>(app: &mut tide::Server<S>, assets: Assets) {
     let style = format!("{BASE_STYLE}{}", assets.style);
     app.at("/").get(move |_: Request<S>| async move {
         Ok(asset(assets.page, "text/html; charset=utf-8"))
     });
+    app.at("/console-common.js")
+        .get(|_: Request<S>| async { Ok(asset(COMMON_SCRIPT, "text/javascript; charset=utf-8")) });
     app.at("/console.js").get(move |_: Request<S>| async move {
         Ok(asset(assets.script, "text/javascript; charset=utf-8"))
     });
@@ -71,8 +77,13 @@ pub fn problems(assets: &Assets) -> Vec<String> {
         "document.write",
         "eval(",
     ] {
-        if assets.script.contains(sink) {
-            found.push(format!("the script uses {sink}"));
+        for (script, which) in [
+            (assets.script, "the script"),
+            (COMMON_SCRIPT, "the common script"),
+        ] {
+            if script.contains(sink) {
+                found.push(format!("{which} uses {sink}"));
+            }
         }
     }
     found

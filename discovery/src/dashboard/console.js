@@ -28,13 +28,6 @@ const view = {
   again: false,
 };
 
-function el(tag, className, ...children) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  for (const child of children) node.append(child);
-  return node;
-}
-
 function age(ms) {
   if (!Number.isFinite(ms)) return "-";
   let s = Math.max(0, Math.floor(ms / 1000));
@@ -46,10 +39,6 @@ function age(ms) {
   if (d > 0) return d + "d " + h + "h";
   if (h > 0) return h + "h " + m + "m";
   return m + "m " + s + "s";
-}
-
-function clock(ms) {
-  return new Date(ms).toLocaleTimeString();
 }
 
 async function fetchJson(url) {
@@ -179,22 +168,7 @@ function namespaceSection(namespace, instances, now) {
 
 function render() {
   const now = Date.now();
-  document.body.dataset.state = view.live ? "live" : view.services ? "stale" : "loading";
-  document.body.dataset.updates = String(view.updates);
-  document.body.classList.toggle("stale", !view.live && view.services !== null);
-
-  const banner = document.getElementById("banner");
-  if (view.live) {
-    banner.hidden = true;
-    banner.className = "";
-  } else if (view.problem) {
-    banner.hidden = false;
-    banner.className = "stale";
-    banner.textContent = view.updatedAt
-      ? "Discovery is unreachable (" + view.problem + "): showing the last view, from " + clock(view.updatedAt) +
-        " (" + age(now - view.updatedAt) + " ago). Retrying."
-      : "Discovery is unreachable (" + view.problem + "): nothing to show yet. Retrying.";
-  }
+  showLiveness(view, view.services !== null, "Discovery", age);
   const store = document.getElementById("store");
   const storeDown = view.live && view.store && view.store.reachable === false;
   store.hidden = !storeDown;
@@ -203,9 +177,6 @@ function render() {
       (view.store.detail ? " (" + String(view.store.detail) + ")" : "") +
       ": serving the last mirror; registrations and status changes wait until it is back."
     : "";
-  document.getElementById("updated").textContent = view.updatedAt
-    ? "Last update " + clock(view.updatedAt) + "."
-    : "No view yet.";
 
   if (!view.services) return;
   const names = Object.keys(view.services).sort();

@@ -23,17 +23,6 @@ const view = {
   busy: false,
 };
 
-function el(tag, className, ...children) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  for (const child of children) node.append(child);
-  return node;
-}
-
-function clock(ms) {
-  return new Date(ms).toLocaleTimeString();
-}
-
 function seconds(s) {
   if (!Number.isFinite(s)) return "-";
   return s < 10 ? s.toFixed(1) + "s" : Math.round(s) + "s";
@@ -177,23 +166,7 @@ function ringSection(ring, routes) {
 }
 
 function render() {
-  const now = Date.now();
-  document.body.dataset.state = view.live ? "live" : view.status ? "stale" : "loading";
-  document.body.dataset.updates = String(view.updates);
-  document.body.classList.toggle("stale", !view.live && view.status !== null);
-  const banner = document.getElementById("banner");
-  if (view.live) {
-    banner.hidden = true;
-    banner.className = "";
-  } else if (view.problem) {
-    banner.hidden = false;
-    banner.className = "stale";
-    banner.textContent = view.updatedAt
-      ? "The gateway is unreachable (" + view.problem + "): showing the last view, from " + clock(view.updatedAt) +
-        " (" + seconds((now - view.updatedAt) / 1000) + " ago). Retrying."
-      : "The gateway is unreachable (" + view.problem + "): nothing to show yet. Retrying.";
-  }
-  document.getElementById("updated").textContent = view.updatedAt ? "Last update " + clock(view.updatedAt) + "." : "No view yet.";
+  showLiveness(view, view.status !== null, "The gateway", (ms) => seconds(ms / 1000));
   if (!view.status) return;
   const status = view.status;
   const routes = Array.isArray(status.routes) ? status.routes : [];
