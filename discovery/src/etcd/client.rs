@@ -667,24 +667,34 @@ impl Client {
         Ok(())
     }
 
+    /// Sends a streaming call and answers its body as it arrives; anything
+    /// but a 200 is an error naming the status and what etcd said.
+    async fn open_stream(
+        &self,
+        url: &str,
+        body: &[u8],
+    ) -> Result<Box<dyn AsyncBufRead + Unpin + Send + Sync>> {
+        let req = Self::post(url, body, true)?;
+        let mut res = self
+            .streams
+            .send(req)
+            .await
+            .map_err(|e| Error::Unavailable(format!("{url}: {e}")))?;
+        if res.status() != 200 {
+            let status = res.status();
+            let text = read_capped(&mut res, 64 * 1024).await.unwrap_or_default();
+            return Err(Error::Unavailable(format!(
+                "{url}: {status} {}",
+                String::from_utf8_lossy(&text)
+            )));
+        }
+        Ok(Box::new(res.take_body().into_reader()))
+    }
+
     /// Opens a streaming call and reads its first line, within the deadline.
     async fn first_line(&self, url: &str, body: &[u8]) -> Result<String> {
-        let req = Self::post(url, body, true)?;
         let read = async {
-            let mut res = self
-                .streams
-                .send(req)
-                .await
-                .map_err(|e| Error::Unavailable(format!("{url}: {e}")))?;
-            if res.status() != 200 {
-                let status = res.status();
-                let text = read_capped(&mut res, 64 * 1024).await.unwrap_or_default();
-                return Err(Error::Unavailable(format!(
-                    "{url}: {status} {}",
-                    String::from_utf8_lossy(&text)
-                )));
-            }
-            let mut reader = res.take_body().into_reader();
+            let mut reader = self.open_stream(url, body).await?;
             next_line(&mut reader, 64 * 1024)
                 .await
                 .map_err(|e| Error::Unavailable(format!("{url}: {e}")))?
@@ -724,18 +734,9 @@ impl Client {
     }
 
     async fn open_watch(&self, url: &str, body: &[u8]) -> Result<Watch> {
-        let req = Self::post(url, body, true)?;
         let open = async {
-            let mut res = self
-                .streams
-                .send(req)
-                .await
-                .map_err(|e| Error::Unavailable(format!("{url}: {e}")))?;
-            if res.status() != 200 {
-                return Err(Error::Unavailable(format!("{url}: {}", res.status())));
-            }
             let mut watch = Watch {
-                reader: Box::new(res.take_body().into_reader()),
+                reader: self.open_stream(url, body).await?,
                 endpoint: String::new(),
                 pending: None,
             };
