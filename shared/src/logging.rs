@@ -20,6 +20,7 @@ mod repeats;
 mod time;
 
 pub use format::escape_controls;
+pub use time::clock_ms;
 
 use repeats::{Admit, Repeats, Summary};
 use std::io::{IsTerminal, Write};

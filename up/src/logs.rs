@@ -115,7 +115,10 @@ pub fn render(name: &str, line: &str, width: usize, colour: bool) -> String {
         other => format!("{other:<5}"),
     };
     let time = match fields.remove("time") {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(clock).unwrap_or_default(),
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .map(shared::logging::clock_ms)
+            .unwrap_or_default(),
         Some(serde_json::Value::String(s)) => rfc3339_clock(&s).unwrap_or_default(),
         _ => String::new(),
     };
@@ -169,18 +172,6 @@ fn rfc3339_clock(time: &str) -> Option<String> {
         .take(12)
         .collect();
     (clock.len() >= 8).then_some(clock)
-}
-
-/// `HH:MM:SS.mmm` (UTC) of a Unix time in milliseconds.
-fn clock(ms: u64) -> String {
-    let day = ms % 86_400_000;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        day / 3_600_000,
-        day / 60_000 % 60,
-        day / 1000 % 60,
-        day % 1000
-    )
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ pub fn clock(at: SystemTime) -> String {
     clock_ms(epoch_ms(at))
 }
 
-fn clock_ms(ms: u64) -> String {
+/// `07:45:01.123` (UTC) of a Unix time in milliseconds.
+pub fn clock_ms(ms: u64) -> String {
     let day = ms % 86_400_000;
     format!(
         "{:02}:{:02}:{:02}.{:03}",
