@@ -195,16 +195,7 @@ fn routes(state: State, config: &AppConfig) -> tide::Server<State> {
     for path in ["/chaos", "/chaos/"] {
         let mut route = app.at(path);
         route.all(|_: Request<State>| status(StatusCode::NotFound));
-        for method in [
-            Method::Get,
-            Method::Post,
-            Method::Put,
-            Method::Delete,
-            Method::Patch,
-            Method::Options,
-            Method::Trace,
-            Method::Connect,
-        ] {
+        for method in shared::api::ROUTED_METHODS {
             route.method(method, |_: Request<State>| status(StatusCode::NotFound));
         }
     }

@@ -190,6 +190,18 @@ impl<S: Clone + Send + Sync + 'static> tide::Middleware<S> for Manners {
     }
 }
 
+/// The methods a route is given one by one (HEAD aside: tide serves it from GET).
+pub const ROUTED_METHODS: [Method; 8] = [
+    Method::Get,
+    Method::Post,
+    Method::Put,
+    Method::Delete,
+    Method::Patch,
+    Method::Options,
+    Method::Trace,
+    Method::Connect,
+];
+
 /// Answers the methods a route does not serve with 405 and `Allow`
 /// (RFC 9110 section 15.5.6), rather than tide's bare 405. `allowed` lists
 /// what the route serves; HEAD is implied by GET, as tide serves it.
@@ -202,16 +214,7 @@ pub fn allow<S: Clone + Send + Sync + 'static>(route: &mut tide::Route<'_, S>, a
         names.push("HEAD");
     }
     let header = names.join(", ");
-    for method in [
-        Method::Get,
-        Method::Post,
-        Method::Put,
-        Method::Delete,
-        Method::Patch,
-        Method::Options,
-        Method::Trace,
-        Method::Connect,
-    ] {
+    for method in ROUTED_METHODS {
         if allowed.contains(&method) {
             continue;
         }
