@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::store::StoreError;
 use crate::State;
 use serde::de::DeserializeOwned;
-use shared::api::{error_response, json_response, parse_json, read_body};
+use shared::api::{error_response, json_body, json_response};
 use shared::wire::{
     normalize_host, validate_namespace, validate_path, DeregisterRequest, RegisterRequest,
 };
@@ -147,15 +147,14 @@ pub(crate) fn authorize(req: &Request<State>) -> Result<(), Counted> {
     Err(("unauthorized", res))
 }
 
-/// The body as exactly one JSON object of `T`: trailing bytes after it are a 400.
+/// The body as exactly one JSON object of `T` ([`shared::api::json_body`]:
+/// trailing bytes after it are a 400), counted as rejected when refused.
 pub(crate) async fn one_json_object<T: DeserializeOwned>(
     req: &mut Request<State>,
 ) -> Result<T, Counted> {
-    let body = read_body(req, MAX_BODY)
+    json_body(req, MAX_BODY)
         .await
-        .map_err(|res| ("rejected", res))?;
-    // parse_json refuses bytes after the object.
-    parse_json(&body).map_err(|res| ("rejected", res))
+        .map_err(|res| ("rejected", res))
 }
 
 /// Validates the namespace and normalizes the host (given, or the caller's IP).
