@@ -446,6 +446,7 @@ fn access_log(
     if every == 0
         || !ctx
             .requests
+            .local()
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(every)
     {

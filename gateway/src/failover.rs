@@ -15,15 +15,16 @@
 //!   next ring member.
 //! - 5xx answer: only with `retry_on_5xx`, same method rule.
 //!
-//! All within `max_attempts` tries and `request_deadline`. When nothing is
+//! All within `max_attempts` tries and `request_deadline`; the decision is
+//! [`crate::retry::decide`], a pure function of the try's outcome. When nothing is
 //! left: 503 if there was no instance to try, 504 if every try timed out,
 //! else 502.
 
 use crate::codec;
 use crate::deadline::Deadline;
 use crate::forward::{self, Deadlines, Exchange, Try};
-use crate::metrics::Failover;
 use crate::pool::Upstream;
+use crate::retry;
 use crate::ring::Balancer;
 use crate::source::{self, After, Pick};
 use crate::Context;
@@ -90,7 +91,22 @@ pub async fn serve(
             fail_on_5xx,
             &ctx.metrics,
         );
-        let cause = match tried_now.await {
+        let tried_now = tried_now.await;
+        let outcome = match &tried_now {
+            Try::Answered { .. } => retry::Outcome::Answered,
+            // A connect cut short by the request's own deadline says nothing about the instance.
+            Try::ConnectFailed(e) => retry::Outcome::ConnectFailed {
+                cut_short: e.kind() == std::io::ErrorKind::TimedOut
+                    && deadlines.connect < config.connect_timeout,
+            },
+            Try::TimedOut => retry::Outcome::TimedOut,
+            Try::Broken(_) => retry::Outcome::Broken,
+            Try::ServerError(_) => retry::Outcome::ServerError,
+        };
+        if retry::cools_down(outcome) {
+            target.cool_down(config.connect_cooldown);
+        }
+        match tried_now {
             Try::Answered {
                 status,
                 client_open,
@@ -109,45 +125,40 @@ pub async fn serve(
                 break;
             }
             Try::ConnectFailed(e) => {
-                // A connect cut short by the request's own deadline says nothing about the instance.
-                let cut_short = e.kind() == std::io::ErrorKind::TimedOut
-                    && deadlines.connect < config.connect_timeout;
-                if !cut_short {
-                    target.cool_down(config.connect_cooldown);
-                }
-                last_failure = format!("cannot connect to {}: {e}", target.key);
-                Failover::Connect
+                last_failure = format!("cannot connect to {}: {e}", target.key)
             }
             Try::TimedOut => {
                 timeouts += 1;
                 last_failure = format!("{} did not answer within {:?}", target.key, deadlines.head);
-                Failover::Timeout
             }
             Try::Broken(why) => {
-                last_failure = format!("{} broke the connection: {why}", target.key);
-                Failover::Broken
+                last_failure = format!("{} broke the connection: {why}", target.key)
             }
-            Try::ServerError(status) => {
-                last_failure = format!("{} answered {status}", target.key);
-                Failover::Status5xx
-            }
-        };
-        // Only a refused connection proves the instance never saw the request.
-        if cause != Failover::Connect && !ex.replayable {
-            log::warn!(request_id = ex.request_id, upstream = target.key.as_str(), cause = cause.as_str();
-                "not retried: the method is not idempotent and retry_non_idempotent is off");
-            last_failure.push_str(
-                "; not retried: the method is not idempotent and retry_non_idempotent is off",
-            );
-            break;
+            Try::ServerError(status) => last_failure = format!("{} answered {status}", target.key),
         }
         let left = give_up_at.saturating_duration_since(Instant::now());
-        if !another_allowed || left.is_zero() {
-            break;
-        }
-        let after = match cause {
-            Failover::Timeout => After::Timeout,
-            _ => After::Failure,
+        let policy = retry::Policy {
+            replayable: ex.replayable,
+            max_attempts: config.max_attempts,
+        };
+        let (cause, after) = match retry::decide(
+            outcome,
+            retry::Attempt {
+                number: attempts,
+                left,
+            },
+            policy,
+        ) {
+            retry::Decision::Retry(cause, after) => (cause, after),
+            retry::Decision::GiveUp(cause, retry::Stop::NotReplayable) => {
+                log::warn!(request_id = ex.request_id, upstream = target.key.as_str(), cause = cause.as_str();
+                    "not retried: the method is not idempotent and retry_non_idempotent is off");
+                last_failure.push_str(
+                    "; not retried: the method is not idempotent and retry_non_idempotent is off",
+                );
+                break;
+            }
+            retry::Decision::GiveUp(..) | retry::Decision::Done => break,
         };
         let pick = Pick {
             ctx,

@@ -16,6 +16,10 @@
 //! [`budget`] bounds the request bytes held across connections, and a panic
 //! ends one connection or restarts one background loop, never the process
 //! (`gateway_panics_total`).
+//!
+//! Cores: [`worker`] runs `worker_threads` threads, each with its own
+//! executor, listener, idle pools, round-robin cursors and metric shards;
+//! [`retry`] is the failover policy as a pure function.
 
 pub mod admin;
 pub mod budget;
@@ -29,11 +33,13 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod reload;
+pub mod retry;
 pub mod ring;
 pub mod source;
 pub mod stats;
 pub mod target;
 pub mod watch;
+pub mod worker;
 
 use async_std::task::{self, JoinHandle};
 use futures_lite::FutureExt;
@@ -61,8 +67,8 @@ pub struct Context {
     pub kill: Trigger,
     /// `Host` for HTTP/1.0 requests that carry none.
     pub default_host: String,
-    /// Requests seen, for access log sampling.
-    pub requests: Arc<AtomicU64>,
+    /// Requests seen per worker, for access log sampling.
+    pub requests: Arc<worker::PerWorker<AtomicU64>>,
     /// Enforces the deadlines of every wait on the request path.
     pub watchdog: Arc<deadline::Watchdog>,
     /// Panics caught in connections and background loops.
@@ -105,7 +111,7 @@ impl Context {
 pub struct Handle {
     addr: SocketAddr,
     ctx: Arc<Context>,
-    accept: JoinHandle<()>,
+    workers: worker::Workers,
     connections: Tracker,
     admin: Served,
     background: Vec<JoinHandle<()>>,
@@ -146,12 +152,13 @@ impl Handle {
     pub async fn shutdown(self) {
         let ctx = self.ctx.current();
         ctx.stop.fire();
-        self.accept.await;
+        self.workers.stopped_accepting().await;
         if !self.connections.drained(ctx.config.drain_timeout).await {
             log::warn!(left = self.connections.live(); "drain time over, closing connections");
         }
         ctx.kill.fire();
         self.connections.drained(Duration::from_secs(1)).await;
+        self.workers.finish().await;
         let reloaded = ctx.live.stop();
         for task in self.background.into_iter().chain(reloaded) {
             task.await;
@@ -161,14 +168,15 @@ impl Handle {
     }
 }
 
-/// Sizes the executor: `threads` workers, or one per core for 0. It only takes
+/// Sizes async-std's global executor, which runs only the background tasks
+/// (watch, reaper, watchdog, admin port; requests run on the [`worker`]s):
+/// one thread, unless ASYNC_STD_THREAD_COUNT says otherwise. It only takes
 /// effect before the first task is spawned, so `main` calls it first thing.
-pub fn init_runtime(threads: usize) {
-    let mut config = async_global_executor::GlobalExecutorConfig::default()
-        .with_env_var("ASYNC_STD_THREAD_COUNT");
-    if threads > 0 {
-        config = config.with_min_threads(threads).with_max_threads(threads);
-    }
+pub fn init_runtime() {
+    let config = async_global_executor::GlobalExecutorConfig::default()
+        .with_env_var("ASYNC_STD_THREAD_COUNT")
+        .with_min_threads(1)
+        .with_max_threads(1);
     async_global_executor::init_with_config(config);
 }
 
@@ -177,8 +185,15 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    let listener = listener::bind(&config.listen, config.reuse_port)?;
-    let addr = listener.local_addr()?;
+    let listeners = listener::bind_all(
+        &config.listen,
+        config.reuse_port,
+        worker::count(config.worker_threads),
+    )?;
+    let addr = match listeners.first() {
+        Some(l) => l.local_addr()?,
+        None => return Err(std::io::Error::other("no listener bound")),
+    };
     let router = Arc::new(ring::Router::new(&config.routes));
     let upstreams = Arc::new(pool::Upstreams::new(pool::Limits {
         max_idle: config.pool_max_idle,
@@ -244,13 +259,13 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         },
     )?;
     let connections = Tracker::default();
-    let accept = listener::spawn(ctx.clone(), listener, connections.clone());
+    let workers = worker::spawn(&ctx, listeners, &connections)?;
     log::info!(addr:% = addr; "gateway listening on http://{addr}");
     log::info!(addr:% = admin.addr(); "gateway admin listening on http://{}", admin.addr());
     Ok(Handle {
         addr,
         ctx,
-        accept,
+        workers,
         connections,
         admin,
         background,

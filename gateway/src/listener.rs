@@ -1,4 +1,9 @@
-//! Binds the client address and accepts connections, each in its own task.
+//! Binds the client address and accepts connections, each in its own task
+//! on the accepting worker's executor (see [`crate::worker`]).
+//!
+//! Each worker gets its own socket: with `reuse_port`, one SO_REUSEPORT
+//! socket per worker bound to the same address; without, duplicates of one
+//! socket (one accept queue, shared).
 //!
 //! With `reuse_port` (the default) the socket is bound with SO_REUSEADDR and
 //! SO_REUSEPORT, so several gateways on one host share the address: the
@@ -22,8 +27,9 @@
 
 use crate::connection;
 use crate::Context;
+use async_executor::Executor;
 use async_std::net::{TcpListener, TcpStream};
-use async_std::task::{self, JoinHandle};
+use async_std::task;
 use futures_lite::FutureExt;
 use shared::shutdown::Tracker;
 use std::io::ErrorKind;
@@ -54,6 +60,33 @@ impl Bound {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         Ok(self.addr)
     }
+
+    /// Another handle on the same socket (and accept queue).
+    fn try_clone(&self) -> std::io::Result<Bound> {
+        let plain = self.drain.try_clone()?;
+        Ok(Bound {
+            drain: plain.try_clone()?,
+            listener: TcpListener::from(plain),
+            addr: self.addr,
+        })
+    }
+}
+
+/// One socket per worker on `listen`: the first binds (a port 0 picks the
+/// port), the others join it with SO_REUSEPORT, or share it without.
+pub fn bind_all(listen: &str, reuse_port: bool, workers: usize) -> std::io::Result<Vec<Bound>> {
+    let first = bind(listen, reuse_port)?;
+    let addr = first.addr.to_string();
+    let mut all = Vec::with_capacity(workers);
+    for _ in 1..workers.max(1) {
+        all.push(if reuse_port {
+            bind(&addr, true)?
+        } else {
+            first.try_clone()?
+        });
+    }
+    all.insert(0, first);
+    Ok(all)
 }
 
 /// Binds `listen` (an `ip:port` or `host:port`), with SO_REUSEPORT when `reuse_port`.
@@ -95,42 +128,51 @@ pub fn bind(listen: &str, reuse_port: bool) -> std::io::Result<Bound> {
     })
 }
 
-/// Starts the accept loop; `connections` counts the live connection tasks.
-pub fn spawn(ctx: Arc<Context>, bound: Bound, connections: Tracker) -> JoinHandle<()> {
-    task::spawn(async move {
-        let Bound {
-            listener, drain, ..
-        } = bound;
-        while !ctx.stop.is_fired() {
-            let accepted = listener
-                .accept()
-                .or(async {
-                    ctx.stop.wait().await;
-                    Err(std::io::Error::other("stopping"))
-                })
-                .await;
-            match accepted {
-                Ok((stream, peer)) => serve(&ctx, stream, peer, &connections),
-                Err(_) if ctx.stop.is_fired() => break,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    log::warn!("accept failed: {e}");
-                    task::sleep(Duration::from_millis(20)).await;
-                }
+/// The accept loop of one worker: runs until the gateway stops, then serves
+/// what is left in its socket's queue; connection tasks go on `ex`.
+pub async fn accept(
+    ctx: &Arc<Context>,
+    bound: Bound,
+    connections: &Tracker,
+    ex: &Arc<Executor<'static>>,
+) {
+    let Bound {
+        listener, drain, ..
+    } = bound;
+    while !ctx.stop.is_fired() {
+        let accepted = listener
+            .accept()
+            .or(async {
+                ctx.stop.wait().await;
+                Err(std::io::Error::other("stopping"))
+            })
+            .await;
+        match accepted {
+            Ok((stream, peer)) => serve(ctx, stream, peer, connections, ex),
+            Err(_) if ctx.stop.is_fired() => break,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                log::warn!("accept failed: {e}");
+                task::sleep(Duration::from_millis(20)).await;
             }
         }
-        // The socket stays open through `drain` while the async handle goes.
-        drop(listener);
-        let queued = drain_queue(&ctx, &drain, &connections);
-        drop(drain);
-        if queued > 0 {
-            log::info!(connections = queued; "stopped accepting; served {queued} connections left in the accept queue");
-        }
-    })
+    }
+    // The socket stays open through `drain` while the async handle goes.
+    drop(listener);
+    let queued = drain_queue(ctx, &drain, connections, ex);
+    drop(drain);
+    if queued > 0 {
+        log::info!(connections = queued; "stopped accepting; served {queued} connections left in the accept queue");
+    }
 }
 
 /// Takes every connection already in the socket's accept queue; how many.
-fn drain_queue(ctx: &Arc<Context>, drain: &std::net::TcpListener, connections: &Tracker) -> usize {
+fn drain_queue(
+    ctx: &Arc<Context>,
+    drain: &std::net::TcpListener,
+    connections: &Tracker,
+    ex: &Executor<'static>,
+) -> usize {
     if let Err(e) = drain.set_nonblocking(true) {
         log::warn!("cannot drain the accept queue: {e}");
         return 0;
@@ -140,7 +182,7 @@ fn drain_queue(ctx: &Arc<Context>, drain: &std::net::TcpListener, connections: &
         match drain.accept() {
             Ok((stream, peer)) => {
                 queued += 1;
-                serve(ctx, TcpStream::from(stream), peer, connections);
+                serve(ctx, TcpStream::from(stream), peer, connections, ex);
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock => return queued,
@@ -152,11 +194,17 @@ fn drain_queue(ctx: &Arc<Context>, drain: &std::net::TcpListener, connections: &
     }
 }
 
-/// Serves one connection in its own task.
-fn serve(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, connections: &Tracker) {
+/// Serves one connection in its own task on this worker's executor.
+fn serve(
+    ctx: &Arc<Context>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    connections: &Tracker,
+    ex: &Executor<'static>,
+) {
     let tracked = connections.enter();
     let ctx = ctx.clone();
-    task::spawn(async move {
+    ex.spawn(async move {
         ctx.metrics.client_connections.inc();
         // Ends within a tick of the drain time running out: every wait it
         // makes is bounded by its deadline, which the watchdog then kills.
@@ -167,7 +215,8 @@ fn serve(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, connections: &
         }
         ctx.metrics.client_connections.dec();
         drop(tracked);
-    });
+    })
+    .detach();
 }
 
 /// Waits until the client has sent something (true), closed, or waited past

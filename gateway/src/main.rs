@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     flags.apply(&mut config);
-    gateway::init_runtime(config.worker_threads);
+    gateway::init_runtime();
     // SIGHUP: read the file again, the flags beating it as at start.
     let reload = move |h: &gateway::Handle| {
         let next = shared::config::load(flags.common.config.as_deref())

@@ -9,21 +9,202 @@ use crate::budget::Budget;
 use crate::pool::{clock, Upstreams};
 use crate::reload::Live;
 use crate::ring::{Router, WatchState};
+use crate::worker::PerWorker;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use shared::panics::Panics;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Status {
     code: u16,
+}
+
+/// Status codes counted one by one (0..600).
+const STATUSES: usize = 600;
+/// Upper bounds of `request_duration_seconds`: 100 us doubling to 13 s.
+const LATENCY_BOUNDS: [f64; 18] = {
+    let mut b = [0.0001; 18];
+    let mut i = 1;
+    while i < 18 {
+        b[i] = b[i - 1] * 2.0;
+        i += 1;
+    }
+    b
+};
+/// Upper bounds of `attempts_per_request`.
+const ATTEMPT_BOUNDS: [f64; 6] = [1.0, 2.0, 3.0, 4.0, 5.0, 8.0];
+
+/// One worker's share of the per-request counters: plain atomics on its own
+/// cache lines, summed at scrape time (a shared histogram would be a lock
+/// taken by every worker on every request).
+#[derive(Debug)]
+struct RequestShard {
+    by_status: Box<[AtomicU64]>,
+    /// Per bound of [`LATENCY_BOUNDS`], then above them all.
+    latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    latency_sum_ns: AtomicU64,
+    attempts: [AtomicU64; ATTEMPT_BOUNDS.len() + 1],
+    attempts_sum: AtomicU64,
+}
+
+impl Default for RequestShard {
+    fn default() -> Self {
+        RequestShard {
+            by_status: (0..STATUSES).map(|_| AtomicU64::new(0)).collect(),
+            latency: Default::default(),
+            latency_sum_ns: AtomicU64::new(0),
+            attempts: Default::default(),
+            attempts_sum: AtomicU64::new(0),
+        }
+    }
+}
+
+fn bucket(bounds: &[f64], value: f64) -> usize {
+    bounds
+        .iter()
+        .position(|b| value <= *b)
+        .unwrap_or(bounds.len())
+}
+
+/// The request counters of every worker, exported as their sums.
+#[derive(Debug, Default)]
+struct Requests(PerWorker<RequestShard>);
+
+impl Requests {
+    fn count(&self, status: u16, seconds: f64, attempts: u32) {
+        let shard = self.0.local();
+        let status = usize::from(status).min(STATUSES - 1);
+        shard.by_status[status].fetch_add(1, Ordering::Relaxed);
+        shard.latency[bucket(&LATENCY_BOUNDS, seconds)].fetch_add(1, Ordering::Relaxed);
+        shard
+            .latency_sum_ns
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+        if attempts > 0 {
+            shard.attempts[bucket(&ATTEMPT_BOUNDS, f64::from(attempts))]
+                .fetch_add(1, Ordering::Relaxed);
+            shard
+                .attempts_sum
+                .fetch_add(u64::from(attempts), Ordering::Relaxed);
+        }
+    }
+
+    /// Answered requests by status, summed over the workers.
+    fn by_status(&self) -> Vec<(u16, u64)> {
+        (0..STATUSES)
+            .filter_map(|code| {
+                let n: u64 = self
+                    .0
+                    .iter()
+                    .map(|s| s.by_status[code].load(Ordering::Relaxed))
+                    .sum();
+                (n > 0).then_some((code as u16, n))
+            })
+            .collect()
+    }
+}
+
+/// A histogram summed over the workers' shards.
+struct Summed {
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
+impl Summed {
+    fn of<'a, const N: usize>(
+        bounds: &[f64],
+        shards: impl Iterator<Item = (&'a [AtomicU64; N], u64)>,
+        scale: f64,
+    ) -> Summed {
+        let mut counts = [0u64; N];
+        let mut sum = 0u64;
+        for (shard, s) in shards {
+            for (c, a) in counts.iter_mut().zip(shard) {
+                *c += a.load(Ordering::Relaxed);
+            }
+            sum += s;
+        }
+        let buckets = counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (bounds.get(i).copied().unwrap_or(f64::INFINITY), *n))
+            .collect();
+        Summed {
+            buckets,
+            sum: sum as f64 * scale,
+            count: counts.iter().sum(),
+        }
+    }
+}
+
+impl EncodeMetric for Summed {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum,
+            self.count,
+            &self.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Exports [`Requests`] under the names the shared counters had.
+#[derive(Debug)]
+struct RequestsCollector(Arc<Requests>);
+
+impl Collector for RequestsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "requests",
+            "Client requests by the status answered",
+            None,
+            MetricType::Counter,
+        )?;
+        for (code, n) in self.0.by_status() {
+            ConstCounter::new(n).encode(family.encode_family(&Status { code })?)?;
+        }
+        let shards = &self.0 .0;
+        let latency = Summed::of(
+            &LATENCY_BOUNDS,
+            shards
+                .iter()
+                .map(|s| (&s.latency, s.latency_sum_ns.load(Ordering::Relaxed))),
+            1e-9,
+        );
+        latency.encode(encoder.encode_descriptor(
+            "request_duration_seconds",
+            "Time from a complete request head to the end of the response",
+            None,
+            MetricType::Histogram,
+        )?)?;
+        let attempts = Summed::of(
+            &ATTEMPT_BOUNDS,
+            shards
+                .iter()
+                .map(|s| (&s.attempts, s.attempts_sum.load(Ordering::Relaxed))),
+            1.0,
+        );
+        attempts.encode(encoder.encode_descriptor(
+            "attempts_per_request",
+            "Instances tried per request",
+            None,
+            MetricType::Histogram,
+        )?)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,11 +249,8 @@ impl Failover {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    requests: Family<Status, Counter>,
-    /// Per status code, so the request path skips the family's lock after the first time.
-    by_status: Box<[OnceLock<Counter>]>,
-    latency: Histogram,
-    attempts: Histogram,
+    /// Per worker: requests by status, their latency and attempts.
+    requests: Arc<Requests>,
     failovers: Family<Cause, Counter>,
     pub keepalive_retries: Counter,
     /// Requests answered 503 because the gateway was out of descriptors or
@@ -101,9 +279,7 @@ pub struct Sources {
 impl Metrics {
     pub fn new(sources: Sources) -> Self {
         let mut registry = Registry::with_prefix("gateway");
-        let requests = Family::<Status, Counter>::default();
-        let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
-        let attempts = Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 8.0]);
+        let requests = Arc::new(Requests::default());
         let failovers = Family::<Cause, Counter>::default();
         let keepalive_retries = Counter::default();
         let local_shortages = Counter::default();
@@ -115,21 +291,7 @@ impl Metrics {
             "Configuration reloads (SIGHUP) by result: ok, or error (the old config was kept)",
             reloads.clone(),
         );
-        registry.register(
-            "requests",
-            "Client requests by the status answered",
-            requests.clone(),
-        );
-        registry.register(
-            "request_duration_seconds",
-            "Time from a complete request head to the end of the response",
-            latency.clone(),
-        );
-        registry.register(
-            "attempts_per_request",
-            "Instances tried per request",
-            attempts.clone(),
-        );
+        registry.register_collector(Box::new(RequestsCollector(requests.clone())));
         registry.register(
             "failovers",
             "Tries given up for another instance, by cause (connect, timeout, broken, status_5xx)",
@@ -159,9 +321,6 @@ impl Metrics {
         Metrics {
             registry,
             requests,
-            by_status: (0..600).map(|_| OnceLock::new()).collect(),
-            latency,
-            attempts,
             failovers,
             keepalive_retries,
             local_shortages,
@@ -176,24 +335,9 @@ impl Metrics {
         self.reloads.get_or_create(&ReloadResult { result }).inc();
     }
 
-    /// Counts one answered request.
+    /// Counts one answered request, in the calling worker's shard.
     pub fn request(&self, status: u16, seconds: f64, attempts: u32) {
-        let counter = match self.by_status.get(usize::from(status)) {
-            Some(slot) => slot.get_or_init(|| {
-                self.requests
-                    .get_or_create(&Status { code: status })
-                    .clone()
-            }),
-            None => &self
-                .requests
-                .get_or_create(&Status { code: status })
-                .clone(),
-        };
-        counter.inc();
-        self.latency.observe(seconds);
-        if attempts > 0 {
-            self.attempts.observe(f64::from(attempts));
-        }
+        self.requests.count(status, seconds, attempts);
     }
 
     pub fn failover(&self, cause: Failover) {

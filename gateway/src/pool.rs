@@ -5,8 +5,14 @@
 //! (`pool_max_idle`) and closed after `pool_idle_timeout`; the most recently
 //! used one is reused first, as it is the least likely to have been closed by
 //! the instance.
+//!
+//! Each worker keeps its own idle list per instance ([`PerWorker`]): a
+//! connection is checked out and in by the worker whose requests use it, so
+//! the lists' locks are never contended, and `pool_max_idle` bounds each
+//! worker's list, as nginx's `keepalive` bounds each worker's cache.
 
 use crate::deadline::Deadline;
+use crate::worker::PerWorker;
 use async_std::net::{SocketAddr, TcpStream};
 use shared::http1::{ReadBuf, ResponseHead};
 use std::collections::HashMap;
@@ -46,7 +52,8 @@ pub struct Upstream {
     /// `host:port` as discovery names it; also what `exclude` lists.
     pub key: String,
     addrs: Vec<SocketAddr>,
-    idle: Mutex<Vec<Idle>>,
+    /// Per worker, most recently used last.
+    idle: PerWorker<Mutex<Vec<Idle>>>,
     limits: Limits,
     /// Milliseconds on [`clock`] until which connect failures keep it skipped.
     cooling_until: AtomicU64,
@@ -66,7 +73,7 @@ impl Upstream {
         Upstream {
             key,
             addrs,
-            idle: Mutex::new(Vec::new()),
+            idle: PerWorker::default(),
             limits,
             cooling_until: AtomicU64::new(0),
             opened: AtomicU64::new(0),
@@ -74,8 +81,9 @@ impl Upstream {
         }
     }
 
+    /// The calling worker's idle list.
     fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        lock(self.idle.local())
     }
 
     /// The most recently used idle connection that has not expired, and how long it idled.
@@ -145,15 +153,22 @@ impl Upstream {
         self.cooling_until.load(Ordering::Relaxed) > clock()
     }
 
+    /// Idle connections over every worker.
     pub fn idle_count(&self) -> usize {
-        self.lock().len()
+        self.idle.iter().map(|l| lock(l).len()).sum()
     }
 
-    /// Closes idle connections past the idle timeout.
+    /// Closes idle connections past the idle timeout, in every worker's list.
     pub fn expire_idle(&self) {
         let timeout = self.limits.idle_timeout;
-        self.lock().retain(|i| i.since.elapsed() < timeout);
+        for list in self.idle.iter() {
+            lock(list).retain(|i| i.since.elapsed() < timeout);
+        }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Every instance the gateway knows, by key, shared by all rings.

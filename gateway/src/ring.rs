@@ -2,11 +2,14 @@
 //!
 //! Each routed namespace has a [`Balancer`]: the current ring of instances,
 //! swapped whole when discovery pushes a new set (arc-swap: readers never
-//! lock), and one atomic cursor, so N requests over k instances give each
-//! N/k, plus or minus one, however many run at once.
+//! lock), and one cursor per worker ([`PerWorker`]): N requests through one
+//! worker give each of k instances N/k, plus or minus one, however many run
+//! at once; across W workers each gets N/k within W. No cursor is written by
+//! two workers.
 
 use crate::pool::{clock, Upstream};
 use crate::stats::UpstreamStats;
+use crate::worker::PerWorker;
 use arc_swap::ArcSwap;
 use shared::config::RouteConfig;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -88,7 +91,7 @@ pub struct Tracked {
 pub struct Balancer {
     pub namespace: String,
     ring: ArcSwap<Ring>,
-    cursor: AtomicUsize,
+    cursor: PerWorker<AtomicUsize>,
     pub watch: WatchStatus,
     /// Where requests find instances: the ring (watch) or a lookup per try.
     pub source: crate::source::State,
@@ -101,7 +104,7 @@ impl Balancer {
         Balancer {
             namespace: namespace.to_string(),
             ring: ArcSwap::from_pointee(Ring::default()),
-            cursor: AtomicUsize::new(0),
+            cursor: PerWorker::default(),
             watch: WatchStatus::default(),
             source: crate::source::State::default(),
             tracked: Mutex::new(Vec::new()),
@@ -168,7 +171,7 @@ impl Balancer {
         let n = ring.members.len();
         let mut fallback = None;
         for _ in 0..n {
-            let at = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+            let at = self.cursor.local().fetch_add(1, Ordering::Relaxed) % n;
             let member = &ring.members[at];
             if tried.iter().any(|t| Arc::ptr_eq(t, member)) {
                 continue;

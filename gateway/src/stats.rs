@@ -1,13 +1,15 @@
 //! Per-instance request statistics: what `/metrics` exports per upstream and
 //! what `/status` shows the console (request and error rates, p50/p99).
 //!
-//! The hot path pays a few relaxed atomic adds per try: every
+//! The hot path pays a few relaxed atomic adds per try, in the calling
+//! worker's own shard ([`PerWorker`]; summed when read): every
 //! [`crate::pool::Upstream`] owns its [`UpstreamStats`] from the moment it
 //! joins, so nothing is looked up by label per request. Rates and
 //! percentiles over the last half minute are computed off the request path,
 //! from samples the reaper takes every few seconds.
 
 use crate::metrics::Failover;
+use crate::worker::PerWorker;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -38,9 +40,18 @@ fn bounds() -> &'static [u64; BOUNDED] {
     })
 }
 
-/// One instance's counters and latency histogram, shared by the rings that list it.
+/// One instance's counters and latency histogram, shared by the rings that
+/// list it; counted per worker.
 #[derive(Debug)]
 pub struct UpstreamStats {
+    shards: PerWorker<Shard>,
+    /// Taken by [`UpstreamStats::sample`], oldest first.
+    samples: Mutex<VecDeque<Sample>>,
+}
+
+/// One worker's counts for one instance.
+#[derive(Debug)]
+struct Shard {
     /// Answers by status code (index: code - 100).
     codes: Box<[AtomicU64]>,
     /// Tries given up on this instance, by [`Failover`] cause.
@@ -48,8 +59,6 @@ pub struct UpstreamStats {
     /// Latency of every try (answered or failed), by bucket.
     buckets: Box<[AtomicU64]>,
     sum_us: AtomicU64,
-    /// Taken by [`UpstreamStats::sample`], oldest first.
-    samples: Mutex<VecDeque<Sample>>,
 }
 
 /// The cumulative figures at one moment.
@@ -72,16 +81,32 @@ pub struct Window {
     pub p99_ms: Option<f64>,
 }
 
-impl Default for UpstreamStats {
+impl Default for Shard {
     fn default() -> Self {
-        UpstreamStats {
+        Shard {
             codes: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
             failed: Default::default(),
             buckets: (0..=BOUNDED).map(|_| AtomicU64::new(0)).collect(),
             sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Default for UpstreamStats {
+    fn default() -> Self {
+        UpstreamStats {
+            shards: PerWorker::default(),
             samples: Mutex::new(VecDeque::new()),
         }
     }
+}
+
+/// Sums one counter over the shards.
+fn total(shards: &PerWorker<Shard>, counter: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+    shards
+        .iter()
+        .map(|s| counter(s).load(Ordering::Relaxed))
+        .sum()
 }
 
 fn cause_index(cause: Failover) -> usize {
@@ -107,7 +132,7 @@ impl UpstreamStats {
     pub fn answered(&self, status: u16, took: Duration) {
         if let Some(slot) = usize::from(status)
             .checked_sub(100)
-            .and_then(|i| self.codes.get(i))
+            .and_then(|i| self.shards.local().codes.get(i))
         {
             slot.fetch_add(1, Ordering::Relaxed);
         }
@@ -116,7 +141,7 @@ impl UpstreamStats {
 
     /// A try given up on this instance, for `cause`.
     pub fn failed(&self, cause: Failover, took: Duration) {
-        self.failed[cause_index(cause)].fetch_add(1, Ordering::Relaxed);
+        self.shards.local().failed[cause_index(cause)].fetch_add(1, Ordering::Relaxed);
         if cause != Failover::Status5xx {
             self.observe(took);
         }
@@ -125,34 +150,34 @@ impl UpstreamStats {
     fn observe(&self, took: Duration) {
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         let i = bounds().partition_point(|b| *b < us);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        let shard = self.shards.local();
+        shard.buckets[i].fetch_add(1, Ordering::Relaxed);
+        shard.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
     /// Answers by status code, the codes seen only.
     pub fn codes(&self) -> Vec<(u16, u64)> {
-        self.codes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (i as u16 + 100, n.load(Ordering::Relaxed)))
+        (0..CODES)
+            .map(|i| (i as u16 + 100, total(&self.shards, |s| &s.codes[i])))
             .filter(|(_, n)| *n > 0)
             .collect()
     }
 
     pub fn failovers(&self, cause: Failover) -> u64 {
-        self.failed[cause_index(cause)].load(Ordering::Relaxed)
+        total(&self.shards, |s| &s.failed[cause_index(cause)])
     }
 
     /// Answered tries.
     pub fn requests(&self) -> u64 {
-        self.codes.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+        (0..CODES)
+            .map(|i| total(&self.shards, |s| &s.codes[i]))
+            .sum()
     }
 
     /// 5xx answers and tries that got no answer (connect, timeout, broken).
     pub fn errors(&self) -> u64 {
-        let server_errors: u64 = self.codes[400..]
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed))
+        let server_errors: u64 = (400..CODES)
+            .map(|i| total(&self.shards, |s| &s.codes[i]))
             .sum();
         server_errors
             + [Failover::Connect, Failover::Timeout, Failover::Broken]
@@ -162,9 +187,8 @@ impl UpstreamStats {
     }
 
     fn bucket_counts(&self) -> Vec<u64> {
-        self.buckets
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed))
+        (0..=BOUNDED)
+            .map(|i| total(&self.shards, |s| &s.buckets[i]))
             .collect()
     }
 
@@ -185,7 +209,7 @@ impl UpstreamStats {
             }
         }
         let count = counts.iter().sum();
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let sum = total(&self.shards, |s| &s.sum_us) as f64 / 1e6;
         (out, sum, count)
     }
 

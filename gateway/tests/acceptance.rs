@@ -40,3 +40,5 @@ mod stability;
 mod streaming;
 #[path = "acceptance/timeouts.rs"]
 mod timeouts;
+#[path = "acceptance/workers.rs"]
+mod workers;

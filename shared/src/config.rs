@@ -429,7 +429,8 @@ pub struct GatewayConfig {
     /// How long shutdown waits for in-flight requests.
     #[serde(with = "duration")]
     pub drain_timeout: Duration,
-    /// Executor threads (0: one per core). ASYNC_STD_THREAD_COUNT beats it.
+    /// Worker threads, each with its own executor, listener, pools and metric
+    /// shards (0: one per core).
     pub worker_threads: usize,
 }
 

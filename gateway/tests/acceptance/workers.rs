@@ -1,0 +1,110 @@
+//! Issue 12: the per-worker hot path. Connections spread over the workers'
+//! own listeners; round robin stays within one pick per worker of N/k, and
+//! the workers' metric shards add up to every request on `/metrics`.
+
+use crate::common::{body, Client, System};
+use std::collections::HashMap;
+
+const WORKERS: usize = 4;
+const CLIENTS: usize = 40;
+const PER_CLIENT: usize = 30;
+
+/// `CLIENTS` keep-alive connections at once, `PER_CLIENT` echoed POSTs each;
+/// who served each answer.
+async fn traffic(sys: &System) -> HashMap<String, usize> {
+    let addr = sys.gateway.addr();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            async_std::task::spawn(async move {
+                let mut client = Client::new(addr);
+                let mut seen = Vec::new();
+                for n in 0..PER_CLIENT {
+                    let sent = body(c, n);
+                    let res = client.post("/", &sent).await.unwrap();
+                    assert_eq!((res.status, &res.body), (200, &sent));
+                    seen.push(res.header("x-served-by").unwrap().to_string());
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for t in tasks {
+        for by in t.await {
+            *counts.entry(by).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// The sum of every sample of `/metrics` named `name` whose labels contain `with`.
+async fn summed(admin: &str, name: &str, with: &str) -> f64 {
+    let (_, text) = testkit::client::get(&format!("{admin}/metrics")).await;
+    let text = text.as_str().unwrap_or_default().to_string();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let bare = series.split('{').next() == Some(name);
+            bare && series.contains(with)
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
+#[async_std::test]
+async fn concurrent_clients_across_four_workers_get_an_even_spread() {
+    let sys = System::start_with(3, |c| c.worker_threads = WORKERS).await;
+    let counts = traffic(&sys).await;
+    let total = CLIENTS * PER_CLIENT;
+    assert_eq!(counts.values().sum::<usize>(), total);
+    let fair = total / sys.apps.len();
+    for app in &sys.apps {
+        let n = counts.get(app.served_by()).copied().unwrap_or(0);
+        assert!(
+            n.abs_diff(fair) <= WORKERS,
+            "{n} answers from {}, want {fair} within one per worker: {counts:?}",
+            app.served_by()
+        );
+    }
+    sys.stop().await;
+}
+
+#[async_std::test]
+async fn the_workers_counters_add_up_to_every_request_on_metrics() {
+    let sys = System::start_with(3, |c| c.worker_threads = WORKERS).await;
+    traffic(&sys).await;
+    let total = (CLIENTS * PER_CLIENT) as f64;
+    let admin = sys.admin();
+    assert_eq!(
+        summed(&admin, "gateway_requests_total", "code=\"200\"").await,
+        total
+    );
+    assert_eq!(
+        summed(&admin, "gateway_requests_total", "").await,
+        total,
+        "only 200s"
+    );
+    for histogram in [
+        "gateway_request_duration_seconds_count",
+        "gateway_attempts_per_request_count",
+        "gateway_upstream_request_duration_seconds_count",
+    ] {
+        assert_eq!(summed(&admin, histogram, "").await, total, "{histogram}");
+    }
+    assert_eq!(
+        summed(&admin, "gateway_attempts_per_request_sum", "").await,
+        total,
+        "one try each"
+    );
+    let per_upstream = summed(&admin, "gateway_upstream_requests_total", "code=\"200\"").await;
+    assert_eq!(per_upstream, total);
+    let inf = summed(
+        &admin,
+        "gateway_request_duration_seconds_bucket",
+        "le=\"+Inf\"",
+    )
+    .await;
+    assert_eq!(inf, total, "the +Inf bucket holds every request");
+    sys.stop().await;
+}
