@@ -8,29 +8,41 @@
 //! sends the body (or before `100 Continue`). A chunked body is reserved as
 //! it arrives. The reservation is given back when the request is done.
 //!
-//! Cost on the request path: one atomic add and one subtract for requests
-//! with a body, nothing for those without.
+//! Cost on the request path: none shared between workers, as a rule. Each
+//! worker takes credit from the shared count in chunks (at most a quarter
+//! of the cap over all workers) and reserves from its own credit; given
+//! back bytes go to its credit, the excess over two chunks to the shared
+//! count. Near the cap, a reservation that does not fit first returns every
+//! worker's unused credit, so parked credit never refuses a request that
+//! would fit. What is granted never passes the cap.
 
+use crate::worker::PerWorker;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The shared count of reserved bytes and its cap.
+/// The shared count of bytes taken (reserved or parked as credit), its cap,
+/// and each worker's unused credit.
 #[derive(Debug)]
 pub struct Budget {
-    held: AtomicUsize,
+    taken: AtomicUsize,
     cap: usize,
+    credit: PerWorker<AtomicUsize>,
+    chunk: usize,
 }
 
 impl Budget {
     pub fn new(cap: usize) -> Self {
         Budget {
-            held: AtomicUsize::new(0),
+            taken: AtomicUsize::new(0),
             cap,
+            credit: PerWorker::default(),
+            chunk: (cap / (4 * crate::worker::slots())).min(64 * 1024),
         }
     }
 
     /// Bytes reserved now.
     pub fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+        let parked: usize = self.credit.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        self.taken.load(Ordering::Relaxed).saturating_sub(parked)
     }
 
     /// An empty reservation, to grow as bytes arrive.
@@ -51,12 +63,57 @@ impl Budget {
         if bytes == 0 {
             return true;
         }
-        let before = self.held.fetch_add(bytes, Ordering::Relaxed);
+        let local = self.credit.local();
+        let spend = |c: usize| c.checked_sub(bytes);
+        if local
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, spend)
+            .is_ok()
+        {
+            return true;
+        }
+        let refill = bytes.max(self.chunk);
+        if self.grab(refill) {
+            local.fetch_add(refill - bytes, Ordering::Relaxed);
+            return true;
+        }
+        if refill > bytes && self.grab(bytes) {
+            return true;
+        }
+        // Near the cap: what other workers hold unused must not refuse this.
+        for c in self.credit.iter() {
+            let unused = c.swap(0, Ordering::Relaxed);
+            if unused > 0 {
+                self.taken.fetch_sub(unused, Ordering::Relaxed);
+            }
+        }
+        self.grab(bytes)
+    }
+
+    /// Takes `bytes` from the shared count if they fit under the cap.
+    fn grab(&self, bytes: usize) -> bool {
+        let before = self.taken.fetch_add(bytes, Ordering::Relaxed);
         if before.saturating_add(bytes) > self.cap {
-            self.held.fetch_sub(bytes, Ordering::Relaxed);
+            self.taken.fetch_sub(bytes, Ordering::Relaxed);
             return false;
         }
         true
+    }
+
+    /// Returns `bytes` to this worker's credit, the excess over two chunks
+    /// to the shared count.
+    fn give(&self, bytes: usize) {
+        let local = self.credit.local();
+        let now = local.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if now > 2 * self.chunk {
+            let extra = now - self.chunk;
+            let spend = |c: usize| c.checked_sub(extra);
+            if local
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, spend)
+                .is_ok()
+            {
+                self.taken.fetch_sub(extra, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -82,7 +139,7 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if self.bytes > 0 {
-            self.budget.held.fetch_sub(self.bytes, Ordering::Relaxed);
+            self.budget.give(self.bytes);
         }
     }
 }
@@ -133,6 +190,27 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+        assert_eq!(b.held(), 0);
+    }
+
+    #[test]
+    fn credit_parked_by_one_worker_never_refuses_another() {
+        let b = std::sync::Arc::new(Budget::new(1 << 20));
+        drop(b.reserve(100).unwrap());
+        assert!(b.taken.load(Ordering::Relaxed) > 0, "slot 0 keeps credit");
+        assert_eq!(b.held(), 0);
+        let b2 = b.clone();
+        std::thread::spawn(move || {
+            crate::worker::tests::as_worker(1);
+            let all = b2.reserve(1 << 20);
+            assert!(
+                all.is_some(),
+                "the whole cap, despite the credit parked in slot 0"
+            );
+            assert_eq!(b2.held(), 1 << 20);
+        })
+        .join()
+        .unwrap();
         assert_eq!(b.held(), 0);
     }
 }

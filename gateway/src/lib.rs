@@ -19,7 +19,8 @@
 //!
 //! Cores: [`worker`] runs `worker_threads` threads, each with its own
 //! executor, listener, idle pools, round-robin cursors and metric shards;
-//! [`retry`] is the failover policy as a pure function.
+//! [`retry`] is the failover policy as a pure function; [`selection`] is how
+//! a ring's member is chosen (round robin).
 
 pub mod admin;
 pub mod budget;
@@ -35,6 +36,7 @@ pub mod pool;
 pub mod reload;
 pub mod retry;
 pub mod ring;
+pub mod selection;
 pub mod source;
 pub mod stats;
 pub mod target;

@@ -2,17 +2,17 @@
 //!
 //! Each routed namespace has a [`Balancer`]: the current ring of instances,
 //! swapped whole when discovery pushes a new set (arc-swap: readers never
-//! lock), and one cursor per worker ([`PerWorker`]): N requests through one
-//! worker give each of k instances N/k, plus or minus one, however many run
-//! at once; across W workers each gets N/k within W. No cursor is written by
-//! two workers.
+//! lock), and a [`Selection`] that chooses among its members: round robin
+//! with one cursor per worker, so N requests through one worker give each of
+//! k instances N/k, plus or minus one, however many run at once; across W
+//! workers each gets N/k within W. No cursor is written by two workers.
 
 use crate::pool::{clock, Upstream};
+use crate::selection::{RoundRobin, Selection};
 use crate::stats::UpstreamStats;
-use crate::worker::PerWorker;
 use arc_swap::ArcSwap;
 use shared::config::RouteConfig;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// How long the per-upstream series of an instance that left the ring are
@@ -91,7 +91,7 @@ pub struct Tracked {
 pub struct Balancer {
     pub namespace: String,
     ring: ArcSwap<Ring>,
-    cursor: PerWorker<AtomicUsize>,
+    selection: Box<dyn Selection>,
     pub watch: WatchStatus,
     /// Where requests find instances: the ring (watch) or a lookup per try.
     pub source: crate::source::State,
@@ -104,7 +104,7 @@ impl Balancer {
         Balancer {
             namespace: namespace.to_string(),
             ring: ArcSwap::from_pointee(Ring::default()),
-            cursor: PerWorker::default(),
+            selection: Box::new(RoundRobin::default()),
             watch: WatchStatus::default(),
             source: crate::source::State::default(),
             tracked: Mutex::new(Vec::new()),
@@ -171,7 +171,7 @@ impl Balancer {
         let n = ring.members.len();
         let mut fallback = None;
         for _ in 0..n {
-            let at = self.cursor.local().fetch_add(1, Ordering::Relaxed) % n;
+            let at = self.selection.next(&ring) % n;
             let member = &ring.members[at];
             if tried.iter().any(|t| Arc::ptr_eq(t, member)) {
                 continue;

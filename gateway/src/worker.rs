@@ -162,8 +162,13 @@ pub fn spawn(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Makes the calling thread use `slot`, as worker threads do.
+    pub(crate) fn as_worker(slot: usize) {
+        SLOT.with(|s| s.set(slot));
+    }
 
     #[test]
     fn each_thread_counts_in_its_own_slot_and_reads_sum_them() {

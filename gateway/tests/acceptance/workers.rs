@@ -108,3 +108,32 @@ async fn the_workers_counters_add_up_to_every_request_on_metrics() {
     assert_eq!(inf, total, "the +Inf bucket holds every request");
     sys.stop().await;
 }
+
+#[async_std::test]
+async fn a_four_worker_gateway_stops_every_listener_and_its_threads() {
+    let sys = System::start_with(2, |c| c.worker_threads = WORKERS).await;
+    let addr = sys.gateway.addr();
+    // Connections on every worker, idle and keep-alive when the stop comes.
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let mut client = Client::new(addr);
+        let sent = body(c, 0);
+        let res = client.post("/", &sent).await.unwrap();
+        assert_eq!((res.status, &res.body), (200, &sent));
+        clients.push(client);
+    }
+    let started = std::time::Instant::now();
+    sys.stop().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "idle connections end at once: {:?}",
+        started.elapsed()
+    );
+    for _ in 0..8 {
+        assert!(
+            async_std::net::TcpStream::connect(addr).await.is_err(),
+            "a worker's listener is still open"
+        );
+    }
+    drop(clients);
+}
