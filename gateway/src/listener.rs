@@ -37,11 +37,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Listen backlog (the kernel caps it at `net.core.somaxconn`). A burst of
-/// thousands of connections arrives while the accept loop waits its turn; a
+/// Listen backlog, per worker socket (the kernel caps it at
+/// `net.core.somaxconn`). A burst of thousands of connections arrives while
+/// the accept task waits its turn behind the workers' busy connections; a
 /// full queue drops the handshake's last ACK while the client already sends
-/// its request, which then waits for a retransmission (a second or more): at
-/// 10,000 clients that was the p99.
+/// its request, which then waits for a retransmission (a second or more):
+/// at 10,000 clients that was the p99.
 const BACKLOG: i32 = 65535;
 /// How long a connection accepted before or while stopping may take to send
 /// its first request once the gateway is stopping.

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Room for a typical response head and small body in one read.
-const CONN_BUFFER: usize = 8 * 1024;
+const CONN_BUFFER: usize = 4 * 1024;
 
 /// A connection to an instance, with its read buffer and response head scratch.
 #[derive(Debug)]
