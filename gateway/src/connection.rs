@@ -14,7 +14,8 @@ use crate::deadline::{Deadline, Interrupted};
 use crate::failover;
 use crate::forward::Exchange;
 use crate::Context;
-use async_std::net::{SocketAddr, TcpStream};
+use crate::runtime::net::Stream;
+use std::net::SocketAddr;
 use futures_lite::AsyncWriteExt;
 use shared::config::GatewayConfig;
 use shared::http1::{parse_request, ChunkedDecoder, Framing, ReadBuf, RequestHead};
@@ -45,7 +46,7 @@ struct Client<'a> {
     ctx: &'a Context,
     /// The generation in force at the last request (`None`: the gateway stopped).
     now: Option<Arc<Context>>,
-    stream: TcpStream,
+    stream: Stream,
     deadline: std::sync::Arc<Deadline>,
     input: ReadBuf,
     head: RequestHead,
@@ -58,7 +59,7 @@ struct Client<'a> {
 }
 
 /// Serves a client connection until it closes, idles out, or the gateway stops.
-pub async fn serve(ctx: &Context, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let client_ip = peer.ip().to_canonical().to_string();
     let mut c = Client {
@@ -404,7 +405,7 @@ impl<'a> Client<'a> {
 }
 
 /// Writes `bytes` to the client within `idle_timeout`; false if that failed.
-async fn send(ctx: &Context, deadline: &Deadline, stream: &mut TcpStream, bytes: &[u8]) -> bool {
+async fn send(ctx: &Context, deadline: &Deadline, stream: &mut Stream, bytes: &[u8]) -> bool {
     matches!(
         deadline
             .within(ctx.config.idle_timeout, stream.write_all(bytes))

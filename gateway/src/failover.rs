@@ -28,7 +28,7 @@ use crate::retry;
 use crate::ring::Balancer;
 use crate::source::{self, After, Pick};
 use crate::Context;
-use async_std::net::TcpStream;
+use crate::runtime::net::Stream;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -46,7 +46,7 @@ pub async fn serve(
     ctx: &Context,
     balancer: &Balancer,
     ex: &Exchange<'_>,
-    client: &mut TcpStream,
+    client: &mut Stream,
     scratch: &mut Vec<u8>,
     deadline: &Deadline,
 ) -> Reply {
@@ -102,6 +102,7 @@ pub async fn serve(
             Try::TimedOut => retry::Outcome::TimedOut,
             Try::Broken(_) => retry::Outcome::Broken,
             Try::ServerError(_) => retry::Outcome::ServerError,
+            Try::ShortOfResources(_) => retry::Outcome::ShortOfResources,
         };
         if retry::cools_down(outcome) {
             target.cool_down(config.connect_cooldown);

@@ -9,7 +9,7 @@ use crate::codec::{self, ClientFraming};
 use crate::deadline::Deadline;
 use crate::metrics::{Failover, Metrics};
 use crate::pool::{Conn, Upstream};
-use async_std::net::TcpStream;
+use crate::runtime::net::Stream;
 use futures_lite::AsyncWriteExt;
 use shared::http1::{parse_response, ChunkedDecoder, Framing};
 use std::io::{Error, ErrorKind};
@@ -108,7 +108,7 @@ async fn still_open(conn: &Conn) -> bool {
 pub async fn try_once(
     up: &Upstream,
     ex: &Exchange<'_>,
-    client: &mut TcpStream,
+    client: &mut Stream,
     scratch: &mut Vec<u8>,
     deadline: &Deadline,
     deadlines: Deadlines,
@@ -148,7 +148,7 @@ pub async fn try_once(
 async fn try_inner(
     up: &Upstream,
     ex: &Exchange<'_>,
-    client: &mut TcpStream,
+    client: &mut Stream,
     scratch: &mut Vec<u8>,
     deadline: &Deadline,
     deadlines: Deadlines,
@@ -385,7 +385,7 @@ async fn relay(
 
 /// The client side of a try, and the deadlines its waits keep.
 struct Io<'a> {
-    client: &'a mut TcpStream,
+    client: &'a mut Stream,
     deadline: &'a Deadline,
     limits: Deadlines,
 }

@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod pool;
 pub mod reload;
 pub mod retry;
+pub mod runtime;
 pub mod ring;
 pub mod selection;
 pub mod source;

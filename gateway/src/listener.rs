@@ -26,9 +26,8 @@
 //! [`FIRST_REQUEST_GRACE`] once stopping) for its first bytes.
 
 use crate::connection;
+use crate::runtime::{self, net};
 use crate::Context;
-use async_executor::Executor;
-use async_std::net::{TcpListener, TcpStream};
 use async_std::task;
 use futures_lite::FutureExt;
 use shared::shutdown::Tracker;
@@ -48,11 +47,12 @@ const BACKLOG: i32 = 65535;
 /// its first request once the gateway is stopping.
 pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
-/// A bound client socket: the async listener the loop accepts on, and a
-/// second handle on the same socket for draining its queue at shutdown.
+/// A bound client socket: the listener the worker accepts on (registered
+/// with the worker's reactor on its thread), and a second handle on the same
+/// socket for draining its queue at shutdown.
 #[derive(Debug)]
 pub struct Bound {
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     drain: std::net::TcpListener,
     addr: SocketAddr,
 }
@@ -67,7 +67,7 @@ impl Bound {
         let plain = self.drain.try_clone()?;
         Ok(Bound {
             drain: plain.try_clone()?,
-            listener: TcpListener::from(plain),
+            listener: plain,
             addr: self.addr,
         })
     }
@@ -120,8 +120,8 @@ pub fn bind(listen: &str, reuse_port: bool) -> std::io::Result<Bound> {
     socket.listen(BACKLOG).map_err(cannot)?;
     let plain: std::net::TcpListener = socket.into();
     let drain = plain.try_clone().map_err(cannot)?;
-    let listener = TcpListener::from(plain);
-    let addr = listener.local_addr()?;
+    let addr = plain.local_addr()?;
+    let listener = plain;
     Ok(Bound {
         listener,
         drain,
@@ -130,16 +130,18 @@ pub fn bind(listen: &str, reuse_port: bool) -> std::io::Result<Bound> {
 }
 
 /// The accept loop of one worker: runs until the gateway stops, then serves
-/// what is left in its socket's queue; connection tasks go on `ex`.
-pub async fn accept(
-    ctx: &Arc<Context>,
-    bound: Bound,
-    connections: &Tracker,
-    ex: &Arc<Executor<'static>>,
-) {
+/// what is left in its socket's queue; connection tasks go on this worker.
+pub async fn accept(ctx: &Arc<Context>, bound: Bound, connections: &Tracker) {
     let Bound {
         listener, drain, ..
     } = bound;
+    let listener = match net::Listener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("cannot accept on this worker: {e}");
+            return;
+        }
+    };
     while !ctx.stop.is_fired() {
         let accepted = listener
             .accept()
@@ -149,7 +151,7 @@ pub async fn accept(
             })
             .await;
         match accepted {
-            Ok((stream, peer)) => serve(ctx, stream, peer, connections, ex),
+            Ok((stream, peer)) => serve(ctx, stream, peer, connections),
             Err(_) if ctx.stop.is_fired() => break,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -160,7 +162,7 @@ pub async fn accept(
     }
     // The socket stays open through `drain` while the async handle goes.
     drop(listener);
-    let queued = drain_queue(ctx, &drain, connections, ex);
+    let queued = drain_queue(ctx, &drain, connections);
     drop(drain);
     if queued > 0 {
         log::info!(connections = queued; "stopped accepting; served {queued} connections left in the accept queue");
@@ -172,7 +174,6 @@ fn drain_queue(
     ctx: &Arc<Context>,
     drain: &std::net::TcpListener,
     connections: &Tracker,
-    ex: &Executor<'static>,
 ) -> usize {
     if let Err(e) = drain.set_nonblocking(true) {
         log::warn!("cannot drain the accept queue: {e}");
@@ -181,10 +182,13 @@ fn drain_queue(
     let mut queued = 0;
     loop {
         match drain.accept() {
-            Ok((stream, peer)) => {
-                queued += 1;
-                serve(ctx, TcpStream::from(stream), peer, connections, ex);
-            }
+            Ok((stream, peer)) => match net::Stream::from_std(stream) {
+                Ok(stream) => {
+                    queued += 1;
+                    serve(ctx, stream, peer, connections);
+                }
+                Err(e) => log::warn!("cannot serve a queued connection: {e}"),
+            },
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock => return queued,
             Err(e) => {
@@ -198,14 +202,13 @@ fn drain_queue(
 /// Serves one connection in its own task on this worker's executor.
 fn serve(
     ctx: &Arc<Context>,
-    stream: TcpStream,
+    stream: net::Stream,
     peer: SocketAddr,
     connections: &Tracker,
-    ex: &Executor<'static>,
 ) {
     let tracked = connections.enter();
     let ctx = ctx.clone();
-    ex.spawn(async move {
+    let spawned = runtime::spawn(async move {
         ctx.metrics.client_connections.inc();
         // Ends within a tick of the drain time running out: every wait it
         // makes is bounded by its deadline, which the watchdog then kills.
@@ -216,13 +219,15 @@ fn serve(
         }
         ctx.metrics.client_connections.dec();
         drop(tracked);
-    })
-    .detach();
+    });
+    if let Err(e) = spawned {
+        log::error!("cannot serve a connection: {e}");
+    }
 }
 
 /// Waits until the client has sent something (true), closed, or waited past
 /// `idle_timeout` (or [`FIRST_REQUEST_GRACE`] once the gateway stops).
-async fn first_bytes(ctx: &Context, stream: &TcpStream) -> bool {
+async fn first_bytes(ctx: &Context, stream: &net::Stream) -> bool {
     let mut byte = [0u8; 1];
     let sent = async { matches!(stream.peek(&mut byte).await, Ok(n) if n > 0) };
     let gone = async {

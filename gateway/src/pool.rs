@@ -13,7 +13,8 @@
 
 use crate::deadline::Deadline;
 use crate::worker::PerWorker;
-use async_std::net::{SocketAddr, TcpStream};
+use crate::runtime::net::Stream;
+use std::net::SocketAddr;
 use shared::http1::{ReadBuf, ResponseHead};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +27,7 @@ const CONN_BUFFER: usize = 4 * 1024;
 /// A connection to an instance, with its read buffer and response head scratch.
 #[derive(Debug)]
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub buf: ReadBuf,
     pub head: ResponseHead,
     /// Came from the pool: the instance may have closed it meanwhile.
@@ -120,7 +121,7 @@ impl Upstream {
         let until = Instant::now() + timeout;
         for addr in &self.addrs {
             let left = until.saturating_duration_since(Instant::now());
-            match deadline.within(left, TcpStream::connect(addr)).await {
+            match deadline.within(left, Stream::connect(*addr)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     self.opened.fetch_add(1, Ordering::Relaxed);

@@ -20,6 +20,9 @@ pub enum Outcome {
     Broken,
     /// A 5xx held back to fail over on.
     ServerError,
+    /// The gateway itself is out of descriptors or local ports: every other
+    /// instance would fail the same way, and no instance is to blame.
+    ShortOfResources,
 }
 
 /// The request's side of the policy.
@@ -48,6 +51,8 @@ pub enum Stop {
     Exhausted,
     /// `request_deadline` passed.
     OutOfTime,
+    /// The gateway is short of descriptors or ports: answer 503 at once.
+    ShortOfResources,
 }
 
 /// What to do after a try.
@@ -65,7 +70,7 @@ pub enum Decision {
 pub fn cause(outcome: Outcome) -> Option<Failover> {
     match outcome {
         Outcome::Answered => None,
-        Outcome::ConnectFailed { .. } => Some(Failover::Connect),
+        Outcome::ConnectFailed { .. } | Outcome::ShortOfResources => Some(Failover::Connect),
         Outcome::TimedOut => Some(Failover::Timeout),
         Outcome::Broken => Some(Failover::Broken),
         Outcome::ServerError => Some(Failover::Status5xx),
@@ -86,6 +91,9 @@ pub fn decide(outcome: Outcome, attempt: Attempt, policy: Policy) -> Decision {
     let Some(cause) = cause(outcome) else {
         return Decision::Done;
     };
+    if outcome == Outcome::ShortOfResources {
+        return Decision::GiveUp(cause, Stop::ShortOfResources);
+    }
     if cause != Failover::Connect && !policy.replayable {
         return Decision::GiveUp(cause, Stop::NotReplayable);
     }
@@ -208,5 +216,18 @@ mod tests {
     fn only_a_connect_refused_by_the_instance_cools_it_down() {
         let cooling: Vec<bool> = ALL.into_iter().map(cools_down).collect();
         assert_eq!(cooling, [false, true, false, false, false, false]);
+        assert!(!cools_down(Outcome::ShortOfResources));
+    }
+
+    #[test]
+    fn a_local_shortage_is_never_retried_whatever_the_policy() {
+        for replayable in [true, false] {
+            for attempt in [first(0), first(1000)] {
+                assert_eq!(
+                    decide(Outcome::ShortOfResources, attempt, policy(replayable)),
+                    Decision::GiveUp(Failover::Connect, Stop::ShortOfResources)
+                );
+            }
+        }
     }
 }

@@ -13,6 +13,7 @@
 //! async-std's global executor, in slot 0.
 
 use crate::listener::{self, Bound};
+use crate::runtime;
 use crate::Context;
 use shared::shutdown::{Tracker, Trigger};
 use std::cell::Cell;
@@ -142,14 +143,15 @@ pub fn spawn(
             .name(format!("gateway-worker-{i}"))
             .spawn(move || {
                 SLOT.with(|s| s.set(slot));
-                let ex = Arc::new(async_executor::Executor::new());
-                let run = async {
-                    listener::accept(&ctx, bound, &connections, &ex).await;
+                let run = async move {
+                    listener::accept(&ctx, bound, &connections).await;
                     let _ = done.send(()).await;
                     // Keep serving this worker's connections until they are over.
                     finished.wait().await;
                 };
-                async_io::block_on(ex.run(run));
+                if let Err(e) = runtime::run(run) {
+                    log::error!("gateway worker {i} stopped: {e}");
+                }
             })?;
         threads.push(thread);
     }

@@ -1,0 +1,179 @@
+//! The runtime of one worker thread: its own task queue and its own epoll
+//! ([`reactor`]), so a request is read, forwarded and answered without
+//! another thread taking part.
+//!
+//! async-std's tasks all share one async-io reactor: a socket event for a
+//! task on worker B is collected by whichever thread holds the reactor, which
+//! then wakes B through a futex, and every wait re-arms a one-shot epoll
+//! registration. Measured at two workers, that cross-thread traffic and the
+//! extra system calls were most of the gap to nginx (bench/results.md). Here
+//! each worker polls its own epoll between batches of its own tasks, the way
+//! nginx's and HAProxy's workers do. The tasks are async-task's (what
+//! async-std's executor is built on); the sockets are std's, made
+//! non-blocking, behind the futures-io traits the rest of the gateway uses.
+//!
+//! Other threads may still wake a worker's task (the deadline sweeper, the
+//! shutdown trigger, async-std timers): the task goes on the worker's remote
+//! queue and the eventfd interrupts its `epoll_wait`.
+
+mod reactor;
+pub mod net;
+
+use async_task::Runnable;
+use reactor::Reactor;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Tasks run between two looks at epoll. Bounds how long ready sockets wait
+/// while others run (fairness at 10,000 connections) without paying a
+/// system call per task.
+const BATCH: usize = 128;
+
+/// What other threads reach of a worker: its reactor and its remote queue.
+#[derive(Debug)]
+struct Shared {
+    id: usize,
+    reactor: Reactor,
+    remote: Mutex<Vec<Runnable>>,
+}
+
+impl Shared {
+    fn schedule(self: &Arc<Self>, runnable: Runnable) {
+        if CURRENT_ID.with(Cell::get) == self.id {
+            LOCAL.with(|q| q.borrow_mut().push_back(runnable));
+        } else {
+            self.remote
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(runnable);
+            self.reactor.wake();
+        }
+    }
+}
+
+thread_local! {
+    /// The id of the runtime this thread runs (0: none).
+    static CURRENT_ID: Cell<usize> = const { Cell::new(0) };
+    static CURRENT: RefCell<Option<Arc<Shared>>> = const { RefCell::new(None) };
+    /// Tasks ready to run on this worker.
+    static LOCAL: RefCell<VecDeque<Runnable>> = const { RefCell::new(VecDeque::new()) };
+}
+
+fn current() -> std::io::Result<Arc<Shared>> {
+    CURRENT.with(|c| c.borrow().clone()).ok_or_else(|| {
+        std::io::Error::other("not on a gateway worker thread (no runtime to register with)")
+    })
+}
+
+/// Spawns `future` on this thread's worker runtime.
+///
+/// # Errors
+/// When the calling thread runs no runtime.
+pub fn spawn<F>(future: F) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let shared = current()?;
+    let (runnable, task) = async_task::spawn(future, move |r| shared.schedule(r));
+    task.detach();
+    runnable.schedule();
+    Ok(())
+}
+
+/// Runs `root` and every task it spawns on the calling thread until `root`
+/// is done; what it spawned and left running is dropped then.
+pub fn run<F>(root: F) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    static IDS: AtomicUsize = AtomicUsize::new(1);
+    let shared = Arc::new(Shared {
+        id: IDS.fetch_add(1, Ordering::Relaxed),
+        reactor: Reactor::new()?,
+        remote: Mutex::new(Vec::new()),
+    });
+    CURRENT_ID.with(|c| c.set(shared.id));
+    CURRENT.with(|c| *c.borrow_mut() = Some(shared.clone()));
+    let s = shared.clone();
+    let (runnable, root) = async_task::spawn(root, move |r| s.schedule(r));
+    runnable.schedule();
+    let mut events = reactor::events();
+    let mut taken = Vec::new();
+    let outcome = loop {
+        for _ in 0..BATCH {
+            let Some(runnable) = LOCAL.with(|q| q.borrow_mut().pop_front()) else {
+                break;
+            };
+            // Connection tasks catch their own panics (shared::panics::guard);
+            // this keeps the worker alive whatever a task does.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runnable.run()));
+        }
+        if root.is_finished() {
+            break Ok(());
+        }
+        shared.reactor.prepare_sleep();
+        std::mem::swap(
+            &mut taken,
+            &mut *shared.remote.lock().unwrap_or_else(|p| p.into_inner()),
+        );
+        let idle = taken.is_empty() && LOCAL.with(|q| q.borrow().is_empty());
+        LOCAL.with(|q| q.borrow_mut().extend(taken.drain(..)));
+        if let Err(e) = shared.reactor.poll(&mut events, idle) {
+            break Err(e);
+        }
+    };
+    // Tasks still parked on sockets are dropped with their sockets.
+    shared.reactor.clear();
+    LOCAL.with(|q| q.borrow_mut().clear());
+    shared
+        .remote
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+    CURRENT.with(|c| *c.borrow_mut() = None);
+    CURRENT_ID.with(|c| c.set(0));
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    use std::time::Duration;
+
+    #[test]
+    fn tasks_talk_over_sockets_on_one_thread_and_are_woken_from_others() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let out = got.clone();
+        run(async move {
+            let listener = net::Listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr = listener.local_addr().unwrap();
+            spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 5];
+                s.read_exact(&mut buf).await.unwrap();
+                s.write_all(&buf).await.unwrap();
+            })
+            .unwrap();
+            let mut c = net::Stream::connect(addr).await.unwrap();
+            c.write_all(b"hello").await.unwrap();
+            let mut buf = [0u8; 5];
+            c.read_exact(&mut buf).await.unwrap();
+            out.lock().unwrap().extend_from_slice(&buf);
+            // A wake from another thread (async-io's timer thread).
+            async_io::Timer::after(Duration::from_millis(10)).await;
+            out.lock().unwrap().push(b'!');
+        })
+        .unwrap();
+        assert_eq!(&*got.lock().unwrap(), b"hello!");
+    }
+
+    #[test]
+    fn outside_a_worker_spawn_and_sockets_say_why() {
+        let e = spawn(async {}).unwrap_err();
+        assert!(e.to_string().contains("worker"), "{e}");
+    }
+}

@@ -1,0 +1,221 @@
+//! TCP sockets on a worker's reactor: std's sockets, non-blocking,
+//! registered once with the worker that made them.
+//!
+//! A read or write is tried while the socket is marked ready; a short read
+//! (fewer bytes than asked) or a short write means the kernel's buffer is
+//! drained or full, so the readiness is cleared without paying for the
+//! `WouldBlock` try nginx also skips.
+
+use super::reactor::{Reactor, Source, READ, WRITE};
+use super::{current, Shared};
+use futures_lite::{AsyncRead, AsyncWrite};
+use rustix::fd::AsFd;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// A socket registered with the current worker's reactor.
+#[derive(Debug)]
+struct Registered<T: AsFd> {
+    io: T,
+    source: Arc<Source>,
+    shared: Arc<Shared>,
+}
+
+impl<T: AsFd> Registered<T> {
+    fn new(io: T, ready: usize) -> io::Result<Self> {
+        let shared = current()?;
+        let source = shared.reactor.register(io.as_fd(), ready)?;
+        Ok(Registered { io, source, shared })
+    }
+
+    fn reactor(&self) -> &Reactor {
+        &self.shared.reactor
+    }
+
+    /// Runs `op` while `bit` is ready; clears it on `WouldBlock` or when
+    /// `short` says the result shows the buffer drained or full.
+    fn poll_io<R>(
+        &self,
+        bit: usize,
+        cx: &mut Context<'_>,
+        mut op: impl FnMut(&T) -> io::Result<R>,
+        short: impl Fn(&R) -> bool,
+    ) -> Poll<io::Result<R>> {
+        loop {
+            let seen = match self.source.poll_ready(bit, cx) {
+                Poll::Ready(seen) => seen,
+                Poll::Pending => return Poll::Pending,
+            };
+            match op(&self.io) {
+                Ok(r) => {
+                    if short(&r) {
+                        self.source.clear_after_short(bit, seen);
+                    }
+                    return Poll::Ready(Ok(r));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.source.clear(bit, seen),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl<T: AsFd> Drop for Registered<T> {
+    fn drop(&mut self) {
+        self.reactor().deregister(&self.source, self.io.as_fd());
+    }
+}
+
+/// A connected TCP stream owned by one worker.
+#[derive(Debug)]
+pub struct Stream {
+    inner: Registered<TcpStream>,
+}
+
+impl Stream {
+    /// Takes a connected std stream (an accepted one) onto this worker.
+    pub fn from_std(io: TcpStream) -> io::Result<Stream> {
+        io.set_nonblocking(true)?;
+        Ok(Stream {
+            inner: Registered::new(io, READ | WRITE)?,
+        })
+    }
+
+    /// Connects to `addr` without blocking the worker.
+    pub async fn connect(addr: SocketAddr) -> io::Result<Stream> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_nonblocking(true)?;
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {}
+            Err(e) => return Err(e),
+        }
+        let io: TcpStream = socket.into();
+        let stream = Stream {
+            inner: Registered::new(io, 0)?,
+        };
+        // Writable once the handshake is over, one way or the other.
+        std::future::poll_fn(|cx| stream.inner.source.poll_ready(WRITE, cx).map(|_| ())).await;
+        match stream.inner.io.take_error()? {
+            Some(e) => Err(e),
+            None => {
+                stream.inner.io.peer_addr()?;
+                Ok(stream)
+            }
+        }
+    }
+
+    /// Waits until a read would find bytes (or the end), without a buffer:
+    /// an idle connection holds none.
+    pub async fn readable(&self) {
+        std::future::poll_fn(|cx| self.inner.source.poll_ready(READ, cx).map(|_| ())).await;
+    }
+
+    /// Reads without consuming, waiting for bytes (0: the peer closed).
+    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.inner.poll_io(READ, cx, |io| io.peek(buf), |_| false)).await
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.inner.io.set_nodelay(on)
+    }
+
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.inner.io.shutdown(how)
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.io.peer_addr()
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let want = buf.len();
+        self.inner.poll_io(
+            READ,
+            cx,
+            |mut io| io.read(buf),
+            |&n| n > 0 && n < want,
+        )
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let want = buf.len();
+        self.inner
+            .poll_io(WRITE, cx, |mut io| io.write(buf), |&n| n < want)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        self.inner.poll_io(
+            WRITE,
+            cx,
+            |mut io| io.write_vectored(bufs),
+            |&n| n < want,
+        )
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.inner.io.shutdown(Shutdown::Write))
+    }
+}
+
+/// A listening socket owned by one worker.
+#[derive(Debug)]
+pub struct Listener {
+    inner: Registered<TcpListener>,
+}
+
+impl Listener {
+    /// Takes a bound, listening std socket onto this worker.
+    pub fn from_std(io: TcpListener) -> io::Result<Listener> {
+        io.set_nonblocking(true)?;
+        Ok(Listener {
+            inner: Registered::new(io, READ)?,
+        })
+    }
+
+    #[cfg(test)]
+    pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
+        Listener::from_std(TcpListener::bind(addr)?)
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.io.local_addr()
+    }
+
+    /// The next connection from the queue, waiting for one if it is empty.
+    pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
+        let (io, peer) =
+            std::future::poll_fn(|cx| self.inner.poll_io(READ, cx, |io| io.accept(), |_| false))
+                .await?;
+        Ok((Stream::from_std(io)?, peer))
+    }
+}
