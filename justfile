@@ -32,6 +32,7 @@ test:
 # Gateway vs nginx and HAProxy, discovery at 1,000 instances, load generator vs wrk: results under bench/.
 bench:
     bash bench/run.sh
+    bash bench/cores.sh
     cargo bench --profile perf -p discovery --bench registry
     cargo bench --profile perf -p discovery --bench flood
     bash bench/drip.sh
