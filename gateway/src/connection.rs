@@ -67,11 +67,11 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
         now: ctx.live.current(),
         stream,
         deadline: ctx.watchdog.deadline(),
-        input: ReadBuf::with_capacity(4096),
+        input: ReadBuf::unallocated(BUFFER),
         head: RequestHead::default(),
-        upstream: Vec::with_capacity(4096),
+        upstream: Vec::new(),
         chunked: Vec::new(),
-        scratch: Vec::with_capacity(4096),
+        scratch: Vec::new(),
     };
     loop {
         match c.read_head().await {
@@ -177,6 +177,8 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
 
 /// Per-connection buffers above this are given back after the request that grew them.
 const KEEP_BUFFER: usize = 64 * 1024;
+/// What each buffer starts at when a request arrives.
+const BUFFER: usize = 4096;
 
 impl<'a> Client<'a> {
     /// The config in force at the last request.
@@ -204,14 +206,46 @@ impl<'a> Client<'a> {
         self.input.shrink();
         for buf in [&mut self.upstream, &mut self.chunked, &mut self.scratch] {
             if buf.capacity() > KEEP_BUFFER {
-                *buf = Vec::with_capacity(4096);
+                *buf = Vec::new();
             }
         }
+    }
+
+    /// Waits for the next request without holding a buffer: an idle
+    /// keep-alive connection costs its task and its socket, no more (what
+    /// nginx does with its keep-alive connections). False when the
+    /// connection is done (closed, idle past `idle_timeout`, or stopping).
+    async fn await_next_request(&mut self, idle: Duration) -> bool {
+        if !self.stream.is_readable_now() {
+            self.input.release();
+            for buf in [&mut self.upstream, &mut self.chunked, &mut self.scratch] {
+                *buf = Vec::new();
+            }
+            let readable = self.stream.readable();
+            if self
+                .deadline
+                .within_or_stop(idle, &self.ctx.stop, readable)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        for buf in [&mut self.upstream, &mut self.scratch] {
+            if buf.capacity() == 0 {
+                buf.reserve(BUFFER);
+            }
+        }
+        true
     }
 
     /// Reads until a whole request head is parsed. `Ok(false)`: the connection is
     /// done (closed, idle past `idle_timeout`, or the gateway is stopping while idle).
     async fn read_head(&mut self) -> Result<bool, Refusal> {
+        let idle = self.config().idle_timeout;
+        if self.input.is_empty() && !self.await_next_request(idle).await {
+            return Ok(false);
+        }
         let config = &self.now.as_deref().unwrap_or(self.ctx).config;
         let mut head_deadline = None;
         loop {

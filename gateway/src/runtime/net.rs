@@ -119,6 +119,11 @@ impl Stream {
         std::future::poll_fn(|cx| self.inner.source.poll_ready(READ, cx).map(|_| ())).await;
     }
 
+    /// Whether a read is worth trying now (no waiting, no system call).
+    pub fn is_readable_now(&self) -> bool {
+        self.inner.source.is_ready(READ)
+    }
+
     /// Reads without consuming, waiting for bytes (0: the peer closed).
     pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.inner.poll_io(READ, cx, |io| io.peek(buf), |_| false)).await

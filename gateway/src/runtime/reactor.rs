@@ -45,6 +45,10 @@ pub struct Source {
 }
 
 impl Source {
+    pub fn is_ready(&self, bit: usize) -> bool {
+        self.state.load(Ordering::Acquire) & bit != 0
+    }
+
     /// Ready for `bit` now, or `Pending` with the task's waker stored.
     pub fn poll_ready(&self, bit: usize, cx: &mut Context<'_>) -> Poll<usize> {
         let state = self.state.load(Ordering::Acquire);

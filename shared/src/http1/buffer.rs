@@ -24,6 +24,25 @@ impl ReadBuf {
         }
     }
 
+    /// A buffer that allocates its `capacity` at the first read (an idle
+    /// connection then holds no buffer).
+    pub fn unallocated(capacity: usize) -> Self {
+        ReadBuf {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            initial: capacity.max(64),
+        }
+    }
+
+    /// Gives the memory back while nothing is buffered; the next read takes
+    /// it again. For connections about to wait for their next request.
+    pub fn release(&mut self) {
+        if self.is_empty() {
+            self.buf = Vec::new();
+        }
+    }
+
     /// The bytes received and not yet consumed.
     pub fn data(&self) -> &[u8] {
         &self.buf[self.start..self.end]
@@ -55,7 +74,7 @@ impl ReadBuf {
                 self.end -= self.start;
                 self.start = 0;
             } else {
-                let grown = self.buf.len() * 2;
+                let grown = (self.buf.len() * 2).max(self.initial);
                 self.buf.resize(grown, 0);
             }
         }
