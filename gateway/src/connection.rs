@@ -110,7 +110,7 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
 
         let body_until = started + c.config().client_body_timeout;
         // Held until the answer is sent: the body stays buffered for retries.
-        let _held = match c.read_body(framing, expect_continue, body_until).await {
+        let _held = match Box::pin(c.read_body(framing, expect_continue, body_until)).await {
             Ok(held) => held,
             Err(refusal) => {
                 c.refuse(&refusal, &request_id).await;
@@ -132,7 +132,9 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
         let reply = match now.router.route(codec::target_of(&c.upstream)) {
             Some(balancer) => {
                 let (stream, scratch, deadline) = (&mut c.stream, &mut c.scratch, &c.deadline);
-                failover::serve(now, balancer, &exchange, stream, scratch, deadline).await
+                // Boxed: the exchange's state lives only while a request is in
+                // flight, so an idle connection's task stays small.
+                Box::pin(failover::serve(now, balancer, &exchange, stream, scratch, deadline)).await
             }
             None => {
                 let keep_alive = exchange.keep_alive();

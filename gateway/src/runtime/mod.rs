@@ -43,7 +43,11 @@ struct Shared {
 impl Shared {
     fn schedule(self: &Arc<Self>, runnable: Runnable) {
         if CURRENT_ID.with(Cell::get) == self.id {
-            LOCAL.with(|q| q.borrow_mut().push_back(runnable));
+            if WAKING_URGENT.with(Cell::get) {
+                URGENT.with(|q| q.borrow_mut().push_back(runnable));
+            } else {
+                LOCAL.with(|q| q.borrow_mut().push_back(runnable));
+            }
         } else {
             self.remote
                 .lock()
@@ -60,6 +64,10 @@ thread_local! {
     static CURRENT: RefCell<Option<Arc<Shared>>> = const { RefCell::new(None) };
     /// Tasks ready to run on this worker.
     static LOCAL: RefCell<VecDeque<Runnable>> = const { RefCell::new(VecDeque::new()) };
+    /// Tasks woken by an upstream connection: run first, all of them.
+    static URGENT: RefCell<VecDeque<Runnable>> = const { RefCell::new(VecDeque::new()) };
+    /// The reactor is waking tasks for an urgent source.
+    static WAKING_URGENT: Cell<bool> = const { Cell::new(false) };
 }
 
 fn current() -> std::io::Result<Arc<Shared>> {
@@ -102,7 +110,11 @@ where
     runnable.schedule();
     let mut events = reactor::events();
     let mut taken = Vec::new();
+    let wake_urgent = |on: bool| WAKING_URGENT.with(|u| u.set(on));
     let outcome = loop {
+        while let Some(runnable) = URGENT.with(|q| q.borrow_mut().pop_front()) {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runnable.run()));
+        }
         for _ in 0..BATCH {
             let Some(runnable) = LOCAL.with(|q| q.borrow_mut().pop_front()) else {
                 break;
@@ -119,15 +131,18 @@ where
             &mut taken,
             &mut *shared.remote.lock().unwrap_or_else(|p| p.into_inner()),
         );
-        let idle = taken.is_empty() && LOCAL.with(|q| q.borrow().is_empty());
+        let idle = taken.is_empty()
+            && LOCAL.with(|q| q.borrow().is_empty())
+            && URGENT.with(|q| q.borrow().is_empty());
         LOCAL.with(|q| q.borrow_mut().extend(taken.drain(..)));
-        if let Err(e) = shared.reactor.poll(&mut events, idle) {
+        if let Err(e) = shared.reactor.poll(&mut events, idle, &wake_urgent) {
             break Err(e);
         }
     };
     // Tasks still parked on sockets are dropped with their sockets.
     shared.reactor.clear();
     LOCAL.with(|q| q.borrow_mut().clear());
+    URGENT.with(|q| q.borrow_mut().clear());
     shared
         .remote
         .lock()

@@ -25,9 +25,9 @@ struct Registered<T: AsFd> {
 }
 
 impl<T: AsFd> Registered<T> {
-    fn new(io: T, ready: usize) -> io::Result<Self> {
+    fn new(io: T, ready: usize, urgent: bool) -> io::Result<Self> {
         let shared = current()?;
-        let source = shared.reactor.register(io.as_fd(), ready)?;
+        let source = shared.reactor.register(io.as_fd(), ready, urgent)?;
         Ok(Registered { io, source, shared })
     }
 
@@ -81,7 +81,7 @@ impl Stream {
     pub fn from_std(io: TcpStream) -> io::Result<Stream> {
         io.set_nonblocking(true)?;
         Ok(Stream {
-            inner: Registered::new(io, READ | WRITE)?,
+            inner: Registered::new(io, READ | WRITE, false)?,
         })
     }
 
@@ -100,7 +100,8 @@ impl Stream {
         }
         let io: TcpStream = socket.into();
         let stream = Stream {
-            inner: Registered::new(io, 0)?,
+            // Upstream connections carry answers to requests already taken.
+            inner: Registered::new(io, 0, true)?,
         };
         // Writable once the handshake is over, one way or the other.
         std::future::poll_fn(|cx| stream.inner.source.poll_ready(WRITE, cx).map(|_| ())).await;
@@ -203,7 +204,7 @@ impl Listener {
     pub fn from_std(io: TcpListener) -> io::Result<Listener> {
         io.set_nonblocking(true)?;
         Ok(Listener {
-            inner: Registered::new(io, READ)?,
+            inner: Registered::new(io, READ, false)?,
         })
     }
 

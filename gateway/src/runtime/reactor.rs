@@ -38,6 +38,8 @@ const TICK: usize = 8;
 #[derive(Debug)]
 pub struct Source {
     key: usize,
+    /// Tasks woken by this source run before the others (see [`Reactor::poll`]).
+    urgent: bool,
     /// `ticks * TICK | CLOSED | WRITE | READ`.
     state: AtomicUsize,
     reader: AtomicWaker,
@@ -146,11 +148,17 @@ impl Reactor {
     /// Registers `fd` for both directions, edge-triggered, with the readiness
     /// it starts with (`READ | WRITE` for a fresh accepted socket: the first
     /// try finds out).
-    pub fn register(&self, fd: BorrowedFd<'_>, ready: usize) -> io::Result<Arc<Source>> {
+    pub fn register(
+        &self,
+        fd: BorrowedFd<'_>,
+        ready: usize,
+        urgent: bool,
+    ) -> io::Result<Arc<Source>> {
         let mut sources = self.lock();
         let entry = sources.vacant_entry();
         let source = Arc::new(Source {
             key: entry.key(),
+            urgent,
             state: AtomicUsize::new(ready),
             reader: AtomicWaker::new(),
             writer: AtomicWaker::new(),
@@ -191,8 +199,19 @@ impl Reactor {
     }
 
     /// Waits for events (at most until one arrives when `block`, else not at
-    /// all) and wakes the tasks waiting on them.
-    pub fn poll(&self, events: &mut Vec<epoll::Event>, block: bool) -> io::Result<()> {
+    /// all) and wakes the tasks waiting on them, telling `wake_urgent` which
+    /// wakes come from urgent sources (upstream connections): their tasks
+    /// finish requests already taken, so they run before tasks that would
+    /// take new ones. That keeps what a worker holds in flight (and its
+    /// upstream connections) near one batch of events however many clients
+    /// wait, as nginx's event loop does, instead of reading every waiting
+    /// client's request before answering any.
+    pub fn poll(
+        &self,
+        events: &mut Vec<epoll::Event>,
+        block: bool,
+        wake_urgent: &dyn Fn(bool),
+    ) -> io::Result<()> {
         let zero = rustix::time::Timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -233,8 +252,10 @@ impl Reactor {
             if flags.intersects(EventFlags::OUT | broken) {
                 bits |= WRITE;
             }
+            wake_urgent(source.urgent);
             source.set(bits);
         }
+        wake_urgent(false);
         Ok(())
     }
 
