@@ -468,6 +468,13 @@ async fn etcd_members_dying_and_quorum_lost_fail_no_request() {
     for g in &gateways {
         testkit::system::wait_ring(&g.admin_url(), &members, Duration::from_secs(10)).await;
     }
+    // The second replica sees the registrations through etcd's watch: wait for it.
+    testkit::wait_until(
+        "the second replica mirrors the three registrations",
+        Duration::from_secs(10),
+        || async { registry(&r2.url()).await.get("service A").map(BTreeMap::len) == Some(3) },
+    )
+    .await;
     let before = registry(&r2.url()).await;
     assert_eq!(before["service A"].len(), 3, "{before:?}");
 
