@@ -1,7 +1,7 @@
 //! The admin port: `/metrics`, `/status` (rings and watch streams as JSON)
 //! and `/health_check`. tide is fine here: it is off the request path.
 
-use crate::pool::clock;
+use crate::runtime::clock;
 use crate::Context;
 use serde_json::{json, Value};
 use shared::api::json_response;

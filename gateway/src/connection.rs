@@ -13,12 +13,13 @@ use crate::codec;
 use crate::deadline::{Deadline, Interrupted};
 use crate::failover;
 use crate::forward::Exchange;
-use crate::Context;
+use crate::runtime::buffers;
 use crate::runtime::net::Stream;
-use std::net::SocketAddr;
+use crate::Context;
 use futures_lite::AsyncWriteExt;
 use shared::config::GatewayConfig;
 use shared::http1::{parse_request, ChunkedDecoder, Framing, ReadBuf, RequestHead};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,7 +135,10 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
                 let (stream, scratch, deadline) = (&mut c.stream, &mut c.scratch, &c.deadline);
                 // Boxed: the exchange's state lives only while a request is in
                 // flight, so an idle connection's task stays small.
-                Box::pin(failover::serve(now, balancer, &exchange, stream, scratch, deadline)).await
+                Box::pin(failover::serve(
+                    now, balancer, &exchange, stream, scratch, deadline,
+                ))
+                .await
             }
             None => {
                 let keep_alive = exchange.keep_alive();
@@ -180,7 +184,7 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
 /// Per-connection buffers above this are given back after the request that grew them.
 const KEEP_BUFFER: usize = 64 * 1024;
 /// What each buffer starts at when a request arrives.
-const BUFFER: usize = 4096;
+const BUFFER: usize = buffers::SIZE;
 
 impl<'a> Client<'a> {
     /// The config in force at the last request.
@@ -219,9 +223,11 @@ impl<'a> Client<'a> {
     /// connection is done (closed, idle past `idle_timeout`, or stopping).
     async fn await_next_request(&mut self, idle: Duration) -> bool {
         if !self.stream.is_readable_now() {
-            self.input.release();
+            if let Some(storage) = self.input.release() {
+                buffers::give(storage);
+            }
             for buf in [&mut self.upstream, &mut self.chunked, &mut self.scratch] {
-                *buf = Vec::new();
+                buffers::give(std::mem::take(buf));
             }
             let readable = self.stream.readable();
             if self
@@ -233,9 +239,10 @@ impl<'a> Client<'a> {
                 return false;
             }
         }
+        self.input.supply(buffers::take());
         for buf in [&mut self.upstream, &mut self.scratch] {
             if buf.capacity() == 0 {
-                buf.reserve(BUFFER);
+                *buf = buffers::take();
             }
         }
         true

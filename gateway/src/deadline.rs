@@ -10,7 +10,7 @@
 //! The sweeper also interrupts idle waits when the gateway stops, and every
 //! wait once the drain time is over.
 
-use crate::pool::clock;
+use crate::runtime::clock;
 use atomic_waker::AtomicWaker;
 use shared::shutdown::Trigger;
 use std::future::Future;

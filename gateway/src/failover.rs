@@ -26,9 +26,9 @@ use crate::forward::{self, Deadlines, Exchange, Try};
 use crate::pool::Upstream;
 use crate::retry;
 use crate::ring::Balancer;
+use crate::runtime::net::Stream;
 use crate::source::{self, After, Pick};
 use crate::Context;
-use crate::runtime::net::Stream;
 use std::sync::Arc;
 use std::time::Instant;
 

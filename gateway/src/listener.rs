@@ -170,11 +170,7 @@ pub async fn accept(ctx: &Arc<Context>, bound: Bound, connections: &Tracker) {
 }
 
 /// Takes every connection already in the socket's accept queue; how many.
-fn drain_queue(
-    ctx: &Arc<Context>,
-    drain: &std::net::TcpListener,
-    connections: &Tracker,
-) -> usize {
+fn drain_queue(ctx: &Arc<Context>, drain: &std::net::TcpListener, connections: &Tracker) -> usize {
     if let Err(e) = drain.set_nonblocking(true) {
         log::warn!("cannot drain the accept queue: {e}");
         return 0;
@@ -200,12 +196,7 @@ fn drain_queue(
 }
 
 /// Serves one connection in its own task on this worker's executor.
-fn serve(
-    ctx: &Arc<Context>,
-    stream: net::Stream,
-    peer: SocketAddr,
-    connections: &Tracker,
-) {
+fn serve(ctx: &Arc<Context>, stream: net::Stream, peer: SocketAddr, connections: &Tracker) {
     let tracked = connections.enter();
     let ctx = ctx.clone();
     let spawned = runtime::spawn(async move {

@@ -6,9 +6,10 @@
 //! every scraper reads and a browser shows.
 
 use crate::budget::Budget;
-use crate::pool::{clock, Upstreams};
+use crate::pool::Upstreams;
 use crate::reload::Live;
 use crate::ring::{Router, WatchState};
+use crate::runtime::clock;
 use crate::worker::PerWorker;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};

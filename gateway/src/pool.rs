@@ -12,13 +12,14 @@
 //! worker's list, as nginx's `keepalive` bounds each worker's cache.
 
 use crate::deadline::Deadline;
-use crate::worker::PerWorker;
+use crate::runtime::clock;
 use crate::runtime::net::Stream;
-use std::net::SocketAddr;
+use crate::worker::PerWorker;
 use shared::http1::{ReadBuf, ResponseHead};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Room for a typical response head and small body in one read.
@@ -61,12 +62,6 @@ pub struct Upstream {
     pub opened: AtomicU64,
     /// Requests, errors and latency of the tries made to it (`/metrics`, `/status`).
     pub stats: Arc<crate::stats::UpstreamStats>,
-}
-
-/// Milliseconds since the process started: a cheap clock for cool-downs.
-pub fn clock() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 impl Upstream {

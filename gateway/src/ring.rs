@@ -7,7 +7,8 @@
 //! k instances N/k, plus or minus one, however many run at once; across W
 //! workers each gets N/k within W. No cursor is written by two workers.
 
-use crate::pool::{clock, Upstream};
+use crate::pool::Upstream;
+use crate::runtime::clock;
 use crate::selection::{RoundRobin, Selection};
 use crate::stats::UpstreamStats;
 use arc_swap::ArcSwap;
@@ -34,13 +35,13 @@ pub struct Ring {
 pub struct WatchStatus {
     state: AtomicU8,
     pub reconnects: AtomicU64,
-    /// [`crate::pool::clock`] milliseconds of the last event received.
+    /// [`crate::runtime::clock`] milliseconds of the last event received.
     pub last_event_ms: AtomicU64,
-    /// [`crate::pool::clock`] milliseconds of the last sign that the snapshot is
+    /// [`crate::runtime::clock`] milliseconds of the last sign that the snapshot is
     /// current: an event or a keep-alive on a connected stream. Alerts key on
     /// this, so a calm but healthy system does not look stale.
     pub last_confirmed_ms: AtomicU64,
-    /// [`crate::pool::clock`] milliseconds until which held members stay.
+    /// [`crate::runtime::clock`] milliseconds until which held members stay.
     pub grace_until_ms: AtomicU64,
 }
 

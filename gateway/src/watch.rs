@@ -18,8 +18,9 @@
 //! error. A move to another `discovery_url` is such a reconnect: the replica
 //! taking over may not have caught up, and the grace covers it the same way.
 
-use crate::pool::{clock, resolve, Upstream};
+use crate::pool::{resolve, Upstream};
 use crate::ring::{Balancer, Ring, WatchState};
+use crate::runtime::clock;
 use crate::source::{Kind, LOOKUP_RECHECK};
 use crate::Context;
 use async_std::task;

@@ -472,7 +472,13 @@ async fn etcd_members_dying_and_quorum_lost_fail_no_request() {
     testkit::wait_until(
         "the second replica mirrors the three registrations",
         Duration::from_secs(10),
-        || async { registry(&r2.url()).await.get("service A").map(BTreeMap::len) == Some(3) },
+        || async {
+            registry(&r2.url())
+                .await
+                .get("service A")
+                .map(BTreeMap::len)
+                == Some(3)
+        },
     )
     .await;
     let before = registry(&r2.url()).await;

@@ -69,12 +69,9 @@ impl Source {
 
     /// Marks `bit` not ready, unless an event came since `seen` was read.
     pub fn clear(&self, bit: usize, seen: usize) {
-        let _ = self.state.compare_exchange(
-            seen,
-            seen & !bit,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ = self
+            .state
+            .compare_exchange(seen, seen & !bit, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// After a short read or write: the kernel buffer was drained or

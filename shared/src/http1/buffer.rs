@@ -35,11 +35,26 @@ impl ReadBuf {
         }
     }
 
-    /// Gives the memory back while nothing is buffered; the next read takes
-    /// it again. For connections about to wait for their next request.
-    pub fn release(&mut self) {
-        if self.is_empty() {
-            self.buf = Vec::new();
+    /// Hands the memory over while nothing is buffered (to a free list; the
+    /// next read allocates again unless [`ReadBuf::supply`] gives it some).
+    pub fn release(&mut self) -> Option<Vec<u8>> {
+        if self.is_empty() && !self.buf.is_empty() {
+            self.start = 0;
+            self.end = 0;
+            Some(std::mem::take(&mut self.buf))
+        } else {
+            None
+        }
+    }
+
+    /// Gives a released buffer its memory back: `storage`, cleared and
+    /// zero-filled to its capacity (at least the initial size).
+    pub fn supply(&mut self, mut storage: Vec<u8>) {
+        if self.buf.is_empty() {
+            storage.clear();
+            let capacity = storage.capacity().max(self.initial);
+            storage.resize(capacity, 0);
+            self.buf = storage;
         }
     }
 
