@@ -327,9 +327,28 @@ measure() { # url secs conns threads
 
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-medians() { # name: "rps p50 p99 errors" over its rounds (errors summed)
+medians() { # name: "rps p50 p99 errors cpu" over its rounds (errors summed)
   local f=$T/run-$1
-  echo "$(cut -d' ' -f1 "$f" | median) $(cut -d' ' -f2 "$f" | median) $(cut -d' ' -f3 "$f" | median) $(awk '{ s += $4 } END { print s + 0 }' "$f")"
+  echo "$(cut -d' ' -f1 "$f" | median) $(cut -d' ' -f2 "$f" | median) $(cut -d' ' -f3 "$f" | median) $(awk '{ s += $4 } END { print s + 0 }' "$f") $(cut -d' ' -f5 "$f" | median)"
+}
+
+# CPU time a proxy's processes have used, in clock ticks (utime + stime of every thread).
+TICKS=$(getconf CLK_TCK)
+ticks_of() { # target
+  local pids p s=0 v
+  case $1 in
+    gateway) pids=$GW_PID ;;
+    gateway-before) pids=$BEFORE_PID ;;
+    nginx) pids=$(children "$NGINX_PID") ;;
+    haproxy) pids=$HAPROXY_PID ;;
+    *) echo 0; return ;;
+  esac
+  for p in $pids; do v=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null); s=$((s + ${v:-0})); done
+  echo "$s"
+}
+# CPU µs per request of a run: ticks used over the requests served (req/s x seconds).
+cpu_per_request() { # ticks rps secs
+  awk -v d="$1" -v hz="$TICKS" -v rps="$2" -v s="$3" 'BEGIN { if (rps > 0 && d > 0) printf "%.2f", d * 1e6 / hz / (rps * s); else print 0 }'
 }
 
 # Peak RSS in KiB, the same measure for every proxy: VmHWM of the gateway's and HAProxy's one
@@ -400,6 +419,8 @@ done
   echo "(socket errors and non-2xx answers). *direct* is wrk against one upstream, no proxy."
   echo "RSS: the peak (VmHWM) of the layout's fresh processes, the same measure for each proxy: the gateway's"
   echo "and HAProxy's one process, for nginx the sum of its workers' VmHWM (the master left out)."
+  echo "CPU µs per request: the proxy's CPU time (utime + stime of all its threads or workers) over the"
+  echo "requests it served in the run; a proxy that is not the bottleneck shows its cost, not its limit."
 } > "$RESULTS"
 declare -A RSS=()
 SUMMARY=$T/summary.md
@@ -416,7 +437,9 @@ for W in $LAYOUTS; do
   rm -f "$T"/run-*
   for r in $(seq 1 "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
+      t0=$(ticks_of "$t")
       m=$(measure "http://127.0.0.1:$(port_of "$t")/" "$SECS" "$CONNS" "$WT")
+      m="$m $(cpu_per_request $(($(ticks_of "$t") - t0)) "${m%% *}" "$SECS")"
       echo "$m" >> "$T/run-$t"
       say "  round $r $t: $m"
     done
@@ -433,11 +456,12 @@ for W in $LAYOUTS; do
     echo
     echo "$WHERE; wrk -t$WT -c$CONNS."
     echo
-    echo "| target | req/s | p50 ms | p99 ms | errors | RSS MB |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    echo "| target | req/s | p50 ms | p99 ms | errors | RSS MB | CPU µs per request |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     for t in "${TARGETS[@]}"; do
-      read -r rps p50 p99 err <<<"$(medians "$t")"
-      printf "| %s | %.0f | %.2f | %.2f | %d | %s |\n" "$(label "$t")" "$rps" "$p50" "$p99" "$err" "$(mib "${RSS[$t]:-}")"
+      read -r rps p50 p99 err cpu <<<"$(medians "$t")"
+      [ "$t" = direct ] && cpu="–"
+      printf "| %s | %.0f | %.2f | %.2f | %d | %s | %s |\n" "$(label "$t")" "$rps" "$p50" "$p99" "$err" "$(mib "${RSS[$t]:-}")" "$cpu"
     done
     echo
     echo "gateway / best of nginx and HAProxy: **$(ratio "$gw_rps" "$best")**; p99 gateway / nginx: **$(ratio "$gw_p99" "$ngx_p99")**."

@@ -213,6 +213,36 @@ mod tests {
     }
 
     #[test]
+    fn a_short_read_that_drained_the_last_bytes_before_the_end_still_sees_the_end() {
+        // The bytes and the FIN arrive together, with one edge: the short read
+        // must not wait for another event before reading the end.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let writer = std::thread::spawn(move || {
+            let (mut s, _) = server.accept().unwrap();
+            std::io::Write::write_all(&mut s, b"hello").unwrap();
+        });
+        run(async move {
+            let mut c = net::Stream::connect(addr).await.unwrap();
+            writer.join().unwrap();
+            std::thread::sleep(Duration::from_millis(50)); // both bytes and FIN are in
+            let mut all = Vec::new();
+            let read = c.read_to_end(&mut all);
+            let timeout = async {
+                async_io::Timer::after(Duration::from_secs(2)).await;
+                Err(std::io::Error::other("hung waiting for the end"))
+            };
+            let got = futures_lite::future::or(read, timeout).await;
+            tx.send((got.map_err(|e| e.to_string()), all)).unwrap();
+        })
+        .unwrap();
+        let (got, all) = rx.recv().unwrap();
+        assert_eq!(got, Ok(5));
+        assert_eq!(all, b"hello");
+    }
+
+    #[test]
     fn outside_a_worker_spawn_and_sockets_say_why() {
         let e = spawn(async {}).unwrap_err();
         assert!(e.to_string().contains("worker"), "{e}");
