@@ -13,7 +13,7 @@ use crate::codec;
 use crate::deadline::{Deadline, Interrupted};
 use crate::failover;
 use crate::forward::Exchange;
-use crate::runtime::buffers;
+use crate::runtime::{buffers, Until};
 use crate::runtime::net::Stream;
 use crate::Context;
 use futures_lite::AsyncWriteExt;
@@ -109,7 +109,7 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
             return;
         }
 
-        let body_until = started + c.config().client_body_timeout;
+        let body_until = Until::after(c.config().client_body_timeout);
         // Held until the answer is sent: the body stays buffered for retries.
         let _held = match Box::pin(c.read_body(framing, expect_continue, body_until)).await {
             Ok(held) => held,
@@ -270,7 +270,7 @@ impl<'a> Client<'a> {
                         ))
                     }
                 }
-                head_deadline.get_or_insert_with(|| Instant::now() + config.client_header_timeout);
+                head_deadline.get_or_insert_with(|| Until::after(config.client_header_timeout));
             }
             let fill = self.input.fill(&mut self.stream);
             let read = match head_deadline {
@@ -281,7 +281,7 @@ impl<'a> Client<'a> {
                         .await
                 }
                 Some(at) => {
-                    let left = at.saturating_duration_since(Instant::now());
+                    let left = at.left();
                     self.deadline.within(left, fill).await
                 }
             };
@@ -308,7 +308,7 @@ impl<'a> Client<'a> {
         &mut self,
         framing: Framing,
         expect_continue: bool,
-        until: Instant,
+        until: Until,
     ) -> Result<Reservation<'a>, Refusal> {
         let ctx: &'a Context = self.ctx;
         let max = self.config().max_body_bytes;
@@ -376,9 +376,9 @@ impl<'a> Client<'a> {
 
     /// Reads more of a body: within `client_header_timeout` of the last read,
     /// and before `until`, the end of `client_body_timeout`.
-    async fn more(&mut self, until: Instant) -> Result<(), Refusal> {
+    async fn more(&mut self, until: Until) -> Result<(), Refusal> {
         let config = &self.now.as_deref().unwrap_or(self.ctx).config;
-        let left = until.saturating_duration_since(Instant::now());
+        let left = until.left();
         let whole = left <= config.client_header_timeout;
         let limit = left.min(config.client_header_timeout);
         let read = if limit.is_zero() {

@@ -25,12 +25,12 @@ use crate::deadline::Deadline;
 use crate::forward::{self, Deadlines, Exchange, Try};
 use crate::pool::Upstream;
 use crate::retry;
+use crate::runtime::Until;
 use crate::ring::Balancer;
 use crate::runtime::net::Stream;
 use crate::source::{self, After, Pick};
 use crate::Context;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// How a request ended.
 #[derive(Debug)]
@@ -51,7 +51,7 @@ pub async fn serve(
     deadline: &Deadline,
 ) -> Reply {
     let config = &ctx.config;
-    let give_up_at = Instant::now() + config.request_deadline;
+    let give_up_at = Until::after(config.request_deadline);
     let mut tried: Vec<Arc<Upstream>> = Vec::new();
     let mut timeouts = 0u32;
     let mut last_failure = String::new();
@@ -69,7 +69,7 @@ pub async fn serve(
     )
     .await;
     while let Some(target) = next.take() {
-        let left = give_up_at.saturating_duration_since(Instant::now());
+        let left = give_up_at.left();
         tried.push(target.clone());
         let attempts = tried.len() as u32;
         let another_allowed = attempts < config.max_attempts;
@@ -137,7 +137,7 @@ pub async fn serve(
             }
             Try::ServerError(status) => last_failure = format!("{} answered {status}", target.key),
         }
-        let left = give_up_at.saturating_duration_since(Instant::now());
+        let left = give_up_at.left();
         let policy = retry::Policy {
             replayable: ex.replayable,
             max_attempts: config.max_attempts,
@@ -189,7 +189,7 @@ pub async fn serve(
             "no_available_instance",
             format!("no available instance of {:?}", balancer.namespace),
         )
-    } else if timeouts == attempts || give_up_at <= Instant::now() {
+    } else if timeouts == attempts || give_up_at.passed() {
         (504, "upstream_timeout", last_failure)
     } else {
         (502, "bad_gateway", last_failure)

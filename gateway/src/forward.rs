@@ -9,6 +9,7 @@ use crate::codec::{self, ClientFraming};
 use crate::deadline::Deadline;
 use crate::metrics::{Failover, Metrics};
 use crate::pool::{Conn, Upstream};
+use crate::runtime::Until;
 use crate::runtime::net::Stream;
 use futures_lite::AsyncWriteExt;
 use shared::http1::{parse_response, ChunkedDecoder, Framing};
@@ -155,7 +156,7 @@ async fn try_inner(
     fail_on_5xx: bool,
     metrics: &Metrics,
 ) -> Try {
-    let until = Instant::now() + deadlines.head;
+    let until = Until::after(deadlines.head);
     let mut pooled = up.checkout();
     if let Some((conn, idled)) = &pooled {
         if *idled >= CHECK_IDLE_AFTER && !still_open(conn).await {
@@ -173,7 +174,7 @@ async fn try_inner(
         },
     };
     loop {
-        let left = until.saturating_duration_since(Instant::now());
+        let left = until.left();
         match deadline
             .within(left, send_and_read_head(&mut conn, ex))
             .await
@@ -184,7 +185,7 @@ async fn try_inner(
             // request, so only a replayable one goes again (once, on a fresh connection).
             Ok(Err(TryError::ClosedEarly(why))) if conn.reused && ex.replayable => {
                 metrics.keepalive_retries.inc();
-                let left = until.saturating_duration_since(Instant::now());
+                let left = until.left();
                 conn = match up.connect(deadline, deadlines.connect.min(left)).await {
                     Ok(conn) => conn,
                     // Not "never sent": the first write may have reached the instance.

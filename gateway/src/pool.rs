@@ -12,7 +12,7 @@
 //! worker's list, as nginx's `keepalive` bounds each worker's cache.
 
 use crate::deadline::Deadline;
-use crate::runtime::clock;
+use crate::runtime::{clock, Until};
 use crate::runtime::net::Stream;
 use crate::worker::PerWorker;
 use shared::http1::{ReadBuf, ResponseHead};
@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Room for a typical response head and small body in one read.
 const CONN_BUFFER: usize = 4 * 1024;
@@ -38,7 +38,8 @@ pub struct Conn {
 #[derive(Debug)]
 struct Idle {
     conn: Conn,
-    since: Instant,
+    /// [`clock`] milliseconds when it was checked in.
+    since: u64,
 }
 
 /// Pool limits from the config.
@@ -86,7 +87,7 @@ impl Upstream {
     pub fn checkout(&self) -> Option<(Conn, Duration)> {
         let mut idle = self.lock();
         while let Some(entry) = idle.pop() {
-            let idled = entry.since.elapsed();
+            let idled = Duration::from_millis(clock().saturating_sub(entry.since));
             if idled < self.limits.idle_timeout {
                 return Some((entry.conn, idled));
             }
@@ -105,7 +106,7 @@ impl Upstream {
         if idle.len() < self.limits.max_idle {
             idle.push(Idle {
                 conn,
-                since: Instant::now(),
+                since: clock(),
             });
         }
     }
@@ -113,9 +114,9 @@ impl Upstream {
     /// Opens a new connection, trying each resolved address, all within `timeout`.
     pub async fn connect(&self, deadline: &Deadline, timeout: Duration) -> std::io::Result<Conn> {
         let mut last = std::io::Error::other(format!("{} resolved to no address", self.key));
-        let until = Instant::now() + timeout;
+        let until = Until::after(timeout);
         for addr in &self.addrs {
-            let left = until.saturating_duration_since(Instant::now());
+            let left = until.left();
             match deadline.within(left, Stream::connect(*addr)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
@@ -158,7 +159,8 @@ impl Upstream {
     pub fn expire_idle(&self) {
         let timeout = self.limits.idle_timeout;
         for list in self.idle.iter() {
-            lock(list).retain(|i| i.since.elapsed() < timeout);
+            let now = clock();
+            lock(list).retain(|i| Duration::from_millis(now.saturating_sub(i.since)) < timeout);
         }
     }
 }

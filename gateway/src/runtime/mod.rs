@@ -91,6 +91,26 @@ pub fn clock() -> u64 {
     }
 }
 
+/// A point on [`clock`]: what a request's time budgets are measured against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Until(u64);
+
+impl Until {
+    /// `limit` from now.
+    pub fn after(limit: std::time::Duration) -> Until {
+        Until(clock().saturating_add(limit.as_millis() as u64))
+    }
+
+    /// What is left (zero once passed).
+    pub fn left(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0.saturating_sub(clock()))
+    }
+
+    pub fn passed(self) -> bool {
+        clock() >= self.0
+    }
+}
+
 fn precise_clock() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     START
