@@ -22,27 +22,27 @@
 //! [`retry`] is the failover policy as a pure function; [`selection`] is how
 //! a ring's member is chosen (round robin).
 
-pub mod admin;
-pub mod budget;
-pub mod codec;
-pub mod connection;
-pub mod console;
-pub mod deadline;
-pub mod failover;
-pub mod forward;
-pub mod listener;
-pub mod metrics;
-pub mod pool;
+mod admin;
+mod budget;
+mod codec;
+mod connection;
+mod console;
+mod deadline;
+mod failover;
+mod forward;
+mod listener;
+mod metrics;
+mod pool;
 pub mod reload;
-pub mod retry;
-pub mod ring;
-pub mod runtime;
-pub mod selection;
-pub mod source;
-pub mod stats;
-pub mod target;
-pub mod watch;
-pub mod worker;
+mod retry;
+mod ring;
+mod runtime;
+mod selection;
+mod source;
+mod stats;
+mod target;
+mod watch;
+mod worker;
 
 use async_std::task::{self, JoinHandle};
 use futures_lite::FutureExt;

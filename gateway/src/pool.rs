@@ -12,8 +12,8 @@
 //! worker's list, as nginx's `keepalive` bounds each worker's cache.
 
 use crate::deadline::Deadline;
-use crate::runtime::{clock, Until};
 use crate::runtime::net::Stream;
+use crate::runtime::{clock, Until};
 use crate::worker::PerWorker;
 use shared::http1::{ReadBuf, ResponseHead};
 use std::collections::HashMap;

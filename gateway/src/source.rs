@@ -83,8 +83,6 @@ pub struct Pick<'a> {
 
 /// One way of finding the instance for a request's next try.
 pub trait DiscoverySource {
-    fn kind(&self) -> Kind;
-
     /// The instance for the next try, or `None` when there is none to try.
     fn next<'a>(
         &'a self,
@@ -102,10 +100,6 @@ pub struct Push;
 pub struct Lookup;
 
 impl DiscoverySource for Push {
-    fn kind(&self) -> Kind {
-        Kind::Watch
-    }
-
     async fn next<'a>(&'a self, pick: &'a Pick<'a>, after: After) -> Option<Arc<Upstream>> {
         if after == After::Timeout {
             if let Some(found) = lookup(pick).await {
@@ -117,10 +111,6 @@ impl DiscoverySource for Push {
 }
 
 impl DiscoverySource for Lookup {
-    fn kind(&self) -> Kind {
-        Kind::Lookup
-    }
-
     async fn next<'a>(&'a self, pick: &'a Pick<'a>, _after: After) -> Option<Arc<Upstream>> {
         match lookup(pick).await {
             Some(found) => Some(found),

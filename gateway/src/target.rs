@@ -14,8 +14,6 @@
 //! Most targets need none of this: one scan finds that and copies them as
 //! they are, with no allocation.
 
-use std::borrow::Cow;
-
 /// Why a target or a `Host` was refused (400).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refused(pub &'static str);
@@ -55,13 +53,14 @@ fn scan(target: &[u8]) -> Result<Scan, Refused> {
 
 /// The normalized form of an origin-form `target` (or `*`); borrowed when
 /// nothing changes.
-pub fn normalize(target: &[u8]) -> Result<Cow<'_, [u8]>, Refused> {
+#[cfg(test)]
+pub fn normalize(target: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Refused> {
     match scan(target)? {
-        Scan::Clean => Ok(Cow::Borrowed(target)),
+        Scan::Clean => Ok(std::borrow::Cow::Borrowed(target)),
         Scan::Rewrite => {
             let mut out = Vec::with_capacity(target.len());
             rewrite(&mut out, target)?;
-            Ok(Cow::Owned(out))
+            Ok(std::borrow::Cow::Owned(out))
         }
     }
 }
@@ -219,6 +218,7 @@ fn reg_name(host: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
 
     fn norm(t: &str) -> String {
         String::from_utf8(normalize(t.as_bytes()).unwrap().into_owned()).unwrap()

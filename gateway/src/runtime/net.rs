@@ -221,6 +221,7 @@ impl Listener {
         Listener::from_std(TcpListener::bind(addr)?)
     }
 
+    #[cfg(test)]
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.io.local_addr()
     }
