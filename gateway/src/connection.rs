@@ -59,6 +59,10 @@ struct Client<'a> {
     scratch: Vec<u8>,
 }
 
+/// How long a connection accepted before or while stopping may take to send
+/// its first request once the gateway is stopping.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// Serves a client connection until it closes, idles out, or the gateway stops.
 pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
@@ -74,6 +78,9 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
         chunked: Vec::new(),
         scratch: Vec::new(),
     };
+    if !c.first_bytes().await {
+        return;
+    }
     loop {
         match c.read_head().await {
             Ok(true) => {}
@@ -214,6 +221,27 @@ impl<'a> Client<'a> {
             if buf.capacity() > KEEP_BUFFER {
                 *buf = Vec::new();
             }
+        }
+    }
+
+    /// Waits until the client has sent something (true), closed, or waited
+    /// past `idle_timeout`. The client connected before the gateway stopped,
+    /// so once it stops the first request still gets [`FIRST_REQUEST_GRACE`].
+    /// On the connection's deadline: no timer or listener of its own.
+    async fn first_bytes(&mut self) -> bool {
+        let idle = self.config().idle_timeout;
+        let (stream, deadline) = (&self.stream, &self.deadline);
+        let sent = || async {
+            let mut byte = [0u8; 1];
+            matches!(stream.peek(&mut byte).await, Ok(n) if n > 0)
+        };
+        match deadline.within_or_stop(idle, &self.ctx.stop, sent()).await {
+            Ok(sent) => sent,
+            Err(Interrupted::Elapsed) => false,
+            Err(Interrupted::Stopping) => deadline
+                .within(FIRST_REQUEST_GRACE, sent())
+                .await
+                .unwrap_or(false),
         }
     }
 

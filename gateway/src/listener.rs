@@ -23,7 +23,7 @@
 //!
 //! A connection's first request is never cut by the shutdown: the client
 //! connected before the gateway stopped, so the task waits (at most
-//! [`FIRST_REQUEST_GRACE`] once stopping) for its first bytes.
+//! [`connection::FIRST_REQUEST_GRACE`] once stopping) for its first bytes.
 
 use crate::connection;
 use crate::runtime::{self, net};
@@ -43,9 +43,6 @@ use std::time::Duration;
 /// its request, which then waits for a retransmission (a second or more):
 /// at 10,000 clients that was the p99.
 const BACKLOG: i32 = 65535;
-/// How long a connection accepted before or while stopping may take to send
-/// its first request once the gateway is stopping.
-pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// A bound client socket: the listener the worker accepts on (registered
 /// with the worker's reactor on its thread), and a second handle on the same
@@ -204,10 +201,8 @@ fn serve(ctx: &Arc<Context>, stream: net::Stream, peer: SocketAddr, connections:
         // Ends within a tick of the drain time running out: every wait it
         // makes is bounded by its deadline, which the watchdog then kills.
         // A panic ends this connection only (logged and counted).
-        if first_bytes(&ctx, &stream).await {
-            let serve = connection::serve(&ctx, stream, peer);
-            shared::panics::guard(&ctx.panics, "connection", serve).await;
-        }
+        let serve = connection::serve(&ctx, stream, peer);
+        shared::panics::guard(&ctx.panics, "connection", serve).await;
         ctx.metrics.client_connections.dec();
         drop(tracked);
     });
@@ -216,20 +211,3 @@ fn serve(ctx: &Arc<Context>, stream: net::Stream, peer: SocketAddr, connections:
     }
 }
 
-/// Waits until the client has sent something (true), closed, or waited past
-/// `idle_timeout` (or [`FIRST_REQUEST_GRACE`] once the gateway stops).
-async fn first_bytes(ctx: &Context, stream: &net::Stream) -> bool {
-    let mut byte = [0u8; 1];
-    let sent = async { matches!(stream.peek(&mut byte).await, Ok(n) if n > 0) };
-    let gone = async {
-        task::sleep(ctx.config.idle_timeout)
-            .or(async {
-                ctx.stop.wait().await;
-                task::sleep(FIRST_REQUEST_GRACE).await;
-            })
-            .or(async { ctx.kill.wait().await })
-            .await;
-        false
-    };
-    sent.or(gone).await
-}
