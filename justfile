@@ -31,8 +31,8 @@ test:
 
 # Gateway vs nginx and HAProxy, discovery at 1,000 instances, load generator vs wrk: results under bench/.
 bench:
-    bash bench/run.sh
     bash bench/cores.sh
+    bash bench/run.sh
     cargo bench --profile perf -p discovery --bench registry
     cargo bench --profile perf -p discovery --bench flood
     bash bench/drip.sh

@@ -386,11 +386,31 @@ main() {
   if part echo; then echo_app; fi
   local measured=0
   for p in cheap apps slow memory echo clients10k; do part "$p" && measured=1; done
-  if ((measured)); then mv "$RESULTS" "$OUT" && echo "results in $OUT" >&2; fi
+  if ((measured)); then
+    many_cores >> "$RESULTS"
+    mv "$RESULTS" "$OUT" && echo "results in $OUT" >&2
+  fi
   if part hold; then
     echo "system up (gateway :$GATEWAY, nginx :$NGINX, HAProxy :$HAPROXY); Ctrl-C stops it" >&2
     sleep infinity
   fi
+}
+
+# The summaries of bench/cores.sh's results (the many-core layout: this machine's, and any other
+# machine's kept in bench/, such as the 16-core device's), each under its own machine line.
+many_cores() {
+  local f
+  for f in "$ROOT"/bench/results-cores-*cores.md; do
+    [ -f "$f" ] || continue
+    echo
+    echo "## Many cores: $(basename "$f")"
+    echo
+    sed -n '3p' "$f"
+    echo
+    echo "From \`bench/cores.sh\` (its file has every layout's table, CPU per request and RSS): W workers"
+    echo "on W cores for each proxy, 64 connections per worker; then 10,000 keep-alive clients."
+    awk '/^## Summary/ { on = 1; next } on && /^## / { sub(/^## /, "### ") } on' "$f"
+  done
 }
 
 main "$@"
