@@ -14,7 +14,7 @@ use crate::deadline::{Deadline, Interrupted};
 use crate::failover;
 use crate::forward::Exchange;
 use crate::runtime::net::Stream;
-use crate::runtime::{buffers, Until};
+use crate::runtime::{self, buffers, Until};
 use crate::Context;
 use futures_lite::AsyncWriteExt;
 use shared::config::GatewayConfig;
@@ -22,7 +22,7 @@ use shared::http1::{parse_request, ChunkedDecoder, Framing, ReadBuf, RequestHead
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A request refused by the gateway itself; the connection closes after it.
 struct Refusal {
@@ -91,7 +91,7 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
                 return;
             }
         }
-        let started = Instant::now();
+        let started = runtime::now();
         c.refresh();
         let raw = c.input.data();
         let request_id = codec::request_id(raw, &c.head);
@@ -123,7 +123,7 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
             Err(refusal) => {
                 c.refuse(&refusal, &request_id).await;
                 ctx.metrics
-                    .request(refusal.status, started.elapsed().as_secs_f64(), 0);
+                    .request(refusal.status, runtime::now().saturating_duration_since(started).as_secs_f64(), 0);
                 return;
             }
         };
@@ -170,7 +170,7 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
                 }
             }
         };
-        let elapsed = started.elapsed();
+        let elapsed = runtime::now().saturating_duration_since(started);
         ctx.metrics
             .request(reply.status, elapsed.as_secs_f64(), reply.attempts);
         access_log(

@@ -10,11 +10,11 @@ use crate::deadline::Deadline;
 use crate::metrics::{Failover, Metrics};
 use crate::pool::{Conn, Upstream};
 use crate::runtime::net::Stream;
-use crate::runtime::Until;
+use crate::runtime::{self, Until};
 use futures_lite::AsyncWriteExt;
 use shared::http1::{parse_response, ChunkedDecoder, Framing};
 use std::io::{Error, ErrorKind};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Largest response head accepted from an instance.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -116,7 +116,7 @@ pub async fn try_once(
     fail_on_5xx: bool,
     metrics: &Metrics,
 ) -> Try {
-    let started = Instant::now();
+    let started = runtime::now();
     let tried = try_inner(
         up,
         ex,
@@ -128,7 +128,7 @@ pub async fn try_once(
         metrics,
     )
     .await;
-    let took = started.elapsed();
+    let took = runtime::now().saturating_duration_since(started);
     let stats = &up.stats;
     match &tried {
         Try::Answered { status, .. } => stats.answered(*status, took),

@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Tasks run between two looks at epoll. Bounds how long ready sockets wait
 /// while others run (fairness at 10,000 connections) without paying a
@@ -69,8 +70,8 @@ thread_local! {
     static URGENT: RefCell<VecDeque<Runnable>> = const { RefCell::new(VecDeque::new()) };
     /// The reactor is waking tasks for an urgent source.
     static WAKING_URGENT: Cell<bool> = const { Cell::new(false) };
-    /// [`clock`] as read after the worker's last look at epoll.
-    static NOW_MS: Cell<u64> = const { Cell::new(0) };
+    /// The time as read after the worker's last look at epoll.
+    static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 fn current() -> std::io::Result<Arc<Shared>> {
@@ -79,16 +80,25 @@ fn current() -> std::io::Result<Arc<Shared>> {
     })
 }
 
-/// Milliseconds since the process started: the clock of deadlines and
-/// cool-downs. On a worker it is read once per turn of the event loop (as
-/// nginx caches its time), not once per use: a dozen reads per request cost
-/// more than the request's own parsing.
+/// The time now. On a worker it is read once per turn of the event loop,
+/// right after epoll answers (as nginx caches its time), not once per use:
+/// where the clock is not read in user space (some virtual machines' clock
+/// sources), each read is a system call, and a request made a dozen. A
+/// request's latency is then measured between the events that began and
+/// ended it.
+pub fn now() -> Instant {
+    NOW.with(Cell::get).unwrap_or_else(Instant::now)
+}
+
+/// Milliseconds since the process started, on [`now`]: the clock of
+/// deadlines and cool-downs.
 pub fn clock() -> u64 {
-    if CURRENT_ID.with(Cell::get) != 0 {
-        NOW_MS.with(Cell::get)
-    } else {
-        precise_clock()
-    }
+    now().saturating_duration_since(start()).as_millis() as u64
+}
+
+fn start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
 }
 
 /// A point on [`clock`]: what a request's time budgets are measured against.
@@ -111,13 +121,6 @@ impl Until {
     }
 }
 
-fn precise_clock() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-}
 
 /// Spawns `future` on this thread's worker runtime.
 ///
@@ -147,7 +150,8 @@ where
         remote: Mutex::new(Vec::new()),
     });
     CURRENT_ID.with(|c| c.set(shared.id));
-    NOW_MS.with(|n| n.set(precise_clock()));
+    start();
+    NOW.with(|n| n.set(Some(Instant::now())));
     CURRENT.with(|c| *c.borrow_mut() = Some(shared.clone()));
     let s = shared.clone();
     let (runnable, root) = async_task::spawn(root, move |r| s.schedule(r));
@@ -180,7 +184,7 @@ where
             && URGENT.with(|q| q.borrow().is_empty());
         LOCAL.with(|q| q.borrow_mut().extend(taken.drain(..)));
         let polled = shared.reactor.poll(&mut events, idle, &wake_urgent);
-        NOW_MS.with(|n| n.set(precise_clock()));
+        NOW.with(|n| n.set(Some(Instant::now())));
         if let Err(e) = polled {
             break Err(e);
         }
@@ -195,6 +199,7 @@ where
         .unwrap_or_else(|p| p.into_inner())
         .clear();
     CURRENT.with(|c| *c.borrow_mut() = None);
+    NOW.with(|n| n.set(None));
     CURRENT_ID.with(|c| c.set(0));
     outcome
 }
