@@ -122,8 +122,13 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
             Ok(held) => held,
             Err(refusal) => {
                 c.refuse(&refusal, &request_id).await;
-                ctx.metrics
-                    .request(refusal.status, runtime::now().saturating_duration_since(started).as_secs_f64(), 0);
+                ctx.metrics.request(
+                    refusal.status,
+                    runtime::now()
+                        .saturating_duration_since(started)
+                        .as_secs_f64(),
+                    0,
+                );
                 return;
             }
         };

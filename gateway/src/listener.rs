@@ -210,4 +210,3 @@ fn serve(ctx: &Arc<Context>, stream: net::Stream, peer: SocketAddr, connections:
         log::error!("cannot serve a connection: {e}");
     }
 }
-

@@ -121,7 +121,6 @@ impl Until {
     }
 }
 
-
 /// Spawns `future` on this thread's worker runtime.
 ///
 /// # Errors
