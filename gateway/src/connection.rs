@@ -116,6 +116,17 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
             return;
         }
 
+        // The route, right after the head: a request no route takes is
+        // answered before its body is read (no 100 Continue, nothing
+        // buffered), and closes the connection if a body was coming.
+        let route = c.generation().router.choose(codec::target_of(&c.upstream));
+        if route.is_none() && !matches!(framing, Framing::Empty) {
+            let refusal = Refusal::new(404, "no_route", "no route matches this path");
+            c.refuse(&refusal, &request_id).await;
+            ctx.metrics.request(404, 0.0, 0);
+            return;
+        }
+
         let body_until = Until::after(c.config().client_body_timeout);
         // Held until the answer is sent: the body stays buffered for retries.
         let _held = match Box::pin(c.read_body(framing, expect_continue, body_until)).await {
@@ -142,7 +153,7 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
             replayable: idempotent || now.config.retry_non_idempotent,
             stop: &ctx.stop,
         };
-        let reply = match now.router.route(codec::target_of(&c.upstream)) {
+        let reply = match route.and_then(|r| now.router.balancer(r)) {
             Some(balancer) => {
                 let (stream, scratch, deadline) = (&mut c.stream, &mut c.scratch, &c.deadline);
                 // Boxed: the exchange's state lives only while a request is in
@@ -199,9 +210,14 @@ const KEEP_BUFFER: usize = 64 * 1024;
 const BUFFER: usize = buffers::SIZE;
 
 impl<'a> Client<'a> {
+    /// The generation in force at the last request.
+    fn generation(&self) -> &Context {
+        self.now.as_deref().unwrap_or(self.ctx)
+    }
+
     /// The config in force at the last request.
     fn config(&self) -> &GatewayConfig {
-        &self.now.as_deref().unwrap_or(self.ctx).config
+        &self.generation().config
     }
 
     /// Takes the generation in force now. One load of the swap; the

@@ -195,6 +195,11 @@ impl Balancer {
     }
 }
 
+/// A route chosen by a [`Router`]: valid for that router (one generation of
+/// the config), which a connection keeps for the whole request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route(usize);
+
 /// Path prefixes to balancers; the longest matching prefix wins.
 #[derive(Debug)]
 pub struct Router {
@@ -248,12 +253,23 @@ impl Router {
         self.routes.iter().map(|(p, b)| (p.as_str(), b))
     }
 
-    /// The balancer for a request target (path and query).
-    pub fn route(&self, target: &[u8]) -> Option<&Arc<Balancer>> {
+    /// The route for a request target (path and query): chosen right after
+    /// the head, so a request no route takes is answered before its body is read.
+    pub fn choose(&self, target: &[u8]) -> Option<Route> {
         self.routes
             .iter()
-            .find(|(prefix, _)| matches(prefix.as_bytes(), target))
-            .map(|(_, b)| b)
+            .position(|(prefix, _)| matches(prefix.as_bytes(), target))
+            .map(Route)
+    }
+
+    /// The balancer of a route this router chose.
+    pub fn balancer(&self, route: Route) -> Option<&Arc<Balancer>> {
+        self.routes.get(route.0).map(|(_, b)| b)
+    }
+
+    /// The balancer for a request target.
+    pub fn route(&self, target: &[u8]) -> Option<&Arc<Balancer>> {
+        self.choose(target).and_then(|r| self.balancer(r))
     }
 
     /// One balancer per routed namespace.

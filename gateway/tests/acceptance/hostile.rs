@@ -95,6 +95,34 @@ fn get(target: &str) -> Vec<u8> {
 }
 
 #[async_std::test]
+async fn a_body_for_no_route_is_answered_404_before_it_is_read() {
+    let (d, raws, g) = api_only().await;
+    // A megabyte announced, 100-continue asked for, not a byte sent: the answer
+    // comes from the head alone (waiting for the body would end in a 408 after
+    // client_body_timeout), and it is not a 100 Continue.
+    let head = "POST /nowhere HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n\
+                Content-Length: 1000000\r\nExpect: 100-continue\r\n\r\n";
+    let res = exchange_raw(g.addr(), head.as_bytes()).await;
+    assert_eq!(res.status, 404, "{}", String::from_utf8_lossy(&res.body));
+    assert!(String::from_utf8_lossy(&res.body).contains("no_route"));
+    assert_eq!(
+        res.header("connection"),
+        Some("close"),
+        "the unread body ends the connection"
+    );
+    // A body that did come along: the same answer, and nothing reached an instance.
+    let small = "POST /nowhere HTTP/1.1\r\nHost: gateway\r\nContent-Length: 2\r\n\r\n{}";
+    let res = exchange_raw(g.addr(), small.as_bytes()).await;
+    assert_eq!(res.status, 404);
+    assert!(
+        raws[0].received().is_empty(),
+        "no instance saw either request"
+    );
+    g.shutdown().await;
+    d.shutdown().await;
+}
+
+#[async_std::test]
 async fn dot_segments_cannot_escape_a_route() {
     let (d, raws, g) = api_only().await;
     for escape in [
