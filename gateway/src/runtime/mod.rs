@@ -34,6 +34,12 @@ use std::time::Instant;
 /// system call per task.
 const BATCH: usize = 128;
 
+/// Looks at epoll without sleeping this many times before a worker with
+/// nothing to do sleeps in it: the next event is usually microseconds away,
+/// and going to sleep and being woken costs a context switch and an
+/// interrupt each time (on some virtual machines far more than the look).
+const SPINS: u32 = 32;
+
 /// What other threads reach of a worker: its reactor and its remote queue.
 #[derive(Debug)]
 struct Shared {
@@ -158,6 +164,7 @@ where
     let mut events = reactor::events();
     let mut taken = Vec::new();
     let wake_urgent = |on: bool| WAKING_URGENT.with(|u| u.set(on));
+    let mut spins = 0;
     let outcome = loop {
         while let Some(runnable) = URGENT.with(|q| q.borrow_mut().pop_front()) {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runnable.run()));
@@ -182,10 +189,13 @@ where
             && LOCAL.with(|q| q.borrow().is_empty())
             && URGENT.with(|q| q.borrow().is_empty());
         LOCAL.with(|q| q.borrow_mut().extend(taken.drain(..)));
-        let polled = shared.reactor.poll(&mut events, idle, &wake_urgent);
+        let block = idle && spins >= SPINS;
+        let polled = shared.reactor.poll(&mut events, block, &wake_urgent);
         NOW.with(|n| n.set(Some(Instant::now())));
-        if let Err(e) = polled {
-            break Err(e);
+        match polled {
+            Ok(0) if idle && !block => spins += 1,
+            Ok(_) => spins = 0,
+            Err(e) => break Err(e),
         }
     };
     // Tasks still parked on sockets are dropped with their sockets.

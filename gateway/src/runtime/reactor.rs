@@ -208,7 +208,7 @@ impl Reactor {
         events: &mut Vec<epoll::Event>,
         block: bool,
         wake_urgent: &dyn Fn(bool),
-    ) -> io::Result<()> {
+    ) -> io::Result<usize> {
         let zero = rustix::time::Timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -222,7 +222,7 @@ impl Reactor {
         self.sleeping.store(false, Ordering::SeqCst);
         match waited {
             Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => return Ok(0),
             Err(e) => return Err(e.into()),
         }
         let sources = self.lock();
@@ -253,7 +253,7 @@ impl Reactor {
             source.set(bits);
         }
         wake_urgent(false);
-        Ok(())
+        Ok(events.len())
     }
 
     /// Drops every source's waiting tasks: at the end of a worker, what is
