@@ -496,14 +496,23 @@ impl<'a> Client<'a> {
     }
 }
 
+/// Writes `bytes` to the client within `limit`: the one place where the
+/// gateway's bytes meet a client's socket (answers relayed by `forward`,
+/// error answers from `failover` and the refusals and `100 Continue` here).
+pub async fn write_to_client(
+    deadline: &Deadline,
+    stream: &mut Stream,
+    limit: Duration,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    deadline.within(limit, stream.write_all(bytes)).await?
+}
+
 /// Writes `bytes` to the client within `idle_timeout`; false if that failed.
 async fn send(ctx: &Context, deadline: &Deadline, stream: &mut Stream, bytes: &[u8]) -> bool {
-    matches!(
-        deadline
-            .within(ctx.config.idle_timeout, stream.write_all(bytes))
-            .await,
-        Ok(Ok(()))
-    )
+    write_to_client(deadline, stream, ctx.config.idle_timeout, bytes)
+        .await
+        .is_ok()
 }
 
 /// Over `max_buffered_bytes`: the client may try again shortly, elsewhere or here.

@@ -21,6 +21,7 @@
 //! else 502.
 
 use crate::codec;
+use crate::connection;
 use crate::deadline::Deadline;
 use crate::forward::{self, Deadlines, Exchange, Try};
 use crate::pool::Upstream;
@@ -201,11 +202,9 @@ pub async fn serve(
         head_request: ex.head_request,
     };
     codec::error_response(scratch, status, code, &message, ex.request_id, framing);
-    let write = futures_lite::AsyncWriteExt::write_all(client, scratch);
-    let written = matches!(
-        deadline.within(config.idle_timeout, write).await,
-        Ok(Ok(()))
-    );
+    let written = connection::write_to_client(deadline, client, config.idle_timeout, scratch)
+        .await
+        .is_ok();
     Reply {
         status,
         client_open: keep_alive && written,

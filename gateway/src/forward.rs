@@ -393,9 +393,8 @@ struct Io<'a> {
 
 impl Io<'_> {
     async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.deadline
-            .within(self.limits.client, self.client.write_all(bytes))
-            .await?
+        crate::connection::write_to_client(self.deadline, self.client, self.limits.client, bytes)
+            .await
     }
 
     /// Reads more of the body; the instance closing first is an error.
