@@ -20,7 +20,8 @@ mod repeats;
 mod time;
 
 pub use format::escape_controls;
-pub use time::clock_ms;
+pub(crate) use time::civil_from_days;
+pub use time::{clock_ms, rfc3339};
 
 use repeats::{Admit, Repeats, Summary};
 use std::io::{IsTerminal, Write};

@@ -34,9 +34,10 @@ pub fn clock_ms(ms: u64) -> String {
     )
 }
 
-/// Year, month, day of a day count since 1970-01-01 (H. Hinnant's
-/// `civil_from_days`, for days on or after the epoch).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+/// Year, month (1..=12), day (1..=31) of a day count since 1970-01-01
+/// (H. Hinnant's `civil_from_days`, for days on or after the epoch): for
+/// log timestamps and the `date` header.
+pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z % 146_097;

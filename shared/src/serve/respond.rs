@@ -271,15 +271,15 @@ fn http_date(secs: u64) -> [u8; 29] {
     ];
     let days = secs / 86_400;
     let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days as i64);
+    let (year, month, day) = crate::logging::civil_from_days(days);
     let mut t = [0u8; 29];
     t[..3].copy_from_slice(DAYS[(days % 7) as usize]);
     t[3..5].copy_from_slice(b", ");
-    two(&mut t[5..7], day);
+    two(&mut t[5..7], day as u32);
     t[7] = b' ';
     t[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
     t[11] = b' ';
-    let y = year.clamp(0, 9999) as u32;
+    let y = year.min(9999) as u32;
     two(&mut t[12..14], y / 100);
     two(&mut t[14..16], y % 100);
     t[16] = b' ';
@@ -295,20 +295,6 @@ fn http_date(secs: u64) -> [u8; 29] {
 fn two(out: &mut [u8], n: u32) {
     out[0] = b'0' + (n / 10 % 10) as u8;
     out[1] = b'0' + (n % 10) as u8;
-}
-
-/// Howard Hinnant's days-to-civil: (year, month 1..=12, day 1..=31).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Whether `method` is HEAD (no body in the answer).
