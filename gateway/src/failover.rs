@@ -82,17 +82,13 @@ pub async fn serve(
         };
         let fail_on_5xx =
             config.retry_on_5xx && ex.replayable && another_allowed && balancer.has_untried(&tried);
-        let tried_now = forward::try_once(
-            &target,
-            ex,
-            client,
-            scratch,
+        let mut io = forward::Io {
+            client: &mut *client,
             deadline,
-            deadlines,
-            fail_on_5xx,
-            &ctx.metrics,
-        );
-        let tried_now = tried_now.await;
+            limits: deadlines,
+        };
+        let tried_now =
+            forward::try_once(&target, ex, &mut io, scratch, fail_on_5xx, &ctx.metrics).await;
         let outcome = match &tried_now {
             Try::Answered { .. } => retry::Outcome::Answered,
             // A connect cut short by the request's own deadline says nothing about the instance.

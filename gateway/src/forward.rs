@@ -103,31 +103,18 @@ async fn still_open(conn: &Conn) -> bool {
         .is_none()
 }
 
-/// Sends `ex` to `up` and relays the answer to `client`, counting the try
-/// in the instance's own statistics (a few atomic adds).
-#[allow(clippy::too_many_arguments)]
+/// Sends `ex` to `up` and relays the answer to the client, counting the
+/// try in the instance's own statistics (a few atomic adds).
 pub async fn try_once(
     up: &Upstream,
     ex: &Exchange<'_>,
-    client: &mut Stream,
+    io: &mut Io<'_>,
     scratch: &mut Vec<u8>,
-    deadline: &Deadline,
-    deadlines: Deadlines,
     fail_on_5xx: bool,
     metrics: &Metrics,
 ) -> Try {
     let started = runtime::now();
-    let tried = try_inner(
-        up,
-        ex,
-        client,
-        scratch,
-        deadline,
-        deadlines,
-        fail_on_5xx,
-        metrics,
-    )
-    .await;
+    let tried = try_inner(up, ex, io, scratch, fail_on_5xx, metrics).await;
     let took = runtime::now().saturating_duration_since(started);
     let stats = &up.stats;
     match &tried {
@@ -145,17 +132,15 @@ pub async fn try_once(
     tried
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn try_inner(
     up: &Upstream,
     ex: &Exchange<'_>,
-    client: &mut Stream,
+    io: &mut Io<'_>,
     scratch: &mut Vec<u8>,
-    deadline: &Deadline,
-    deadlines: Deadlines,
     fail_on_5xx: bool,
     metrics: &Metrics,
 ) -> Try {
+    let (deadline, deadlines) = (io.deadline, io.limits);
     let until = Until::after(deadlines.head);
     let mut pooled = up.checkout();
     if let Some((conn, idled)) = &pooled {
@@ -199,12 +184,7 @@ async fn try_inner(
     if fail_on_5xx && status >= 500 {
         return Try::ServerError(status);
     }
-    let mut io = Io {
-        client,
-        deadline,
-        limits: deadlines,
-    };
-    match relay(&mut conn, ex, &mut io, scratch).await {
+    match relay(&mut conn, ex, io, scratch).await {
         Ok((reusable, client_open)) => {
             if reusable {
                 up.checkin(conn);
@@ -385,10 +365,10 @@ async fn relay(
 }
 
 /// The client side of a try, and the deadlines its waits keep.
-struct Io<'a> {
-    client: &'a mut Stream,
-    deadline: &'a Deadline,
-    limits: Deadlines,
+pub struct Io<'a> {
+    pub client: &'a mut Stream,
+    pub deadline: &'a Deadline,
+    pub limits: Deadlines,
 }
 
 impl Io<'_> {
