@@ -288,7 +288,7 @@ impl<'a> Client<'a> {
                 return false;
             }
         }
-        self.input.supply(buffers::take());
+        self.input.supply(buffers::take);
         for buf in [&mut self.upstream, &mut self.scratch] {
             if buf.capacity() == 0 {
                 *buf = buffers::take();
@@ -426,10 +426,10 @@ impl<'a> Client<'a> {
     /// Reads more of a body: within `client_header_timeout` of the last read,
     /// and before `until`, the end of `client_body_timeout`.
     async fn more(&mut self, until: Until) -> Result<(), Refusal> {
-        let config = &self.now.as_deref().unwrap_or(self.ctx).config;
+        let per_read = self.config().client_header_timeout;
         let left = until.left();
-        let whole = left <= config.client_header_timeout;
-        let limit = left.min(config.client_header_timeout);
+        let whole = left <= per_read;
+        let limit = left.min(per_read);
         let read = if limit.is_zero() {
             Err(Interrupted::Elapsed)
         } else {

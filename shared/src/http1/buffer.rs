@@ -47,10 +47,12 @@ impl ReadBuf {
         }
     }
 
-    /// Gives a released buffer its memory back: `storage`, cleared and
-    /// zero-filled to its capacity (at least the initial size).
-    pub fn supply(&mut self, mut storage: Vec<u8>) {
+    /// Gives a released buffer its memory back: what `take` hands over,
+    /// cleared and zero-filled to its capacity (at least the initial size).
+    /// `take` is called only when the buffer has no memory.
+    pub fn supply(&mut self, take: impl FnOnce() -> Vec<u8>) {
         if self.buf.is_empty() {
+            let mut storage = take();
             storage.clear();
             let capacity = storage.capacity().max(self.initial);
             storage.resize(capacity, 0);
