@@ -142,6 +142,12 @@ where
     Ok(())
 }
 
+/// Runs one task. Connection tasks catch their own panics
+/// (`shared::panics::guard`); this keeps the worker alive whatever a task does.
+fn run_task(runnable: Runnable) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runnable.run()));
+}
+
 /// Runs `root` and every task it spawns on the calling thread until `root`
 /// is done; what it spawned and left running is dropped then.
 pub fn run<F>(root: F) -> std::io::Result<()>
@@ -167,15 +173,13 @@ where
     let mut spins = 0;
     let outcome = loop {
         while let Some(runnable) = URGENT.with(|q| q.borrow_mut().pop_front()) {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runnable.run()));
+            run_task(runnable);
         }
         for _ in 0..BATCH {
             let Some(runnable) = LOCAL.with(|q| q.borrow_mut().pop_front()) else {
                 break;
             };
-            // Connection tasks catch their own panics (shared::panics::guard);
-            // this keeps the worker alive whatever a task does.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runnable.run()));
+            run_task(runnable);
         }
         if root.is_finished() {
             break Ok(());
@@ -185,9 +189,8 @@ where
             &mut taken,
             &mut *shared.remote.lock().unwrap_or_else(|p| p.into_inner()),
         );
-        let idle = taken.is_empty()
-            && LOCAL.with(|q| q.borrow().is_empty())
-            && URGENT.with(|q| q.borrow().is_empty());
+        // URGENT is empty here: only the reactor's poll below fills it.
+        let idle = taken.is_empty() && LOCAL.with(|q| q.borrow().is_empty());
         LOCAL.with(|q| q.borrow_mut().extend(taken.drain(..)));
         let block = idle && spins >= SPINS;
         let polled = shared.reactor.poll(&mut events, block, &wake_urgent);

@@ -51,6 +51,11 @@ impl<T: AsFd> Registered<T> {
         &self.shared.reactor
     }
 
+    /// Waits until `bit` is ready, trying nothing.
+    async fn ready(&self, bit: usize) {
+        std::future::poll_fn(|cx| self.source.poll_ready(bit, cx).map(|_| ())).await;
+    }
+
     /// Runs `op` while `bit` is ready; clears it on `WouldBlock` or when
     /// `short` says the result shows the buffer drained or full.
     fn poll_io<R>(
@@ -61,10 +66,7 @@ impl<T: AsFd> Registered<T> {
         short: impl Fn(&R) -> bool,
     ) -> Poll<io::Result<R>> {
         loop {
-            let seen = match self.source.poll_ready(bit, cx) {
-                Poll::Ready(seen) => seen,
-                Poll::Pending => return Poll::Pending,
-            };
+            let seen = std::task::ready!(self.source.poll_ready(bit, cx));
             match op(&self.io) {
                 Ok(r) => {
                     if short(&r) {
@@ -120,7 +122,7 @@ impl Stream {
             inner: Registered::new(io, 0, true)?,
         };
         // Writable once the handshake is over, one way or the other.
-        std::future::poll_fn(|cx| stream.inner.source.poll_ready(WRITE, cx).map(|_| ())).await;
+        stream.inner.ready(WRITE).await;
         match stream.inner.io.take_error()? {
             Some(e) => Err(e),
             None => {
@@ -133,7 +135,7 @@ impl Stream {
     /// Waits until a read would find bytes (or the end), without a buffer:
     /// an idle connection holds none.
     pub async fn readable(&self) {
-        std::future::poll_fn(|cx| self.inner.source.poll_ready(READ, cx).map(|_| ())).await;
+        self.inner.ready(READ).await;
     }
 
     /// Whether a read is worth trying now (no waiting, no system call).
