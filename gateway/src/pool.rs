@@ -42,6 +42,13 @@ struct Idle {
     since: u64,
 }
 
+impl Idle {
+    /// How long it has idled, at [`clock`] time `now`.
+    fn idled(&self, now: u64) -> Duration {
+        Duration::from_millis(now.saturating_sub(self.since))
+    }
+}
+
 /// Pool limits from the config.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -87,7 +94,7 @@ impl Upstream {
     pub fn checkout(&self) -> Option<(Conn, Duration)> {
         let mut idle = self.lock();
         while let Some(entry) = idle.pop() {
-            let idled = Duration::from_millis(clock().saturating_sub(entry.since));
+            let idled = entry.idled(clock());
             if idled < self.limits.idle_timeout {
                 return Some((entry.conn, idled));
             }
@@ -160,7 +167,7 @@ impl Upstream {
         let timeout = self.limits.idle_timeout;
         for list in self.idle.iter() {
             let now = clock();
-            lock(list).retain(|i| Duration::from_millis(now.saturating_sub(i.since)) < timeout);
+            lock(list).retain(|i| i.idled(now) < timeout);
         }
     }
 }
