@@ -44,13 +44,11 @@ use std::time::Duration;
 /// at 10,000 clients that was the p99.
 const BACKLOG: i32 = 65535;
 
-/// A bound client socket: the listener the worker accepts on (registered
-/// with the worker's reactor on its thread), and a second handle on the same
-/// socket for draining its queue at shutdown.
+/// A bound client socket, registered with a worker's reactor once on the
+/// worker's thread.
 #[derive(Debug)]
 pub struct Bound {
     listener: std::net::TcpListener,
-    drain: std::net::TcpListener,
     addr: SocketAddr,
 }
 
@@ -61,10 +59,8 @@ impl Bound {
 
     /// Another handle on the same socket (and accept queue).
     fn try_clone(&self) -> std::io::Result<Bound> {
-        let plain = self.drain.try_clone()?;
         Ok(Bound {
-            drain: plain.try_clone()?,
-            listener: plain,
+            listener: self.listener.try_clone()?,
             addr: self.addr,
         })
     }
@@ -115,24 +111,15 @@ pub fn bind(listen: &str, reuse_port: bool) -> std::io::Result<Bound> {
     }
     socket.bind(&addr.into()).map_err(cannot)?;
     socket.listen(BACKLOG).map_err(cannot)?;
-    let plain: std::net::TcpListener = socket.into();
-    let drain = plain.try_clone().map_err(cannot)?;
-    let addr = plain.local_addr()?;
-    let listener = plain;
-    Ok(Bound {
-        listener,
-        drain,
-        addr,
-    })
+    let listener: std::net::TcpListener = socket.into();
+    let addr = listener.local_addr()?;
+    Ok(Bound { listener, addr })
 }
 
 /// The accept loop of one worker: runs until the gateway stops, then serves
 /// what is left in its socket's queue; connection tasks go on this worker.
 pub async fn accept(ctx: &Arc<Context>, bound: Bound, connections: &Tracker) {
-    let Bound {
-        listener, drain, ..
-    } = bound;
-    let listener = match net::Listener::from_std(listener) {
+    let listener = match net::Listener::from_std(bound.listener) {
         Ok(l) => l,
         Err(e) => {
             log::error!("cannot accept on this worker: {e}");
@@ -157,33 +144,26 @@ pub async fn accept(ctx: &Arc<Context>, bound: Bound, connections: &Tracker) {
             }
         }
     }
-    // The socket stays open through `drain` while the async handle goes.
+    let queued = drain_queue(ctx, &listener, connections);
     drop(listener);
-    let queued = drain_queue(ctx, &drain, connections);
-    drop(drain);
     if queued > 0 {
         log::info!(connections = queued; "stopped accepting; served {queued} connections left in the accept queue");
     }
 }
 
 /// Takes every connection already in the socket's accept queue; how many.
-fn drain_queue(ctx: &Arc<Context>, drain: &std::net::TcpListener, connections: &Tracker) -> usize {
-    if let Err(e) = drain.set_nonblocking(true) {
-        log::warn!("cannot drain the accept queue: {e}");
-        return 0;
-    }
+fn drain_queue(ctx: &Arc<Context>, listener: &net::Listener, connections: &Tracker) -> usize {
     let mut queued = 0;
     loop {
-        match drain.accept() {
-            Ok((stream, peer)) => match net::Stream::from_std(stream) {
+        match listener.try_accept() {
+            Ok(Some((stream, peer))) => match net::Stream::from_std(stream) {
                 Ok(stream) => {
                     queued += 1;
                     serve(ctx, stream, peer, connections);
                 }
                 Err(e) => log::warn!("cannot serve a queued connection: {e}"),
             },
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return queued,
+            Ok(None) => return queued,
             Err(e) => {
                 log::warn!("draining the accept queue failed: {e}");
                 return queued;

@@ -228,6 +228,20 @@ impl Listener {
         self.inner.io.local_addr()
     }
 
+    /// The next connection from the queue, if there is one now (draining
+    /// the queue at shutdown).
+    /// The socket comes back as std's, for [`Stream::from_std`].
+    pub fn try_accept(&self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+        loop {
+            match self.inner.io.accept() {
+                Ok(accepted) => return Ok(Some(accepted)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// The next connection from the queue, waiting for one if it is empty.
     pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
         let (io, peer) =
