@@ -225,6 +225,9 @@ impl Reactor {
             Err(rustix::io::Errno::INTR) => return Ok(0),
             Err(e) => return Err(e.into()),
         }
+        if events.is_empty() {
+            return Ok(0); // a look that found nothing (the spins before sleeping)
+        }
         let sources = self.lock();
         for event in events.iter() {
             let epoll::Event { flags, data } = *event;
