@@ -4,6 +4,7 @@
 
 use crate::common::{body, Client, System};
 use std::collections::HashMap;
+use std::time::Duration;
 
 const WORKERS: usize = 4;
 const CLIENTS: usize = 40;
@@ -76,10 +77,14 @@ async fn the_workers_counters_add_up_to_every_request_on_metrics() {
     traffic(&sys).await;
     let total = (CLIENTS * PER_CLIENT) as f64;
     let admin = sys.admin();
-    assert_eq!(
-        summed(&admin, "gateway_requests_total", "code=\"200\"").await,
-        total
-    );
+    // A request is counted once its answer is written, so the last one can
+    // reach its client a moment before its worker counts it.
+    testkit::wait_until(
+        "every request is counted",
+        Duration::from_secs(5),
+        || async { summed(&admin, "gateway_requests_total", "code=\"200\"").await == total },
+    )
+    .await;
     assert_eq!(
         summed(&admin, "gateway_requests_total", "").await,
         total,
