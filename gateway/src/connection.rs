@@ -10,15 +10,15 @@
 
 use crate::budget::Reservation;
 use crate::codec;
-use crate::deadline::{Deadline, Interrupted};
+use crate::deadline::Interrupted;
 use crate::failover;
 use crate::forward::Exchange;
 use crate::runtime::net::Stream;
 use crate::runtime::{self, buffers, Until};
+use crate::session::Session;
 use crate::Context;
-use futures_lite::AsyncWriteExt;
 use shared::config::GatewayConfig;
-use shared::http1::{parse_request, ChunkedDecoder, Framing, ReadBuf, RequestHead};
+use shared::http1::{parse_request, ChunkedDecoder, Framing, RequestHead};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -41,22 +41,19 @@ impl Refusal {
     }
 }
 
-/// A client connection's socket, deadline and buffers, reused from one request to the next.
+/// A client connection: its session, and the request being made of what it
+/// sent, reused from one request to the next.
 struct Client<'a> {
     /// The context the connection began with: what every generation shares.
     ctx: &'a Context,
     /// The generation in force at the last request (`None`: the gateway stopped).
     now: Option<Arc<Context>>,
-    stream: Stream,
-    deadline: std::sync::Arc<Deadline>,
-    input: ReadBuf,
+    session: Session,
     head: RequestHead,
     /// The upstream request: head, then body.
     upstream: Vec<u8>,
     /// A chunked body being de-chunked.
     chunked: Vec<u8>,
-    /// Response heads and small responses on their way to the client.
-    scratch: Vec<u8>,
 }
 
 /// How long a connection accepted before or while stopping may take to send
@@ -65,20 +62,21 @@ pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves a client connection until it closes, idles out, or the gateway stops.
 pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
     let client_ip = peer.ip().to_canonical().to_string();
     let mut c = Client {
         ctx,
         now: ctx.live.current(),
-        stream,
-        deadline: ctx.watchdog.deadline(),
-        input: ReadBuf::unallocated(BUFFER),
+        session: Session::new(stream, ctx.watchdog.deadline(), BUFFER),
         head: RequestHead::default(),
         upstream: Vec::new(),
         chunked: Vec::new(),
-        scratch: Vec::new(),
     };
-    if !c.first_bytes().await {
+    let idle = c.config().idle_timeout;
+    if !c
+        .session
+        .first_bytes(idle, &ctx.stop, FIRST_REQUEST_GRACE)
+        .await
+    {
         return;
     }
     loop {
@@ -93,7 +91,7 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
         }
         let started = runtime::now();
         c.refresh();
-        let raw = c.input.data();
+        let raw = c.session.input.data();
         let request_id = codec::request_id(raw, &c.head);
         let head_request = c.head.method(raw) == b"HEAD";
         let idempotent = codec::is_idempotent(c.head.method(raw));
@@ -108,7 +106,7 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
             &request_id,
             &ctx.default_host,
         );
-        c.input.consume(c.head.len);
+        c.session.input.consume(c.head.len);
         if let Err(why) = written {
             c.refuse(&Refusal::new(400, "bad_request", why.0), &request_id)
                 .await;
@@ -154,31 +152,29 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
             stop: &ctx.stop,
         };
         let reply = match route.and_then(|r| now.router.balancer(r)) {
+            // Boxed: the exchange's state lives only while a request is in
+            // flight, so an idle connection's task stays small.
             Some(balancer) => {
-                let (stream, scratch, deadline) = (&mut c.stream, &mut c.scratch, &c.deadline);
-                // Boxed: the exchange's state lives only while a request is in
-                // flight, so an idle connection's task stays small.
-                Box::pin(failover::serve(
-                    now, balancer, &exchange, stream, scratch, deadline,
-                ))
-                .await
+                Box::pin(failover::serve(now, balancer, &exchange, &mut c.session)).await
             }
             None => {
                 let keep_alive = exchange.keep_alive();
-                let message = "no route matches this path";
                 let framing = codec::ErrorFraming {
                     close: !keep_alive,
                     head_request,
                 };
-                codec::error_response(
-                    &mut c.scratch,
-                    404,
-                    "no_route",
-                    message,
-                    &request_id,
-                    framing,
-                );
-                let written = send(now, &c.deadline, &mut c.stream, &c.scratch).await;
+                let message = "no route matches this path";
+                let written = c
+                    .session
+                    .write_error(
+                        404,
+                        "no_route",
+                        message,
+                        &request_id,
+                        framing,
+                        now.config.idle_timeout,
+                    )
+                    .await;
                 failover::Reply {
                     status: 404,
                     client_open: written && keep_alive,
@@ -237,62 +233,32 @@ impl<'a> Client<'a> {
     /// Gives back what a large request or answer grew the buffers to, so an
     /// idle keep-alive connection holds kilobytes, not `max_body_bytes`.
     fn shrink(&mut self) {
-        self.input.shrink();
-        for buf in [&mut self.upstream, &mut self.chunked, &mut self.scratch] {
+        self.session.shrink(KEEP_BUFFER);
+        for buf in [&mut self.upstream, &mut self.chunked] {
             if buf.capacity() > KEEP_BUFFER {
                 *buf = Vec::new();
             }
         }
     }
 
-    /// Waits until the client has sent something (true), closed, or waited
-    /// past `idle_timeout`. The client connected before the gateway stopped,
-    /// so once it stops the first request still gets [`FIRST_REQUEST_GRACE`].
-    /// On the connection's deadline: no timer or listener of its own.
-    async fn first_bytes(&mut self) -> bool {
-        let idle = self.config().idle_timeout;
-        let (stream, deadline) = (&self.stream, &self.deadline);
-        let sent = || async {
-            let mut byte = [0u8; 1];
-            matches!(stream.peek(&mut byte).await, Ok(n) if n > 0)
-        };
-        match deadline.within_or_stop(idle, &self.ctx.stop, sent()).await {
-            Ok(sent) => sent,
-            Err(Interrupted::Elapsed) => false,
-            Err(Interrupted::Stopping) => deadline
-                .within(FIRST_REQUEST_GRACE, sent())
-                .await
-                .unwrap_or(false),
-        }
-    }
-
-    /// Waits for the next request without holding a buffer: an idle
-    /// keep-alive connection costs its task and its socket, no more (what
-    /// nginx does with its keep-alive connections). False when the
-    /// connection is done (closed, idle past `idle_timeout`, or stopping).
+    /// Waits for the next request without holding a buffer (see
+    /// [`Session::await_request`]). False when the connection is done
+    /// (closed, idle past `idle_timeout`, or stopping).
     async fn await_next_request(&mut self, idle: Duration) -> bool {
-        if !self.stream.is_readable_now() {
-            if let Some(storage) = self.input.release() {
-                buffers::give(storage);
-            }
-            for buf in [&mut self.upstream, &mut self.chunked, &mut self.scratch] {
-                buffers::give(std::mem::take(buf));
-            }
-            let readable = self.stream.readable();
-            if self
-                .deadline
-                .within_or_stop(idle, &self.ctx.stop, readable)
-                .await
-                .is_err()
-            {
-                return false;
-            }
+        let (upstream, chunked) = (&mut self.upstream, &mut self.chunked);
+        let idling = || {
+            buffers::give(std::mem::take(upstream));
+            buffers::give(std::mem::take(chunked));
+        };
+        if !self
+            .session
+            .await_request(idle, &self.ctx.stop, idling)
+            .await
+        {
+            return false;
         }
-        self.input.supply(buffers::take);
-        for buf in [&mut self.upstream, &mut self.scratch] {
-            if buf.capacity() == 0 {
-                *buf = buffers::take();
-            }
+        if self.upstream.capacity() == 0 {
+            self.upstream = buffers::take();
         }
         true
     }
@@ -301,14 +267,19 @@ impl<'a> Client<'a> {
     /// done (closed, idle past `idle_timeout`, or the gateway is stopping while idle).
     async fn read_head(&mut self) -> Result<bool, Refusal> {
         let idle = self.config().idle_timeout;
-        if self.input.is_empty() && !self.await_next_request(idle).await {
+        if self.session.input.is_empty() && !self.await_next_request(idle).await {
             return Ok(false);
         }
         let config = &self.now.as_deref().unwrap_or(self.ctx).config;
+        let session = &mut self.session;
         let mut head_deadline = None;
         loop {
-            if !self.input.is_empty() {
-                match parse_request(self.input.data(), &mut self.head, config.max_header_bytes) {
+            if !session.input.is_empty() {
+                match parse_request(
+                    session.input.data(),
+                    &mut self.head,
+                    config.max_header_bytes,
+                ) {
                     Ok(true) => return Ok(true),
                     Ok(false) => {}
                     Err(e) => {
@@ -321,18 +292,14 @@ impl<'a> Client<'a> {
                 }
                 head_deadline.get_or_insert_with(|| Until::after(config.client_header_timeout));
             }
-            let fill = self.input.fill(&mut self.stream);
             let read = match head_deadline {
                 // Between requests: wait up to idle_timeout, or until the gateway stops.
                 None => {
-                    self.deadline
-                        .within_or_stop(config.idle_timeout, &self.ctx.stop, fill)
+                    session
+                        .read_or_stop(config.idle_timeout, &self.ctx.stop)
                         .await
                 }
-                Some(at) => {
-                    let left = at.left();
-                    self.deadline.within(left, fill).await
-                }
+                Some(at) => session.read(at.left()).await,
             };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(Interrupted::Stopping) => return Ok(false),
@@ -377,10 +344,10 @@ impl<'a> Client<'a> {
                 return Err(shed());
             }
         }
-        if expect_continue && self.input.is_empty() {
+        if expect_continue && self.session.input.is_empty() {
             let continue_ = b"HTTP/1.1 100 Continue\r\n\r\n";
-            let now = self.now.as_deref().unwrap_or(self.ctx);
-            if !send(now, &self.deadline, &mut self.stream, continue_).await {
+            let idle = self.config().idle_timeout;
+            if self.session.write(continue_, idle).await.is_err() {
                 return Err(Refusal::new(400, "bad_request", "client went away"));
             }
         }
@@ -389,10 +356,10 @@ impl<'a> Client<'a> {
             Framing::Length(n) => {
                 let n = n as usize;
                 codec::end_upstream_head(&mut self.upstream, n);
-                let mut left = n - self.input.take_into(n, &mut self.upstream);
+                let mut left = n - self.session.input.take_into(n, &mut self.upstream);
                 while left > 0 {
                     self.more(until).await?;
-                    left -= self.input.take_into(left, &mut self.upstream);
+                    left -= self.session.input.take_into(left, &mut self.upstream);
                 }
             }
             Framing::Chunked => {
@@ -400,11 +367,11 @@ impl<'a> Client<'a> {
                 let mut decoder = ChunkedDecoder::new();
                 loop {
                     let used = decoder
-                        .decode(self.input.data(), Some(&mut self.chunked))
+                        .decode(self.session.input.data(), Some(&mut self.chunked))
                         .map_err(|e| {
                             Refusal::new(400, "bad_request", format!("malformed chunked body: {e}"))
                         })?;
-                    self.input.consume(used);
+                    self.session.input.consume(used);
                     if decoder.total() > max as u64 {
                         return Err(too_large());
                     }
@@ -433,9 +400,7 @@ impl<'a> Client<'a> {
         let read = if limit.is_zero() {
             Err(Interrupted::Elapsed)
         } else {
-            self.deadline
-                .within(limit, self.input.fill(&mut self.stream))
-                .await
+            self.session.read(limit).await
         };
         match read {
             Ok(Ok(n)) if n > 0 => Ok(()),
@@ -464,55 +429,19 @@ impl<'a> Client<'a> {
             close: true,
             head_request: false,
         };
-        codec::error_response(
-            &mut self.scratch,
-            refusal.status,
-            refusal.code,
-            &refusal.message,
-            request_id,
-            close,
-        );
-        send(
-            self.now.as_deref().unwrap_or(self.ctx),
-            &self.deadline,
-            &mut self.stream,
-            &self.scratch,
-        )
-        .await;
-        // Half-close, then read and drop what the client still sends for a moment:
-        // closing with unread input would reset the connection and could destroy
-        // the answer before the client reads it.
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
-        let (input, stream) = (&mut self.input, &mut self.stream);
-        let linger = async {
-            while let Ok(n) = input.fill(stream).await {
-                input.consume(input.len());
-                if n == 0 {
-                    break;
-                }
-            }
-        };
-        let _ = self.deadline.within(Duration::from_secs(1), linger).await;
+        let idle = self.config().idle_timeout;
+        self.session
+            .write_error(
+                refusal.status,
+                refusal.code,
+                &refusal.message,
+                request_id,
+                close,
+                idle,
+            )
+            .await;
+        self.session.close_after_refusal().await;
     }
-}
-
-/// Writes `bytes` to the client within `limit`: the one place where the
-/// gateway's bytes meet a client's socket (answers relayed by `forward`,
-/// error answers from `failover` and the refusals and `100 Continue` here).
-pub async fn write_to_client(
-    deadline: &Deadline,
-    stream: &mut Stream,
-    limit: Duration,
-    bytes: &[u8],
-) -> std::io::Result<()> {
-    deadline.within(limit, stream.write_all(bytes)).await?
-}
-
-/// Writes `bytes` to the client within `idle_timeout`; false if that failed.
-async fn send(ctx: &Context, deadline: &Deadline, stream: &mut Stream, bytes: &[u8]) -> bool {
-    write_to_client(deadline, stream, ctx.config.idle_timeout, bytes)
-        .await
-        .is_ok()
 }
 
 /// Over `max_buffered_bytes`: the client may try again shortly, elsewhere or here.

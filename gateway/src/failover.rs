@@ -21,14 +21,12 @@
 //! else 502.
 
 use crate::codec;
-use crate::connection;
-use crate::deadline::Deadline;
 use crate::forward::{self, Deadlines, Exchange, Try};
 use crate::pool::Upstream;
 use crate::retry;
 use crate::ring::Balancer;
-use crate::runtime::net::Stream;
 use crate::runtime::Until;
+use crate::session::Session;
 use crate::source::{self, After, Pick};
 use crate::Context;
 use std::sync::Arc;
@@ -47,9 +45,7 @@ pub async fn serve(
     ctx: &Context,
     balancer: &Balancer,
     ex: &Exchange<'_>,
-    client: &mut Stream,
-    scratch: &mut Vec<u8>,
-    deadline: &Deadline,
+    session: &mut Session,
 ) -> Reply {
     let config = &ctx.config;
     let give_up_at = Until::after(config.request_deadline);
@@ -63,7 +59,7 @@ pub async fn serve(
             ctx,
             balancer,
             tried: &tried,
-            deadline,
+            deadline: session.deadline(),
             left: config.request_deadline,
         },
         After::Start,
@@ -83,12 +79,10 @@ pub async fn serve(
         let fail_on_5xx =
             config.retry_on_5xx && ex.replayable && another_allowed && balancer.has_untried(&tried);
         let mut io = forward::Io {
-            client: &mut *client,
-            deadline,
+            session: &mut *session,
             limits: deadlines,
         };
-        let tried_now =
-            forward::try_once(&target, ex, &mut io, scratch, fail_on_5xx, &ctx.metrics).await;
+        let tried_now = forward::try_once(&target, ex, &mut io, fail_on_5xx, &ctx.metrics).await;
         let outcome = match &tried_now {
             Try::Answered { .. } => retry::Outcome::Answered,
             // A connect cut short by the request's own deadline says nothing about the instance.
@@ -162,7 +156,7 @@ pub async fn serve(
             ctx,
             balancer,
             tried: &tried,
-            deadline,
+            deadline: session.deadline(),
             left,
         };
         next = source::next(&pick, after).await;
@@ -197,10 +191,16 @@ pub async fn serve(
         close: !keep_alive,
         head_request: ex.head_request,
     };
-    codec::error_response(scratch, status, code, &message, ex.request_id, framing);
-    let written = connection::write_to_client(deadline, client, config.idle_timeout, scratch)
-        .await
-        .is_ok();
+    let written = session
+        .write_error(
+            status,
+            code,
+            &message,
+            ex.request_id,
+            framing,
+            config.idle_timeout,
+        )
+        .await;
     Reply {
         status,
         client_open: keep_alive && written,

@@ -6,11 +6,10 @@
 //! how the client learns the answer is incomplete.
 
 use crate::codec::{self, ClientFraming};
-use crate::deadline::Deadline;
 use crate::metrics::{Failover, Metrics};
 use crate::pool::{Conn, Upstream};
-use crate::runtime::net::Stream;
 use crate::runtime::{self, Until};
+use crate::session::Session;
 use futures_lite::AsyncWriteExt;
 use shared::http1::{parse_response, ChunkedDecoder, Framing};
 use std::io::{Error, ErrorKind};
@@ -109,12 +108,11 @@ pub async fn try_once(
     up: &Upstream,
     ex: &Exchange<'_>,
     io: &mut Io<'_>,
-    scratch: &mut Vec<u8>,
     fail_on_5xx: bool,
     metrics: &Metrics,
 ) -> Try {
     let started = runtime::now();
-    let tried = try_inner(up, ex, io, scratch, fail_on_5xx, metrics).await;
+    let tried = try_inner(up, ex, io, fail_on_5xx, metrics).await;
     let took = runtime::now().saturating_duration_since(started);
     let stats = &up.stats;
     match &tried {
@@ -136,11 +134,11 @@ async fn try_inner(
     up: &Upstream,
     ex: &Exchange<'_>,
     io: &mut Io<'_>,
-    scratch: &mut Vec<u8>,
     fail_on_5xx: bool,
     metrics: &Metrics,
 ) -> Try {
-    let (deadline, deadlines) = (io.deadline, io.limits);
+    let deadlines = io.limits;
+    let deadline = io.session.deadline();
     let until = Until::after(deadlines.head);
     let mut pooled = up.checkout();
     if let Some((conn, idled)) = &pooled {
@@ -184,7 +182,7 @@ async fn try_inner(
     if fail_on_5xx && status >= 500 {
         return Try::ServerError(status);
     }
-    match relay(&mut conn, ex, io, scratch).await {
+    match relay(&mut conn, ex, io).await {
         Ok((reusable, client_open)) => {
             if reusable {
                 up.checkin(conn);
@@ -272,10 +270,9 @@ async fn relay(
     conn: &mut Conn,
     ex: &Exchange<'_>,
     io: &mut Io<'_>,
-    scratch: &mut Vec<u8>,
 ) -> std::io::Result<(bool, bool)> {
     let (framing, keep_alive) = codec::client_response_head(
-        scratch,
+        &mut io.session.out,
         conn.buf.data(),
         &conn.head,
         ex.request_id,
@@ -287,17 +284,17 @@ async fn relay(
     let upstream_keep_alive = conn.head.keep_alive;
     let reusable = match framing {
         ClientFraming::Empty => {
-            io.send(scratch).await?;
+            io.send_head().await?;
             upstream_keep_alive
         }
         ClientFraming::Length(n) => {
             // Head and as much body as has arrived go out in one write.
             let mut left = n;
             let have = conn.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-            scratch.extend_from_slice(&conn.buf.data()[..have]);
+            io.session.out.extend_from_slice(&conn.buf.data()[..have]);
             conn.buf.consume(have);
             left -= have as u64;
-            io.send(scratch).await?;
+            io.send_head().await?;
             while left > 0 {
                 io.fill(conn).await?;
                 let take = conn
@@ -312,7 +309,7 @@ async fn relay(
         }
         ClientFraming::Chunked | ClientFraming::Dechunk => {
             // Chunked to an HTTP/1.1 client as it came; just the data to an HTTP/1.0 one.
-            io.send(scratch).await?;
+            io.send_head().await?;
             let mut decoder = ChunkedDecoder::new();
             let mut data = Vec::new();
             loop {
@@ -334,7 +331,7 @@ async fn relay(
             }
         }
         ClientFraming::Encode | ClientFraming::UntilClose => {
-            io.send(scratch).await?;
+            io.send_head().await?;
             loop {
                 if !conn.buf.is_empty() {
                     if framing == ClientFraming::Encode {
@@ -348,7 +345,8 @@ async fn relay(
                     conn.buf.consume(conn.buf.len());
                 }
                 let n = io
-                    .deadline
+                    .session
+                    .deadline()
                     .within(io.limits.body, conn.buf.fill(&mut conn.stream))
                     .await??;
                 if n == 0 {
@@ -366,21 +364,26 @@ async fn relay(
 
 /// The client side of a try, and the deadlines its waits keep.
 pub struct Io<'a> {
-    pub client: &'a mut Stream,
-    pub deadline: &'a Deadline,
+    pub session: &'a mut Session,
     pub limits: Deadlines,
 }
 
 impl Io<'_> {
+    /// Writes relayed bytes to the client.
     async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        crate::connection::write_to_client(self.deadline, self.client, self.limits.client, bytes)
-            .await
+        self.session.write(bytes, self.limits.client).await
+    }
+
+    /// Writes the answer's head (and what of the body went with it) to the client.
+    async fn send_head(&mut self) -> std::io::Result<()> {
+        self.session.write_out(self.limits.client).await
     }
 
     /// Reads more of the body; the instance closing first is an error.
     async fn fill(&mut self, conn: &mut Conn) -> std::io::Result<()> {
         match self
-            .deadline
+            .session
+            .deadline()
             .within(self.limits.body, conn.buf.fill(&mut conn.stream))
             .await??
         {

@@ -2,11 +2,14 @@
 //! to an available instance of the routed namespace.
 //!
 //! A request's path, in the order of the modules: [`listener`] accepts the
-//! connection; [`connection`] reads the request with the [`codec`] and routes
-//! it to a namespace's [`ring`]; [`failover`] picks instances and decides on
-//! retries; [`forward`] makes each try over a [`pool`]ed connection and
-//! streams the answer back, every wait bounded by a [`deadline`]. Off the request path, [`watch`] keeps the rings in
-//! step with discovery, and [`admin`] serves metrics and status.
+//! connection; [`connection`] reads the request with the [`codec`] from the
+//! client's [`session`] (its socket, input and deadline, and the one writer
+//! of bytes to the client) and routes it to a namespace's [`ring`];
+//! [`failover`] picks instances and decides on retries; [`forward`] makes
+//! each try over a [`pool`]ed connection and streams the answer back through
+//! the session, every wait bounded by a [`deadline`]. Off the request path,
+//! [`watch`] keeps the rings in step with discovery, and [`admin`] serves
+//! metrics and status.
 //!
 //! SIGHUP: [`reload`] swaps in a new [`Context`] (config and routes) that
 //! every request after it uses, keeping rings and pools; [`stats`] holds
@@ -38,6 +41,7 @@ mod retry;
 mod ring;
 mod runtime;
 mod selection;
+mod session;
 mod source;
 mod stats;
 mod target;
