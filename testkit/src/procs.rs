@@ -44,7 +44,29 @@ impl Proc {
 
     /// Like `start`, with extra environment variables (e.g. `REGISTRATION_TOKEN`).
     pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut child = Command::new(bin(name))
+        Proc::spawn(name, Command::new(bin(name)), args, env)
+    }
+
+    /// Like `start_with_env`, under `ulimit -n descriptors`: for tests of what a
+    /// service does when it runs out of file descriptors.
+    pub fn start_limited(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        descriptors: u32,
+    ) -> Proc {
+        let mut shell = Command::new("sh");
+        shell
+            .args([
+                "-c",
+                &format!("ulimit -n {descriptors} && exec \"$0\" \"$@\""),
+            ])
+            .arg(bin(name));
+        Proc::spawn(name, shell, args, env)
+    }
+
+    fn spawn(name: &str, mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut child = command
             .args(args)
             .env("LOG_LEVEL", "info")
             .envs(env.iter().copied())
@@ -81,6 +103,13 @@ impl Proc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How many file descriptors the process holds now (0 once it is gone).
+    pub fn open_descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// Everything printed so far.

@@ -10,12 +10,10 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use serde_json::{json, Value};
 use shared::config::DiscoveryConfig;
 use shared::http1::client::{post, Connection};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::client::{get, status_of};
+use testkit::procs::Proc;
 use testkit::wait_until;
 
 /// POSTs `body` (any bytes) to `path` with `headers` (`name: value\r\n` each); status and JSON.
@@ -294,81 +292,6 @@ async fn registrations_beyond_max_instances_are_429() {
     d.shutdown().await;
 }
 
-/// The discovery binary run under `ulimit -n 128`, its output collected.
-struct Limited {
-    child: std::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Limited {
-    fn start(config: &std::path::Path) -> Limited {
-        let bin = testkit::procs::bin("discovery");
-        let mut child = Command::new("sh")
-            .args(["-c", "ulimit -n 128 && exec \"$0\" \"$@\""])
-            .arg(bin)
-            .arg("--config")
-            .arg(config)
-            .env("LOG_LEVEL", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
-        let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
-        for stream in [out, err] {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    lines
-                        .lock()
-                        .unwrap()
-                        .push(shared::logging::strip_ansi(&line));
-                }
-            });
-        }
-        Limited { child, lines }
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    async fn addr(&self) -> SocketAddr {
-        let needle = "discovery listening on http://";
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let found = self.lines.lock().unwrap().iter().find_map(|l| {
-                let rest = &l[l.find(needle)? + needle.len()..];
-                let addr: String = rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':'))
-                    .collect();
-                addr.parse().ok()
-            });
-            if let Some(addr) = found {
-                return addr;
-            }
-            assert!(Instant::now() < deadline, "no address: {}", self.output());
-            task::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn open_descriptors(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Limited {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A sample of discovery's `/metrics`, 0 if absent.
 async fn metric(base: &str, sample: &str) -> f64 {
     let (_, text) = get(&format!("{base}/metrics")).await;
@@ -391,8 +314,9 @@ async fn with_128_descriptors_and_400_idle_connections_no_instance_is_marked_una
             "timeout_threshold": "1s", "idle_timeout": "3s", "client_header_timeout": "3s"}"#,
     )
     .unwrap();
-    let d = Limited::start(&config);
-    let addr = d.addr().await;
+    let path = config.to_string_lossy();
+    let d = Proc::start_limited("discovery", &["--config", &path], &[], 128);
+    let addr = d.listening("discovery").await;
     let base = format!("http://{addr}");
     let apps = testkit::system::apps(&base, 3).await;
     let gateway = gateway::spawn(testkit::system::gateway_config(&base))

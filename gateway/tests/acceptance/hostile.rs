@@ -8,6 +8,7 @@ use shared::config::RouteConfig;
 use shared::http1::client::Connection;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
+use testkit::procs::Proc;
 use testkit::raw::Script;
 use testkit::system::{exchange_raw, metric, metrics_text, refused};
 
@@ -445,84 +446,6 @@ async fn an_http_1_0_instance_becomes_available_and_receives_traffic_through_the
     discovery.shutdown().await;
 }
 
-/// The gateway binary under `ulimit -n LIMIT`, its output collected.
-struct LimitedGateway {
-    child: std::process::Child,
-    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl LimitedGateway {
-    fn start(limit: u32, discovery_url: &str) -> LimitedGateway {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\"")])
-            .arg(testkit::procs::bin("gateway"))
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--discovery-url", discovery_url, "--worker-threads", "1"])
-            .env("LOG_LEVEL", "info")
-            .env("LOG_FORMAT", "json")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
-        let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
-        for stream in [out, err] {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stream)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        LimitedGateway { child, lines }
-    }
-
-    /// The address from its "WHAT listening on http://ADDR" line.
-    async fn listening(&self, what: &str) -> std::net::SocketAddr {
-        let needle = format!("{what} listening on http://");
-        let mut found = None;
-        testkit::wait_until(&needle, Duration::from_secs(20), || {
-            let line = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(&needle))
-                .cloned();
-            found = line;
-            let ready = found.is_some();
-            async move { ready }
-        })
-        .await;
-        let line = found.unwrap();
-        let rest = &line[line.find(&needle).unwrap() + needle.len()..];
-        rest.chars()
-            .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | ':'))
-            .collect::<String>()
-            .parse()
-            .unwrap()
-    }
-
-    fn open_descriptors(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for LimitedGateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The gateway out of descriptors must not blame the instances: before, every
 /// failed connect cooled an instance down, so once the shortage was over the
 /// ring was empty for everyone (503 for every request) until the cool-downs
@@ -533,7 +456,18 @@ async fn a_gateway_out_of_descriptors_blames_no_instance() {
     const LIMIT: u32 = 64;
     let discovery = testkit::discovery().await;
     let apps = testkit::system::apps(&discovery.url(), 3).await;
-    let gateway = LimitedGateway::start(LIMIT, &discovery.url());
+    let discovery_url = discovery.url();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--discovery-url",
+        &discovery_url,
+        "--worker-threads",
+        "1",
+    ];
+    let gateway = Proc::start_limited("gateway", &args, &[("LOG_FORMAT", "json")], LIMIT);
     let addr = gateway.listening("gateway").await;
     let admin = format!("http://{}", gateway.listening("gateway admin").await);
     let members: Vec<String> = apps.iter().map(|a| a.served_by().to_string()).collect();
@@ -543,14 +477,7 @@ async fn a_gateway_out_of_descriptors_blames_no_instance() {
     // (no business request yet, so no pooled upstream connection to reuse).
     let mut idle: Vec<TcpStream> = Vec::new();
     let filling = Instant::now();
-    let full = || {
-        gateway
-            .lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("accept failed"))
-    };
+    let full = || gateway.output().contains("accept failed");
     while !full() {
         assert!(
             filling.elapsed() < Duration::from_secs(10),
@@ -573,7 +500,7 @@ async fn a_gateway_out_of_descriptors_blames_no_instance() {
         "{}; {} descriptors open; the gateway printed:\n{}",
         String::from_utf8_lossy(&res.body),
         gateway.open_descriptors(),
-        gateway.lines.lock().unwrap().join("\n")
+        gateway.output()
     );
     let answer = String::from_utf8_lossy(&res.body).to_string();
     assert!(answer.contains("overloaded"), "{answer}");
