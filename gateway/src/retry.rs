@@ -137,14 +137,26 @@ mod tests {
         }
     }
 
+    /// An answer ends the request, and a local shortage is never retried,
+    /// whatever the method, attempts and time left.
     #[test]
-    fn an_answer_ends_the_request_whatever_the_policy() {
-        for replayable in [true, false] {
-            for attempt in [first(0), first(1000)] {
-                assert_eq!(
-                    decide(Outcome::Answered, attempt, policy(replayable)),
-                    Decision::Done
-                );
+    fn an_answer_or_a_local_shortage_ends_the_request_whatever_the_policy() {
+        let want = [
+            (Outcome::Answered, Decision::Done),
+            (
+                Outcome::ShortOfResources,
+                Decision::GiveUp(Failover::Connect, Stop::ShortOfResources),
+            ),
+        ];
+        for (outcome, decision) in want {
+            for replayable in [true, false] {
+                for attempt in [first(0), first(1000)] {
+                    assert_eq!(
+                        decide(outcome, attempt, policy(replayable)),
+                        decision,
+                        "{outcome:?}"
+                    );
+                }
             }
         }
     }
@@ -217,17 +229,5 @@ mod tests {
         let cooling: Vec<bool> = ALL.into_iter().map(cools_down).collect();
         assert_eq!(cooling, [false, true, false, false, false, false]);
         assert!(!cools_down(Outcome::ShortOfResources));
-    }
-
-    #[test]
-    fn a_local_shortage_is_never_retried_whatever_the_policy() {
-        for replayable in [true, false] {
-            for attempt in [first(0), first(1000)] {
-                assert_eq!(
-                    decide(Outcome::ShortOfResources, attempt, policy(replayable)),
-                    Decision::GiveUp(Failover::Connect, Stop::ShortOfResources)
-                );
-            }
-        }
     }
 }
