@@ -70,9 +70,10 @@ impl<T> PerWorker<T> {
         }
     }
 
-    /// The calling thread's value.
+    /// The calling thread's value. Slots are below [`slots`] by construction
+    /// (workers' slots wrap when they are handed out), so no wrap here.
     pub fn local(&self) -> &T {
-        &self.items[slot() % self.items.len()].0
+        &self.items[slot()].0
     }
 
     /// Every slot's value, for sums at scrape time.
