@@ -184,7 +184,13 @@ where
         if root.is_finished() {
             break Ok(());
         }
-        shared.reactor.prepare_sleep();
+        // Only a turn that may block announces it: while the worker only
+        // looks, other threads' wakes wait in the remote queue for the next
+        // turn instead of writing the eventfd.
+        let may_block = spins >= SPINS;
+        if may_block {
+            shared.reactor.prepare_sleep();
+        }
         std::mem::swap(
             &mut taken,
             &mut *shared.remote.lock().unwrap_or_else(|p| p.into_inner()),
@@ -192,7 +198,7 @@ where
         // URGENT is empty here: only the reactor's poll below fills it.
         let idle = taken.is_empty() && LOCAL.with(|q| q.borrow().is_empty());
         LOCAL.with(|q| q.borrow_mut().extend(taken.drain(..)));
-        let block = idle && spins >= SPINS;
+        let block = idle && may_block;
         let polled = shared.reactor.poll(&mut events, block, &wake_urgent);
         NOW.with(|n| n.set(Some(Instant::now())));
         match polled {
