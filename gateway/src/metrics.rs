@@ -100,11 +100,7 @@ impl Requests {
     fn by_status(&self) -> Vec<(u16, u64)> {
         (0..STATUSES)
             .filter_map(|code| {
-                let n: u64 = self
-                    .0
-                    .iter()
-                    .map(|s| s.by_status[code].load(Ordering::Relaxed))
-                    .sum();
+                let n = self.0.sum(|s| &s.by_status[code]);
                 (n > 0).then_some((code as u16, n))
             })
             .collect()

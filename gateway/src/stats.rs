@@ -101,14 +101,6 @@ impl Default for UpstreamStats {
     }
 }
 
-/// Sums one counter over the shards.
-fn total(shards: &PerWorker<Shard>, counter: impl Fn(&Shard) -> &AtomicU64) -> u64 {
-    shards
-        .iter()
-        .map(|s| counter(s).load(Ordering::Relaxed))
-        .sum()
-}
-
 fn cause_index(cause: Failover) -> usize {
     match cause {
         Failover::Connect => 0,
@@ -158,27 +150,23 @@ impl UpstreamStats {
     /// Answers by status code, the codes seen only.
     pub fn codes(&self) -> Vec<(u16, u64)> {
         (0..CODES)
-            .map(|i| (i as u16 + 100, total(&self.shards, |s| &s.codes[i])))
+            .map(|i| (i as u16 + 100, self.shards.sum(|s| &s.codes[i])))
             .filter(|(_, n)| *n > 0)
             .collect()
     }
 
     pub fn failovers(&self, cause: Failover) -> u64 {
-        total(&self.shards, |s| &s.failed[cause_index(cause)])
+        self.shards.sum(|s| &s.failed[cause_index(cause)])
     }
 
     /// Answered tries.
     pub fn requests(&self) -> u64 {
-        (0..CODES)
-            .map(|i| total(&self.shards, |s| &s.codes[i]))
-            .sum()
+        (0..CODES).map(|i| self.shards.sum(|s| &s.codes[i])).sum()
     }
 
     /// 5xx answers and tries that got no answer (connect, timeout, broken).
     pub fn errors(&self) -> u64 {
-        let server_errors: u64 = (400..CODES)
-            .map(|i| total(&self.shards, |s| &s.codes[i]))
-            .sum();
+        let server_errors: u64 = (400..CODES).map(|i| self.shards.sum(|s| &s.codes[i])).sum();
         server_errors
             + [Failover::Connect, Failover::Timeout, Failover::Broken]
                 .iter()
@@ -188,7 +176,7 @@ impl UpstreamStats {
 
     fn bucket_counts(&self) -> Vec<u64> {
         (0..=BOUNDED)
-            .map(|i| total(&self.shards, |s| &s.buckets[i]))
+            .map(|i| self.shards.sum(|s| &s.buckets[i]))
             .collect()
     }
 
@@ -209,7 +197,7 @@ impl UpstreamStats {
             }
         }
         let count = counts.iter().sum();
-        let sum = total(&self.shards, |s| &s.sum_us) as f64 / 1e6;
+        let sum = self.shards.sum(|s| &s.sum_us) as f64 / 1e6;
         (out, sum, count)
     }
 

@@ -17,6 +17,7 @@ use crate::runtime;
 use crate::Context;
 use shared::shutdown::{Tracker, Trigger};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 thread_local! {
@@ -79,6 +80,13 @@ impl<T> PerWorker<T> {
     /// Every slot's value, for sums at scrape time.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.items.iter().map(|p| &p.0)
+    }
+
+    /// One counter summed over the slots.
+    pub fn sum(&self, counter: impl Fn(&T) -> &AtomicU64) -> u64 {
+        self.iter()
+            .map(|t| counter(t).load(Ordering::Relaxed))
+            .sum()
     }
 }
 
