@@ -119,7 +119,7 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
         // buffered), and closes the connection if a body was coming.
         let route = c.generation().router.choose(codec::target_of(&c.upstream));
         if route.is_none() && !matches!(framing, Framing::Empty) {
-            let refusal = Refusal::new(404, "no_route", "no route matches this path");
+            let refusal = Refusal::new(404, "no_route", NO_ROUTE);
             c.refuse(&refusal, &request_id).await;
             ctx.metrics.request(404, 0.0, 0);
             return;
@@ -163,13 +163,12 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
                     close: !keep_alive,
                     head_request,
                 };
-                let message = "no route matches this path";
                 let written = c
                     .session
                     .write_error(
                         404,
                         "no_route",
-                        message,
+                        NO_ROUTE,
                         &request_id,
                         framing,
                         now.config.idle_timeout,
@@ -199,6 +198,9 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
         c.shrink();
     }
 }
+
+/// Why a request no route takes is answered 404, body pending or not.
+const NO_ROUTE: &str = "no route matches this path";
 
 /// Per-connection buffers above this are given back after the request that grew them.
 const KEEP_BUFFER: usize = 64 * 1024;
