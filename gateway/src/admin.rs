@@ -62,6 +62,11 @@ pub fn status(ctx: &Context) -> Value {
                     json!({
                         "upstream": m.key,
                         "cooling_down": m.is_cooling(),
+                        "faults_in_a_row": m.health.in_a_row(),
+                        "faults": crate::passive::FAULTS
+                            .iter()
+                            .map(|f| (f.as_str().to_string(), m.health.count(*f).into()))
+                            .collect::<serde_json::Map<_, _>>(),
                         "idle_connections": m.idle_count(),
                         "held_from_before_reconnect": i >= fresh,
                         "requests": m.stats.requests(),

@@ -107,10 +107,16 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
             &ctx.default_host,
         );
         c.session.input.consume(c.head.len);
-        if let Err(why) = written {
-            c.refuse(&Refusal::new(400, "bad_request", why.0), &request_id)
-                .await;
-            ctx.metrics.request(400, 0.0, 0);
+        let refusal = match written {
+            Err(why) => Some(Refusal::new(400, "bad_request", why.0)),
+            // Beside max_header_bytes (read_head): a head that fits but that
+            // the gateway's own fields would take past what instances take.
+            Ok(fields) if fields > codec::MAX_FORWARDED_FIELDS => Some(too_many_fields(fields)),
+            Ok(_) => None,
+        };
+        if let Some(refusal) = refusal {
+            c.refuse(&refusal, &request_id).await;
+            ctx.metrics.request(refusal.status, 0.0, 0);
             return;
         }
 
@@ -149,6 +155,8 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
             client_minor: minor,
             wants_keep_alive,
             replayable: idempotent || now.config.retry_non_idempotent,
+            verify_request_id: route.is_some_and(|r| now.router.verifies_request_id(r)),
+            forward_trailers: now.config.forward_trailers,
             stop: &ctx.stop,
         };
         let reply = match route.and_then(|r| now.router.balancer(r)) {
@@ -444,6 +452,19 @@ impl<'a> Client<'a> {
             .await;
         self.session.close_after_refusal().await;
     }
+}
+
+/// 431: the forwarded head would carry more fields than instances take.
+fn too_many_fields(fields: usize) -> Refusal {
+    Refusal::new(
+        431,
+        "header_too_large",
+        format!(
+            "request head has too many header fields: {fields} with the gateway's own \
+             (x-forwarded-for, x-request-id), more than the {} instances take",
+            codec::MAX_FORWARDED_FIELDS
+        ),
+    )
 }
 
 /// Over `max_buffered_bytes`: the client may try again shortly, elsewhere or here.

@@ -1,24 +1,17 @@
-//! The retry policy: which instance to try next, and whether to try at all.
+//! The tries of one request: which instance next, and whether to try at all.
 //!
 //! Which instance comes next is the [`crate::source`]'s answer: with the
 //! watch, the ring (and discovery's lookup after a timeout); with a
-//! discovery that has no watch, a lookup per try.
+//! discovery that has no watch, a lookup per try. Whether there is a next
+//! try is [`crate::retry::decide`], a pure function of the try's outcome,
+//! whose comment has the rule: a request goes to a second instance only
+//! when the first provably has not answered it.
 //!
-//! - Connect failure: the request never left, so the next ring member is
-//!   tried at once, and the instance is skipped for `connect_cooldown`.
-//! - Timeout: the instance may be processing the request. Retried only for
-//!   idempotent methods or with `retry_non_idempotent`; the next instance is
-//!   the one discovery's `/api/lookup` names (excluding those tried, which also
-//!   makes discovery re-check them at once), or, if discovery does not answer
-//!   within `lookup_timeout`, the next untried ring member.
-//! - Broken connection (before a complete response head): same method rule,
-//!   next ring member.
-//! - 5xx answer: only with `retry_on_5xx`, same method rule.
-//!
-//! All within `max_attempts` tries and `request_deadline`; the decision is
-//! [`crate::retry::decide`], a pure function of the try's outcome. When nothing is
-//! left: 503 if there was no instance to try, 504 if every try timed out,
-//! else 502.
+//! A refused connect skips the instance for `connect_cooldown`; a wrong
+//! answer counts against it ([`crate::passive`]). When nothing is left: 503
+//! if there was no instance to try, 504 if every try timed out, else 502.
+//! What the client reads says what happened, never where: the instance's
+//! address and the parser's details go to the log and `/status`.
 
 use crate::codec;
 use crate::forward::{self, Deadlines, Exchange, Try};
@@ -40,6 +33,19 @@ pub struct Reply {
     pub attempts: u32,
 }
 
+/// What the failed tries of one request add up to.
+#[derive(Default)]
+struct Failures {
+    tried: Vec<Arc<Upstream>>,
+    timeouts: u32,
+    /// For the log: which instance, and what exactly went wrong.
+    detail: String,
+    /// For the client: what went wrong, without addresses or parser internals.
+    public: String,
+    /// The gateway itself is short of descriptors or ports: no instance is to blame.
+    short_of: Option<std::io::Error>,
+}
+
 /// Serves one request: tries instances until one answers or the policy says stop.
 pub async fn serve(
     ctx: &Context,
@@ -49,161 +55,223 @@ pub async fn serve(
 ) -> Reply {
     let config = &ctx.config;
     let give_up_at = Until::after(config.request_deadline);
-    let mut tried: Vec<Arc<Upstream>> = Vec::new();
-    let mut timeouts = 0u32;
-    let mut last_failure = String::new();
-    // The gateway itself is short of descriptors or ports: no instance is to blame.
-    let mut short_of: Option<std::io::Error> = None;
-    let mut next = source::next(
-        &Pick {
-            ctx,
-            balancer,
-            tried: &tried,
-            deadline: session.deadline(),
-            left: config.request_deadline,
-        },
+    let mut failures = Failures::default();
+    let mut next = pick_next(
+        ctx,
+        balancer,
+        &failures.tried,
+        session,
+        &give_up_at,
         After::Start,
     )
     .await;
     while let Some(target) = next.take() {
-        let left = give_up_at.left();
-        tried.push(target.clone());
-        let attempts = tried.len() as u32;
-        let another_allowed = attempts < config.max_attempts;
-        let deadlines = Deadlines {
-            connect: config.connect_timeout.min(left),
-            head: config.upstream_timeout.min(left),
-            body: config.upstream_timeout,
-            client: config.idle_timeout,
-        };
-        let fail_on_5xx =
-            config.retry_on_5xx && ex.replayable && another_allowed && balancer.has_untried(&tried);
-        let mut io = forward::Io {
-            session: &mut *session,
-            limits: deadlines,
-        };
-        let tried_now = forward::try_once(&target, ex, &mut io, fail_on_5xx, &ctx.metrics).await;
-        let outcome = match &tried_now {
-            Try::Answered { .. } => retry::Outcome::Answered,
-            // A connect cut short by the request's own deadline says nothing about the instance.
-            Try::ConnectFailed(e) => retry::Outcome::ConnectFailed {
-                cut_short: e.kind() == std::io::ErrorKind::TimedOut
-                    && deadlines.connect < config.connect_timeout,
-            },
-            Try::TimedOut => retry::Outcome::TimedOut,
-            Try::Broken(_) => retry::Outcome::Broken,
-            Try::ServerError(_) => retry::Outcome::ServerError,
-            Try::ShortOfResources(_) => retry::Outcome::ShortOfResources,
-        };
+        failures.tried.push(target.clone());
+        let attempts = failures.tried.len() as u32;
+        let (tried_now, deadlines) = try_one(
+            ctx,
+            balancer,
+            ex,
+            session,
+            &target,
+            &failures.tried,
+            &give_up_at,
+        )
+        .await;
+        let outcome = outcome_of(&tried_now, deadlines.connect < config.connect_timeout);
         if retry::cools_down(outcome) {
             target.cool_down(config.connect_cooldown);
         }
-        match tried_now {
-            Try::Answered {
+        if let Try::Answered {
+            status,
+            client_open,
+        } = tried_now
+        {
+            return Reply {
                 status,
                 client_open,
-            } => {
-                return Reply {
-                    status,
-                    client_open,
-                    attempts,
-                }
-            }
-            Try::ShortOfResources(e) => {
-                // Out of descriptors or local ports: every other instance would fail
-                // the same way, and cooling them down would empty the ring for
-                // everyone once the shortage is over. Answer 503 and keep the ring.
-                short_of = Some(e);
-                break;
-            }
-            Try::ConnectFailed(e) => {
-                last_failure = format!("cannot connect to {}: {e}", target.key)
-            }
-            Try::TimedOut => {
-                timeouts += 1;
-                last_failure = format!("{} did not answer within {:?}", target.key, deadlines.head);
-            }
-            Try::Broken(why) => {
-                last_failure = format!("{} broke the connection: {why}", target.key)
-            }
-            Try::ServerError(status) => last_failure = format!("{} answered {status}", target.key),
+                attempts,
+            };
         }
-        let left = give_up_at.left();
+        failures.note(&target, tried_now, deadlines.head);
         let policy = retry::Policy {
             replayable: ex.replayable,
             max_attempts: config.max_attempts,
         };
-        let (cause, after) = match retry::decide(
-            outcome,
-            retry::Attempt {
-                number: attempts,
-                left,
-            },
-            policy,
-        ) {
+        let attempt = retry::Attempt {
+            number: attempts,
+            left: give_up_at.left(),
+        };
+        let (cause, after) = match retry::decide(outcome, attempt, policy) {
             retry::Decision::Retry(cause, after) => (cause, after),
-            retry::Decision::GiveUp(cause, retry::Stop::NotReplayable) => {
-                log::warn!(request_id = ex.request_id, upstream = target.key.as_str(), cause = cause.as_str();
-                    "not retried: the method is not idempotent and retry_non_idempotent is off");
-                last_failure.push_str(
-                    "; not retried: the method is not idempotent and retry_non_idempotent is off",
-                );
+            retry::Decision::GiveUp(cause, stop) => {
+                if let Some(why) = stop.why_not_retried() {
+                    log::warn!(request_id = ex.request_id, upstream = target.key.as_str(), cause = cause.as_str(); "{why}");
+                    failures.public.push_str("; ");
+                    failures.public.push_str(why);
+                }
                 break;
             }
-            retry::Decision::GiveUp(..) | retry::Decision::Done => break,
+            retry::Decision::Done => break,
         };
-        let pick = Pick {
-            ctx,
-            balancer,
-            tried: &tried,
-            deadline: session.deadline(),
-            left,
-        };
-        next = source::next(&pick, after).await;
+        next = pick_next(ctx, balancer, &failures.tried, session, &give_up_at, after).await;
         if let Some(n) = &next {
             ctx.metrics.failover(cause);
             log::warn!(request_id = ex.request_id, from = target.key.as_str(), to = n.key.as_str(),
-                cause = cause.as_str(), attempt = attempts; "failing over: {last_failure}");
+                cause = cause.as_str(), attempt = attempts; "failing over: {}", failures.detail);
         }
     }
-    let attempts = tried.len() as u32;
-    let (status, code, message) = if let Some(e) = short_of {
-        ctx.metrics.local_shortages.inc();
-        (
-            503,
-            "overloaded",
-            format!("the gateway cannot open a connection now: {e}"),
-        )
-    } else if tried.is_empty() {
-        (
-            503,
-            "no_available_instance",
-            format!("no available instance of {:?}", balancer.namespace),
-        )
-    } else if timeouts == attempts || give_up_at.passed() {
-        (504, "upstream_timeout", last_failure)
-    } else {
-        (502, "bad_gateway", last_failure)
+    failures
+        .answer(ctx, balancer, ex, session, &give_up_at)
+        .await
+}
+
+/// The next instance, or `None` when the source has none left to try.
+async fn pick_next(
+    ctx: &Context,
+    balancer: &Balancer,
+    tried: &[Arc<Upstream>],
+    session: &Session,
+    give_up_at: &Until,
+    after: After,
+) -> Option<Arc<Upstream>> {
+    let pick = Pick {
+        ctx,
+        balancer,
+        tried,
+        deadline: session.deadline(),
+        left: give_up_at.left(),
     };
-    log::warn!(request_id = ex.request_id, status = status, attempts = attempts; "{message}");
-    let keep_alive = ex.keep_alive();
-    let framing = codec::ErrorFraming {
-        close: !keep_alive,
-        head_request: ex.head_request,
+    source::next(&pick, after).await
+}
+
+/// One try on `target`, and the deadlines it had.
+async fn try_one(
+    ctx: &Context,
+    balancer: &Balancer,
+    ex: &Exchange<'_>,
+    session: &mut Session,
+    target: &Upstream,
+    tried: &[Arc<Upstream>],
+    give_up_at: &Until,
+) -> (Try, Deadlines) {
+    let config = &ctx.config;
+    let left = give_up_at.left();
+    let deadlines = Deadlines {
+        connect: config.connect_timeout.min(left),
+        head: config.upstream_timeout.min(left),
+        body: config.upstream_timeout,
+        client: config.idle_timeout,
     };
-    let written = session
-        .write_error(
+    let another_allowed = (tried.len() as u32) < config.max_attempts;
+    let fail_on_5xx =
+        config.retry_on_5xx && ex.replayable && another_allowed && balancer.has_untried(tried);
+    let mut io = forward::Io {
+        session,
+        limits: deadlines,
+    };
+    let tried_now = forward::try_once(target, ex, &mut io, fail_on_5xx, &ctx.metrics).await;
+    (tried_now, deadlines)
+}
+
+/// The policy's view of a try. A connect cut short by the request's own
+/// deadline (`connect_cut`: its deadline was below `connect_timeout`) says
+/// nothing about the instance.
+fn outcome_of(tried: &Try, connect_cut: bool) -> retry::Outcome {
+    match tried {
+        Try::Answered { .. } => retry::Outcome::Answered,
+        Try::ConnectFailed(e) => retry::Outcome::ConnectFailed {
+            cut_short: e.kind() == std::io::ErrorKind::TimedOut && connect_cut,
+        },
+        Try::ClosedBeforeAnswer(_) => retry::Outcome::ClosedBeforeAnswer,
+        Try::TimedOut => retry::Outcome::TimedOut,
+        Try::BadAnswer(..) => retry::Outcome::BadAnswer,
+        Try::ServerError(_) => retry::Outcome::ServerError,
+        Try::ShortOfResources(_) => retry::Outcome::ShortOfResources,
+    }
+}
+
+impl Failures {
+    /// Records a failed try: the detail for the log, the gist for the client.
+    fn note(&mut self, target: &Upstream, tried: Try, head: std::time::Duration) {
+        let key = &target.key;
+        let (detail, public) = match tried {
+            Try::Answered { .. } => return,
+            Try::ShortOfResources(e) => {
+                self.short_of = Some(e);
+                return;
+            }
+            Try::ConnectFailed(e) => (
+                format!("cannot connect to {key}: {e}"),
+                "no instance could be reached".to_string(),
+            ),
+            Try::TimedOut => {
+                self.timeouts += 1;
+                (
+                    format!("{key} did not answer within {head:?}"),
+                    format!("no instance answered within {head:?}"),
+                )
+            }
+            Try::ClosedBeforeAnswer(why) => (
+                format!("{key} closed the connection before answering: {why}"),
+                "the instance closed the connection before answering".to_string(),
+            ),
+            Try::BadAnswer(fault, why) => (
+                format!("{key} sent a bad answer ({}): {why}", fault.as_str()),
+                "the instance's answer was not valid HTTP".to_string(),
+            ),
+            Try::ServerError(status) => (
+                format!("{key} answered {status}"),
+                format!("the instance answered {status}"),
+            ),
+        };
+        self.detail = detail;
+        self.public = public;
+    }
+
+    /// Answers the client with the error the failed tries add up to.
+    async fn answer(
+        self,
+        ctx: &Context,
+        balancer: &Balancer,
+        ex: &Exchange<'_>,
+        session: &mut Session,
+        give_up_at: &Until,
+    ) -> Reply {
+        let attempts = self.tried.len() as u32;
+        let (status, code, message) = if let Some(e) = &self.short_of {
+            ctx.metrics.local_shortages.inc();
+            log::warn!(request_id = ex.request_id; "cannot open an upstream connection: {e}");
+            (
+                503,
+                "overloaded",
+                "the gateway cannot open a connection now".to_string(),
+            )
+        } else if self.tried.is_empty() {
+            (
+                503,
+                "no_available_instance",
+                format!("no available instance of {:?}", balancer.namespace),
+            )
+        } else if self.timeouts == attempts || give_up_at.passed() {
+            (504, "upstream_timeout", self.public)
+        } else {
+            (502, "bad_gateway", self.public)
+        };
+        log::warn!(request_id = ex.request_id, status = status, attempts = attempts; "{}: {message}", self.detail);
+        let keep_alive = ex.keep_alive();
+        let framing = codec::ErrorFraming {
+            close: !keep_alive,
+            head_request: ex.head_request,
+        };
+        let idle = ctx.config.idle_timeout;
+        let written = session
+            .write_error(status, code, &message, ex.request_id, framing, idle)
+            .await;
+        Reply {
             status,
-            code,
-            &message,
-            ex.request_id,
-            framing,
-            config.idle_timeout,
-        )
-        .await;
-    Reply {
-        status,
-        client_open: keep_alive && written,
-        attempts,
+            client_open: keep_alive && written,
+            attempts,
+        }
     }
 }

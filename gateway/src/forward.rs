@@ -6,13 +6,15 @@
 //! how the client learns the answer is incomplete.
 
 use crate::codec::{self, ClientFraming};
+use crate::deadline::Interrupted;
 use crate::metrics::{Failover, Metrics};
+use crate::passive::Fault;
 use crate::pool::{Conn, Upstream};
 use crate::runtime::{self, Until};
 use crate::session::Session;
 use futures_lite::AsyncWriteExt;
-use shared::http1::{parse_response, ChunkedDecoder, Framing};
-use std::io::{Error, ErrorKind};
+use shared::http1::{parse_response, ChunkError, ChunkedDecoder, Framing, HeadError};
+use std::io::{Error, Write};
 use std::time::Duration;
 
 /// Largest response head accepted from an instance.
@@ -32,9 +34,14 @@ pub struct Exchange<'a> {
     pub client_minor: u8,
     /// Whether the client asked to keep the connection open.
     pub wants_keep_alive: bool,
-    /// Whether the request may be sent again after an instance may have
-    /// processed it: an idempotent method, or `retry_non_idempotent`.
+    /// Whether the request may be sent again when an instance gave no byte
+    /// of an answer but may have taken it: an idempotent method, or
+    /// `retry_non_idempotent`.
     pub replayable: bool,
+    /// The route requires each answer to carry the request's `x-request-id`.
+    pub verify_request_id: bool,
+    /// Relay the trailer fields of chunked answers (`forward_trailers`).
+    pub forward_trailers: bool,
     /// Fired when the gateway stops: answers from then on close their connection.
     pub stop: &'a shared::shutdown::Trigger,
 }
@@ -71,36 +78,32 @@ pub enum Try {
     /// descriptors, buffers or local ports: the request was not sent, and
     /// the instance is not to blame ([`shared::local_trouble`]).
     ShortOfResources(Error),
-    /// Sent, but no response head (or no whole small answer) within the deadline.
+    /// Sent; the connection closed or broke before any byte of an answer.
+    /// The instance may have taken the request and died.
+    ClosedBeforeAnswer(String),
+    /// Sent, and not a byte of an answer within the deadline.
     TimedOut,
-    /// The connection failed before a complete response head (or small answer).
-    Broken(String),
+    /// Some of an answer arrived and it was wrong (malformed, cut short or
+    /// stalled, an unsolicited 101, a wrong request id): the instance has the
+    /// request, nothing went to the client, and the instance was blamed.
+    BadAnswer(Fault, String),
     /// A 5xx the caller asked to fail over on; nothing went to the client.
     ServerError(u16),
 }
 
-enum TryError {
-    TimedOut,
+/// How waiting for an answer's head failed.
+enum HeadFailure {
     /// Closed or reset before any byte of an answer: on a pooled connection,
     /// most likely the instance closed it while idle (the keep-alive race),
     /// though it may also have taken the request and died.
     ClosedEarly(String),
-    Broken(String),
+    /// Some of an answer arrived, and it was wrong.
+    Bad(Fault, String),
 }
 
-/// Pooled connections idle longer than this are checked before use: instances
-/// close idle keep-alive connections after seconds, not milliseconds.
-const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
-
-/// Whether an idle connection is still open and silent: a peek, polled once,
-/// that would block. End of stream, an error, or bytes nobody asked for
-/// (a `408` some servers send before closing) mean it is not.
-async fn still_open(conn: &Conn) -> bool {
-    let mut byte = [0u8; 1];
-    futures_lite::future::poll_once(conn.stream.peek(&mut byte))
-        .await
-        .is_none()
-}
+/// Interim (1xx) answers taken before the final one; more is an instance
+/// stalling with an endless stream of them.
+const MAX_INTERIM: usize = 16;
 
 /// Sends `ex` to `up` and relays the answer to the client, counting the
 /// try in the instance's own statistics (a few atomic adds).
@@ -121,7 +124,7 @@ pub async fn try_once(
         // Not a try of the instance: nothing is counted against it.
         Try::ShortOfResources(_) => {}
         Try::TimedOut => stats.failed(Failover::Timeout, took),
-        Try::Broken(_) => stats.failed(Failover::Broken, took),
+        Try::ClosedBeforeAnswer(_) | Try::BadAnswer(..) => stats.failed(Failover::Broken, took),
         Try::ServerError(status) => {
             stats.answered(*status, took);
             stats.failed(Failover::Status5xx, took);
@@ -140,14 +143,8 @@ async fn try_inner(
     let deadlines = io.limits;
     let deadline = io.session.deadline();
     let until = Until::after(deadlines.head);
-    let mut pooled = up.checkout();
-    if let Some((conn, idled)) = &pooled {
-        if *idled >= CHECK_IDLE_AFTER && !still_open(conn).await {
-            pooled = None; // closed while idle: found before writing, so nothing was sent
-        }
-    }
-    let mut conn = match pooled {
-        Some((conn, _)) => conn,
+    let mut conn = match up.checkout() {
+        Some(conn) => conn,
         None => match up.connect(deadline, deadlines.connect).await {
             Ok(conn) => conn,
             Err(e) if shared::local_trouble::is_local_trouble(&e) => {
@@ -163,50 +160,83 @@ async fn try_inner(
             .await
         {
             Ok(Ok(())) => break,
-            Err(_) | Ok(Err(TryError::TimedOut)) => return Try::TimedOut,
+            Err(_) if conn.answering => {
+                return bad(up, Fault::CutShort, "the answer stalled".into())
+            }
+            Err(_) => return Try::TimedOut,
             // The keep-alive race, most likely; but the instance may have taken the
             // request, so only a replayable one goes again (once, on a fresh connection).
-            Ok(Err(TryError::ClosedEarly(why))) if conn.reused && ex.replayable => {
+            Ok(Err(HeadFailure::ClosedEarly(why))) if conn.reused && ex.replayable => {
                 metrics.keepalive_retries.inc();
                 let left = until.left();
                 conn = match up.connect(deadline, deadlines.connect.min(left)).await {
                     Ok(conn) => conn,
                     // Not "never sent": the first write may have reached the instance.
-                    Err(e) => return Try::Broken(format!("{why}; reconnecting failed: {e}")),
+                    Err(e) => {
+                        return Try::ClosedBeforeAnswer(format!("{why}; reconnecting failed: {e}"))
+                    }
                 };
             }
-            Ok(Err(TryError::ClosedEarly(why) | TryError::Broken(why))) => return Try::Broken(why),
+            Ok(Err(HeadFailure::ClosedEarly(why))) => return Try::ClosedBeforeAnswer(why),
+            Ok(Err(HeadFailure::Bad(fault, why))) => return bad(up, fault, why),
         }
     }
     let status = conn.head.status;
     if fail_on_5xx && status >= 500 {
         return Try::ServerError(status);
     }
-    match relay(&mut conn, ex, io).await {
+    let relayed = relay(&mut conn, ex, io).await;
+    finish(up, conn, ex, status, relayed)
+}
+
+/// Blames `up` for a wrong answer that nothing of went to the client.
+fn bad(up: &Upstream, fault: Fault, why: String) -> Try {
+    up.blame(fault);
+    Try::BadAnswer(fault, why)
+}
+
+/// After the relay: pools the connection if it ended cleanly, blames the
+/// instance if its answer broke off.
+fn finish(
+    up: &Upstream,
+    conn: Conn,
+    ex: &Exchange<'_>,
+    status: u16,
+    relayed: Result<(bool, bool), RelayError>,
+) -> Try {
+    let client_open = match relayed {
         Ok((reusable, client_open)) => {
+            up.answered_well();
             if reusable {
                 up.checkin(conn);
             }
-            Try::Answered {
-                status,
-                client_open,
-            }
+            client_open
         }
-        Err(e) => {
-            log::debug!(request_id = ex.request_id, upstream = up.key.as_str(); "answer cut short: {e}");
-            Try::Answered {
-                status,
-                client_open: false,
-            }
+        Err(RelayError::Client(e)) => {
+            log::debug!(request_id = ex.request_id, upstream = up.key.as_str(); "the client went away during the answer: {e}");
+            false
         }
+        Err(RelayError::Instance(fault, why)) => {
+            let cooled = up.blame(fault);
+            log::warn!(request_id = ex.request_id, upstream = up.key.as_str(), fault = fault.as_str(), cooled_down = cooled;
+                "answer broke off after it began, the client's connection is closed: {why}");
+            false
+        }
+    };
+    Try::Answered {
+        status,
+        client_open,
     }
 }
 
-/// Writes the request, then reads until a final (non-1xx) response head is parsed.
-async fn send_and_read_head(conn: &mut Conn, ex: &Exchange<'_>) -> Result<(), TryError> {
+/// Writes the request, then reads until a final (non-1xx) response head is
+/// parsed, taking every interim answer already buffered before reading again.
+async fn send_and_read_head(conn: &mut Conn, ex: &Exchange<'_>) -> Result<(), HeadFailure> {
+    conn.answering = false;
     if let Err(e) = conn.stream.write_all(ex.request).await {
-        return Err(TryError::ClosedEarly(format!("write failed: {e}")));
+        return Err(HeadFailure::ClosedEarly(format!("write failed: {e}")));
     }
+    let mut interim = 0;
     loop {
         match parse_response(
             conn.buf.data(),
@@ -214,34 +244,78 @@ async fn send_and_read_head(conn: &mut Conn, ex: &Exchange<'_>) -> Result<(), Tr
             MAX_RESPONSE_HEAD,
             ex.head_request,
         ) {
-            Ok(true) if conn.head.status == 101 => {
-                return Err(TryError::Broken("switched protocols unasked".into()))
-            }
-            Ok(true) if conn.head.status < 200 => conn.buf.consume(conn.head.len),
-            Ok(true) => return read_small_body(conn).await,
+            Ok(true) => match conn.head.status {
+                101 => return Err(malformed("an unsolicited 101 Switching Protocols".into())),
+                // 100, 102, 103 and the rest: dropped (the body was already read, and
+                // an HTTP/1.0 client cannot take one); the final answer may be behind.
+                100..=199 if interim < MAX_INTERIM => {
+                    interim += 1;
+                    conn.buf.consume(conn.head.len);
+                    continue;
+                }
+                100..=199 => return Err(malformed("too many interim (1xx) answers".into())),
+                _ => {
+                    check_request_id(conn, ex)?;
+                    return read_small_body(conn).await;
+                }
+            },
             Ok(false) => {}
-            Err(e) => return Err(TryError::Broken(format!("invalid response head: {e}"))),
+            Err(e) => return Err(malformed(answer_head_error(e))),
         }
-        let nothing_yet = conn.buf.is_empty();
         match conn.buf.fill(&mut conn.stream).await {
-            Ok(0) if nothing_yet => {
-                return Err(TryError::ClosedEarly("closed before answering".into()))
+            Ok(0) if !conn.answering => {
+                return Err(HeadFailure::ClosedEarly("closed before answering".into()))
             }
-            Ok(0) => {
-                return Err(TryError::Broken(
-                    "closed in the middle of the response head".into(),
-                ))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::TimedOut => return Err(TryError::TimedOut),
-            Err(e) if nothing_yet => return Err(TryError::ClosedEarly(e.to_string())),
-            Err(e) => return Err(TryError::Broken(e.to_string())),
+            Ok(0) => return Err(cut_short("closed in the middle of the answer's head")),
+            Ok(_) => conn.answering = true,
+            Err(e) if !conn.answering => return Err(HeadFailure::ClosedEarly(e.to_string())),
+            Err(e) => return Err(cut_short(&e.to_string())),
         }
     }
 }
 
+fn malformed(why: String) -> HeadFailure {
+    HeadFailure::Bad(Fault::Malformed, why)
+}
+
+fn cut_short(why: &str) -> HeadFailure {
+    HeadFailure::Bad(Fault::CutShort, why.to_string())
+}
+
+/// What was wrong with an answer's head, in the answer's terms (the parser's
+/// own messages speak of requests).
+fn answer_head_error(e: HeadError) -> String {
+    match e {
+        HeadError::TooLarge => {
+            format!("the answer's head is larger than {MAX_RESPONSE_HEAD} bytes")
+        }
+        HeadError::TooManyHeaders => "the answer's head has too many header fields".into(),
+        HeadError::Version => "the answer is not HTTP/1.0 or HTTP/1.1".into(),
+        HeadError::HeaderBytes => "a header value of the answer has a byte above 0x7F".into(),
+        e => format!("invalid answer head: {e}"),
+    }
+}
+
+/// On a `verify_request_id` route, the answer must name the request it answers.
+fn check_request_id(conn: &Conn, ex: &Exchange<'_>) -> Result<(), HeadFailure> {
+    if !ex.verify_request_id {
+        return Ok(());
+    }
+    match conn.head.header(conn.buf.data(), "x-request-id") {
+        Some(id) if id == ex.request_id.as_bytes() => Ok(()),
+        Some(_) => Err(HeadFailure::Bad(
+            Fault::WrongRequestId,
+            "the answer carries another request's x-request-id".into(),
+        )),
+        None => Err(HeadFailure::Bad(
+            Fault::WrongRequestId,
+            "the answer carries no x-request-id".into(),
+        )),
+    }
+}
+
 /// Reads the rest of a small answer (see [`WHOLE_ANSWER`]) into the buffer.
-async fn read_small_body(conn: &mut Conn) -> Result<(), TryError> {
+async fn read_small_body(conn: &mut Conn) -> Result<(), HeadFailure> {
     let Framing::Length(n) = conn.head.framing else {
         return Ok(());
     };
@@ -251,16 +325,26 @@ async fn read_small_body(conn: &mut Conn) -> Result<(), TryError> {
     let whole = conn.head.len + n as usize;
     while conn.buf.len() < whole {
         match conn.buf.fill(&mut conn.stream).await {
-            Ok(0) => {
-                return Err(TryError::Broken(
-                    "closed in the middle of the answer".into(),
-                ))
-            }
+            Ok(0) => return Err(cut_short("closed in the middle of the answer")),
             Ok(_) => {}
-            Err(e) => return Err(TryError::Broken(e.to_string())),
+            Err(e) => return Err(cut_short(&e.to_string())),
         }
     }
     Ok(())
+}
+
+/// Why relaying an answer stopped before its end.
+enum RelayError {
+    /// The client's side failed: the instance is not to blame.
+    Client(Error),
+    /// The instance's answer broke off, stalled or went wrong.
+    Instance(Fault, String),
+}
+
+impl From<ChunkError> for RelayError {
+    fn from(e: ChunkError) -> Self {
+        RelayError::Instance(Fault::Malformed, format!("invalid chunked body: {e}"))
+    }
 }
 
 /// Streams the parsed answer to the client. Answers whether the upstream
@@ -270,7 +354,7 @@ async fn relay(
     conn: &mut Conn,
     ex: &Exchange<'_>,
     io: &mut Io<'_>,
-) -> std::io::Result<(bool, bool)> {
+) -> Result<(bool, bool), RelayError> {
     let (framing, keep_alive) = codec::client_response_head(
         &mut io.session.out,
         conn.buf.data(),
@@ -288,78 +372,119 @@ async fn relay(
             upstream_keep_alive
         }
         ClientFraming::Length(n) => {
-            // Head and as much body as has arrived go out in one write.
-            let mut left = n;
-            let have = conn.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-            io.session.out.extend_from_slice(&conn.buf.data()[..have]);
-            conn.buf.consume(have);
-            left -= have as u64;
-            io.send_head().await?;
-            while left > 0 {
-                io.fill(conn).await?;
-                let take = conn
-                    .buf
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
-                io.send(&conn.buf.data()[..take]).await?;
-                conn.buf.consume(take);
-                left -= take as u64;
-            }
+            relay_length(conn, io, n).await?;
             upstream_keep_alive
         }
         ClientFraming::Chunked | ClientFraming::Dechunk => {
-            // Chunked to an HTTP/1.1 client as it came; just the data to an HTTP/1.0 one.
-            io.send_head().await?;
-            let mut decoder = ChunkedDecoder::new();
-            let mut data = Vec::new();
-            loop {
-                let sink = (framing == ClientFraming::Dechunk).then_some(&mut data);
-                let used = decoder
-                    .decode(conn.buf.data(), sink)
-                    .map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
-                if framing == ClientFraming::Dechunk {
-                    io.send(&data).await?;
-                    data.clear();
-                } else {
-                    io.send(&conn.buf.data()[..used]).await?;
-                }
-                conn.buf.consume(used);
-                if decoder.is_done() {
-                    break upstream_keep_alive;
-                }
-                io.fill(conn).await?;
-            }
+            relay_chunked(
+                conn,
+                io,
+                framing == ClientFraming::Chunked,
+                ex.forward_trailers,
+            )
+            .await?;
+            upstream_keep_alive
         }
         ClientFraming::Encode | ClientFraming::UntilClose => {
-            io.send_head().await?;
-            loop {
-                if !conn.buf.is_empty() {
-                    if framing == ClientFraming::Encode {
-                        let size = format!("{:x}\r\n", conn.buf.len());
-                        io.send(size.as_bytes()).await?;
-                    }
-                    io.send(conn.buf.data()).await?;
-                    if framing == ClientFraming::Encode {
-                        io.send(b"\r\n").await?;
-                    }
-                    conn.buf.consume(conn.buf.len());
-                }
-                let n = io
-                    .session
-                    .deadline()
-                    .within(io.limits.body, conn.buf.fill(&mut conn.stream))
-                    .await??;
-                if n == 0 {
-                    break;
-                }
-            }
-            if framing == ClientFraming::Encode {
-                io.send(b"0\r\n\r\n").await?;
-            }
+            relay_until_close(conn, io, framing == ClientFraming::Encode).await?;
             false
         }
     };
     Ok((reusable, keep_alive))
+}
+
+/// A body of `n` bytes: the head and as much of it as has arrived go out in one write.
+async fn relay_length(conn: &mut Conn, io: &mut Io<'_>, n: u64) -> Result<(), RelayError> {
+    let mut left = n;
+    let have = conn.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+    io.session.out.extend_from_slice(&conn.buf.data()[..have]);
+    conn.buf.consume(have);
+    left -= have as u64;
+    io.send_head().await?;
+    while left > 0 {
+        io.fill(conn).await?;
+        let take = conn
+            .buf
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        io.send(&conn.buf.data()[..take]).await?;
+        conn.buf.consume(take);
+        left -= take as u64;
+    }
+    Ok(())
+}
+
+/// A chunked body, decoded and framed again: chunked to an HTTP/1.1 client
+/// (`chunked`), just the data to an HTTP/1.0 one. Chunk extensions are
+/// dropped, and so are trailer fields unless `forward_trailers`.
+async fn relay_chunked(
+    conn: &mut Conn,
+    io: &mut Io<'_>,
+    chunked: bool,
+    forward_trailers: bool,
+) -> Result<(), RelayError> {
+    io.send_head().await?;
+    let mut decoder = if chunked && forward_trailers {
+        ChunkedDecoder::keeping_trailers()
+    } else {
+        ChunkedDecoder::new()
+    };
+    let mut out = Vec::new();
+    let mut data = Vec::new();
+    loop {
+        let used = decoder.decode(conn.buf.data(), Some(&mut data))?;
+        conn.buf.consume(used);
+        if chunked && !data.is_empty() {
+            let _ = write!(out, "{:x}\r\n", data.len());
+            out.append(&mut data);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.append(&mut data);
+        }
+        if decoder.is_done() && chunked {
+            out.extend_from_slice(b"0\r\n");
+            out.extend_from_slice(decoder.trailers());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !out.is_empty() {
+            io.send(&out).await?;
+            out.clear();
+        }
+        if decoder.is_done() {
+            return Ok(());
+        }
+        io.fill(conn).await?;
+    }
+}
+
+/// A body that ends when the instance closes: chunked to an HTTP/1.1 client
+/// (`encode`), as it comes to an HTTP/1.0 one.
+async fn relay_until_close(
+    conn: &mut Conn,
+    io: &mut Io<'_>,
+    encode: bool,
+) -> Result<(), RelayError> {
+    io.send_head().await?;
+    loop {
+        if !conn.buf.is_empty() {
+            if encode {
+                let size = format!("{:x}\r\n", conn.buf.len());
+                io.send(size.as_bytes()).await?;
+            }
+            io.send(conn.buf.data()).await?;
+            if encode {
+                io.send(b"\r\n").await?;
+            }
+            conn.buf.consume(conn.buf.len());
+        }
+        if io.read_more(conn).await? == 0 {
+            break;
+        }
+    }
+    if encode {
+        io.send(b"0\r\n\r\n").await?;
+    }
+    Ok(())
 }
 
 /// The client side of a try, and the deadlines its waits keep.
@@ -370,26 +495,45 @@ pub struct Io<'a> {
 
 impl Io<'_> {
     /// Writes relayed bytes to the client.
-    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.session.write(bytes, self.limits.client).await
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), RelayError> {
+        self.session
+            .write(bytes, self.limits.client)
+            .await
+            .map_err(RelayError::Client)
     }
 
     /// Writes the answer's head (and what of the body went with it) to the client.
-    async fn send_head(&mut self) -> std::io::Result<()> {
-        self.session.write_out(self.limits.client).await
+    async fn send_head(&mut self) -> Result<(), RelayError> {
+        self.session
+            .write_out(self.limits.client)
+            .await
+            .map_err(RelayError::Client)
     }
 
-    /// Reads more of the body; the instance closing first is an error.
-    async fn fill(&mut self, conn: &mut Conn) -> std::io::Result<()> {
+    /// Reads more of the body within the body deadline (0: the instance closed).
+    async fn read_more(&mut self, conn: &mut Conn) -> Result<usize, RelayError> {
         match self
             .session
             .deadline()
             .within(self.limits.body, conn.buf.fill(&mut conn.stream))
-            .await??
+            .await
         {
-            0 => Err(Error::new(
-                ErrorKind::UnexpectedEof,
-                "instance closed in the middle of the body",
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(RelayError::Instance(Fault::CutShort, e.to_string())),
+            Err(Interrupted::Elapsed) => Err(RelayError::Instance(
+                Fault::CutShort,
+                format!("no more of the body within {:?}", self.limits.body),
+            )),
+            Err(Interrupted::Stopping) => Err(RelayError::Client(Error::other("gateway stopping"))),
+        }
+    }
+
+    /// Reads more of the body; the instance closing first is an error.
+    async fn fill(&mut self, conn: &mut Conn) -> Result<(), RelayError> {
+        match self.read_more(conn).await? {
+            0 => Err(RelayError::Instance(
+                Fault::CutShort,
+                "the instance closed in the middle of the body".into(),
             )),
             _ => Ok(()),
         }

@@ -35,6 +35,7 @@ mod failover;
 mod forward;
 mod listener;
 mod metrics;
+mod passive;
 mod pool;
 pub mod reload;
 mod retry;
@@ -205,6 +206,10 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     let upstreams = Arc::new(pool::Upstreams::new(pool::Limits {
         max_idle: config.pool_max_idle,
         idle_timeout: config.pool_idle_timeout,
+        passive: passive::Policy {
+            failures: config.passive_health_failures,
+            cooldown: config.connect_cooldown,
+        },
     }));
     let discovery = surf::Config::new()
         .set_http_keep_alive(false)

@@ -429,6 +429,13 @@ struct MemberCause {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberFault {
+    namespace: String,
+    upstream: String,
+    fault: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Build {
     version: &'static str,
     revision: &'static str,
@@ -453,21 +460,35 @@ impl EncodeMetric for Latency<'_> {
 }
 
 impl State {
+    /// Every tracked instance once, with the namespaces that list it joined
+    /// by commas: an instance registered in two namespaces is one upstream,
+    /// with one set of counters, and its series are not repeated.
+    fn tracked_once(&self) -> Vec<(String, crate::ring::Tracked)> {
+        let mut by_key: std::collections::BTreeMap<String, (Vec<String>, crate::ring::Tracked)> =
+            std::collections::BTreeMap::new();
+        for b in self.router().balancers() {
+            for t in b.tracked() {
+                by_key
+                    .entry(t.key.clone())
+                    .or_insert_with(|| (Vec::new(), t))
+                    .0
+                    .push(b.namespace.clone());
+            }
+        }
+        by_key
+            .into_values()
+            .map(|(mut namespaces, t)| {
+                namespaces.sort();
+                (namespaces.join(","), t)
+            })
+            .collect()
+    }
+
     /// The per-instance series: requests by code, latency and failovers, for
     /// every instance of every routed ring, and those that left one within
     /// [`crate::ring::DEPARTED_KEPT_MS`].
     fn per_upstream(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let tracked: Vec<(String, crate::ring::Tracked)> = self
-            .router()
-            .balancers()
-            .iter()
-            .flat_map(|b| {
-                b.tracked()
-                    .into_iter()
-                    .map(|t| (b.namespace.clone(), t))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let tracked = self.tracked_once();
         let mut requests = encoder.encode_descriptor(
             "upstream_requests",
             "Tries answered by each instance, by the status it answered",
@@ -512,6 +533,22 @@ impl State {
                 };
                 ConstCounter::new(t.stats.failovers(cause))
                     .encode(failovers.encode_family(&labels)?)?;
+            }
+        }
+        let mut faults = encoder.encode_descriptor(
+            "upstream_faults",
+            "Wrong answers from each instance, by fault (stray_bytes, malformed, cut_short, wrong_request_id); passive_health_failures in a row cool it down",
+            None,
+            MetricType::Counter,
+        )?;
+        for (namespace, t) in &tracked {
+            for fault in crate::passive::FAULTS {
+                let labels = MemberFault {
+                    namespace: namespace.clone(),
+                    upstream: t.key.clone(),
+                    fault: fault.as_str(),
+                };
+                ConstCounter::new(t.health.count(fault)).encode(faults.encode_family(&labels)?)?;
             }
         }
         Ok(())
@@ -601,6 +638,18 @@ impl Collector for State {
                 upstream: up.key.clone(),
             };
             ConstGauge::new(up.idle_count() as i64).encode(idle.encode_family(&labels)?)?;
+        }
+        let mut cooling = encoder.encode_descriptor(
+            "upstream_cooling_down",
+            "1 while an instance is skipped: it refused a connection, or passive health cooled it down",
+            None,
+            MetricType::Gauge,
+        )?;
+        for up in &upstreams {
+            let labels = UpstreamLabel {
+                upstream: up.key.clone(),
+            };
+            ConstGauge::new(i64::from(up.is_cooling())).encode(cooling.encode_family(&labels)?)?;
         }
         let mut opened = encoder.encode_descriptor(
             "upstream_connections_opened",

@@ -10,9 +10,16 @@
 //! connection is checked out and in by the worker whose requests use it, so
 //! the lists' locks are never contended, and `pool_max_idle` bounds each
 //! worker's list, as nginx's `keepalive` bounds each worker's cache.
+//!
+//! A connection is pooled, and handed out again, only when it is known to be
+//! empty: bytes left after a complete answer, or anything that arrives while
+//! it idles (seen at checkout, and by the reaper every second), close it;
+//! bytes blame the instance ([`crate::passive`]). Whether anything arrived is
+//! the socket's readiness, so a silent connection costs no system call.
 
 use crate::deadline::Deadline;
-use crate::runtime::net::Stream;
+use crate::passive::{Fault, PassiveHealth, Policy};
+use crate::runtime::net::{Stream, Unread};
 use crate::runtime::{clock, Until};
 use crate::worker::PerWorker;
 use shared::http1::{ReadBuf, ResponseHead};
@@ -33,6 +40,9 @@ pub struct Conn {
     pub head: ResponseHead,
     /// Came from the pool: the instance may have closed it meanwhile.
     pub reused: bool,
+    /// Some byte of an answer to the request now in flight has arrived: from
+    /// then on the request is never sent to another instance.
+    pub answering: bool,
 }
 
 #[derive(Debug)]
@@ -49,11 +59,12 @@ impl Idle {
     }
 }
 
-/// Pool limits from the config.
+/// Pool limits and the passive-health policy, from the config at start.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_idle: usize,
     pub idle_timeout: Duration,
+    pub passive: Policy,
 }
 
 /// One instance: where it is, its idle connections, and whether to avoid it for now.
@@ -65,11 +76,13 @@ pub struct Upstream {
     /// Per worker, most recently used last.
     idle: PerWorker<Mutex<Vec<Idle>>>,
     limits: Limits,
-    /// Milliseconds on [`clock`] until which connect failures keep it skipped.
+    /// Milliseconds on [`clock`] until which it is skipped in round robin.
     cooling_until: AtomicU64,
     pub opened: AtomicU64,
     /// Requests, errors and latency of the tries made to it (`/metrics`, `/status`).
     pub stats: Arc<crate::stats::UpstreamStats>,
+    /// What its answers got wrong ([`crate::passive`]).
+    pub health: Arc<PassiveHealth>,
 }
 
 impl Upstream {
@@ -82,6 +95,7 @@ impl Upstream {
             cooling_until: AtomicU64::new(0),
             opened: AtomicU64::new(0),
             stats: Arc::default(),
+            health: Arc::default(),
         }
     }
 
@@ -90,22 +104,35 @@ impl Upstream {
         lock(self.idle.local())
     }
 
-    /// The most recently used idle connection that has not expired, and how long it idled.
-    pub fn checkout(&self) -> Option<(Conn, Duration)> {
+    /// The most recently used idle connection that has not expired and is
+    /// known to be empty: one on which anything arrived while it idled is
+    /// closed (the end: the instance closed it; bytes: a stray answer, and
+    /// the instance is blamed), and the next one looked at.
+    pub fn checkout(&self) -> Option<Conn> {
         let mut idle = self.lock();
         while let Some(entry) = idle.pop() {
-            let idled = entry.idled(clock());
-            if idled < self.limits.idle_timeout {
-                return Some((entry.conn, idled));
+            if entry.idled(clock()) >= self.limits.idle_timeout {
+                continue;
+            }
+            match entry.conn.stream.unread() {
+                Unread::Nothing => return Some(entry.conn),
+                Unread::Closed => {}
+                Unread::Bytes => self.stray("on a pooled connection while it idled"),
             }
         }
         None
     }
 
-    /// Returns a connection whose exchange ended cleanly, if there is room.
+    /// Returns a connection whose exchange ended cleanly, if it is known to
+    /// be empty and there is room; bytes after a complete answer close it
+    /// and blame the instance.
     pub fn checkin(&self, mut conn: Conn) {
-        if !conn.buf.is_empty() {
-            return; // the instance sent more than it framed: do not trust the connection
+        if !conn.buf.is_empty() || conn.stream.unread() == Unread::Bytes {
+            self.stray("after a complete answer");
+            return;
+        }
+        if !self.health.may_pool(clock()) {
+            return; // it sent stray bytes lately: one connection per request until its cool-down ends
         }
         conn.buf.shrink();
         conn.reused = true;
@@ -116,6 +143,27 @@ impl Upstream {
                 since: clock(),
             });
         }
+    }
+
+    /// Counts `fault` against the instance, and cools it down when the
+    /// faults in a row reach `passive_health_failures`. True when it did.
+    pub fn blame(&self, fault: Fault) -> bool {
+        let cool = self.health.blame(fault, self.limits.passive, clock());
+        if cool {
+            self.cool_down(self.limits.passive.cooldown);
+        }
+        cool
+    }
+
+    /// A good answer: its faults no longer run in a row.
+    pub fn answered_well(&self) {
+        self.health.answered();
+    }
+
+    fn stray(&self, when: &str) {
+        let cooled = self.blame(Fault::StrayBytes);
+        log::warn!(upstream = self.key.as_str(), fault = Fault::StrayBytes.as_str(), cooled_down = cooled;
+            "stray bytes {when}: the connection is closed, and none is pooled until the cool-down ends");
     }
 
     /// Opens a new connection, trying each resolved address, all within `timeout`.
@@ -133,6 +181,7 @@ impl Upstream {
                         buf: ReadBuf::with_capacity(CONN_BUFFER),
                         head: ResponseHead::default(),
                         reused: false,
+                        answering: false,
                     });
                 }
                 Ok(Err(e)) => last = e,
@@ -147,7 +196,8 @@ impl Upstream {
         Err(last)
     }
 
-    /// Skips this instance in round robin for `period` (it refused a connection).
+    /// Skips this instance in round robin for `period` (it refused a
+    /// connection, or got too many answers wrong in a row).
     pub fn cool_down(&self, period: Duration) {
         let until = clock() + period.as_millis() as u64;
         self.cooling_until.fetch_max(until, Ordering::Relaxed);
@@ -162,12 +212,25 @@ impl Upstream {
         self.idle.iter().map(|l| lock(l).len()).sum()
     }
 
-    /// Closes idle connections past the idle timeout, in every worker's list.
+    /// Closes idle connections past the idle timeout, and those on which
+    /// anything arrived while they idled, in every worker's list: what the
+    /// instance sends to a connection nobody reads never waits for a request.
     pub fn expire_idle(&self) {
         let timeout = self.limits.idle_timeout;
         for list in self.idle.iter() {
             let now = clock();
-            lock(list).retain(|i| i.idled(now) < timeout);
+            let mut strays = 0;
+            lock(list).retain(|i| {
+                match i.conn.stream.unread() {
+                    Unread::Nothing => return i.idled(now) < timeout,
+                    Unread::Closed => {}
+                    Unread::Bytes => strays += 1,
+                }
+                false
+            });
+            for _ in 0..strays {
+                self.stray("on a pooled connection while it idled");
+            }
         }
     }
 }

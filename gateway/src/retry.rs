@@ -1,6 +1,23 @@
 //! The retry decision as a pure function of one try's outcome, so every
 //! branch of the policy is unit-tested without sockets. [`crate::failover`]
 //! makes the tries and follows what [`decide`] says.
+//!
+//! The rule: a request goes to a second instance only when the first
+//! provably has not answered it.
+//! - A refused or failed connect: the request never left. Always retried.
+//! - No byte of an answer: the connection closed or broke first, or
+//!   `upstream_timeout` passed. The instance has not answered, but it may
+//!   have taken the request (and died, or be processing it). Retried for
+//!   idempotent methods (RFC 9110 section 9.2.2: a replay is harmless), and
+//!   for the others only when `retry_non_idempotent` is on: the seed's flow,
+//!   under which an instance killed with requests in flight fails no
+//!   request, and a payment may run twice (say so to a payments team).
+//! - A 5xx, with `retry_on_5xx`: the same rule.
+//! - Any byte of an answer arrived, and it was malformed, cut short, stalled
+//!   or carried another request's id: never. The instance has the request;
+//!   the client gets 502 and the instance is blamed ([`crate::passive`]).
+//!
+//! All within `max_attempts` tries and `request_deadline`.
 
 use crate::metrics::Failover;
 use crate::source::After;
@@ -14,10 +31,12 @@ pub enum Outcome {
     /// No connection: the request never left. `cut_short` when the
     /// request's own deadline, not the instance, ended the connect.
     ConnectFailed { cut_short: bool },
-    /// Sent, but no answer in time: the instance may be processing it.
+    /// Sent; closed or broken before any byte of an answer.
+    ClosedBeforeAnswer,
+    /// Sent, and no byte of an answer in time: the instance may be processing it.
     TimedOut,
-    /// The connection broke before a complete answer.
-    Broken,
+    /// Some of an answer arrived, and it was wrong.
+    BadAnswer,
     /// A 5xx held back to fail over on.
     ServerError,
     /// The gateway itself is out of descriptors or local ports: every other
@@ -45,14 +64,31 @@ pub struct Attempt {
 /// Why no further try is made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
-    /// The instance may have processed a request that must not run twice.
+    /// It may be running on the instance, and the method is not idempotent
+    /// with `retry_non_idempotent` off.
     NotReplayable,
+    /// The instance began an answer: it has the request.
+    Answered,
     /// `max_attempts` tries made.
     Exhausted,
     /// `request_deadline` passed.
     OutOfTime,
     /// The gateway is short of descriptors or ports: answer 503 at once.
     ShortOfResources,
+}
+
+impl Stop {
+    /// Why the request was not sent again, for the log and the client's
+    /// error message; `None` where running out of tries or time says it.
+    pub fn why_not_retried(self) -> Option<&'static str> {
+        match self {
+            Stop::NotReplayable => {
+                Some("not retried: the method is not idempotent and retry_non_idempotent is off")
+            }
+            Stop::Answered => Some("not retried: the instance had begun to answer"),
+            Stop::Exhausted | Stop::OutOfTime | Stop::ShortOfResources => None,
+        }
+    }
 }
 
 /// What to do after a try.
@@ -72,30 +108,41 @@ pub fn cause(outcome: Outcome) -> Option<Failover> {
         Outcome::Answered => None,
         Outcome::ConnectFailed { .. } | Outcome::ShortOfResources => Some(Failover::Connect),
         Outcome::TimedOut => Some(Failover::Timeout),
-        Outcome::Broken => Some(Failover::Broken),
+        Outcome::ClosedBeforeAnswer | Outcome::BadAnswer => Some(Failover::Broken),
         Outcome::ServerError => Some(Failover::Status5xx),
     }
 }
 
 /// Whether the instance is skipped for `connect_cooldown`: it refused a
 /// connection (a connect the request's own deadline cut says nothing).
+/// Wrong answers cool it down through their count ([`crate::passive`]).
 pub fn cools_down(outcome: Outcome) -> bool {
     outcome == Outcome::ConnectFailed { cut_short: false }
 }
 
-/// The policy: only a refused connection proves the instance never saw the
-/// request, so everything else is retried only when replayable; then within
-/// `max_attempts` and the request deadline. After a timeout the next
-/// instance comes from discovery's lookup, otherwise from the ring.
+/// Whether the policy lets this outcome go to another instance at all.
+fn may_go_again(outcome: Outcome, policy: Policy) -> Result<(), Stop> {
+    match outcome {
+        Outcome::ShortOfResources => Err(Stop::ShortOfResources),
+        Outcome::BadAnswer => Err(Stop::Answered),
+        Outcome::ClosedBeforeAnswer | Outcome::TimedOut | Outcome::ServerError
+            if !policy.replayable =>
+        {
+            Err(Stop::NotReplayable)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The policy (see the module's comment), then `max_attempts` and the
+/// request deadline. After a timeout the next instance comes from
+/// discovery's lookup, otherwise from the ring.
 pub fn decide(outcome: Outcome, attempt: Attempt, policy: Policy) -> Decision {
     let Some(cause) = cause(outcome) else {
         return Decision::Done;
     };
-    if outcome == Outcome::ShortOfResources {
-        return Decision::GiveUp(cause, Stop::ShortOfResources);
-    }
-    if cause != Failover::Connect && !policy.replayable {
-        return Decision::GiveUp(cause, Stop::NotReplayable);
+    if let Err(stop) = may_go_again(outcome, policy) {
+        return Decision::GiveUp(cause, stop);
     }
     if attempt.number >= policy.max_attempts {
         return Decision::GiveUp(cause, Stop::Exhausted);
@@ -114,12 +161,13 @@ pub fn decide(outcome: Outcome, attempt: Attempt, policy: Policy) -> Decision {
 mod tests {
     use super::*;
 
-    const ALL: [Outcome; 6] = [
+    const ALL: [Outcome; 7] = [
         Outcome::Answered,
         Outcome::ConnectFailed { cut_short: false },
         Outcome::ConnectFailed { cut_short: true },
+        Outcome::ClosedBeforeAnswer,
         Outcome::TimedOut,
-        Outcome::Broken,
+        Outcome::BadAnswer,
         Outcome::ServerError,
     ];
 
@@ -130,6 +178,7 @@ mod tests {
         }
     }
 
+    /// An idempotent method, or `retry_non_idempotent`, or neither.
     fn policy(replayable: bool) -> Policy {
         Policy {
             replayable,
@@ -137,15 +186,19 @@ mod tests {
         }
     }
 
-    /// An answer ends the request, and a local shortage is never retried,
-    /// whatever the method, attempts and time left.
+    /// An answer ends the request; a local shortage and a begun answer are
+    /// never retried, whatever the method, attempts and time left.
     #[test]
-    fn an_answer_or_a_local_shortage_ends_the_request_whatever_the_policy() {
+    fn an_answer_a_local_shortage_or_a_begun_answer_ends_the_request_whatever_the_policy() {
         let want = [
             (Outcome::Answered, Decision::Done),
             (
                 Outcome::ShortOfResources,
                 Decision::GiveUp(Failover::Connect, Stop::ShortOfResources),
+            ),
+            (
+                Outcome::BadAnswer,
+                Decision::GiveUp(Failover::Broken, Stop::Answered),
             ),
         ];
         for (outcome, decision) in want {
@@ -162,7 +215,7 @@ mod tests {
     }
 
     #[test]
-    fn replayable_failures_fail_over_the_timeout_through_discovery() {
+    fn a_replayable_request_fails_over_on_everything_but_a_begun_answer() {
         let want = [
             (
                 Outcome::ConnectFailed { cut_short: false },
@@ -173,12 +226,12 @@ mod tests {
                 Decision::Retry(Failover::Connect, After::Failure),
             ),
             (
-                Outcome::TimedOut,
-                Decision::Retry(Failover::Timeout, After::Timeout),
+                Outcome::ClosedBeforeAnswer,
+                Decision::Retry(Failover::Broken, After::Failure),
             ),
             (
-                Outcome::Broken,
-                Decision::Retry(Failover::Broken, After::Failure),
+                Outcome::TimedOut,
+                Decision::Retry(Failover::Timeout, After::Timeout),
             ),
             (
                 Outcome::ServerError,
@@ -191,21 +244,29 @@ mod tests {
     }
 
     #[test]
-    fn only_a_refused_connect_is_retried_when_not_replayable() {
+    fn only_a_failed_connect_is_retried_when_not_replayable() {
         for outcome in ALL {
             let got = decide(outcome, first(1000), policy(false));
-            let want = match cause(outcome) {
-                None => Decision::Done,
-                Some(Failover::Connect) => Decision::Retry(Failover::Connect, After::Failure),
-                Some(c) => Decision::GiveUp(c, Stop::NotReplayable),
-            };
-            assert_eq!(got, want, "{outcome:?}");
+            match (outcome, got) {
+                (Outcome::Answered, Decision::Done) => {}
+                (Outcome::ConnectFailed { .. }, Decision::Retry(Failover::Connect, _)) => {}
+                (Outcome::BadAnswer, Decision::GiveUp(_, Stop::Answered)) => {}
+                (_, Decision::GiveUp(_, Stop::NotReplayable)) => {}
+                _ => panic!("{outcome:?}: {got:?}"),
+            }
         }
     }
 
     #[test]
-    fn attempts_and_time_bound_every_failure() {
-        for outcome in ALL.into_iter().skip(1) {
+    fn attempts_and_time_bound_every_failure_that_may_go_again() {
+        let retryable = [
+            Outcome::ConnectFailed { cut_short: false },
+            Outcome::ConnectFailed { cut_short: true },
+            Outcome::ClosedBeforeAnswer,
+            Outcome::TimedOut,
+            Outcome::ServerError,
+        ];
+        for outcome in retryable {
             let c = cause(outcome).unwrap();
             let last = Attempt {
                 number: 3,
@@ -225,9 +286,19 @@ mod tests {
     }
 
     #[test]
-    fn only_a_connect_refused_by_the_instance_cools_it_down() {
+    fn only_a_connect_refused_by_the_instance_cools_it_down_at_once() {
         let cooling: Vec<bool> = ALL.into_iter().map(cools_down).collect();
-        assert_eq!(cooling, [false, true, false, false, false, false]);
+        assert_eq!(cooling, [false, true, false, false, false, false, false]);
         assert!(!cools_down(Outcome::ShortOfResources));
+    }
+
+    #[test]
+    fn every_stop_for_the_policy_says_why_and_running_out_does_not() {
+        for stop in [Stop::NotReplayable, Stop::Answered] {
+            assert!(stop.why_not_retried().is_some(), "{stop:?}");
+        }
+        for stop in [Stop::Exhausted, Stop::OutOfTime, Stop::ShortOfResources] {
+            assert!(stop.why_not_retried().is_none(), "{stop:?}");
+        }
     }
 }

@@ -83,6 +83,8 @@ impl WatchState {
 pub struct Tracked {
     pub key: String,
     pub stats: Arc<UpstreamStats>,
+    /// Its wrong answers, by fault.
+    pub health: Arc<crate::passive::PassiveHealth>,
     /// [`clock`] milliseconds when it left the ring; `None` while in it.
     pub left_ms: Option<u64>,
 }
@@ -131,6 +133,7 @@ impl Balancer {
                     t.left_ms = None;
                     // The pool forgot it meanwhile and made it anew: follow the new one.
                     t.stats = m.stats.clone();
+                    t.health = m.health.clone();
                 }
                 None => {
                     t.left_ms.get_or_insert(now_ms);
@@ -142,6 +145,7 @@ impl Balancer {
                 tracked.push(Tracked {
                     key: m.key.clone(),
                     stats: m.stats.clone(),
+                    health: m.health.clone(),
                     left_ms: None,
                 });
             }
@@ -204,6 +208,8 @@ pub struct Route(usize);
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<(String, Arc<Balancer>)>,
+    /// Per route (same order): answers must carry the request's id.
+    verify_request_id: Vec<bool>,
     balancers: Vec<Arc<Balancer>>,
 }
 
@@ -236,12 +242,15 @@ impl Router {
                     b
                 }
             };
-            table.push((route.prefix.clone(), balancer));
+            table.push((route.prefix.clone(), balancer, route.verify_request_id));
         }
-        table.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        table.sort_by_key(|(prefix, ..)| std::cmp::Reverse(prefix.len()));
+        let verify_request_id = table.iter().map(|(.., verify)| *verify).collect();
+        let routes = table.into_iter().map(|(p, b, _)| (p, b)).collect();
         (
             Router {
-                routes: table,
+                routes,
+                verify_request_id,
                 balancers,
             },
             made,
@@ -260,6 +269,14 @@ impl Router {
             .iter()
             .position(|(prefix, _)| matches(prefix.as_bytes(), target))
             .map(Route)
+    }
+
+    /// Whether a route this router chose requires answers to carry the request's id.
+    pub fn verifies_request_id(&self, route: Route) -> bool {
+        self.verify_request_id
+            .get(route.0)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// The balancer of a route this router chose.
@@ -299,6 +316,10 @@ mod tests {
         let limits = Limits {
             max_idle: 1,
             idle_timeout: Duration::from_secs(1),
+            passive: crate::passive::Policy {
+                failures: 3,
+                cooldown: Duration::from_secs(2),
+            },
         };
         Arc::new(Upstream::new(
             format!("127.0.0.1:{port}"),
@@ -394,6 +415,7 @@ mod tests {
         let route = |prefix: &str, namespace: &str| RouteConfig {
             prefix: prefix.into(),
             namespace: namespace.into(),
+            verify_request_id: false,
         };
         let old = Router::new(&[route("/", "a"), route("/b", "b")]);
         let (new, made) = Router::rebuilt(&[route("/", "a"), route("/c", "c")], old.balancers());
@@ -410,10 +432,12 @@ mod tests {
             RouteConfig {
                 prefix: "/".into(),
                 namespace: "a".into(),
+                verify_request_id: false,
             },
             RouteConfig {
                 prefix: "/api".into(),
                 namespace: "b".into(),
+                verify_request_id: false,
             },
         ];
         let r = Router::new(&routes);

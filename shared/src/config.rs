@@ -22,14 +22,75 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Largest config file read: a config is a few KiB; anything near this is a
+/// mistake or an attack, and reading it must not cost the process memory.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
 /// Reads `path` as JSON into `T`, or gives `T::default()` when there is no file.
+///
+/// Only a regular file (after following symlinks) of at most
+/// 1 MiB (`MAX_CONFIG_BYTES`) is read: SIGHUP reloads call this on the signal
+/// loop, where `/dev/zero` would grow the process without end and a FIFO
+/// would block reload and shutdown alike.
 pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, ConfigError> {
     let Some(path) = path else {
         return Ok(T::default());
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
+    let text = read_regular(path, MAX_CONFIG_BYTES)
+        .map_err(|why| ConfigError(format!("cannot read config {}: {why}", path.display())))?;
     parse(&text).map_err(|e| ConfigError(format!("config {}: {e}", path.display())))
+}
+
+/// The text of `path` if it is a regular file of at most `cap` bytes.
+///
+/// Opened with O_NONBLOCK so that a FIFO cannot block the open (a regular
+/// file ignores the flag), then checked with fstat on what was opened, not
+/// on the path, which could be swapped in between. At most `cap + 1` bytes
+/// are read, so a file growing after the check is refused, not read whole.
+fn read_regular(path: &Path, cap: u64) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(format!(
+            "not a regular file ({}); only a regular file is read",
+            file_kind(&meta.file_type())
+        ));
+    }
+    let too_big = || format!("larger than {cap} bytes; a config file is at most that");
+    if meta.len() > cap {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > cap {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))
+}
+
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a plain file"
+    }
 }
 
 /// Parses JSON text into `T`, naming the key that is wrong.
@@ -158,6 +219,10 @@ pub struct DiscoveryConfig {
     /// Client connections served at once (lowered to fit the descriptor
     /// limit, keeping descriptors for the health checks).
     pub max_connections: usize,
+    /// Watch streams open at once, counted within `max_connections` and
+    /// below it, so register, lookup and health checks keep connections of
+    /// their own however many clients watch; a watch beyond it is a 429.
+    pub max_watchers: usize,
     /// A client must send a whole request head within this.
     #[serde(with = "duration")]
     pub client_header_timeout: Duration,
@@ -206,6 +271,10 @@ impl Default for DiscoveryConfig {
             max_instances: 10_000,
             max_concurrent_checks: 256,
             max_connections: 1024,
+            // Half the connections: a gateway needs one watch per namespace it
+            // routes, so 512 serves hundreds of gateways and leaves 512
+            // connections to the rest of the API.
+            max_watchers: 512,
             client_header_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             resolve_timeout: Duration::from_secs(2),
@@ -247,6 +316,9 @@ impl DiscoveryConfig {
         if self.max_concurrent_checks == 0 || self.max_connections == 0 {
             errors.push("max_concurrent_checks and max_connections must be at least 1");
         }
+        if self.max_watchers == 0 {
+            errors.push("max_watchers must be at least 1");
+        }
         if self.client_header_timeout.is_zero()
             || self.idle_timeout.is_zero()
             || self.resolve_timeout.is_zero()
@@ -255,6 +327,15 @@ impl DiscoveryConfig {
                 .push("client_header_timeout, idle_timeout and resolve_timeout must be above zero");
         }
         let mut owned = Vec::new();
+        // Streams are counted within max_connections: at or above it, watchers
+        // could take every connection and lock register and lookup out.
+        if self.max_watchers >= self.max_connections && self.max_connections > 0 {
+            owned.push(format!(
+                "max_watchers ({}) must be below max_connections ({}): watch streams are \
+                 counted within max_connections, and the rest of the API keeps the difference",
+                self.max_watchers, self.max_connections
+            ));
+        }
         if let Err(e) = StoreUrl::parse(&self.store) {
             owned.push(e);
         }
@@ -357,6 +438,12 @@ fn joined(errors: Vec<&str>) -> Result<(), ConfigError> {
 pub struct RouteConfig {
     pub prefix: String,
     pub namespace: String,
+    /// Every answer must carry the `x-request-id` the gateway sent (the app
+    /// echoes it); a missing or different one is a protocol error (502, the
+    /// connection closed, the instance blamed). HTTP/1.1 cannot otherwise tell
+    /// a stray answer, sent after the connection was reused, from the real one.
+    #[serde(default)]
+    pub verify_request_id: bool,
 }
 
 /// The gateway's configuration (`gateway --config FILE`).
@@ -401,6 +488,13 @@ pub struct GatewayConfig {
     /// An instance that refused a connection is skipped this long.
     #[serde(with = "duration")]
     pub connect_cooldown: Duration,
+    /// Answers an instance got wrong in a row (malformed, cut short, stray
+    /// bytes, a wrong request id) before it is skipped for `connect_cooldown`
+    /// (passive health, as Envoy's outlier detection).
+    pub passive_health_failures: u32,
+    /// Relay the trailer fields of a chunked answer (dropped by default, as
+    /// RFC 9110 section 6.5 allows: a client rarely expects `set-cookie` there).
+    pub forward_trailers: bool,
     /// After the watch reconnects, members missing from discovery's answer are kept this long.
     #[serde(with = "duration")]
     pub relearn_grace: Duration,
@@ -445,6 +539,7 @@ impl Default for GatewayConfig {
             routes: vec![RouteConfig {
                 prefix: "/".into(),
                 namespace: "service A".into(),
+                verify_request_id: false,
             }],
             connect_timeout: Duration::from_secs(1),
             upstream_timeout: Duration::from_secs(2),
@@ -454,6 +549,8 @@ impl Default for GatewayConfig {
             retry_on_5xx: false,
             lookup_timeout: Duration::from_millis(250),
             connect_cooldown: Duration::from_secs(2),
+            passive_health_failures: 3,
+            forward_trailers: false,
             relearn_grace: Duration::from_secs(10),
             max_body_bytes: 1024 * 1024,
             max_header_bytes: 16 * 1024,
@@ -490,6 +587,9 @@ impl GatewayConfig {
         }
         if self.max_attempts == 0 {
             errors.push("max_attempts must be at least 1");
+        }
+        if self.passive_health_failures == 0 {
+            errors.push("passive_health_failures must be at least 1");
         }
         if self.upstream_timeout.is_zero() || self.connect_timeout.is_zero() {
             errors.push("upstream_timeout and connect_timeout must be above zero");
@@ -779,5 +879,98 @@ mod tests {
         DiscoveryConfig::default().validate().unwrap();
         GatewayConfig::default().validate().unwrap();
         AppConfig::default().validate().unwrap();
+    }
+}
+
+/// The loader's refusals (F7): beside the other tests, in a module of their own.
+#[cfg(test)]
+mod load_tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// A fresh temp dir, removed at the end.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let dir =
+                std::env::temp_dir().join(format!("config-load-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Dir(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn refused(path: &Path) -> String {
+        load::<GatewayConfig>(Some(path)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_symlink_to_dev_zero_is_refused_naming_the_path() {
+        let dir = Dir::new("zero");
+        let path = dir.0.join("gateway.json");
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        let why = refused(&path);
+        assert!(why.contains(&path.display().to_string()), "{why}");
+        assert!(
+            why.contains("not a regular file (a character device)"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_fifo_is_refused_at_once_without_a_writer() {
+        let dir = Dir::new("fifo");
+        let path = dir.0.join("gateway.json");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfifo");
+        // On a thread: a blocking open would hang the test, not fail it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let probe = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(refused(&probe));
+        });
+        let why = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the loader did not block on the FIFO");
+        assert!(why.contains("not a regular file (a FIFO)"), "{why}");
+        let dir_why = refused(&dir.0);
+        assert!(dir_why.contains("(a directory)"), "{dir_why}");
+    }
+
+    #[test]
+    fn a_file_over_the_cap_is_refused_and_one_at_the_cap_read() {
+        let dir = Dir::new("big");
+        let path = dir.0.join("gateway.json");
+        // Valid JSON padded with white space: only the size can refuse it.
+        let padded = |len: u64| {
+            let mut text = br#"{"max_attempts": 2}"#.to_vec();
+            text.resize(len as usize, b' ');
+            text
+        };
+        std::fs::write(&path, padded(2 * 1024 * 1024)).unwrap();
+        let why = refused(&path);
+        assert!(why.contains("larger than 1048576 bytes"), "{why}");
+        std::fs::write(&path, padded(MAX_CONFIG_BYTES)).unwrap();
+        let config: GatewayConfig = load(Some(&path)).unwrap();
+        assert_eq!(config.max_attempts, 2);
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let why = refused(Path::new("/nonexistent/gateway.json"));
+        assert!(
+            why.contains("cannot read config /nonexistent/gateway.json"),
+            "{why}"
+        );
     }
 }

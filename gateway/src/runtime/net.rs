@@ -88,6 +88,16 @@ impl<T: AsFd> Drop for Registered<T> {
     }
 }
 
+/// What [`Stream::unread`] found on a connection nobody was reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unread {
+    Nothing,
+    /// The end of the stream, or an error: the peer closed or reset it.
+    Closed,
+    /// Bytes nobody asked for.
+    Bytes,
+}
+
 /// A connected TCP stream owned by one worker.
 #[derive(Debug)]
 pub struct Stream {
@@ -146,6 +156,32 @@ impl Stream {
     /// Reads without consuming, waiting for bytes (0: the peer closed).
     pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.inner.poll_io(READ, cx, |io| io.peek(buf), |_| false)).await
+    }
+
+    /// What arrived since the last read, found without waiting: a pooled
+    /// connection must have received nothing while it idled. No system call
+    /// unless an event marked the socket readable since its last short read;
+    /// safe from any thread (a pool reaper looks at idle connections too).
+    pub fn unread(&self) -> Unread {
+        loop {
+            let seen = self.inner.source.state();
+            if seen & READ == 0 {
+                return Unread::Nothing;
+            }
+            let mut byte = [0u8; 1];
+            let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+            return match rustix::net::recv(&self.inner.io, &mut byte, flags) {
+                Ok((0, _)) => Unread::Closed,
+                Ok(_) => Unread::Bytes,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => {
+                    // Readiness left over from a read that filled its buffer exactly.
+                    self.inner.source.clear(READ, seen);
+                    Unread::Nothing
+                }
+                Err(_) => Unread::Closed,
+            };
+        }
     }
 
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {

@@ -51,6 +51,11 @@ impl Source {
         self.state.load(Ordering::Acquire) & bit != 0
     }
 
+    /// The readiness state now, to [`Source::clear`] against later.
+    pub fn state(&self) -> usize {
+        self.state.load(Ordering::Acquire)
+    }
+
     /// Ready for `bit` now, or `Pending` with the task's waker stored.
     pub fn poll_ready(&self, bit: usize, cx: &mut Context<'_>) -> Poll<usize> {
         let state = self.state.load(Ordering::Acquire);

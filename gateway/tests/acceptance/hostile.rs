@@ -86,6 +86,7 @@ async fn api_only() -> (
         c.routes = vec![RouteConfig {
             prefix: "/api".into(),
             namespace: "service A".into(),
+            verify_request_id: false,
         }]
     })
     .await

@@ -18,6 +18,7 @@ async fn a_gateway_503_says_when_to_retry() {
         c.routes.push(RouteConfig {
             prefix: "/none".into(),
             namespace: "nobody".into(),
+            verify_request_id: false,
         })
     })
     .await;

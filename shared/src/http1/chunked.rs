@@ -47,6 +47,8 @@ pub struct ChunkedDecoder {
     remaining: u64,
     trailers: usize,
     total: u64,
+    /// The trailer fields, each line with its CRLF, when kept.
+    kept: Option<Vec<u8>>,
 }
 
 impl Default for ChunkedDecoder {
@@ -59,6 +61,7 @@ impl Default for ChunkedDecoder {
             remaining: 0,
             trailers: 0,
             total: 0,
+            kept: None,
         }
     }
 }
@@ -66,6 +69,20 @@ impl Default for ChunkedDecoder {
 impl ChunkedDecoder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A decoder that keeps the trailer fields, for [`ChunkedDecoder::trailers`].
+    pub fn keeping_trailers() -> Self {
+        ChunkedDecoder {
+            kept: Some(Vec::new()),
+            ..Self::default()
+        }
+    }
+
+    /// The trailer fields read so far, each line with its CRLF (empty unless
+    /// made by [`ChunkedDecoder::keeping_trailers`]).
+    pub fn trailers(&self) -> &[u8] {
+        self.kept.as_deref().unwrap_or_default()
     }
 
     /// True once the last chunk and the trailer section have been read.
@@ -107,9 +124,26 @@ impl ChunkedDecoder {
             }
             let b = input[i];
             i += 1;
-            self.state = self.step(b)?;
+            let next = self.step(b)?;
+            self.keep(b, next);
+            self.state = next;
         }
         Ok(i)
+    }
+
+    /// Keeps `b` when it belongs to a trailer line (the section's last CRLF does not).
+    fn keep(&mut self, b: u8, next: State) {
+        use State::*;
+        if let Some(kept) = self.kept.as_mut() {
+            if matches!(
+                (self.state, next),
+                (TrailerStart | TrailerLine, TrailerLine)
+                    | (TrailerLine, TrailerLf)
+                    | (TrailerLf, TrailerStart)
+            ) {
+                kept.push(b);
+            }
+        }
     }
 
     fn step(&mut self, b: u8) -> Result<State, ChunkError> {
@@ -192,6 +226,23 @@ mod tests {
             String::from_utf8_lossy(input)
         );
         Ok((out, n))
+    }
+
+    #[test]
+    fn keeps_the_trailer_fields_when_asked_and_only_then() {
+        let body = b"3\r\nabc\r\n0\r\nX-T: 1\r\nSet-Cookie: a=b\r\n\r\nNEXT";
+        let mut d = ChunkedDecoder::keeping_trailers();
+        let used = d.decode(body, None).unwrap();
+        assert!(d.is_done());
+        assert_eq!(&body[used..], b"NEXT");
+        assert_eq!(d.trailers(), b"X-T: 1\r\nSet-Cookie: a=b\r\n");
+        let mut plain = ChunkedDecoder::new();
+        plain.decode(body, None).unwrap();
+        assert_eq!(plain.trailers(), b"");
+        let mut none = ChunkedDecoder::keeping_trailers();
+        none.decode(b"0\r\n\r\n", None).unwrap();
+        assert!(none.is_done());
+        assert_eq!(none.trailers(), b"");
     }
 
     #[test]
