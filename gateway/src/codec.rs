@@ -56,9 +56,45 @@ pub fn is_idempotent(method: &[u8]) -> bool {
     )
 }
 
+/// Most header fields in a head the gateway forwards: what its instances
+/// take. The apps are served by `shared::serve`, whose front parses heads
+/// with `shared::http1::parse_request` into an httparse array of
+/// `MAX_HEADERS` (100) fields and answers 431 beyond (tide never sees the
+/// head; async-h1's own server, which would take 128, is not used). The
+/// gateway reads client heads with that same parser and limit, then drops
+/// some fields and adds its own (`x-forwarded-for`, `x-request-id`, a
+/// `host` or `content-length`), so it counts the head it forwards against
+/// this and answers 431 itself, with the request id, rather than forward a
+/// head an instance would refuse.
+pub(crate) const MAX_FORWARDED_FIELDS: usize = shared::http1::MAX_HEADERS;
+
+/// Header names a `Connection` token cannot make hop-by-hop: what routing,
+/// framing and the gateway's own fields rest on. A client listing `host`
+/// would have the instance see the gateway's default host instead of the
+/// one the gateway checked; the framing and the gateway's fields are
+/// rewritten whatever the tokens say, and `idempotency-key` is promised to
+/// pass through untouched, since dropping it would make a retried payment
+/// look new to an instance that dedupes by it.
+const NOT_CONNECTION_TOKENS: [&[u8]; 6] = [
+    b"host",
+    b"content-length",
+    b"transfer-encoding",
+    b"x-forwarded-for",
+    b"x-request-id",
+    b"idempotency-key",
+];
+
+/// Whether a `Connection` token drops header `name` (RFC 9110 section 7.6.1).
+fn dropped_by_connection(raw: &[u8], head: &RequestHead, name: &[u8]) -> bool {
+    head.is_connection_token(raw, name)
+        && !NOT_CONNECTION_TOKENS
+            .iter()
+            .any(|kept| kept.eq_ignore_ascii_case(name))
+}
+
 fn skip_request_header(raw: &[u8], head: &RequestHead, name: &[u8]) -> bool {
     is_hop_by_hop(name)
-        || head.is_connection_token(raw, name)
+        || dropped_by_connection(raw, head, name)
         || name.eq_ignore_ascii_case(b"content-length")
         || name.eq_ignore_ascii_case(b"expect")
         || name.eq_ignore_ascii_case(b"x-forwarded-for")
@@ -67,6 +103,10 @@ fn skip_request_header(raw: &[u8], head: &RequestHead, name: &[u8]) -> bool {
 
 /// Writes the upstream request head into `out`, all but its framing: the
 /// body is read after this, and [`end_upstream_head`] adds its length.
+/// Answers how many header fields the forwarded head will carry, counting
+/// the `content-length` that [`end_upstream_head`] may add (counted for a
+/// chunked body, which may yet turn out empty: at most one too many), to be
+/// held to [`MAX_FORWARDED_FIELDS`].
 /// Refused (400): a target that cannot be normalized, a bad `Host`.
 pub fn upstream_head(
     out: &mut Vec<u8>,
@@ -75,7 +115,7 @@ pub fn upstream_head(
     client_ip: &str,
     request_id: &str,
     default_host: &str,
-) -> Result<(), Refused> {
+) -> Result<usize, Refused> {
     out.clear();
     out.extend_from_slice(head.method(raw));
     out.push(b' ');
@@ -89,12 +129,15 @@ pub fn upstream_head(
     crate::target::normalize_into(out, target)?;
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut has_host = false;
+    // x-forwarded-for and x-request-id, written below.
+    let mut fields = 2;
     if let Some(authority) = authority {
         if !crate::target::valid_host(authority) {
             return Err(Refused("the request target's authority is not host[:port]"));
         }
         header(out, b"host", authority);
         has_host = true;
+        fields += 1;
     }
     for h in &head.headers {
         let name = &raw[h.name.clone()];
@@ -112,9 +155,14 @@ pub fn upstream_head(
             has_host = true;
         }
         header(out, name, value);
+        fields += 1;
     }
     if !has_host {
         header(out, b"host", default_host.as_bytes());
+        fields += 1;
+    }
+    if head.framing != Framing::Empty || expects_body(out) {
+        fields += 1;
     }
     // Every earlier hop, in order (however many header lines they came in), then the client.
     out.extend_from_slice(b"x-forwarded-for: ");
@@ -129,15 +177,20 @@ pub fn upstream_head(
     out.extend_from_slice(b"\r\nx-request-id: ");
     out.extend_from_slice(request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
-    Ok(())
+    Ok(fields)
+}
+
+/// Whether the upstream request's method carries a body by its semantics,
+/// so gets a `content-length` even when it is 0.
+fn expects_body(upstream_request: &[u8]) -> bool {
+    [&b"POST "[..], b"PUT ", b"PATCH "]
+        .iter()
+        .any(|m| upstream_request.starts_with(m))
 }
 
 /// Ends the upstream head with the body's length; the body follows.
 pub fn end_upstream_head(out: &mut Vec<u8>, body_len: usize) {
-    let expects_body = [&b"POST "[..], b"PUT ", b"PATCH "]
-        .iter()
-        .any(|m| out.starts_with(m));
-    if body_len > 0 || expects_body {
+    if body_len > 0 || expects_body(out) {
         let _ = write!(out, "content-length: {body_len}\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -273,8 +326,9 @@ mod tests {
         let mut head = RequestHead::default();
         assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
         let mut out = Vec::new();
-        upstream_head(&mut out, raw, &head, "127.0.0.9", "rid", "gw:1").unwrap();
+        let fields = upstream_head(&mut out, raw, &head, "127.0.0.9", "rid", "gw:1").unwrap();
         end_upstream_head(&mut out, 2);
+        assert_eq!(fields, field_lines(&out), "the count is what is forwarded");
         out.extend_from_slice(b"{}");
         assert_eq!(target_of(&out), b"/a?b");
         let text = String::from_utf8(out).unwrap();
@@ -282,6 +336,69 @@ mod tests {
             text,
             "POST /a?b HTTP/1.1\r\nHost: gw\r\nIdempotency-Key: k1\r\nx-forwarded-for: 10.0.0.1, 127.0.0.9\r\nx-request-id: rid\r\ncontent-length: 2\r\n\r\n{}"
         );
+    }
+
+    /// Header lines of a whole upstream head.
+    fn field_lines(upstream: &[u8]) -> usize {
+        let text = String::from_utf8_lossy(upstream);
+        let head = text.split("\r\n\r\n").next().unwrap_or_default();
+        head.split("\r\n").count() - 1
+    }
+
+    /// Rewrites `raw` and ends it with `body_len`; the count and the head.
+    fn forwarded(raw: &[u8], body_len: usize) -> (usize, String) {
+        let mut head = RequestHead::default();
+        assert_eq!(parse_request(raw, &mut head, 64 * 1024), Ok(true));
+        let mut out = Vec::new();
+        let fields = upstream_head(&mut out, raw, &head, "127.0.0.9", "rid", "gw:1").unwrap();
+        end_upstream_head(&mut out, body_len);
+        (fields, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn the_field_count_is_that_of_the_forwarded_head() {
+        let cases: [(&[u8], usize); 5] = [
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nX-B: 2\r\n\r\n", 0),
+            (b"GET / HTTP/1.0\r\nX-A: 1\r\n\r\n", 0),
+            (b"GET http://h/x HTTP/1.1\r\nHost: a\r\nConnection: x-a\r\nX-A: 1\r\n\r\n", 0),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nX-Request-Id: r\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\nContent-Length: 2\r\n\r\n", 2),
+            (b"DELETE / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nKeep-Alive: 5\r\n\r\n", 3),
+        ];
+        for (raw, body_len) in cases {
+            let (fields, text) = forwarded(raw, body_len);
+            assert_eq!(fields, field_lines(text.as_bytes()), "{text}");
+        }
+        // A chunked body that turns out empty gets no length: counted one over.
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (fields, text) = forwarded(raw, 0);
+        assert_eq!(fields, field_lines(text.as_bytes()) + 1, "{text}");
+        assert_eq!(MAX_FORWARDED_FIELDS, shared::http1::MAX_HEADERS);
+    }
+
+    #[test]
+    fn connection_cannot_name_host_framing_or_the_gateways_own_headers() {
+        let raw = b"POST / HTTP/1.1\r\nHost: shop.example\r\nConnection: host, Content-Length, transfer-encoding, X-Request-Id, x-forwarded-for, idempotency-key, x-secret\r\nIdempotency-Key: k1\r\nX-Secret: s\r\nX-Request-Id: client-id\r\nContent-Length: 2\r\n\r\n";
+        let (fields, text) = forwarded(raw, 2);
+        assert!(text.contains("\r\nHost: shop.example\r\n"), "{text}");
+        assert!(!text.contains("gw:1"), "not the default host: {text}");
+        assert!(text.contains("\r\nIdempotency-Key: k1\r\n"), "{text}");
+        assert!(text.contains("\r\ncontent-length: 2\r\n"), "{text}");
+        assert!(
+            text.contains("\r\nx-forwarded-for: 127.0.0.9\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nx-request-id: rid\r\n"), "{text}");
+        assert!(
+            !text.contains("X-Secret"),
+            "other tokens still drop: {text}"
+        );
+        assert_eq!(fields, field_lines(text.as_bytes()));
+        // A Host that names itself in Connection is still checked.
+        let raw = b"GET / HTTP/1.1\r\nHost: x/chaos?\r\nConnection: host\r\n\r\n";
+        let mut head = RequestHead::default();
+        assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
+        let mut out = Vec::new();
+        assert!(upstream_head(&mut out, raw, &head, "1.2.3.4", "r", "gw").is_err());
     }
 
     #[test]

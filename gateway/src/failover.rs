@@ -258,7 +258,11 @@ impl Failures {
         } else {
             (502, "bad_gateway", self.public)
         };
-        log::warn!(request_id = ex.request_id, status = status, attempts = attempts; "{}: {message}", self.detail);
+        if self.detail.is_empty() {
+            log::warn!(request_id = ex.request_id, status = status, attempts = attempts; "{message}");
+        } else {
+            log::warn!(request_id = ex.request_id, status = status, attempts = attempts; "{message} ({})", self.detail);
+        }
         let keep_alive = ex.keep_alive();
         let framing = codec::ErrorFraming {
             close: !keep_alive,

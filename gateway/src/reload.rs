@@ -17,6 +17,9 @@
 //! `worker_threads`, `reuse_port`, and the pool and buffer sizes that
 //! existing objects were built with) keeps its old value, and the reload says so in the log. A
 //! config that does not parse or validate is refused whole: the old one stays.
+//! So is a path that is not a regular file (a FIFO, `/dev/zero` behind a
+//! symlink) or a file over 1 MiB: `shared::config::load` refuses them without
+//! blocking or growing, and [`apply`] logs the reason with the path.
 
 use crate::ring::{Balancer, Router};
 use crate::Context;
@@ -155,6 +158,7 @@ fn keep_restart_only(old: &GatewayConfig, next: &mut GatewayConfig) -> Vec<&'sta
         worker_threads,
         pool_max_idle,
         pool_idle_timeout,
+        passive_health_failures,
         max_buffered_bytes,
         reuse_port
     );

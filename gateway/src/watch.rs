@@ -32,8 +32,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Longest watch event line accepted.
-const MAX_LINE: usize = 16 * 1024 * 1024;
+/// Most bytes of one watch event the gateway holds; past it the stream is
+/// dropped (and reopened) and the ring stays as it was. A snapshot of a
+/// 10,000-instance namespace is about 600 KB with IP hosts and at most
+/// 3.2 MB with 253-character host names (`{"id":"<16 hex>","host":"...",
+/// "port":"65535"},` is at most ~320 bytes), so 8 MiB leaves room to spare
+/// while a hostile stream costs at most this (and a line) per namespace.
+const MAX_EVENT: usize = 8 * 1024 * 1024;
+/// Longest watch stream line: discovery sends an event's whole `data:` on
+/// one line, so a line may be as long as an event, plus its field name.
+const MAX_LINE: usize = MAX_EVENT + 1024;
 /// How long discovery has to answer the watch request.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -188,14 +196,14 @@ async fn read_events(
     balancer: &Balancer,
     updates: &async_channel::Sender<Update>,
 ) -> Result<(), Failed> {
-    let mut parser = sse::Parser::default();
+    let mut parser = sse::Parser::bounded(MAX_EVENT);
     let idle = ctx.config.watch_idle_timeout;
     let fail = |why: String| Failed::Other(why);
     loop {
         let line = async_std::future::timeout(idle, sse::next(&mut reader, &mut parser, MAX_LINE))
             .await
             .map_err(|_| fail(format!("no event or keep-alive for {idle:?}")))?
-            .map_err(|e| fail(format!("stream broke: {e}")))?;
+            .map_err(|e| fail(broke(&e)))?;
         match line {
             None => return Err(fail("discovery closed the stream".into())),
             Some(Line::Event(event)) if event.event == "instances" => {
@@ -224,6 +232,17 @@ async fn read_events(
                 .last_confirmed_ms
                 .store(clock().max(1), Ordering::Relaxed),
         }
+    }
+}
+
+/// Why reading the stream failed, for the log.
+fn broke(e: &std::io::Error) -> String {
+    match e.kind() {
+        // Past a bound (or not UTF-8): what follows cannot be trusted either.
+        std::io::ErrorKind::InvalidData => {
+            format!("dropping the stream to reconnect: {e}")
+        }
+        _ => format!("stream broke: {e}"),
     }
 }
 
