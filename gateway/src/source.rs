@@ -91,6 +91,9 @@ pub trait DiscoverySource {
     ) -> impl Future<Output = Option<Arc<Upstream>>> + Send + 'a;
 }
 
+/// Largest lookup answer read: one instance's JSON is a few hundred bytes.
+const MAX_LOOKUP_ANSWER: u64 = 64 * 1024;
+
 /// Pushed sets: the ring, and a lookup only after a timeout.
 #[derive(Debug)]
 pub struct Push;
@@ -285,7 +288,19 @@ async fn ask(
         503 | 404 => return Err("none_available"),
         _ => return Err("error"),
     }
-    let found: Found = res.body_json().await.map_err(|_| "error")?;
+    // Read with a cap: a lookup answer is one instance, and a hostile or
+    // broken discovery must not grow the gateway for `lookup_timeout`.
+    let mut body = Vec::new();
+    futures_lite::AsyncReadExt::read_to_end(
+        &mut futures_lite::AsyncReadExt::take(&mut res, MAX_LOOKUP_ANSWER + 1),
+        &mut body,
+    )
+    .await
+    .map_err(|_| "error")?;
+    if body.len() as u64 > MAX_LOOKUP_ANSWER {
+        return Err("error");
+    }
+    let found: Found = serde_json::from_slice(&body).map_err(|_| "error")?;
     let host = found.host.or(found.ip).ok_or("error")?;
     let key = authority(&host, found.port);
     if let Some(member) = balancer.ring().members.iter().find(|m| m.key == key) {

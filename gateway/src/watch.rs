@@ -99,7 +99,6 @@ pub async fn follow(
         let run = async {
             let reader = open(&ctx, url, ns).await?;
             opened = true;
-            backoff.reset();
             balancer.watch.set(WatchState::Connected);
             balancer.source.set_watching(Some(at % urls.len()));
             log::info!(namespace = ns, url = url.as_str(); "watch stream open");
@@ -110,11 +109,18 @@ pub async fn follow(
             let _ = updates.send(Update::Opened { reconnect }).await;
             read_events(&ctx, reader, &balancer, &updates).await
         };
+        let confirmed_before = balancer.watch.last_confirmed_ms.load(Ordering::Relaxed);
         let ended = run.or(async {
             stopped().await;
             Ok(())
         });
         let failure = ended.await.err();
+        // The backoff starts again only after the stream said something valid
+        // (an event or a keep-alive): a discovery that floods every stream
+        // past its bounds is reconnected to ever more slowly.
+        if balancer.watch.last_confirmed_ms.load(Ordering::Relaxed) != confirmed_before {
+            backoff.reset();
+        }
         balancer.source.set_watching(None);
         balancer.watch.set(WatchState::Disconnected);
         if ctx.stop.is_fired() {
@@ -134,9 +140,9 @@ pub async fn follow(
         let tried = at % urls.len();
         at = (at + 1) % urls.len();
         if opened {
-            // A stream that was open failed: the next URL after a short
-            // pause (the backoff was reset when it opened), so a discovery
-            // that closes every stream at once is not hammered.
+            // A stream that was open failed: the next URL after a pause
+            // (short when the stream had said something valid), so a
+            // discovery that closes every stream at once is not hammered.
             (failed_in_round, no_watch_in_round) = (0, None);
             task::sleep(backoff.next_delay()).or(stopped()).await;
             continue;
