@@ -15,6 +15,7 @@
 
 use crate::codec;
 use crate::forward::{self, Deadlines, Exchange, Try};
+use crate::passive::Fault;
 use crate::pool::Upstream;
 use crate::retry;
 use crate::ring::Balancer;
@@ -218,7 +219,14 @@ impl Failures {
             ),
             Try::BadAnswer(fault, why) => (
                 format!("{key} sent a bad answer ({}): {why}", fault.as_str()),
-                "the instance's answer was not valid HTTP".to_string(),
+                match fault {
+                    Fault::CutShort => "the instance's answer was cut short",
+                    Fault::WrongRequestId => {
+                        "the instance's answer did not carry this request's x-request-id"
+                    }
+                    Fault::Malformed | Fault::StrayBytes => "the instance's answer was malformed",
+                }
+                .to_string(),
             ),
             Try::ServerError(status) => (
                 format!("{key} answered {status}"),

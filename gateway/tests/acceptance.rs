@@ -2,6 +2,8 @@
 //! real gateway on port 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "acceptance/answers.rs"]
+mod answers;
 #[path = "acceptance/bounds.rs"]
 mod bounds;
 #[path = "acceptance/broken.rs"]
