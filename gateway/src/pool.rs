@@ -127,9 +127,13 @@ impl Upstream {
     /// be empty and there is room; bytes after a complete answer close it
     /// and blame the instance.
     pub fn checkin(&self, mut conn: Conn) {
-        if !conn.buf.is_empty() || conn.stream.unread() == Unread::Bytes {
+        let unread = conn.stream.unread();
+        if !conn.buf.is_empty() || unread == Unread::Bytes {
             self.stray("after a complete answer");
             return;
+        }
+        if unread == Unread::Closed {
+            return; // the instance closed it after answering
         }
         if !self.health.may_pool(clock()) {
             return; // it sent stray bytes lately: one connection per request until its cool-down ends
