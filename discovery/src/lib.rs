@@ -97,7 +97,11 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
     let allowed = Arc::new(AllowedHosts::parse(&config.allowed_hosts).map_err(invalid)?);
     let config = Arc::new(config);
     let budget = budget::plan(config.max_connections, config.max_concurrent_checks);
-    let hub = Arc::new(Hub::default());
+    let hub = Arc::new(Hub::with_cap(watcher_cap(
+        config.watchers(),
+        config.max_connections,
+        budget.connections,
+    )));
     let (wake, woken) = async_channel::bounded(1);
     let policy = Policy {
         healthy_threshold: config.healthy_threshold,
@@ -159,7 +163,8 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         }))
     };
     log::info!(addr:% = served.addr(), max_connections = budget.connections,
-        max_concurrent_checks = budget.checks, nofile = budget.nofile.unwrap_or(0),
+        max_concurrent_checks = budget.checks, max_watchers = hub.cap(),
+        nofile = budget.nofile.unwrap_or(0),
         token = config.registration_token.is_some(), store = config.store.as_str();
         "discovery listening on http://{}", served.addr());
     Ok(Handle {
@@ -170,6 +175,20 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         config,
         registry,
     })
+}
+
+/// Watch streams allowed at once: `max_watchers`, or its share of the
+/// connections when the descriptor limit lowered them, and always at least
+/// one connection short of them, so the rest of the API keeps connections
+/// of its own (validation keeps `max_watchers` below `max_connections`).
+fn watcher_cap(max_watchers: usize, max_connections: usize, connections: usize) -> usize {
+    let share = if connections >= max_connections {
+        max_watchers
+    } else {
+        let scaled = max_watchers as u128 * connections as u128 / max_connections.max(1) as u128;
+        usize::try_from(scaled).unwrap_or(usize::MAX)
+    };
+    share.min(connections.saturating_sub(1))
 }
 
 fn routes(state: State) -> tide::Server<State> {
@@ -261,16 +280,75 @@ async fn watch_stream(req: Request<State>) -> tide::Result {
         return invalid(m);
     }
     let state = req.state();
-    let body = watch::open_stream(
-        state.registry.clone(),
-        &state.hub,
-        &state.metrics,
+    // Checked before the stream starts: a refused watcher holds its
+    // connection only for this answer, which closes it.
+    let Some(admission) = state.hub.admit(&state.metrics) else {
+        return Ok(too_many_watchers(state.hub.cap()));
+    };
+    let spec = watch::StreamSpec {
+        registry: state.registry.clone(),
         namespace,
-        state.config.watch_keepalive,
-    );
+        keepalive: state.config.watch_keepalive,
+    };
+    let body = watch::open_stream(&state.hub, spec, admission);
     let mut res = tide::Response::new(StatusCode::Ok);
     res.set_body(tide::Body::from_reader(body, None));
     res.set_content_type("text/event-stream");
     res.insert_header("cache-control", "no-cache");
     Ok(res)
+}
+
+/// 429 at the watch cap, closing the connection so its slot is free at once.
+fn too_many_watchers(cap: usize) -> tide::Response {
+    let mut res = shared::api::error_response(
+        StatusCode::TooManyRequests,
+        "too_many_watchers",
+        format!("{cap} watch streams are open, as many as max_watchers allows; retry later"),
+    );
+    res.insert_header("retry-after", shared::api::RETRY_AFTER_SECONDS.to_string());
+    res.insert_header("connection", "close");
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watcher_cap;
+
+    #[test]
+    fn the_watcher_cap_keeps_connections_for_the_rest_of_the_api() {
+        assert_eq!(watcher_cap(512, 1024, 1024), 512);
+        // The descriptor limit lowered the connections: watchers keep their share.
+        assert_eq!(watcher_cap(512, 1024, 72), 36);
+        assert_eq!(watcher_cap(1023, 1024, 72), 71);
+        assert_eq!(watcher_cap(1, 1024, 1), 0);
+        assert_eq!(
+            watcher_cap(usize::MAX - 1, usize::MAX, usize::MAX),
+            usize::MAX - 1
+        );
+    }
+
+    #[test]
+    fn max_watchers_must_be_at_least_one_and_below_max_connections() {
+        let ok = shared::config::DiscoveryConfig::default();
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.watchers(), 512, "half the connections by default");
+        let small = shared::config::DiscoveryConfig {
+            max_connections: 64,
+            ..Default::default()
+        };
+        assert!(
+            small.validate().is_ok(),
+            "a small max_connections needs no max_watchers"
+        );
+        assert_eq!(small.watchers(), 32);
+        for (watchers, connections) in [(0, 1024), (1024, 1024), (2000, 1024)] {
+            let c = shared::config::DiscoveryConfig {
+                max_watchers: Some(watchers),
+                max_connections: connections,
+                ..Default::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("max_watchers"), "{e}");
+        }
+    }
 }

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub check_seconds: Histogram,
     pub expired: Counter,
     pub watchers: Gauge,
+    /// Watch streams refused at `max_watchers`.
+    pub watchers_refused: Counter,
     instances: Family<NamespaceStatus, Gauge>,
     /// Seconds since the least recently checked instance's last check, read at render.
     oldest_check_age: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -76,6 +78,7 @@ impl Metrics {
         let check_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         let expired = Counter::default();
         let watchers = Gauge::default();
+        let watchers_refused = Counter::default();
         let instances = Family::default();
         let oldest_check_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let mut prom = Prom::with_prefix("discovery");
@@ -132,6 +135,11 @@ impl Metrics {
             expired.clone(),
         );
         prom.register("watchers", "Open watch streams", watchers.clone());
+        prom.register(
+            "watchers_refused",
+            "Watch streams refused (429) because max_watchers were open",
+            watchers_refused.clone(),
+        );
         let store_connected = Gauge::default();
         prom.register(
             "store_connected",
@@ -166,6 +174,7 @@ impl Metrics {
             check_seconds,
             expired,
             watchers,
+            watchers_refused,
             instances,
             oldest_check_age,
             store_connected,

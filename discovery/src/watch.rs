@@ -1,179 +1,367 @@
 //! `GET /api/watch?namespace=`: Server-Sent Events pushing a namespace's
 //! routable set (available and not in maintenance), read from the local mirror.
 //!
-//! Each stream has its own task. The mirror wakes it, for a change made here
-//! or pushed by the store from another replica, through a one-slot
-//! async-channel with `try_send`, so a watcher that stops reading never blocks
-//! the registry or other watchers: its wake-ups coalesce, and when it reads
-//! again it gets the newest snapshot (every event is the whole set, so
-//! skipping an intermediate one loses nothing).
+//! Instance sets are state, not a log: every event is the whole set, so a
+//! watcher that falls behind loses nothing by skipping to the newest one. So
+//! nothing is queued per watcher. The mirror bumps a per-namespace
+//! generation and wakes that namespace's streams ([`Topic`]); a stream's body
+//! is produced only when the connection asks for more bytes, and then it is
+//! the newest snapshot, serialized once per version and shared by every
+//! watcher of the namespace. A watcher that stops reading holds at most the
+//! one event it was being sent, never blocks the registry or other watchers,
+//! and gets the latest version when it reads again.
+//!
+//! Streams are capped on their own (`max_watchers`, [`Hub::admit`]): they
+//! hold their connection for as long as they last, and must never take the
+//! connections that register, lookup and the health checks need.
 
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use async_std::task;
-use futures_lite::{AsyncBufRead, AsyncRead, FutureExt, Stream};
+use futures_lite::{AsyncBufRead, AsyncRead, Future};
 use prometheus_client::metrics::gauge::Gauge;
 use shared::shutdown::Trigger;
 use shared::wire::WatchEvent;
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-/// Fan-out of "namespace changed" wake-ups to watch streams.
-#[derive(Debug, Default)]
-pub struct Hub {
-    watchers: Mutex<Vec<Watcher>>,
+/// The watch streams: who watches which namespace, and how many may.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    topics: Mutex<HashMap<String, Watched>>,
     closed: Trigger,
+    /// Streams open now (admitted and not yet dropped).
+    open: AtomicUsize,
+    /// Most streams open at once.
+    cap: usize,
+    next_id: AtomicU64,
 }
 
+/// A namespace's topic and how many streams follow it (removed at zero, so
+/// namespaces nobody watches cost nothing).
 #[derive(Debug)]
-struct Watcher {
-    namespace: String,
-    wake: async_channel::Sender<()>,
+struct Watched {
+    topic: Arc<Topic>,
+    streams: usize,
+}
+
+impl Default for Hub {
+    /// A hub without a cap (the registry's unit tests serve no streams).
+    fn default() -> Self {
+        Hub::with_cap(usize::MAX)
+    }
 }
 
 impl Hub {
-    /// A wake-up channel for `namespace`; it closes when the hub does.
-    pub fn subscribe(&self, namespace: &str) -> async_channel::Receiver<()> {
-        let (wake, rx) = async_channel::bounded(1);
-        if self.closed.is_fired() {
-            return rx; // `wake` dropped: the stream ends after its snapshot.
+    pub(crate) fn with_cap(cap: usize) -> Self {
+        Hub {
+            topics: Mutex::default(),
+            closed: Trigger::new(),
+            open: AtomicUsize::new(0),
+            cap,
+            next_id: AtomicU64::new(0),
         }
-        self.lock().push(Watcher {
-            namespace: namespace.to_string(),
-            wake,
-        });
-        rx
     }
 
-    /// Wakes every watcher of `namespace`, never waiting; forgets the gone ones.
-    pub fn notify(&self, namespace: &str) {
-        self.lock().retain(|w| {
-            if w.namespace != namespace {
-                return !w.wake.is_closed();
-            }
-            !matches!(
-                w.wake.try_send(()),
-                Err(async_channel::TrySendError::Closed(_))
-            )
-        });
+    /// Most streams open at once.
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
     }
 
-    /// Ends every stream (at shutdown, so the server can drain).
-    pub fn close(&self) {
+    /// A place among the open streams, or `None` at the cap. Taken before the
+    /// stream starts, so a refused watcher costs one short answer.
+    pub(crate) fn admit(self: &Arc<Self>, metrics: &Metrics) -> Option<Admission> {
+        let taken = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.cap).then_some(n + 1)
+            })
+            .is_ok();
+        if !taken {
+            metrics.watchers_refused.inc();
+            return None;
+        }
+        metrics.watchers.inc();
+        Some(Admission {
+            hub: self.clone(),
+            gauge: metrics.watchers.clone(),
+        })
+    }
+
+    /// Wakes every stream of `namespace`, never waiting on any of them.
+    pub(crate) fn notify(&self, namespace: &str) {
+        let topic = self.lock().get(namespace).map(|w| w.topic.clone());
+        if let Some(topic) = topic {
+            topic.changed();
+        }
+    }
+
+    /// Ends every stream once it has sent what it was sending (at shutdown,
+    /// so the server can drain).
+    pub(crate) fn close(&self) {
         self.closed.fire();
-        self.lock().clear();
+        let topics: Vec<Arc<Topic>> = self.lock().values().map(|w| w.topic.clone()).collect();
+        for topic in topics {
+            topic.changed();
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Watcher>> {
-        self.watchers.lock().unwrap_or_else(|p| p.into_inner())
+    fn subscribe(self: &Arc<Self>, namespace: &str) -> Subscription {
+        let topic = {
+            let mut topics = self.lock();
+            let watched = topics
+                .entry(namespace.to_string())
+                .or_insert_with(|| Watched {
+                    topic: Arc::default(),
+                    streams: 0,
+                });
+            watched.streams += 1;
+            watched.topic.clone()
+        };
+        Subscription {
+            hub: self.clone(),
+            namespace: namespace.to_string(),
+            topic,
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    fn leave(&self, sub: &Subscription) {
+        sub.topic.forget(sub.id);
+        let mut topics = self.lock();
+        if let Some(watched) = topics.get_mut(&sub.namespace) {
+            watched.streams = watched.streams.saturating_sub(1);
+            if watched.streams == 0 {
+                topics.remove(&sub.namespace);
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Watched>> {
+        // The map holds no invariant a panic could break half-way.
+        self.topics.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One open stream's place under the cap; dropping it frees the place.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    hub: Arc<Hub>,
+    gauge: Gauge,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.hub.open.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+}
+
+/// One namespace's "latest version" cell: a generation bumped on every
+/// change, the wakers of streams waiting for one, and the newest event
+/// serialized once for all of them.
+#[derive(Debug, Default)]
+struct Topic {
+    generation: AtomicU64,
+    waiting: Mutex<HashMap<u64, Waker>>,
+    /// The last event written, by version: versions only grow within a
+    /// namespace (the mirror never drops one), so a version names one set.
+    encoded: Mutex<Option<(u64, Arc<[u8]>)>>,
+}
+
+impl Topic {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let waiting = std::mem::take(&mut *lock(&self.waiting));
+        for waker in waiting.into_values() {
+            waker.wake();
+        }
+    }
+
+    /// Ready once the generation is past `seen`; else wakes `cx` when it is.
+    fn poll_change(&self, id: u64, seen: u64, cx: &mut Context<'_>) -> Poll<()> {
+        let mut waiting = lock(&self.waiting);
+        // Checked under the lock `changed` takes after bumping: a change
+        // either shows here or finds this waker.
+        if self.generation() != seen {
+            return Poll::Ready(());
+        }
+        match waiting.get(&id) {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => {
+                waiting.insert(id, cx.waker().clone());
+            }
+        }
+        Poll::Pending
+    }
+
+    fn forget(&self, id: u64) {
+        lock(&self.waiting).remove(&id);
+    }
+
+    /// `snapshot` as an SSE event, serialized once per version however many watch.
+    fn encoded(&self, snapshot: &WatchEvent) -> Arc<[u8]> {
+        if let Some((version, bytes)) = &*lock(&self.encoded) {
+            if *version == snapshot.version {
+                return bytes.clone();
+            }
+        }
+        // Serialized outside the lock: a large set takes a while, and every
+        // watcher woken by the change would otherwise block an executor
+        // thread waiting for it. At worst two threads encode the same version.
+        let bytes: Arc<[u8]> = encode_event(snapshot).into();
+        let mut cached = lock(&self.encoded);
+        if cached.as_ref().is_none_or(|(v, _)| *v < snapshot.version) {
+            *cached = Some((snapshot.version, bytes.clone()));
+        }
+        bytes
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Wakers and a cached event: nothing a panic could leave half-made.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A stream's membership of its namespace's topic; leaves it when dropped.
+#[derive(Debug)]
+struct Subscription {
+    hub: Arc<Hub>,
+    namespace: String,
+    topic: Arc<Topic>,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.leave(self);
     }
 }
 
 /// One SSE event carrying a snapshot.
 pub fn encode_event(event: &WatchEvent) -> Vec<u8> {
-    let data = serde_json::to_string(event).unwrap_or_default();
-    format!("event: instances\nid: {}\ndata: {data}\n\n", event.version).into_bytes()
+    use std::io::Write;
+    let mut out = Vec::with_capacity(64 + 64 * event.instances.len());
+    let _ = write!(out, "event: instances\nid: {}\ndata: ", event.version);
+    // Compact JSON has no newline to break the `data:` line. A WatchEvent is
+    // strings and numbers, so this cannot fail; if it did, the data is empty.
+    let data = out.len();
+    if serde_json::to_writer(&mut out, event).is_err() {
+        out.truncate(data);
+    }
+    out.extend_from_slice(b"\n\n");
+    out
 }
 
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
-/// Starts the task feeding one watch stream and returns the response body.
-pub fn open_stream(
+/// What a watch stream needs besides its admission.
+pub(crate) struct StreamSpec {
+    pub registry: Arc<Registry>,
+    pub namespace: String,
+    pub keepalive: Duration,
+}
+
+/// The response body of one watch stream: the snapshot at once, then the
+/// newest one after each change, keep-alive comments when nothing changes
+/// for `keepalive`; it ends when the hub closes. Produces bytes only when
+/// the connection reads, so it holds at most the event being written.
+pub(crate) struct WatchBody {
     registry: Arc<Registry>,
-    hub: &Hub,
-    metrics: &Metrics,
-    namespace: String,
-    keepalive: Duration,
-) -> ChannelBody {
-    let wake = hub.subscribe(&namespace);
-    let (out, body) = async_channel::bounded::<Vec<u8>>(8);
-    let gauge = metrics.watchers.clone();
-    gauge.inc();
-    task::spawn(async move {
-        feed(registry, namespace, wake, out, keepalive).await;
-        // Counted until the stream's task ends, however it ends.
-        drop(GaugeGuard(gauge));
-    });
-    ChannelBody::new(body)
-}
-
-struct GaugeGuard(Gauge);
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-async fn feed(
-    registry: Arc<Registry>,
-    namespace: String,
-    wake: async_channel::Receiver<()>,
-    out: async_channel::Sender<Vec<u8>>,
-    keepalive: Duration,
-) {
-    let mut sent = None;
-    loop {
-        let snapshot = registry.snapshot(&namespace);
-        if sent != Some(snapshot.version) {
-            if out.send(encode_event(&snapshot)).await.is_err() {
-                return; // the client went away
-            }
-            sent = Some(snapshot.version);
-        }
-        let next = async {
-            match wake.recv().await {
-                Ok(()) => Next::Changed,
-                Err(_) => Next::Closed,
-            }
-        }
-        .or(async {
-            task::sleep(keepalive).await;
-            Next::Idle
-        })
-        .await;
-        match next {
-            Next::Changed => {}
-            Next::Idle => {
-                if out.send(KEEPALIVE.to_vec()).await.is_err() {
-                    return;
-                }
-            }
-            Next::Closed => return, // hub closed: shutting down
-        }
-    }
-}
-
-enum Next {
-    Changed,
-    Idle,
-    Closed,
-}
-
-/// A response body read from a channel of byte chunks; ends when the sender is dropped.
-pub struct ChannelBody {
-    rx: Pin<Box<async_channel::Receiver<Vec<u8>>>>,
-    chunk: Vec<u8>,
+    sub: Subscription,
+    /// Version of the last event sent.
+    sent: Option<u64>,
+    chunk: Chunk,
     at: usize,
+    keepalive: Duration,
+    /// Boxed sleep; in a mutex only so the body is `Sync` as tide requires
+    /// (reached through `get_mut`, never locked).
+    timer: Mutex<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    _admission: Admission,
 }
 
-impl ChannelBody {
-    pub fn new(rx: async_channel::Receiver<Vec<u8>>) -> Self {
-        ChannelBody {
-            rx: Box::pin(rx),
-            chunk: Vec::new(),
-            at: 0,
+enum Chunk {
+    Event(Arc<[u8]>),
+    KeepAlive,
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Event(b) => b,
+            Chunk::KeepAlive => KEEPALIVE,
         }
     }
 }
 
-impl AsyncBufRead for ChannelBody {
+/// Starts a watch stream for an admitted watcher.
+pub(crate) fn open_stream(hub: &Arc<Hub>, spec: StreamSpec, admission: Admission) -> WatchBody {
+    WatchBody {
+        sub: hub.subscribe(&spec.namespace),
+        registry: spec.registry,
+        sent: None,
+        chunk: Chunk::KeepAlive,
+        // Nothing of the placeholder chunk is sent: the snapshot comes first.
+        at: KEEPALIVE.len(),
+        keepalive: spec.keepalive,
+        timer: Mutex::new(sleep(spec.keepalive)),
+        _admission: admission,
+    }
+}
+
+fn sleep(d: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async_std::task::sleep(d))
+}
+
+impl WatchBody {
+    /// The next chunk to send, `None` at the end of the stream.
+    fn poll_next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Chunk>> {
+        let topic = self.sub.topic.clone();
+        loop {
+            // A stream opened as the hub closes still gets its snapshot.
+            if self.sent.is_some() && self.sub.hub.closed.is_fired() {
+                return Poll::Ready(None);
+            }
+            // Read before the snapshot: a change made after this read shows
+            // as a newer generation below, so none is missed.
+            let seen = topic.generation();
+            let snapshot = self.registry.snapshot(&self.sub.namespace);
+            if self.sent != Some(snapshot.version) {
+                self.sent = Some(snapshot.version);
+                self.rearm();
+                return Poll::Ready(Some(Chunk::Event(topic.encoded(&snapshot))));
+            }
+            drop(snapshot);
+            if topic.poll_change(self.sub.id, seen, cx).is_ready() {
+                continue;
+            }
+            let timer = self.timer.get_mut().unwrap_or_else(PoisonError::into_inner);
+            if timer.as_mut().poll(cx).is_ready() {
+                self.rearm();
+                return Poll::Ready(Some(Chunk::KeepAlive));
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// The keep-alive comes `keepalive` after the last thing sent.
+    fn rearm(&mut self) {
+        *self.timer.get_mut().unwrap_or_else(PoisonError::into_inner) = sleep(self.keepalive);
+    }
+}
+
+impl AsyncBufRead for WatchBody {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<&[u8]>> {
         let this = self.get_mut();
-        while this.at >= this.chunk.len() {
-            match this.rx.as_mut().poll_next(cx) {
+        while this.at >= this.chunk.bytes().len() {
+            match this.poll_next_chunk(cx) {
                 Poll::Ready(Some(chunk)) => {
                     this.chunk = chunk;
                     this.at = 0;
@@ -182,22 +370,22 @@ impl AsyncBufRead for ChannelBody {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        Poll::Ready(Ok(&this.chunk[this.at..]))
+        Poll::Ready(Ok(&this.chunk.bytes()[this.at..]))
     }
 
     fn consume(self: Pin<&mut Self>, amt: usize) {
         let this = self.get_mut();
-        this.at = (this.at + amt).min(this.chunk.len());
+        this.at = (this.at + amt).min(this.chunk.bytes().len());
     }
 }
 
-impl AsyncRead for ChannelBody {
+impl AsyncRead for WatchBody {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<std::io::Result<usize>> {
-        let available = match self.as_mut().poll_fill_buf(cx) {
+        let n = match self.as_mut().poll_fill_buf(cx) {
             Poll::Ready(Ok(bytes)) => {
                 let n = bytes.len().min(buf.len());
                 buf[..n].copy_from_slice(&bytes[..n]);
@@ -206,7 +394,7 @@ impl AsyncRead for ChannelBody {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         };
-        self.consume(available);
-        Poll::Ready(Ok(available))
+        self.consume(n);
+        Poll::Ready(Ok(n))
     }
 }

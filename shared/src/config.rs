@@ -222,7 +222,8 @@ pub struct DiscoveryConfig {
     /// Watch streams open at once, counted within `max_connections` and
     /// below it, so register, lookup and health checks keep connections of
     /// their own however many clients watch; a watch beyond it is a 429.
-    pub max_watchers: usize,
+    /// Unset: half of `max_connections` ([`DiscoveryConfig::watchers`]).
+    pub max_watchers: Option<usize>,
     /// A client must send a whole request head within this.
     #[serde(with = "duration")]
     pub client_header_timeout: Duration,
@@ -271,10 +272,7 @@ impl Default for DiscoveryConfig {
             max_instances: 10_000,
             max_concurrent_checks: 256,
             max_connections: 1024,
-            // Half the connections: a gateway needs one watch per namespace it
-            // routes, so 512 serves hundreds of gateways and leaves 512
-            // connections to the rest of the API.
-            max_watchers: 512,
+            max_watchers: None,
             client_header_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             resolve_timeout: Duration::from_secs(2),
@@ -286,6 +284,14 @@ impl Default for DiscoveryConfig {
 }
 
 impl DiscoveryConfig {
+    /// Watch streams allowed at once: `max_watchers`, or by default half of
+    /// `max_connections` (a gateway holds one stream per namespace it
+    /// routes, so 512 of the default 1024 serve hundreds of gateways and
+    /// leave the other half to register, lookup and the health checks).
+    pub fn watchers(&self) -> usize {
+        self.max_watchers.unwrap_or(self.max_connections / 2).max(1)
+    }
+
     /// Rejects values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
@@ -316,7 +322,7 @@ impl DiscoveryConfig {
         if self.max_concurrent_checks == 0 || self.max_connections == 0 {
             errors.push("max_concurrent_checks and max_connections must be at least 1");
         }
-        if self.max_watchers == 0 {
+        if self.max_watchers == Some(0) {
             errors.push("max_watchers must be at least 1");
         }
         if self.client_header_timeout.is_zero()
@@ -329,11 +335,11 @@ impl DiscoveryConfig {
         let mut owned = Vec::new();
         // Streams are counted within max_connections: at or above it, watchers
         // could take every connection and lock register and lookup out.
-        if self.max_watchers >= self.max_connections && self.max_connections > 0 {
+        if let Some(watchers) = self.max_watchers.filter(|w| *w >= self.max_connections) {
             owned.push(format!(
-                "max_watchers ({}) must be below max_connections ({}): watch streams are \
+                "max_watchers ({watchers}) must be below max_connections ({}): watch streams are \
                  counted within max_connections, and the rest of the API keeps the difference",
-                self.max_watchers, self.max_connections
+                self.max_connections
             ));
         }
         if let Err(e) = StoreUrl::parse(&self.store) {
