@@ -10,6 +10,8 @@ mod echo;
 mod lifecycle;
 #[path = "acceptance/registration.rs"]
 mod registration;
+#[path = "acceptance/request_id.rs"]
+mod request_id;
 #[path = "acceptance/security.rs"]
 mod security;
 #[path = "acceptance/support.rs"]

@@ -14,8 +14,8 @@
 //! A connection is pooled, and handed out again, only when it is known to be
 //! empty: bytes left after a complete answer, or anything that arrives while
 //! it idles (seen at checkout, and by the reaper every second), close it;
-//! bytes blame the instance ([`crate::passive`]). Whether anything arrived is
-//! the socket's readiness, so a silent connection costs no system call.
+//! bytes blame the instance ([`crate::passive`]). Checkout asks the kernel
+//! (one peek per reuse): the worker may not have seen the event yet.
 
 use crate::deadline::Deadline;
 use crate::passive::{Fault, PassiveHealth, Policy};
@@ -127,7 +127,11 @@ impl Upstream {
     /// be empty and there is room; bytes after a complete answer close it
     /// and blame the instance.
     pub fn checkin(&self, mut conn: Conn) {
-        let unread = conn.stream.unread();
+        // Checked again at checkout; here only what is known already.
+        let unread = match conn.stream.is_readable_now() {
+            true => conn.stream.unread(),
+            false => Unread::Nothing,
+        };
         if !conn.buf.is_empty() || unread == Unread::Bytes {
             self.stray("after a complete answer");
             return;

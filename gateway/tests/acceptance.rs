@@ -4,6 +4,8 @@
 
 #[path = "acceptance/answers.rs"]
 mod answers;
+#[path = "acceptance/attack.rs"]
+mod attack;
 #[path = "acceptance/bounds.rs"]
 mod bounds;
 #[path = "acceptance/broken.rs"]
@@ -20,12 +22,16 @@ mod faults;
 mod framing;
 #[path = "acceptance/hostile.rs"]
 mod hostile;
+#[path = "acceptance/invariants.rs"]
+mod invariants;
 #[path = "acceptance/manners.rs"]
 mod manners;
 #[path = "acceptance/membership.rs"]
 mod membership;
 #[path = "acceptance/metrics.rs"]
 mod metrics;
+#[path = "acceptance/misbehaving.rs"]
+mod misbehaving;
 #[path = "acceptance/protocol.rs"]
 mod protocol;
 #[path = "acceptance/reload.rs"]

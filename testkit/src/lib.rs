@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod peer;
 pub mod procs;
 pub mod raw;
+pub mod script;
 pub mod seed;
 pub mod system;
 

@@ -158,16 +158,14 @@ impl Stream {
         std::future::poll_fn(|cx| self.inner.poll_io(READ, cx, |io| io.peek(buf), |_| false)).await
     }
 
-    /// What arrived since the last read, found without waiting: a pooled
-    /// connection must have received nothing while it idled. No system call
-    /// unless an event marked the socket readable since its last short read;
-    /// safe from any thread (a pool reaper looks at idle connections too).
+    /// What arrived since the last read, found without waiting: one peek
+    /// (`MSG_PEEK | MSG_DONTWAIT`), whatever the readiness says, since bytes
+    /// can be in the kernel before the worker has seen their event. A pooled
+    /// connection must have received nothing while it idled. Safe from any
+    /// thread (the pool reaper looks at idle connections too).
     pub fn unread(&self) -> Unread {
         loop {
             let seen = self.inner.source.state();
-            if seen & READ == 0 {
-                return Unread::Nothing;
-            }
             let mut byte = [0u8; 1];
             let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
             return match rustix::net::recv(&self.inner.io, &mut byte, flags) {
