@@ -114,6 +114,10 @@ function memberRow(namespace, member) {
   if (member.cooling_down) state.push("cooling down");
   if (member.held_from_before_reconnect) state.push("held from before a reconnect");
   if (member.draining || member.maintenance) state.push("draining");
+  // Passive health: the wrong answers it gave, by kind (stray bytes, malformed, cut short, wrong request id).
+  const faults = member.faults && typeof member.faults === "object" ? Object.entries(member.faults) : [];
+  const wrong = faults.filter(([, n]) => Number(n) > 0).map(([kind, n]) => String(kind).replace(/_/g, " ") + " " + Number(n));
+  if (wrong.length) state.push("wrong answers: " + wrong.join(", "));
   const idle = figure(member, "pool_idle", "idle_connections", "idle");
   const requests = figure(member, "requests", "requests_total");
   row.append(
@@ -125,7 +129,7 @@ function memberRow(namespace, member) {
     el("td", "num", ms(figure(member, "p99_ms", "latency_p99_ms"))),
     el("td", "num", idle === null ? "-" : String(idle)),
     el("td", "num", requests === null ? "-" : String(requests)),
-    el("td", member.cooling_down ? "cooling" : state.length ? "held" : "", state.length ? state.join(", ") : "in rotation"),
+    el("td", member.cooling_down ? "cooling" : state.length ? "held" : "", state.length ? state.join("; ") : "in rotation"),
   );
   return row;
 }

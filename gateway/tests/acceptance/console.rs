@@ -144,3 +144,37 @@ async fn gateway_console_lists_the_ring_and_updates_when_an_instance_leaves() {
     }
     discovery.shutdown().await;
 }
+
+/// Passive health on the console: an instance that cut its answers short is
+/// shown cooling down, with its wrong answers by kind.
+#[async_std::test]
+async fn gateway_console_shows_an_instance_cooled_down_by_its_wrong_answers() {
+    let (discovery, raws, gateway) =
+        crate::common::raw_system(vec![testkit::raw::Script::HalfAnswer], |c| {
+            c.passive_health_failures = 2;
+            c.connect_cooldown = Duration::from_secs(60);
+        })
+        .await;
+    for _ in 0..2 {
+        assert_eq!(post_once(gateway.addr(), "/x", b"{}").await.status, 502);
+    }
+    let browser = Browser::launch();
+    let page = browser.open(&format!("{}/", gateway.admin_url())).await;
+    let state = r#"[...document.querySelectorAll("tr[data-upstream]")].map((r) => r.cells[r.cells.length - 1].textContent)"#;
+    let shown = browser
+        .wait_for(
+            &page,
+            "the console shows the instance cooling down with its wrong answers",
+            state,
+            LIMIT,
+            |v| {
+                v[0].as_str()
+                    .is_some_and(|s| s.contains("cooling down") && s.contains("cut short 2"))
+            },
+        )
+        .await;
+    assert_eq!(shown.as_array().map(Vec::len), Some(1), "{shown}");
+    drop(raws);
+    gateway.shutdown().await;
+    discovery.shutdown().await;
+}
