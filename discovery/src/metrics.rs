@@ -63,6 +63,8 @@ pub struct Metrics {
     store_connected: Gauge,
     /// Seconds since the mirror was last known in step with the store, read at render.
     store_mirror_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The store's writability, set-aside records, stale watches and replicas, read at render.
+    store: StoreGauges,
     /// Mirrors `panics` at each render (`discovery_panics_total`).
     panics_total: Counter,
     panics: Panics,
@@ -154,6 +156,7 @@ impl Metrics {
              (about 1 at most while connected; 0 for the memory store)",
             store_mirror_age.clone(),
         );
+        let store = StoreGauges::register(&mut prom);
         let panics_total = Counter::default();
         prom.register(
             "panics",
@@ -179,6 +182,7 @@ impl Metrics {
             oldest_check_age,
             store_connected,
             store_mirror_age,
+            store,
             panics_total,
             panics,
         }
@@ -221,8 +225,9 @@ impl Metrics {
             .min()
             .map_or(0.0, |at| now_ms.saturating_sub(at) as f64 / 1000.0);
         self.oldest_check_age.set(oldest);
-        self.store_connected
-            .set(i64::from(registry.store_health().reachable));
+        let health = registry.store_health();
+        self.store_connected.set(i64::from(health.reachable));
+        self.store.set(&health);
         self.store_mirror_age
             .set(registry.store_mirror_age().map_or(0.0, |a| a.as_secs_f64()));
         let mut out = String::new();
@@ -232,5 +237,85 @@ impl Metrics {
         let mut text = shared::process_metrics::text_format(&out);
         shared::process_metrics::render(&mut text);
         text
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+/// What `/api/store` says, as series an alert can watch.
+#[derive(Debug)]
+struct StoreGauges {
+    writable: Gauge,
+    set_aside: Family<Reason, Gauge>,
+    stale: Counter,
+    replicas: Gauge,
+    ignored_replica_keys: Gauge,
+}
+
+impl StoreGauges {
+    fn register(prom: &mut Prom) -> StoreGauges {
+        let gauges = StoreGauges {
+            writable: Gauge::default(),
+            set_aside: Family::default(),
+            stale: Counter::default(),
+            replicas: Gauge::default(),
+            ignored_replica_keys: Gauge::default(),
+        };
+        prom.register(
+            "store_writable",
+            "1 while the store takes writes; 0 while it is unreachable, raises an alarm \
+             (etcd NOSPACE) or refused the last write (see /api/store)",
+            gauges.writable.clone(),
+        );
+        for reason in ["invalid", "over_cap"] {
+            let _ = gauges.set_aside.get_or_create(&Reason { reason });
+        }
+        prom.register(
+            "store_set_aside",
+            "Records in the store this replica does not serve: invalid (unreadable, or outside \
+             the registration policy: allowed_hosts, strict fields) or over_cap (beyond \
+             max_instances or max_instances_per_namespace); listed in /api/store",
+            gauges.set_aside.clone(),
+        );
+        prom.register(
+            "store_watch_stale",
+            "Times this replica found its watch of the store stale (a member not answering \
+             or not delivering) and moved it to another member",
+            gauges.stale.clone(),
+        );
+        prom.register(
+            "store_replicas",
+            "Live discovery replicas (keys on a lease) sharing the checks",
+            gauges.replicas.clone(),
+        );
+        prom.register(
+            "store_ignored_replica_keys",
+            "Keys under the replicas prefix without a lease: not counted as replicas",
+            gauges.ignored_replica_keys.clone(),
+        );
+        gauges
+    }
+
+    fn set(&self, health: &crate::store::StoreHealth) {
+        self.writable.set(i64::from(health.writable));
+        for (reason, n) in [
+            ("invalid", health.set_aside.invalid),
+            ("over_cap", health.set_aside.over_cap),
+        ] {
+            self.set_aside
+                .get_or_create(&Reason { reason })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let shown = self.stale.get();
+        if health.stale_total > shown {
+            self.stale.inc_by(health.stale_total - shown);
+        }
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.replicas.set(count(health.replicas.len()));
+        self.ignored_replica_keys
+            .set(count(health.ignored_replica_keys.len()));
     }
 }

@@ -55,6 +55,12 @@ impl Member {
     pub fn running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// Its process id while it runs (to SIGSTOP it: a member that accepts
+    /// connections and never answers).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 /// A cluster of members on loopback.
@@ -62,12 +68,19 @@ pub struct Cluster {
     pub members: Vec<Member>,
     dir: PathBuf,
     initial: String,
+    /// More flags for every member (e.g. `--quota-backend-bytes`).
+    extra: Vec<String>,
 }
 
 impl Cluster {
     /// Starts `n` members and waits until they have a leader; `None` (with a
     /// message) when etcd is not installed.
     pub async fn start(n: usize) -> Option<Cluster> {
+        Cluster::start_with(n, &[]).await
+    }
+
+    /// [`start`](Self::start) with more flags for every member.
+    pub async fn start_with(n: usize, extra: &[&str]) -> Option<Cluster> {
         if !installed() {
             eprintln!(
                 "SKIPPED: etcd is not installed (Debian: apt-get install etcd-server; CI installs it)"
@@ -101,6 +114,7 @@ impl Cluster {
             members,
             dir,
             initial,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         for i in 0..n {
             cluster.spawn(i);
@@ -132,6 +146,7 @@ impl Cluster {
             .args(["--initial-cluster-token", &self.dir.to_string_lossy()])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .args(["--logger", "zap", "--log-level", "warn"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

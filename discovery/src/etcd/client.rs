@@ -123,6 +123,15 @@ pub struct RangeRequest {
     /// Read at this revision (0: the latest).
     #[serde(with = "int64", skip_serializing_if = "is_zero")]
     pub revision: i64,
+    /// `ASCEND` or `DESCEND` (absent: by key, ascending).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sort_order: Option<&'static str>,
+    /// `KEY`, `VERSION`, `CREATE`, `MOD` or `VALUE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sort_target: Option<&'static str>,
+    /// Answer keys and revisions without values.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keys_only: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -375,7 +384,7 @@ pub struct Client {
     endpoints: Vec<String>,
     /// The endpoint that answered last: tried first.
     current: AtomicUsize,
-    /// Pooled keep-alive connections for unary calls.
+    /// Unary calls, one connection each (see [`Client::new`]).
     http: surf::Client,
     /// One connection per watch, closed (not pooled) when the watch ends.
     streams: surf::Client,
@@ -421,6 +430,12 @@ impl Client {
                 )
             })?;
         }
+        // No keep-alive for unary calls either: surf's pool takes a connection
+        // back when its response is dropped, read or not, so a call given up at
+        // its deadline would leave the late answer on a pooled connection for
+        // the next call to read as its own (a compare-and-swap reading another
+        // call's answer). A connection per call costs a loopback or LAN
+        // handshake; an answer always belongs to its call.
         Ok(Client {
             endpoints: endpoints
                 .iter()
@@ -434,7 +449,7 @@ impl Client {
                 })
                 .collect(),
             current: AtomicUsize::new(0),
-            http: build(true)?,
+            http: build(false)?,
             streams: build(false)?,
             timeout,
         })
@@ -506,6 +521,17 @@ impl Client {
     }
 
     async fn call_one(&self, endpoint: &str, path: &str, body: &[u8]) -> Result<Vec<u8>> {
+        self.call_within(endpoint, path, body, self.timeout).await
+    }
+
+    /// One call to one endpoint, answered within `limit`.
+    async fn call_within(
+        &self,
+        endpoint: &str,
+        path: &str,
+        body: &[u8],
+        limit: Duration,
+    ) -> Result<Vec<u8>> {
         let url = format!("{endpoint}{path}");
         let away = |m: String| Error::Unavailable(format!("{url}: {m}"));
         let req = Self::post(&url, body, false)?;
@@ -517,9 +543,9 @@ impl Client {
                 .map_err(|e| away(e.to_string()))?;
             Ok::<_, Error>((status, bytes))
         };
-        let (status, bytes) = async_std::future::timeout(self.timeout, exchange)
+        let (status, bytes) = async_std::future::timeout(limit, exchange)
             .await
-            .map_err(|_| away(format!("no answer within {:?}", self.timeout)))??;
+            .map_err(|_| away(format!("no answer within {limit:?}")))??;
         match status {
             200 => Ok(bytes),
             // 503 "no leader", 408 "the client connection is closing" (a member
@@ -539,6 +565,52 @@ impl Client {
         self.call("/v3/kv/range", req).await
     }
 
+    /// A range on `endpoint` only (no failover), answered within `limit`:
+    /// asks that one member whether it still answers, and what it holds.
+    pub(crate) async fn range_on(
+        &self,
+        endpoint: &str,
+        req: &RangeRequest,
+        limit: Duration,
+    ) -> Result<RangeResponse> {
+        let body = serde_json::to_vec(req).map_err(|e| Error::Rejected(e.to_string()))?;
+        let bytes = self
+            .call_within(endpoint, "/v3/kv/range", &body, limit)
+            .await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Rejected(format!("unreadable answer from {endpoint}: {e}")))
+    }
+
+    /// The cluster's raised alarms (`NOSPACE`, `CORRUPT`), as `"<alarm> on member <id>"`.
+    pub async fn alarms(&self) -> Result<Vec<String>> {
+        #[derive(Serialize)]
+        struct AlarmRequest {
+            action: &'static str,
+        }
+        #[derive(Deserialize)]
+        struct AlarmResponse {
+            #[serde(default)]
+            alarms: Vec<AlarmMember>,
+        }
+        #[derive(Deserialize)]
+        struct AlarmMember {
+            #[serde(default, rename = "memberID")]
+            member: serde_json::Value,
+            /// `NONE` is the zero value, left out by the gateway.
+            #[serde(default)]
+            alarm: String,
+        }
+        let res: AlarmResponse = self
+            .call("/v3/maintenance/alarm", &AlarmRequest { action: "GET" })
+            .await?;
+        Ok(res
+            .alarms
+            .into_iter()
+            .filter(|a| !a.alarm.is_empty() && a.alarm != "NONE")
+            .map(|a| format!("{} on member {}", a.alarm, a.member))
+            .collect())
+    }
+
     /// Every key under `prefix`, at one revision, read in pages.
     pub async fn range_prefix(&self, prefix: &[u8]) -> Result<(i64, Vec<KeyValue>)> {
         const PAGE: i64 = 2_000;
@@ -553,6 +625,7 @@ impl Client {
                     range_end: end.clone(),
                     limit: PAGE,
                     revision,
+                    ..Default::default()
                 })
                 .await?;
             if revision == 0 {
@@ -903,6 +976,97 @@ mod tests {
                 "success": [{"request_put": {"key": "aw==", "value": "dg=="}}],
                 "failure": [{"request_range": {"key": "aw=="}}],
             })
+        );
+    }
+
+    /// Reads one request (head and Content-Length body); false at EOF.
+    async fn read_request(conn: &mut async_std::net::TcpStream) -> bool {
+        use futures_lite::AsyncReadExt;
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            match conn.read(&mut byte).await {
+                Ok(1) => buf.push(byte[0]),
+                _ => return false,
+            }
+        }
+        let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        conn.read_exact(&mut body).await.is_ok()
+    }
+
+    fn answer(revision: u32) -> Vec<u8> {
+        let body = format!(r#"{{"header":{{"revision":"{revision}"}}}}"#);
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// A call given up at its deadline must not leave its connection for the
+    /// next call: the late answer would be read as the next call's own.
+    #[async_std::test]
+    async fn a_call_given_up_never_lends_its_connection_to_the_next() {
+        use async_std::net::TcpListener;
+        use futures_lite::AsyncWriteExt;
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let late_sent = Arc::new(AtomicBool::new(false));
+        let (count, sent) = (connections.clone(), late_sent.clone());
+        async_std::task::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                let sent = sent.clone();
+                async_std::task::spawn(async move {
+                    let mut late = first;
+                    while read_request(&mut conn).await {
+                        if late {
+                            // Past the client's deadline: it has given up on this call.
+                            async_std::task::sleep(Duration::from_millis(600)).await;
+                            let _ = conn.write_all(&answer(1)).await;
+                            sent.store(true, Ordering::SeqCst);
+                            late = false;
+                        } else {
+                            let _ = conn.write_all(&answer(2)).await;
+                        }
+                    }
+                });
+            }
+        });
+        let client = Client::new(&[addr.to_string()], Duration::from_millis(200)).unwrap();
+        let req = RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        };
+        let first = client.range(&req).await;
+        assert!(
+            matches!(&first, Err(Error::Unavailable(m)) if m.contains("no answer within")),
+            "{first:?}"
+        );
+        while !late_sent.load(Ordering::SeqCst) {
+            async_std::task::sleep(Duration::from_millis(10)).await;
+        }
+        let second = client.range(&req).await.unwrap();
+        assert_eq!(
+            second.header.revision, 2,
+            "the second call read the first call's late answer"
+        );
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "the given-up connection was closed, not reused"
         );
     }
 

@@ -14,129 +14,115 @@
 //! lookups, `/api/watch` and the dashboard go on from it, and its age says
 //! how stale it may be.
 
-use super::client::{self, prefix_end, Client, KeyValue};
+//!
+//! Records are judged as they arrive (see [`super::records`]): unreadable,
+//! out-of-policy or over-cap ones are set aside, the same on every replica.
+//! A replica key counts only while it is on a lease.
+//!
+//! A watch can go quiet without breaking: a member frozen (SIGSTOP, a stuck
+//! disk) still accepts connections and never answers. So while the watch is
+//! open, its member is asked every [`PROBE_EVERY`] for the newest revision
+//! under the prefix (a linearizable read, through the leader), within
+//! [`PROBE_DEADLINE`]: no answer in time, or a revision the watch has not
+//! delivered one probe later, and the mirror reports itself stale and moves
+//! the watch to another member. The mirror's age is the time since a probe
+//! or an event last proved it current, never the time since some other call
+//! reached some other member.
+
+use super::client::{self, prefix_end, Client, KeyValue, RangeRequest};
 use super::keys::{Key, Keys};
-use crate::store::{Record, Sink};
+use super::records::Records;
+use crate::store::{Record, RecordPolicy, SetAside, Sink};
 use shared::backoff::Backoff;
 use shared::shutdown::Trigger;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// How often the watch's member is asked whether the watch is current.
+pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// How long that member has to answer before the view is called stale.
+pub(crate) const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+
 /// The mirror of the prefix.
 pub struct Mirror {
-    inner: Mutex<Inner>,
+    inner: Mutex<Records>,
     sink: Arc<dyn Sink>,
     keys: Keys,
+    policy: RecordPolicy,
     /// The watch is open and confirmed.
     watching: AtomicBool,
-    /// Live replica ids (their keys exist). A lock of its own, never held
-    /// while calling anything: `owns` reads it under the core's lock, while
-    /// `inner` is held when calling into the core (the sink).
+    /// Live replica ids (their keys exist, on a lease). A lock of its own,
+    /// never held while calling anything: `owns` reads it under the core's
+    /// lock, while `inner` is held when calling into the core (the sink).
     live: Mutex<Arc<BTreeSet<String>>>,
+    /// Keys under the replicas prefix without a lease: not replicas (a leaf lock).
+    ignored: Mutex<BTreeSet<String>>,
     /// When the mirror was last known current (a leaf lock too, for `health`).
     synced_at: Mutex<Option<Instant>>,
+    /// Where the watch runs and how it went stale (a leaf lock).
+    watch: Mutex<WatchState>,
 }
 
-#[derive(Default)]
-struct Inner {
-    /// Instance key → (mod revision, record).
-    instances: HashMap<Vec<u8>, (i64, Record)>,
-    /// (namespace, id) → instance key.
-    by_id: HashMap<(String, String), Vec<u8>>,
-    /// Instances per namespace, for the caps.
-    per_namespace: HashMap<String, usize>,
-    /// Deleted keys → the revision of the delete, until the watch passes it.
-    tombstones: HashMap<Vec<u8>, i64>,
-    /// The revision the mirror is complete up to (from the watch or a full read).
-    revision: i64,
-}
-
-impl Inner {
-    fn insert(&mut self, key: Vec<u8>, rev: i64, record: Record, sink: &dyn Sink) {
-        let ns_id = (record.namespace.clone(), record.id.clone());
-        if let Some((_, old)) = self.instances.get(&key) {
-            if old.id != record.id {
-                // Deregistered and registered again while this replica looked away.
-                self.by_id.remove(&(old.namespace.clone(), old.id.clone()));
-                sink.remove(&old.namespace, &old.id);
-            }
-        } else {
-            *self
-                .per_namespace
-                .entry(record.namespace.clone())
-                .or_default() += 1;
-        }
-        self.by_id.insert(ns_id, key.clone());
-        self.tombstones.remove(&key);
-        self.instances.insert(key, (rev, record.clone()));
-        sink.put(record);
-    }
-
-    fn delete(&mut self, key: &[u8], rev: i64, sink: &dyn Sink) -> Option<Record> {
-        self.tombstones.insert(key.to_vec(), rev);
-        let (_, gone) = self.instances.remove(key)?;
-        self.by_id
-            .remove(&(gone.namespace.clone(), gone.id.clone()));
-        if let Some(n) = self.per_namespace.get_mut(&gone.namespace) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_namespace.remove(&gone.namespace);
-            }
-        }
-        sink.remove(&gone.namespace, &gone.id);
-        Some(gone)
-    }
-
-    /// Whether a change of `key` at `rev` is newer than what is held.
-    fn newer(&self, key: &[u8], rev: i64) -> bool {
-        let held = self.instances.get(key).map_or(0, |(r, _)| *r);
-        let dead = self.tombstones.get(key).copied().unwrap_or(0);
-        rev > held && rev > dead
-    }
+/// The watch as `/api/store` shows it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WatchState {
+    pub endpoint: Option<String>,
+    /// Why the view is stale now; cleared when a watch is open again.
+    pub stale: Option<String>,
+    /// The last reason, kept.
+    pub last_stale: Option<String>,
+    pub stale_total: u64,
 }
 
 impl Mirror {
-    pub fn new(keys: Keys, sink: Arc<dyn Sink>) -> Mirror {
+    pub fn new(keys: Keys, policy: RecordPolicy, sink: Arc<dyn Sink>) -> Mirror {
         Mirror {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Records::default()),
             sink,
             keys,
+            policy,
             watching: AtomicBool::new(false),
             live: Mutex::default(),
+            ignored: Mutex::default(),
             synced_at: Mutex::default(),
+            watch: Mutex::default(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Records> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The record at `key` and its mod revision.
+    /// The served record at `key` and its mod revision.
     pub fn get(&self, key: &[u8]) -> Option<(i64, Record)> {
-        self.lock().instances.get(key).cloned()
+        self.lock().served(key).map(|(rev, r)| (rev, r.clone()))
+    }
+
+    /// The mod revision of a record at `key` that is held but set aside
+    /// (a registration of that instance overwrites it).
+    pub fn set_aside_rev(&self, key: &[u8]) -> Option<i64> {
+        self.lock().set_aside_rev(key)
     }
 
     /// The key and record of instance `id`.
     pub fn by_id(&self, namespace: &str, id: &str) -> Option<(Vec<u8>, i64, Record)> {
         let inner = self.lock();
-        let key = inner
-            .by_id
-            .get(&(namespace.to_string(), id.to_string()))?
-            .clone();
-        let (rev, rec) = inner.instances.get(&key)?.clone();
-        Some((key, rev, rec))
+        let key = inner.key_of(namespace, id)?.clone();
+        let (rev, rec) = inner.served(&key)?;
+        Some((key.clone(), rev, rec.clone()))
     }
 
-    /// Instances in `namespace`, in all namespaces, and namespaces known.
+    /// Served instances in `namespace`, in all namespaces, and namespaces known.
     pub fn counts(&self, namespace: &str) -> (usize, usize, usize) {
-        let inner = self.lock();
-        (
-            inner.per_namespace.get(namespace).copied().unwrap_or(0),
-            inner.instances.len(),
-            inner.per_namespace.len(),
-        )
+        self.lock().counts(namespace)
+    }
+
+    /// What is set aside, for `/api/store` and the metrics.
+    pub fn set_aside(&self) -> SetAside {
+        self.lock().set_aside()
     }
 
     /// Live replica ids, this one included once its key landed.
@@ -144,13 +130,30 @@ impl Mirror {
         self.live_set().as_ref().clone()
     }
 
+    /// Replica keys without a lease, not counted as replicas.
+    pub fn ignored_replicas(&self) -> Vec<String> {
+        let ignored = self.ignored.lock().unwrap_or_else(|p| p.into_inner());
+        ignored.iter().cloned().collect()
+    }
+
     /// Runs `f` over the live replica ids without copying them.
     pub fn with_replicas<T>(&self, f: impl FnOnce(&BTreeSet<String>) -> T) -> T {
         f(&self.live_set())
     }
 
-    fn mark_synced(&self) {
-        *self.synced_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    pub(crate) fn watch_state(&self) -> WatchState {
+        self.watch.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn change_watch(&self, change: impl FnOnce(&mut WatchState)) {
+        change(&mut self.watch.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn mark_synced(&self, at: Instant) {
+        let mut synced = self.synced_at.lock().unwrap_or_else(|p| p.into_inner());
+        if synced.is_none_or(|t| t < at) {
+            *synced = Some(at);
+        }
     }
 
     fn live_set(&self) -> Arc<BTreeSet<String>> {
@@ -163,11 +166,39 @@ impl Mirror {
         change(Arc::make_mut(&mut live))
     }
 
+    fn change_ignored(&self, change: impl FnOnce(&mut BTreeSet<String>) -> bool) -> bool {
+        change(&mut self.ignored.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// What the record in `kv` is worth: served if valid, else why not.
+    fn judge(&self, kv: &KeyValue) -> Result<Record, String> {
+        let record: Record =
+            serde_json::from_slice(&kv.value).map_err(|e| format!("unreadable record: {e}"))?;
+        if self.keys.instance(&record.namespace, &record.authority()) != kv.key {
+            return Err(format!(
+                "its key does not match its namespace {:?} and {}",
+                record.namespace,
+                record.authority()
+            ));
+        }
+        self.policy.check(&record)?;
+        Ok(record)
+    }
+
     /// Applies this replica's own successful put (its record at `rev`).
     pub fn put_local(&self, key: &[u8], rev: i64, record: Record) {
+        let judged = self.policy.check(&record).map(|()| record);
         let mut inner = self.lock();
         if inner.newer(key, rev) {
-            inner.insert(key.to_vec(), rev, record, &*self.sink);
+            // An overwrite keeps the key's create revision; a new key is created at `rev`.
+            let create = inner.created(key).unwrap_or(rev);
+            inner.put(
+                key.to_vec(),
+                (rev, create),
+                judged,
+                &self.policy.caps,
+                &*self.sink,
+            );
         }
     }
 
@@ -176,12 +207,7 @@ impl Mirror {
     pub fn learn(&self, key: &[u8], kv: Option<&KeyValue>, rev: i64) {
         match kv {
             Some(kv) => self.apply_put(kv),
-            None => {
-                let mut inner = self.lock();
-                if inner.newer(key, rev) {
-                    inner.delete(key, rev, &*self.sink);
-                }
-            }
+            None => self.apply_delete(key, rev),
         }
     }
 
@@ -189,7 +215,7 @@ impl Mirror {
     pub fn delete_local(&self, key: &[u8], rev: i64) -> Option<Record> {
         let mut inner = self.lock();
         if inner.newer(key, rev) {
-            inner.delete(key, rev, &*self.sink)
+            inner.delete(key, rev, &self.policy.caps, &*self.sink)
         } else {
             None
         }
@@ -198,23 +224,41 @@ impl Mirror {
     fn apply_put(&self, kv: &KeyValue) {
         match self.keys.parse(&kv.key) {
             Some(Key::Instance) => {
-                let record: Record = match serde_json::from_slice(&kv.value) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        log::warn!(key:% = String::from_utf8_lossy(&kv.key);
-                            "etcd holds an unreadable instance, ignored: {e}");
-                        return;
-                    }
-                };
+                let judged = self.judge(kv);
+                if let Err(why) = &judged {
+                    log::warn!(key:% = String::from_utf8_lossy(&kv.key), reason = why.as_str();
+                        "etcd holds an instance record that is not served: set aside");
+                }
                 let mut inner = self.lock();
                 if inner.newer(&kv.key, kv.mod_revision) {
-                    inner.insert(kv.key.clone(), kv.mod_revision, record, &*self.sink);
+                    inner.put(
+                        kv.key.clone(),
+                        (kv.mod_revision, kv.create_revision),
+                        judged,
+                        &self.policy.caps,
+                        &*self.sink,
+                    );
                 }
             }
-            Some(Key::Replica(id)) if self.change_live(|live| live.insert(id.clone())) => {
-                log::info!(replica = id.as_str(); "replica joined");
+            Some(Key::Replica(id)) => self.replica_put(id, kv.lease),
+            None => {}
+        }
+    }
+
+    /// A replica key counts only on a lease: a key put without one would
+    /// never expire, and the instances hashed to it would never be checked.
+    fn replica_put(&self, id: String, lease: i64) {
+        if lease == 0 {
+            let left = self.change_live(|live| live.remove(&id));
+            if self.change_ignored(|ignored| ignored.insert(id.clone())) || left {
+                log::warn!(replica = id.as_str();
+                    "a replica key without a lease: not counted as a replica");
             }
-            Some(Key::Replica(_)) | None => {}
+            return;
+        }
+        self.change_ignored(|ignored| ignored.remove(&id));
+        if self.change_live(|live| live.insert(id.clone())) {
+            log::info!(replica = id.as_str(); "replica joined");
         }
     }
 
@@ -223,55 +267,79 @@ impl Mirror {
             Some(Key::Instance) => {
                 let mut inner = self.lock();
                 if inner.newer(key, rev) {
-                    inner.delete(key, rev, &*self.sink);
+                    inner.delete(key, rev, &self.policy.caps, &*self.sink);
                 }
             }
-            Some(Key::Replica(id)) if self.change_live(|live| live.remove(&id)) => {
-                log::info!(replica = id.as_str(); "replica left: its checks move to the others");
+            Some(Key::Replica(id)) => {
+                self.change_ignored(|ignored| ignored.remove(&id));
+                if self.change_live(|live| live.remove(&id)) {
+                    log::info!(replica = id.as_str(); "replica left: its checks move to the others");
+                }
             }
-            Some(Key::Replica(_)) | None => {}
+            None => {}
         }
     }
 
     /// Replaces the mirror with a full read at `revision`, keeping this
     /// replica's own writes that are newer than it.
     fn reset(&self, revision: i64, kvs: Vec<KeyValue>) {
-        let mut fresh = Inner {
-            revision,
-            ..Inner::default()
-        };
-        let mut replicas = BTreeSet::new();
-        let null = NullSink;
+        let mut fresh = Records::at(revision);
+        let (mut live, mut ignored) = (BTreeSet::new(), BTreeSet::new());
+        let (null, caps) = (NullSink, &self.policy.caps);
+        let mut valid = Vec::new();
         for kv in kvs {
             match self.keys.parse(&kv.key) {
-                Some(Key::Instance) => match serde_json::from_slice::<Record>(&kv.value) {
-                    Ok(record) => fresh.insert(kv.key, kv.mod_revision, record, &null),
-                    Err(e) => log::warn!(key:% = String::from_utf8_lossy(&kv.key);
-                        "etcd holds an unreadable instance, ignored: {e}"),
+                Some(Key::Instance) => match self.judge(&kv) {
+                    // Oldest first, as the watch would have brought them: every
+                    // replica serves the same ones, and none needs a regroup.
+                    Ok(record) => valid.push((kv.create_revision, kv.key, kv.mod_revision, record)),
+                    Err(why) => {
+                        log::warn!(key:% = String::from_utf8_lossy(&kv.key), reason = why.as_str();
+                            "etcd holds an instance record that is not served: set aside");
+                        fresh.put(
+                            kv.key,
+                            (kv.mod_revision, kv.create_revision),
+                            Err(why),
+                            caps,
+                            &null,
+                        );
+                    }
                 },
+                Some(Key::Replica(id)) if kv.lease != 0 => {
+                    live.insert(id);
+                }
                 Some(Key::Replica(id)) => {
-                    replicas.insert(id);
+                    ignored.insert(id);
                 }
                 None => {}
             }
         }
+        valid.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (create, key, rev, record) in valid {
+            fresh.put(key, (rev, create), Ok(record), caps, &null);
+        }
         let mut inner = self.lock();
-        for (key, (rev, record)) in &inner.instances {
-            if *rev > revision && !fresh.instances.contains_key(key) {
-                fresh.insert(key.clone(), *rev, record.clone(), &null);
+        for (key, entry) in inner.entries() {
+            if entry.rev > revision && fresh.newer(key, entry.rev) {
+                fresh.put_entry(key.clone(), entry, caps, &null);
             }
         }
-        for (key, rev) in &inner.tombstones {
-            if *rev > revision {
-                fresh.delete(key, *rev, &null);
-            }
+        let dead: Vec<(Vec<u8>, i64)> = inner
+            .tombstones
+            .iter()
+            .filter(|(_, rev)| **rev > revision)
+            .map(|(k, r)| (k.clone(), *r))
+            .collect();
+        for (key, rev) in dead {
+            fresh.delete(&key, rev, caps, &null);
         }
-        let records = fresh.instances.values().map(|(_, r)| r.clone()).collect();
+        let records = fresh.served_records();
         *inner = fresh;
         self.sink.reset(records);
         drop(inner);
-        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(replicas);
-        self.mark_synced();
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+        *self.ignored.lock().unwrap_or_else(|p| p.into_inner()) = ignored;
+        self.mark_synced(Instant::now());
     }
 
     /// The watch delivered everything up to `revision`.
@@ -283,14 +351,7 @@ impl Mirror {
         let upto = inner.revision;
         inner.tombstones.retain(|_, r| *r > upto);
         drop(inner);
-        self.mark_synced();
-    }
-
-    /// Marks the mirror current as of now (the watch is open and etcd answers).
-    pub fn touch(&self) {
-        if self.watching() {
-            self.mark_synced();
-        }
+        self.mark_synced(Instant::now());
     }
 
     pub fn watching(&self) -> bool {
@@ -314,56 +375,15 @@ impl Mirror {
 
     /// Keeps the mirror in step with etcd until `stop` fires: one watch on the
     /// prefix from the mirror's revision, reopened (on the next member) when
-    /// it breaks, the prefix read again when the watch's revision was compacted.
+    /// it breaks or goes stale, the prefix read again when the watch's
+    /// revision was compacted.
     pub async fn follow(self: Arc<Self>, client: Arc<Client>, stop: Trigger) {
         use futures_lite::FutureExt;
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         let mut reload = false;
         while !stop.is_fired() {
-            let run = async {
-                if reload {
-                    let rev = self.load(&client).await?;
-                    log::info!(revision = rev; "etcd read again: mirror replaced");
-                    reload = false;
-                }
-                let from = self.lock().revision + 1;
-                let end = prefix_end(self.keys.root());
-                let mut watch = client.watch(self.keys.root(), &end, from).await?;
-                self.watching.store(true, Ordering::Relaxed);
-                log::info!(endpoint = watch.endpoint.as_str(), from = from; "etcd watch open");
-                loop {
-                    let res = match watch.next().await {
-                        Ok(res) => res,
-                        Err(e) => {
-                            client.demote(&watch.endpoint);
-                            return Err(e);
-                        }
-                    };
-                    if res.canceled {
-                        if res.compact_revision == 0 {
-                            client.demote(&watch.endpoint);
-                        } else {
-                            log::warn!(compact_revision = res.compact_revision, from = from;
-                                "etcd compacted past the mirror: reading everything again");
-                            reload = true;
-                        }
-                        return Err(client::Error::Unavailable(format!(
-                            "watch canceled: {}",
-                            res.cancel_reason
-                        )));
-                    }
-                    backoff.reset();
-                    for event in &res.events {
-                        if event.is_delete() {
-                            self.apply_delete(&event.kv.key, event.kv.mod_revision);
-                        } else {
-                            self.apply_put(&event.kv);
-                        }
-                    }
-                    self.advance(res.header.revision);
-                }
-            };
-            let ended = run
+            let ended = self
+                .follow_once(&client, &mut reload, &mut backoff)
                 .or(async {
                     stop.wait().await;
                     Ok(())
@@ -374,11 +394,145 @@ impl Mirror {
                 if !stop.is_fired() {
                     log::warn!(age_ms = self.age().map_or(0, |a| a.as_millis() as u64);
                         "etcd watch down, serving the last mirror: {why}");
+                    self.change_watch(|w| {
+                        w.stale
+                            .get_or_insert_with(|| format!("etcd watch down: {why}"));
+                    });
                 }
             }
             let pause = backoff.next_delay();
             async_std::task::sleep(pause).or(stop.wait()).await;
         }
+    }
+
+    /// Opens one watch and follows it, probing its member, until either fails.
+    async fn follow_once(
+        &self,
+        client: &Client,
+        reload: &mut bool,
+        backoff: &mut Backoff,
+    ) -> client::Result<()> {
+        use futures_lite::FutureExt;
+        if *reload {
+            let rev = self.load(client).await?;
+            log::info!(revision = rev; "etcd read again: mirror replaced");
+            *reload = false;
+        }
+        let from = self.lock().revision + 1;
+        let end = prefix_end(self.keys.root());
+        let mut watch = client.watch(self.keys.root(), &end, from).await?;
+        let endpoint = watch.endpoint.clone();
+        self.watching.store(true, Ordering::Relaxed);
+        self.change_watch(|w| {
+            w.endpoint = Some(endpoint.clone());
+            w.stale = None;
+        });
+        log::info!(endpoint = endpoint.as_str(), from = from; "etcd watch open");
+        self.events(client, &mut watch, reload, backoff)
+            .or(self.probe(client, &endpoint))
+            .await
+    }
+
+    /// Applies the watch's events until it breaks or is canceled.
+    async fn events(
+        &self,
+        client: &Client,
+        watch: &mut client::Watch,
+        reload: &mut bool,
+        backoff: &mut Backoff,
+    ) -> client::Result<()> {
+        loop {
+            let res = match watch.next().await {
+                Ok(res) => res,
+                Err(e) => {
+                    client.demote(&watch.endpoint);
+                    return Err(e);
+                }
+            };
+            if res.canceled {
+                if res.compact_revision == 0 {
+                    client.demote(&watch.endpoint);
+                } else {
+                    log::warn!(compact_revision = res.compact_revision;
+                        "etcd compacted past the mirror: reading everything again");
+                    *reload = true;
+                }
+                return Err(client::Error::Unavailable(format!(
+                    "watch canceled: {}",
+                    res.cancel_reason
+                )));
+            }
+            backoff.reset();
+            for event in &res.events {
+                if event.is_delete() {
+                    self.apply_delete(&event.kv.key, event.kv.mod_revision);
+                } else {
+                    self.apply_put(&event.kv);
+                }
+            }
+            self.advance(res.header.revision);
+        }
+    }
+
+    /// Asks the watch's member, every [`PROBE_EVERY`], for the newest mod
+    /// revision under the prefix; fails (the view is stale) when it does not
+    /// answer within [`PROBE_DEADLINE`], or when the watch has still not
+    /// delivered what the previous probe saw. Each good probe proves the
+    /// mirror current as of when it was sent.
+    async fn probe(&self, client: &Client, endpoint: &str) -> client::Result<()> {
+        let newest = RangeRequest {
+            key: self.keys.root().to_vec(),
+            range_end: prefix_end(self.keys.root()),
+            limit: 1,
+            sort_order: Some("DESCEND"),
+            sort_target: Some("MOD"),
+            keys_only: true,
+            ..Default::default()
+        };
+        let mut undelivered: Option<i64> = None;
+        loop {
+            async_std::task::sleep(PROBE_EVERY).await;
+            let asked = Instant::now();
+            let res = match client.range_on(endpoint, &newest, PROBE_DEADLINE).await {
+                Ok(res) => res,
+                Err(e) => {
+                    let why = format!("etcd member {endpoint} did not answer a read: {e}");
+                    return Err(self.went_stale(client, endpoint, why));
+                }
+            };
+            let seen = res.kvs.first().map_or(0, |kv| kv.mod_revision);
+            let have = self.lock().revision;
+            if seen <= have {
+                undelivered = None;
+                self.mark_synced(asked);
+                continue;
+            }
+            match undelivered {
+                Some(rev) if have < rev => {
+                    let why = format!(
+                        "the watch on {endpoint} has not delivered revision {rev} \
+                         within {PROBE_EVERY:?} (it is at {have})"
+                    );
+                    return Err(self.went_stale(client, endpoint, why));
+                }
+                _ => undelivered = Some(seen),
+            }
+        }
+    }
+
+    /// Records that the view went stale on `endpoint` and stops preferring it.
+    fn went_stale(&self, client: &Client, endpoint: &str, why: String) -> client::Error {
+        log::warn!(endpoint = endpoint, reason = why.as_str();
+            "etcd watch stale: this replica's view is not current, moving to another member");
+        client.demote(endpoint);
+        self.watching.store(false, Ordering::Relaxed);
+        let at = crate::store::now_unix_ms();
+        self.change_watch(|w| {
+            w.stale = Some(why.clone());
+            w.last_stale = Some(format!("{why} (at unix ms {at})"));
+            w.stale_total += 1;
+        });
+        client::Error::Unavailable(why)
     }
 }
 

@@ -10,7 +10,7 @@ use super::mirror::Mirror;
 use shared::backoff::Backoff;
 use shared::shutdown::Trigger;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The replica lease's TTL: how long the checks of a dead replica stay unmade at most.
@@ -23,6 +23,47 @@ pub struct Presence {
     pub connected: AtomicBool,
     /// The lease held now (0: none).
     pub lease: AtomicI64,
+    /// Why etcd takes no writes now: its raised alarms (`NOSPACE`), asked at
+    /// every keep-alive, so it shows before any write fails.
+    alarm: Mutex<Option<String>>,
+    /// The last write's error, until a write succeeds again (the store's
+    /// own writes, or the presence loop's test write while it is set).
+    write_error: Mutex<Option<String>>,
+}
+
+impl Presence {
+    /// Why writes cannot be made now, if they cannot.
+    pub fn write_trouble(&self) -> Option<String> {
+        let alarm = self.alarm.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let error = self
+            .write_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match (alarm, error) {
+            (Some(a), Some(e)) => Some(format!("etcd alarm: {a}; last write failed: {e}")),
+            (Some(a), None) => Some(format!("etcd alarm: {a}")),
+            (None, Some(e)) => Some(format!("last write failed: {e}")),
+            (None, None) => None,
+        }
+    }
+
+    /// Records how a write went.
+    pub fn wrote<T>(&self, result: &super::client::Result<T>) {
+        let mut error = self.write_error.lock().unwrap_or_else(|p| p.into_inner());
+        *error = result.as_ref().err().map(ToString::to_string);
+    }
+
+    fn set_alarm(&self, alarm: Option<String>) {
+        *self.alarm.lock().unwrap_or_else(|p| p.into_inner()) = alarm;
+    }
+
+    fn write_failed(&self) -> bool {
+        self.write_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
 }
 
 /// What a replica key holds.
@@ -71,12 +112,12 @@ pub async fn hold(
                     Ok(Some(_)) => {
                         last_ok = Instant::now();
                         presence.connected.store(true, Ordering::Relaxed);
-                        mirror.touch();
                         // Deleted by hand while the lease lives: put it back.
                         let listed = mirror.with_replicas(|r| r.contains(&replica_id));
                         if mirror.watching() && !listed {
                             client.put(&put).await?;
                         }
+                        check_writes(&client, &presence, &put).await;
                     }
                     Ok(None) => {
                         return Err(super::client::Error::Unavailable(
@@ -107,5 +148,22 @@ pub async fn hold(
         }
         let pause = backoff.next_delay();
         async_std::task::sleep(pause).or(stop.wait()).await;
+    }
+}
+
+/// Asks etcd for its alarms and, while the last write failed, tries a write
+/// of this replica's own key (same value, same lease: harmless) so that
+/// `writable` comes back once etcd takes writes again, without waiting for
+/// the next registration.
+async fn check_writes(client: &Client, presence: &Presence, put: &PutRequest) {
+    match client.alarms().await {
+        Ok(alarms) if alarms.is_empty() => presence.set_alarm(None),
+        Ok(alarms) => presence.set_alarm(Some(alarms.join(", "))),
+        // etcd away: `connected` says so; the alarm stays as last known.
+        Err(_) => {}
+    }
+    if presence.write_failed() {
+        let result = client.put(put).await;
+        presence.wrote(&result);
     }
 }

@@ -15,7 +15,8 @@ use super::mirror::Mirror;
 use super::owners;
 use super::presence::{self, Presence};
 use crate::store::{
-    Caps, NewInstance, Record, Registered, Sink, Store, StoreError, StoreFuture, StoreHealth,
+    Caps, NewInstance, Record, RecordPolicy, Registered, Sink, Store, StoreError, StoreFuture,
+    StoreHealth,
 };
 use async_std::task::JoinHandle;
 use shared::panics::{supervise, Panics};
@@ -63,20 +64,36 @@ fn encode(record: &Record) -> Vec<u8> {
     serde_json::to_vec(record).unwrap_or_default()
 }
 
+/// Where and how a replica opens its etcd store.
+#[derive(Clone, Debug)]
+pub struct Options<'a> {
+    /// `host:port` of each member.
+    pub endpoints: &'a [String],
+    pub prefix: &'a str,
+    pub replica_id: Option<String>,
+    pub advertise_url: Option<String>,
+    /// What a record found in etcd must satisfy to be served.
+    pub policy: RecordPolicy,
+}
+
 impl EtcdStore {
     /// Connects, reads the whole registry into `sink`, then starts the
     /// watch and the replica's presence. Fails if no member answers the read.
     pub async fn open(
-        endpoints: &[String],
-        prefix: &str,
-        replica_id: Option<String>,
-        advertise_url: Option<String>,
+        options: Options<'_>,
         sink: Arc<dyn Sink>,
         panics: &Panics,
     ) -> Result<Arc<EtcdStore>, String> {
+        let Options {
+            endpoints,
+            prefix,
+            replica_id,
+            advertise_url,
+            policy,
+        } = options;
         let client = Arc::new(Client::new(endpoints, CALL_TIMEOUT).map_err(|e| e.to_string())?);
         let keys = Keys::new(prefix);
-        let mirror = Arc::new(Mirror::new(keys.clone(), sink));
+        let mirror = Arc::new(Mirror::new(keys.clone(), policy, sink));
         // An etcd cluster electing a leader answers within seconds: wait that long, then say why not.
         let mut backoff =
             shared::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
@@ -166,8 +183,7 @@ impl EtcdStore {
     /// conflict, learns the current value. True if written.
     async fn swap(&self, key: &[u8], rev: i64, next: &Record) -> client::Result<bool> {
         let res = self
-            .client
-            .txn(&TxnRequest {
+            .write(&TxnRequest {
                 compare: vec![Compare::mod_revision(key, rev)],
                 success: vec![Op::Put(PutRequest {
                     key: key.to_vec(),
@@ -278,43 +294,74 @@ impl EtcdStore {
             since_unix_ms: new.now_unix_ms,
             maintenance_since_unix_ms: None,
         };
-        // Created only if absent, else read: the id is the one whoever came first made.
-        let res = self
-            .client
-            .txn(&TxnRequest {
-                compare: vec![Compare::absent(&key)],
-                success: vec![Op::Put(PutRequest {
-                    key: key.clone(),
-                    value: encode(&record),
-                    lease: 0,
-                })],
-                failure: vec![Op::Range(RangeRequest {
-                    key: key.clone(),
-                    ..Default::default()
-                })],
-            })
-            .await
-            .map_err(unavailable)?;
-        if res.succeeded {
+        self.create(&key, record, renew).await
+    }
+
+    /// Creates the record at `key`: where the key is absent, or over a record
+    /// set aside there (unreadable, out of policy or over a cap: a fresh
+    /// registration of the instance replaces it, on whichever replica it
+    /// arrives). Where a served record appeared meanwhile, renews that one.
+    async fn create(
+        &self,
+        key: &[u8],
+        record: Record,
+        renew: impl Fn(&Record) -> Option<Record>,
+    ) -> Result<Registered, StoreError> {
+        for _ in 0..CAS_TRIES {
+            let compare = match self.mirror.set_aside_rev(key) {
+                Some(rev) => Compare::mod_revision(key, rev),
+                None => Compare::absent(key),
+            };
+            let res = self
+                .write(&TxnRequest {
+                    compare: vec![compare],
+                    success: vec![Op::Put(PutRequest {
+                        key: key.to_vec(),
+                        value: encode(&record),
+                        lease: 0,
+                    })],
+                    failure: vec![Op::Range(RangeRequest {
+                        key: key.to_vec(),
+                        ..Default::default()
+                    })],
+                })
+                .await
+                .map_err(unavailable)?;
+            if res.succeeded {
+                self.mirror
+                    .put_local(key, res.header.revision, record.clone());
+                return Ok(Registered {
+                    record,
+                    created: true,
+                });
+            }
             self.mirror
-                .put_local(&key, res.header.revision, record.clone());
-            return Ok(Registered {
-                record,
-                created: true,
-            });
+                .learn(key, res.ranged().next(), res.header.revision);
+            if self.mirror.get(key).is_some() {
+                // Made meanwhile by another registration: the id is the one it made.
+                return match self.update(key, &renew).await.map_err(unavailable)? {
+                    Some(record) => Ok(Registered {
+                        record,
+                        created: false,
+                    }),
+                    None => Err(StoreError::Unavailable(
+                        "the instance was removed while it registered; retry".into(),
+                    )),
+                };
+            }
+            // Absent or set aside as learnt just now: try again against that.
         }
-        self.mirror
-            .learn(&key, res.ranged().next(), res.header.revision);
-        match self.update(&key, renew).await.map_err(unavailable)? {
-            Some(record) => Ok(Registered {
-                record,
-                created: false,
-            }),
-            // Deregistered between the two calls: a retry creates it.
-            None => Err(StoreError::Unavailable(
-                "the instance was removed while it registered; retry".into(),
-            )),
-        }
+        Err(StoreError::Unavailable(format!(
+            "{CAS_TRIES} concurrent writes to {} in a row; retry",
+            String::from_utf8_lossy(key)
+        )))
+    }
+
+    /// A transaction that writes: its outcome says whether etcd takes writes.
+    async fn write(&self, txn: &TxnRequest) -> client::Result<client::TxnResponse> {
+        let res = self.client.txn(txn).await;
+        self.presence.wrote(&res);
+        res
     }
 
     async fn deregister_now(
@@ -331,8 +378,9 @@ impl EtcdStore {
                 range_end: Vec::new(),
                 prev_kv: true,
             })
-            .await
-            .map_err(unavailable)?;
+            .await;
+        self.presence.wrote(&res);
+        let res = res.map_err(unavailable)?;
         let held = self.mirror.delete_local(&key, res.header.revision);
         let stored = res
             .prev_kvs
@@ -376,8 +424,7 @@ impl EtcdStore {
             return Ok(None);
         }
         let res = self
-            .client
-            .txn(&TxnRequest {
+            .write(&TxnRequest {
                 compare: vec![Compare::mod_revision(&key, rev)],
                 success: vec![Op::Delete(DeleteRangeRequest {
                     key: key.clone(),
@@ -473,9 +520,13 @@ impl Store for EtcdStore {
 
     fn health(&self) -> StoreHealth {
         let age = self.mirror.age().unwrap_or_default();
+        let watch = self.mirror.watch_state();
+        let reachable = self.connected();
+        let write_error = self.presence.write_trouble();
         StoreHealth {
             backend: "etcd",
-            reachable: self.connected(),
+            reachable,
+            writable: reachable && write_error.is_none(),
             detail: Some(format!(
                 "replica {}, {} live replica(s), mirror age {} ms, endpoints {}",
                 self.replica_id,
@@ -483,6 +534,14 @@ impl Store for EtcdStore {
                 age.as_millis(),
                 self.client.endpoints().join(",")
             )),
+            stale: watch.stale.filter(|_| !self.mirror.watching()),
+            last_stale: watch.last_stale,
+            stale_total: watch.stale_total,
+            watch_endpoint: watch.endpoint,
+            write_error,
+            replicas: self.replicas(),
+            ignored_replica_keys: self.mirror.ignored_replicas(),
+            set_aside: self.mirror.set_aside(),
         }
     }
 

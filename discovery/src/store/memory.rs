@@ -216,7 +216,8 @@ impl Store for MemoryStore {
         StoreHealth {
             backend: "memory",
             reachable: true,
-            detail: None,
+            writable: true,
+            ..StoreHealth::default()
         }
     }
 }

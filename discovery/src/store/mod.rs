@@ -171,16 +171,107 @@ impl std::fmt::Display for StoreError {
     }
 }
 
-/// How the store is doing, for `/metrics` and the dashboard.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// How the store is doing, for `/metrics`, `/api/store` and the dashboard.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct StoreHealth {
     /// `"memory"` or `"etcd"`.
     pub backend: &'static str,
-    /// False while writes cannot be made (reads go on from the mirror).
+    /// False while this replica cannot trust its view: etcd away, or the
+    /// watch stale (reads go on from the mirror).
     pub reachable: bool,
+    /// False while writes cannot be made: unreachable, an etcd alarm
+    /// (`NOSPACE`), or the last write failed.
+    pub writable: bool,
     /// Why it is unreachable, or other detail worth showing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Why the view is stale now (the watch is being moved to another member).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<String>,
+    /// The last time the view went stale, and why (kept after it recovered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_stale: Option<String>,
+    /// How many times the view went stale since start.
+    pub stale_total: u64,
+    /// The member the watch reads from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_endpoint: Option<String>,
+    /// Why writes cannot be made (an alarm, or the last write's error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_error: Option<String>,
+    /// Live replicas (their keys on a lease), this one included once its key landed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
+    /// Keys under the replicas prefix that are not replicas (no lease).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored_replica_keys: Vec<String>,
+    /// Records found in the store but not served (see [`SetAside`]).
+    pub set_aside: SetAside,
+}
+
+/// Records in the store that this replica does not serve: unreadable or
+/// outside the registration policy (`invalid`), or beyond a cap (`over_cap`).
+/// Every replica sets aside the same ones, whatever order they arrived in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SetAside {
+    pub invalid: usize,
+    pub over_cap: usize,
+    /// The first of them by key (at most [`SET_ASIDE_SHOWN`]), with why.
+    pub records: Vec<SetAsideRecord>,
+}
+
+/// How many set-aside records `/api/store` names.
+pub const SET_ASIDE_SHOWN: usize = 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SetAsideRecord {
+    pub key: String,
+    pub reason: String,
+}
+
+/// What a record arriving from a shared store must satisfy to be served:
+/// the same rules a registration passes (strict fields, `allowed_hosts`),
+/// checked on every replica alike. A host name is resolved at every health
+/// check (a name that resolves outside `allowed_hosts` is never checked
+/// healthy); an IP literal is held to `allowed_hosts` here, before any
+/// gateway can learn it.
+#[derive(Clone, Debug)]
+pub struct RecordPolicy {
+    pub allowed: Arc<crate::AllowedHosts>,
+    pub caps: Caps,
+}
+
+impl RecordPolicy {
+    /// `Ok` if `record` may be served, else why not.
+    pub fn check(&self, record: &Record) -> Result<(), String> {
+        shared::wire::validate_namespace(&record.namespace)
+            .map_err(|e| format!("namespace: {e}"))?;
+        match shared::wire::normalize_host(&record.host) {
+            Ok(host) if host == record.host => {}
+            Ok(host) => {
+                return Err(format!(
+                    "host {:?} is not normalized ({host:?})",
+                    record.host
+                ))
+            }
+            Err(e) => return Err(format!("host: {e}")),
+        }
+        if record.port.0 == 0 {
+            return Err("port 0".into());
+        }
+        shared::wire::validate_path(&record.health_check_path)
+            .map_err(|e| format!("health_check_path: {e}"))?;
+        if record.id.is_empty() || record.id.len() > 64 {
+            return Err("id must be 1 to 64 characters".into());
+        }
+        let bare = record.host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            self.allowed
+                .check(ip)
+                .map_err(|e| format!("host not allowed: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// Where a store pushes every change it accepts or learns of: the core's mirror.
@@ -282,11 +373,23 @@ pub async fn open(
     match StoreUrl::parse(&config.store)? {
         StoreUrl::Memory => Ok(Arc::new(MemoryStore::new(sink))),
         StoreUrl::Etcd { endpoints, prefix } => {
+            // Records written into etcd by hand (or by another build) pass the
+            // rules a registration passes before any replica serves them.
+            let policy = RecordPolicy {
+                allowed: Arc::new(crate::AllowedHosts::parse(&config.allowed_hosts)?),
+                caps: Caps {
+                    max_instances: config.max_instances,
+                    max_instances_per_namespace: config.max_instances_per_namespace,
+                },
+            };
             let store = crate::etcd::EtcdStore::open(
-                &endpoints,
-                &prefix,
-                config.replica_id.clone(),
-                config.advertise_url.clone(),
+                crate::etcd::Options {
+                    endpoints: &endpoints,
+                    prefix: &prefix,
+                    replica_id: config.replica_id.clone(),
+                    advertise_url: config.advertise_url.clone(),
+                    policy,
+                },
                 sink,
                 panics,
             )
