@@ -5,179 +5,12 @@
 //! make discovery probe any address (cloud metadata included) for them.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// An address range: `10.0.0.0/8`, `fc00::/7`, or a bare address (`::1`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    net: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Parses `ADDR/PREFIX` or a bare address; host bits set under the mask are refused.
-    pub fn parse(text: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (text, None),
-        };
-        let net: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{text:?} is not an address range such as 10.0.0.0/8"))?;
-        let width = width(net);
-        let prefix = match prefix {
-            None => width,
-            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|n| *n <= width)
-                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {width}"))?,
-            Some(_) => return Err(format!("{text:?}: the prefix length must be a number")),
-        };
-        let cidr = Cidr { net, prefix };
-        if bits(net) & !cidr.mask() != 0 {
-            return Err(format!(
-                "{text:?} has bits set past its prefix length; write the network address"
-            ));
-        }
-        Ok(cidr)
-    }
-
-    const fn v4(a: [u8; 4], prefix: u8) -> Cidr {
-        Cidr {
-            net: IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
-            prefix,
-        }
-    }
-
-    const fn v6(segments: [u16; 8], prefix: u8) -> Cidr {
-        let [a, b, c, d, e, f, g, h] = segments;
-        Cidr {
-            net: IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)),
-            prefix,
-        }
-    }
-
-    fn mask(&self) -> u128 {
-        let width = width(self.net);
-        if self.prefix == 0 {
-            0
-        } else {
-            let ones = u128::MAX << (128 - u32::from(self.prefix));
-            ones >> (128 - u32::from(width))
-        }
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.net.is_ipv4() && bits(ip) & self.mask() == bits(self.net)
-    }
-
-    /// Whether every address of `self` is in `other`.
-    fn within(&self, other: &Cidr) -> bool {
-        self.prefix >= other.prefix && other.contains(self.net)
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.net, self.prefix)
-    }
-}
-
-fn width(ip: IpAddr) -> u8 {
-    if ip.is_ipv4() {
-        32
-    } else {
-        128
-    }
-}
-
-fn bits(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(a) => u128::from(u32::from(a)),
-        IpAddr::V6(a) => u128::from(a),
-    }
-}
-
-/// Ranges refused even inside an allowed range, unless an `allowed_hosts`
-/// entry lies within them: what no instance should be, and what a stranger
-/// would most like discovery to probe for them.
-const REFUSED: &[(Cidr, &str)] = &[
-    (
-        Cidr::v4([0, 0, 0, 0], 8),
-        "an unspecified (\"this network\") address",
-    ),
-    (Cidr::v4([169, 254, 0, 0], 16), "a link-local address"),
-    (
-        Cidr::v4([100, 100, 100, 200], 32),
-        "a cloud metadata address",
-    ),
-    (Cidr::v4([168, 63, 129, 16], 32), "a cloud metadata address"),
-    (Cidr::v4([224, 0, 0, 0], 4), "a multicast address"),
-    (
-        Cidr::v4([240, 0, 0, 0], 4),
-        "a reserved or broadcast address",
-    ),
-    (Cidr::v6([0; 8], 128), "the unspecified address"),
-    (
-        Cidr::v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),
-        "a link-local address",
-    ),
-    (
-        Cidr::v6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254], 128),
-        "a cloud metadata address",
-    ),
-    (
-        Cidr::v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),
-        "a multicast address",
-    ),
-];
-
-/// The `allowed_hosts` of the config, parsed.
-#[derive(Clone, Debug)]
-pub struct AllowedHosts {
-    entries: Vec<Cidr>,
-}
-
-impl AllowedHosts {
-    /// Parses every entry, naming the first that is wrong.
-    pub fn parse(entries: &[String]) -> Result<AllowedHosts, String> {
-        let entries = entries
-            .iter()
-            .map(|e| Cidr::parse(e).map_err(|m| format!("allowed_hosts: {m}")))
-            .collect::<Result<_, _>>()?;
-        Ok(AllowedHosts { entries })
-    }
-
-    /// `Ok` if `ip` may be registered and checked, else why not.
-    pub fn check(&self, ip: IpAddr) -> Result<(), String> {
-        let ip = ip.to_canonical();
-        if let Some((range, what)) = REFUSED.iter().find(|(r, _)| r.contains(ip)) {
-            let listed = self
-                .entries
-                .iter()
-                .any(|e| e.contains(ip) && e.within(range));
-            return if listed {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{ip} is {what}, refused unless allowed_hosts lists it ({range} or within)"
-                ))
-            };
-        }
-        if self.entries.iter().any(|e| e.contains(ip)) {
-            Ok(())
-        } else {
-            Err(format!("{ip} is not in discovery's allowed_hosts"))
-        }
-    }
-
-    /// `Ok` if every address is allowed, else why the first refused one is not.
-    pub fn check_all(&self, addrs: &[SocketAddr]) -> Result<(), String> {
-        addrs.iter().try_for_each(|a| self.check(a.ip()))
-    }
-}
+/// The address ranges and their allow-list live in `shared`, where the
+/// gateway's `allowed_upstreams` uses the same parsing and matching.
+pub use shared::allowed::AllowedHosts;
 
 /// Why a host gave no addresses.
 #[derive(Debug)]
@@ -259,6 +92,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::allowed::Cidr;
 
     fn defaults() -> AllowedHosts {
         AllowedHosts::parse(&shared::config::DiscoveryConfig::default().allowed_hosts).unwrap()
@@ -268,68 +102,25 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// The rules themselves are tested in `shared::allowed`; here, that
+    /// discovery's defaults and messages are what they were.
     #[test]
-    fn cidrs_parse_strictly() {
-        assert!(Cidr::parse("10.0.0.0/8")
-            .unwrap()
-            .contains(ip("10.255.0.1")));
-        assert!(!Cidr::parse("10.0.0.0/8").unwrap().contains(ip("11.0.0.1")));
-        assert!(Cidr::parse("::1").unwrap().contains(ip("::1")));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
-        assert!(!Cidr::parse("0.0.0.0/0").unwrap().contains(ip("::1")));
-        assert!(Cidr::parse("fc00::/7").unwrap().contains(ip("fd12::1")));
-        for bad in [
-            "10.0.0.1/8",
-            "10.0.0.0/33",
-            "10.0.0.0/",
-            "x/8",
-            "::/129",
-            "10.0.0.0/+8",
-        ] {
-            assert!(Cidr::parse(bad).is_err(), "{bad} accepted");
-        }
-    }
-
-    #[test]
-    fn defaults_allow_loopback_and_private_ranges_only() {
+    fn discovery_defaults_and_messages_are_unchanged() {
         let a = defaults();
-        for good in [
-            "127.0.0.1",
-            "127.9.9.9",
-            "::1",
-            "10.1.2.3",
-            "172.31.0.1",
-            "192.168.1.1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(a.check(ip(good)).is_ok(), "{good} refused");
-        }
-        for bad in [
-            "169.254.169.254",
-            "fd00:ec2::254",
-            "0.0.0.0",
-            "::",
-            "224.0.0.1",
-            "255.255.255.255",
-            "8.8.8.8",
-            "fe80::1",
-            "ff02::1",
-            "::ffff:169.254.169.254",
-            "172.32.0.1",
-        ] {
-            assert!(a.check(ip(bad)).is_err(), "{bad} allowed");
-        }
-    }
-
-    #[test]
-    fn refused_ranges_need_an_entry_within_them() {
-        let wide = AllowedHosts::parse(&["0.0.0.0/0".into(), "::/0".into()]).unwrap();
-        assert!(wide.check(ip("8.8.8.8")).is_ok());
-        assert!(wide.check(ip("169.254.169.254")).is_err());
-        assert!(wide.check(ip("fd00:ec2::254")).is_err());
-        let listed = AllowedHosts::parse(&["169.254.0.0/16".into()]).unwrap();
-        assert!(listed.check(ip("169.254.169.254")).is_ok());
+        assert!(a.check(ip("127.0.0.1")).is_ok());
+        assert!(a.check(ip("192.168.1.1")).is_ok());
+        assert_eq!(
+            a.check(ip("8.8.8.8")).unwrap_err(),
+            "8.8.8.8 is not in discovery's allowed_hosts"
+        );
+        let why = a.check(ip("169.254.169.254")).unwrap_err();
+        assert!(
+            why.contains("refused unless allowed_hosts lists it"),
+            "{why}"
+        );
+        let bad = AllowedHosts::parse(&["10.0.0.1/8".into()]).unwrap_err();
+        assert!(bad.starts_with("allowed_hosts: "), "{bad}");
+        assert!(Cidr::parse("10.0.0.0/8").unwrap().contains(ip("10.1.1.1")));
     }
 
     #[test]

@@ -86,6 +86,11 @@ impl Handle {
 
 /// Largest request body taken (registrations and lookups are far smaller).
 const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The kernel's send buffer per connection (doubled by the kernel): room for
+/// a snapshot of about a thousand instances. A watcher that stops reading
+/// then pins this much kernel memory, not the megabytes autotuning would let
+/// it grow to, and its stream stops producing at once.
+const SEND_BUFFER: usize = 64 * 1024;
 
 /// Starts discovery on `config.listen` (port 0 picks a free port).
 ///
@@ -97,11 +102,15 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
     let allowed = Arc::new(AllowedHosts::parse(&config.allowed_hosts).map_err(invalid)?);
     let config = Arc::new(config);
     let budget = budget::plan(config.max_connections, config.max_concurrent_checks);
-    let hub = Arc::new(Hub::with_cap(watcher_cap(
-        config.watchers(),
-        config.max_connections,
-        budget.connections,
-    )));
+    // Warming from now: the registry starts empty (memory) until the apps re-register.
+    let hub = Arc::new(
+        Hub::with_cap(watcher_cap(
+            config.watchers(),
+            config.max_connections,
+            budget.connections,
+        ))
+        .warming_for(config.warmup()),
+    );
     let (wake, woken) = async_channel::bounded(1);
     let policy = Policy {
         healthy_threshold: config.healthy_threshold,
@@ -132,6 +141,11 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         not_made: Arc::new(health::Throttle::new(health::NOT_MADE_LOG_EVERY)),
     };
     let stop = Trigger::new();
+    {
+        use futures_lite::FutureExt;
+        let (hub, stop) = (hub.clone(), stop.clone());
+        task::spawn(async move { hub.end_warmup().or(stop.wait()).await });
+    }
     let state = State {
         registry: registry.clone(),
         hub: hub.clone(),
@@ -144,6 +158,7 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         header_timeout: config.client_header_timeout,
         idle_timeout: config.idle_timeout,
         max_body_bytes: MAX_BODY_BYTES,
+        send_buffer: Some(SEND_BUFFER),
         ..Limits::default()
     };
     let listener = shared::serve::bind(&config.listen).await?;

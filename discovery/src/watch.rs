@@ -14,6 +14,13 @@
 //! Streams are capped on their own (`max_watchers`, [`Hub::admit`]): they
 //! hold their connection for as long as they last, and must never take the
 //! connections that register, lookup and the health checks need.
+//!
+//! Warm-up: a discovery that just started with an empty registry does not
+//! know yet what the apps will re-register, so until `warmup` has passed
+//! every event says `"warming": true` and gateways let it add instances but
+//! never remove any. When the warm-up ends every stream is woken and re-sends
+//! its namespace's set without the flag (same version: the set did not
+//! change, only how far it can be trusted), so gateways learn the final set.
 
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -26,7 +33,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The watch streams: who watches which namespace, and how many may.
 #[derive(Debug)]
@@ -38,6 +45,8 @@ pub(crate) struct Hub {
     /// Most streams open at once.
     cap: usize,
     next_id: AtomicU64,
+    /// Until when this discovery is warming up (`None`: it never does).
+    warm_until: Option<Instant>,
 }
 
 /// A namespace's topic and how many streams follow it (removed at zero, so
@@ -63,7 +72,32 @@ impl Hub {
             open: AtomicUsize::new(0),
             cap,
             next_id: AtomicU64::new(0),
+            warm_until: None,
         }
+    }
+
+    /// The hub of a discovery that warms up for `warmup` from now (zero: not at all).
+    pub(crate) fn warming_for(mut self, warmup: Duration) -> Self {
+        self.warm_until = (!warmup.is_zero()).then(|| Instant::now() + warmup);
+        self
+    }
+
+    /// Whether events sent now must say `"warming": true`.
+    pub(crate) fn warming(&self) -> bool {
+        self.warm_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Waits for the end of the warm-up, then wakes every stream so it
+    /// re-sends its set as warmed. Returns at once without a warm-up.
+    pub(crate) async fn end_warmup(self: Arc<Self>) {
+        let Some(until) = self.warm_until else {
+            return;
+        };
+        log::info!(seconds = until.saturating_duration_since(Instant::now()).as_secs_f64();
+            "warming up: watch events say \"warming\" until the apps have re-registered");
+        async_std::task::sleep(until.saturating_duration_since(Instant::now())).await;
+        log::info!("warm-up over: watch streams re-send their sets as warmed");
+        self.wake_all();
     }
 
     /// Most streams open at once.
@@ -103,6 +137,11 @@ impl Hub {
     /// so the server can drain).
     pub(crate) fn close(&self) {
         self.closed.fire();
+        self.wake_all();
+    }
+
+    /// Wakes every stream of every namespace.
+    fn wake_all(&self) {
         let topics: Vec<Arc<Topic>> = self.lock().values().map(|w| w.topic.clone()).collect();
         for topic in topics {
             topic.changed();
@@ -167,9 +206,25 @@ impl Drop for Admission {
 struct Topic {
     generation: AtomicU64,
     waiting: Mutex<HashMap<u64, Waker>>,
-    /// The last event written, by version: versions only grow within a
-    /// namespace (the mirror never drops one), so a version names one set.
-    encoded: Mutex<Option<(u64, Arc<[u8]>)>>,
+    /// The last event written, by version and warming flag: versions only
+    /// grow within a namespace (the mirror never drops one), so a version
+    /// names one set, and warming only ever ends.
+    encoded: Mutex<Option<(Sent, Arc<[u8]>)>>,
+}
+
+/// What a stream last sent: a set's version and whether it said warming.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sent {
+    version: u64,
+    warming: bool,
+}
+
+impl Sent {
+    /// Later events order after earlier ones: a newer version, or the same
+    /// one once warmed.
+    fn order(self) -> (u64, bool) {
+        (self.version, !self.warming)
+    }
 }
 
 impl Topic {
@@ -206,20 +261,25 @@ impl Topic {
         lock(&self.waiting).remove(&id);
     }
 
-    /// `snapshot` as an SSE event, serialized once per version however many watch.
-    fn encoded(&self, snapshot: &WatchEvent) -> Arc<[u8]> {
-        if let Some((version, bytes)) = &*lock(&self.encoded) {
-            if *version == snapshot.version {
+    /// `snapshot` as an SSE event, serialized once per version (and warming
+    /// flag) however many watch.
+    fn encoded(&self, snapshot: &WatchEvent, warming: bool) -> Arc<[u8]> {
+        let key = Sent {
+            version: snapshot.version,
+            warming,
+        };
+        if let Some((sent, bytes)) = &*lock(&self.encoded) {
+            if *sent == key {
                 return bytes.clone();
             }
         }
         // Serialized outside the lock: a large set takes a while, and every
         // watcher woken by the change would otherwise block an executor
         // thread waiting for it. At worst two threads encode the same version.
-        let bytes: Arc<[u8]> = encode_event(snapshot).into();
+        let bytes: Arc<[u8]> = encode_message(snapshot, warming).into();
         let mut cached = lock(&self.encoded);
-        if cached.as_ref().is_none_or(|(v, _)| *v < snapshot.version) {
-            *cached = Some((snapshot.version, bytes.clone()));
+        if cached.as_ref().is_none_or(|(s, _)| s.order() < key.order()) {
+            *cached = Some((key, bytes.clone()));
         }
         bytes
     }
@@ -245,15 +305,29 @@ impl Drop for Subscription {
     }
 }
 
-/// One SSE event carrying a snapshot.
+/// One SSE event carrying a snapshot of a warmed discovery.
 pub fn encode_event(event: &WatchEvent) -> Vec<u8> {
+    encode_message(event, false)
+}
+
+/// The `data:` as [`shared::wire::WatchMessage`] reads it, without copying the set.
+#[derive(serde::Serialize)]
+struct Outgoing<'a> {
+    #[serde(flatten)]
+    event: &'a WatchEvent,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    warming: bool,
+}
+
+/// One SSE event carrying a snapshot, saying whether discovery is warming.
+fn encode_message(event: &WatchEvent, warming: bool) -> Vec<u8> {
     use std::io::Write;
     let mut out = Vec::with_capacity(64 + 64 * event.instances.len());
     let _ = write!(out, "event: instances\nid: {}\ndata: ", event.version);
     // Compact JSON has no newline to break the `data:` line. A WatchEvent is
     // strings and numbers, so this cannot fail; if it did, the data is empty.
     let data = out.len();
-    if serde_json::to_writer(&mut out, event).is_err() {
+    if serde_json::to_writer(&mut out, &Outgoing { event, warming }).is_err() {
         out.truncate(data);
     }
     out.extend_from_slice(b"\n\n");
@@ -276,8 +350,8 @@ pub(crate) struct StreamSpec {
 pub(crate) struct WatchBody {
     registry: Arc<Registry>,
     sub: Subscription,
-    /// Version of the last event sent.
-    sent: Option<u64>,
+    /// The last event sent.
+    sent: Option<Sent>,
     chunk: Chunk,
     at: usize,
     keepalive: Duration,
@@ -333,10 +407,16 @@ impl WatchBody {
             // as a newer generation below, so none is missed.
             let seen = topic.generation();
             let snapshot = self.registry.snapshot(&self.sub.namespace);
-            if self.sent != Some(snapshot.version) {
-                self.sent = Some(snapshot.version);
+            // Read after the generation too: the end of the warm-up bumps it.
+            let warming = self.sub.hub.warming();
+            let now = Sent {
+                version: snapshot.version,
+                warming,
+            };
+            if self.sent != Some(now) {
+                self.sent = Some(now);
                 self.rearm();
-                return Poll::Ready(Some(Chunk::Event(topic.encoded(&snapshot))));
+                return Poll::Ready(Some(Chunk::Event(topic.encoded(&snapshot, warming))));
             }
             drop(snapshot);
             if topic.poll_change(self.sub.id, seen, cx).is_ready() {
@@ -396,5 +476,61 @@ impl AsyncRead for WatchBody {
         };
         self.consume(n);
         Poll::Ready(Ok(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::wire::{Endpoint, Port, WatchMessage};
+
+    fn set() -> WatchEvent {
+        WatchEvent {
+            namespace: "ns".into(),
+            version: 7,
+            instances: vec![Endpoint {
+                id: "a".into(),
+                host: "127.0.0.1".into(),
+                port: Port(8080),
+            }],
+        }
+    }
+
+    fn data(event: &[u8]) -> WatchMessage {
+        let text = std::str::from_utf8(event).unwrap();
+        let line = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        serde_json::from_str(line).unwrap()
+    }
+
+    #[test]
+    fn an_event_says_warming_only_while_warming() {
+        let warm = data(&encode_message(&set(), true));
+        assert!(warm.warming);
+        assert_eq!(warm.event, set());
+        let plain = encode_event(&set());
+        assert!(!String::from_utf8_lossy(&plain).contains("warming"));
+        assert!(!data(&plain).warming);
+    }
+
+    #[test]
+    fn a_hub_warms_for_its_warmup_only() {
+        assert!(!Hub::default().warming(), "no warm-up unless asked");
+        assert!(!Hub::default().warming_for(Duration::ZERO).warming());
+        assert!(Hub::default()
+            .warming_for(Duration::from_secs(60))
+            .warming());
+        let hub = Arc::new(Hub::default().warming_for(Duration::from_millis(20)));
+        async_std::task::block_on(hub.clone().end_warmup());
+        assert!(!hub.warming(), "over once end_warmup returns");
+    }
+
+    #[test]
+    fn the_warmed_set_replaces_the_warming_one_in_the_cache() {
+        let topic = Topic::default();
+        let warming = topic.encoded(&set(), true);
+        assert!(data(&warming).warming);
+        let warmed = topic.encoded(&set(), false);
+        assert!(!data(&warmed).warming);
+        assert!(Arc::ptr_eq(&warmed, &topic.encoded(&set(), false)));
     }
 }

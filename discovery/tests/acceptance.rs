@@ -23,5 +23,7 @@ mod maintenance;
 mod metrics;
 #[path = "acceptance/register.rs"]
 mod register;
+#[path = "acceptance/store_records.rs"]
+mod store_records;
 #[path = "acceptance/watch.rs"]
 mod watch;

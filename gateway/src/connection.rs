@@ -56,9 +56,21 @@ struct Client<'a> {
     chunked: Vec<u8>,
 }
 
-/// How long a connection accepted before or while stopping may take to send
-/// its first request once the gateway is stopping.
-pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// Once the gateway is stopping, how long a connection with no request in
+/// progress still waits for one: a connection accepted before the stop that
+/// has not sent its first request yet, or a keep-alive connection whose last
+/// answer went out before the stop (without `Connection: close`) and whose
+/// client may be sending its next request right now. Closing at once would
+/// break that request (a POST cannot be safely retried); one second covers a
+/// busy client's next request and keeps the stop short. Bounded by
+/// `drain_timeout` ([`drain_window`]). The answer to a request that arrives
+/// then carries `Connection: close`.
+pub const DRAIN_WINDOW: Duration = Duration::from_secs(1);
+
+/// [`DRAIN_WINDOW`], within `drain_timeout`.
+fn drain_window(config: &GatewayConfig) -> Duration {
+    DRAIN_WINDOW.min(config.drain_timeout)
+}
 
 /// Serves a client connection until it closes, idles out, or the gateway stops.
 pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
@@ -71,12 +83,8 @@ pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
         upstream: Vec::new(),
         chunked: Vec::new(),
     };
-    let idle = c.config().idle_timeout;
-    if !c
-        .session
-        .first_bytes(idle, &ctx.stop, FIRST_REQUEST_GRACE)
-        .await
-    {
+    let (idle, drain) = (c.config().idle_timeout, drain_window(c.config()));
+    if !c.session.first_bytes(idle, &ctx.stop, drain).await {
         return;
     }
     loop {
@@ -254,7 +262,7 @@ impl<'a> Client<'a> {
     /// Waits for the next request without holding a buffer (see
     /// [`Session::await_request`]). False when the connection is done
     /// (closed, idle past `idle_timeout`, or stopping).
-    async fn await_next_request(&mut self, idle: Duration) -> bool {
+    async fn await_next_request(&mut self, idle: Duration, drain: Duration) -> bool {
         let (upstream, chunked) = (&mut self.upstream, &mut self.chunked);
         let idling = || {
             buffers::give(std::mem::take(upstream));
@@ -262,7 +270,7 @@ impl<'a> Client<'a> {
         };
         if !self
             .session
-            .await_request(idle, &self.ctx.stop, idling)
+            .await_request(idle, &self.ctx.stop, drain, idling)
             .await
         {
             return false;
@@ -276,8 +284,8 @@ impl<'a> Client<'a> {
     /// Reads until a whole request head is parsed. `Ok(false)`: the connection is
     /// done (closed, idle past `idle_timeout`, or the gateway is stopping while idle).
     async fn read_head(&mut self) -> Result<bool, Refusal> {
-        let idle = self.config().idle_timeout;
-        if self.session.input.is_empty() && !self.await_next_request(idle).await {
+        let (idle, drain) = (self.config().idle_timeout, drain_window(self.config()));
+        if self.session.input.is_empty() && !self.await_next_request(idle, drain).await {
             return Ok(false);
         }
         let config = &self.now.as_deref().unwrap_or(self.ctx).config;
@@ -303,10 +311,11 @@ impl<'a> Client<'a> {
                 head_deadline.get_or_insert_with(|| Until::after(config.client_header_timeout));
             }
             let read = match head_deadline {
-                // Between requests: wait up to idle_timeout, or until the gateway stops.
+                // Between requests: wait up to idle_timeout, or the drain
+                // window once the gateway stops.
                 None => {
                     session
-                        .read_or_stop(config.idle_timeout, &self.ctx.stop)
+                        .read_or_drain(config.idle_timeout, &self.ctx.stop, drain)
                         .await
                 }
                 Some(at) => session.read(at.left()).await,

@@ -16,7 +16,7 @@
 use crate::codec;
 use crate::forward::{self, Deadlines, Exchange, Try};
 use crate::passive::Fault;
-use crate::pool::Upstream;
+use crate::pool::{self, Upstream};
 use crate::retry;
 use crate::ring::Balancer;
 use crate::runtime::Until;
@@ -80,6 +80,19 @@ pub async fn serve(
         )
         .await;
         let outcome = outcome_of(&tried_now, deadlines.connect < config.connect_timeout);
+        // A member allowed_upstreams refuses, or that does not resolve,
+        // fails over like a refused connect: counted, logged once per member
+        // and reason, never per request.
+        let skipped = match &tried_now {
+            Try::ConnectFailed(e) => pool::skipped(e).map(|why| (why, e.to_string())),
+            _ => None,
+        };
+        if let Some((why, detail)) = &skipped {
+            if ctx.metrics.skipped(*why, &target.key) {
+                log::warn!(upstream = target.key.as_str(), reason = why.as_str();
+                    "skipping this instance on every request, as if it refused connections: {detail}");
+            }
+        }
         if retry::cools_down(outcome) {
             target.cool_down(config.connect_cooldown);
         }
@@ -118,8 +131,13 @@ pub async fn serve(
         next = pick_next(ctx, balancer, &failures.tried, session, &give_up_at, after).await;
         if let Some(n) = &next {
             ctx.metrics.failover(cause);
-            log::warn!(request_id = ex.request_id, from = target.key.as_str(), to = n.key.as_str(),
-                cause = cause.as_str(), attempt = attempts; "failing over: {}", failures.detail);
+            if skipped.is_some() {
+                log::debug!(request_id = ex.request_id, from = target.key.as_str(), to = n.key.as_str();
+                    "skipped: {}", failures.detail);
+            } else {
+                log::warn!(request_id = ex.request_id, from = target.key.as_str(), to = n.key.as_str(),
+                    cause = cause.as_str(), attempt = attempts; "failing over: {}", failures.detail);
+            }
         }
     }
     failures

@@ -20,6 +20,10 @@
 //! ends one connection or restarts one background loop, never the process
 //! (`gateway_panics_total`).
 //!
+//! Start and stop: [`ready`] keeps the client port unlistened until every
+//! route has an instance (`ready_timeout`), and closes it first at shutdown;
+//! the pool holds every instance to `allowed_upstreams` ([`pool`]).
+//!
 //! Cores: [`worker`] runs `worker_threads` threads, each with its own
 //! executor, listener, idle pools, round-robin cursors and metric shards;
 //! [`retry`] is the failover policy as a pure function; [`selection`] is how
@@ -37,6 +41,7 @@ mod listener;
 mod metrics;
 mod passive;
 mod pool;
+mod ready;
 pub mod reload;
 mod retry;
 mod ring;
@@ -85,6 +90,8 @@ pub struct Context {
     pub budget: Arc<budget::Budget>,
     /// The newest context after reloads ([`reload`]); shared by every generation.
     pub live: Arc<reload::Live>,
+    /// The client port: listened on once ready, closed first at shutdown.
+    pub(crate) gate: Arc<ready::Gate>,
 }
 
 impl Context {
@@ -105,6 +112,7 @@ impl Context {
             panics: self.panics.clone(),
             budget: self.budget.clone(),
             live: self.live.clone(),
+            gate: self.gate.clone(),
         }
     }
 
@@ -157,10 +165,17 @@ impl Handle {
 
     /// Stops accepting, lets requests in progress finish within `drain_timeout`,
     /// cuts the rest, then stops the watchers and the admin port.
+    ///
+    /// The client sockets close before any connection hears of the stop: a
+    /// client told `Connection: close` reconnects, and its new connection must
+    /// find only the peers' sockets on a shared port, not this closing one
+    /// (whose queued connections the kernel would reset).
     pub async fn shutdown(self) {
         let ctx = self.ctx.current();
-        ctx.stop.fire();
+        ctx.gate.close();
+        ctx.metrics.ready.set(0);
         self.workers.stopped_accepting().await;
+        ctx.stop.fire();
         if !self.connections.drained(ctx.config.drain_timeout).await {
             log::warn!(left = self.connections.live(); "drain time over, closing connections");
         }
@@ -202,15 +217,20 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         Some(l) => l.local_addr()?,
         None => return Err(std::io::Error::other("no listener bound")),
     };
+    let gate = Arc::new(ready::Gate::new(&listeners, addr)?);
     let router = Arc::new(ring::Router::new(&config.routes));
-    let upstreams = Arc::new(pool::Upstreams::new(pool::Limits {
+    let setting = shared::allowed::Setting::GATEWAY;
+    let allowed = shared::allowed::AllowedHosts::parse_setting(setting, &config.allowed_upstreams)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let limits = pool::Limits {
         max_idle: config.pool_max_idle,
         idle_timeout: config.pool_idle_timeout,
         passive: passive::Policy {
             failures: config.passive_health_failures,
             cooldown: config.connect_cooldown,
         },
-    }));
+    };
+    let upstreams = Arc::new(pool::Upstreams::new(limits, allowed));
     let discovery = surf::Config::new()
         .set_http_keep_alive(false)
         .set_tcp_no_delay(true)
@@ -239,6 +259,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         budget,
         config,
         live,
+        gate,
     });
     ctx.live.start(&ctx);
     // Every loop restarts if it panics: a ring must keep following discovery,
@@ -262,8 +283,10 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
             async move { c.watchdog.run(&c.stop, &c.kill).await }
         },
     )));
+    let mut admin_routes = admin::routes(ctx.clone());
+    ready::routes(&mut admin_routes);
     let admin = shared::serve::serve_with(
-        admin::routes(ctx.clone()),
+        admin_routes,
         shared::serve::bind(&ctx.config.admin_listen).await?,
         shared::serve::Options {
             limits: shared::serve::Limits::default(),
@@ -271,9 +294,26 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         },
     )?;
     let connections = Tracker::default();
+    if ctx.config.ready_timeout.is_zero() {
+        // Before spawn returns: a caller may connect at once.
+        if let Err(e) = ctx.gate.open() {
+            ctx.stop.fire();
+            return Err(e);
+        }
+        ctx.metrics.ready.set(1);
+    }
     let workers = worker::spawn(&ctx, listeners, &connections)?;
-    log::info!(addr:% = addr; "gateway listening on http://{addr}");
     log::info!(addr:% = admin.addr(); "gateway admin listening on http://{}", admin.addr());
+    if !ctx.config.ready_timeout.is_zero() {
+        log::info!(addr:% = addr; "gateway bound to {addr}; it listens once every route has an available instance, or after ready_timeout ({})",
+            shared::config::format_duration(ctx.config.ready_timeout));
+        let c = ctx.clone();
+        background.push(task::spawn(supervise(
+            ctx.panics.clone(),
+            "readiness",
+            move || ready::open_when_ready(c.clone()),
+        )));
+    }
     Ok(Handle {
         addr,
         ctx,

@@ -10,9 +10,17 @@
 //! kernel gives each its own accept queue and spreads new connections over
 //! them by a hash of the client's address and port.
 //!
-//! Shutdown: the accept loop stops at once; each connection ends after the
-//! request it is serving (idle ones at once); whatever is still running after
-//! `drain_timeout` is cut by the [`crate::deadline::Watchdog`]. With
+//! The sockets are bound at start but listened on only when the gateway is
+//! ready ([`crate::ready`]): a SO_REUSEPORT socket joins its port's group at
+//! `listen()`, so a gateway that cannot serve takes no connection from its
+//! peers. Until then each accept loop waits for the gate to open.
+//!
+//! Shutdown: the gate closes first, and the accept loops stop; only then does
+//! the gateway tell its connections it is stopping, so clients told
+//! `Connection: close` reconnect to a peer, never to this closing socket.
+//! Each connection then ends after the request it is serving, an idle one
+//! after a short drain window ([`crate::connection`]); whatever is still
+//! running after `drain_timeout` is cut by the [`crate::deadline::Watchdog`]. With
 //! SO_REUSEPORT, connections the kernel already queued for *this* socket are
 //! reset when it closes rather than handed to a sibling, so before closing
 //! the socket the loop takes everything left in its queue (non-blocking
@@ -23,7 +31,7 @@
 //!
 //! A connection's first request is never cut by the shutdown: the client
 //! connected before the gateway stopped, so the task waits (at most
-//! [`connection::FIRST_REQUEST_GRACE`] once stopping) for its first bytes.
+//! [`connection::DRAIN_WINDOW`] once stopping) for its first bytes.
 
 use crate::connection;
 use crate::runtime::{self, net};
@@ -58,7 +66,7 @@ impl Bound {
     }
 
     /// Another handle on the same socket (and accept queue).
-    fn try_clone(&self) -> std::io::Result<Bound> {
+    pub(crate) fn try_clone(&self) -> std::io::Result<Bound> {
         Ok(Bound {
             listener: self.listener.try_clone()?,
             addr: self.addr,
@@ -83,7 +91,8 @@ pub fn bind_all(listen: &str, reuse_port: bool, workers: usize) -> std::io::Resu
     Ok(all)
 }
 
-/// Binds `listen` (an `ip:port` or `host:port`), with SO_REUSEPORT when `reuse_port`.
+/// Binds `listen` (an `ip:port` or `host:port`), with SO_REUSEPORT when
+/// `reuse_port`, without listening yet (see [`listen`]).
 pub fn bind(listen: &str, reuse_port: bool) -> std::io::Result<Bound> {
     let cannot = |e: std::io::Error| {
         std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))
@@ -110,15 +119,27 @@ pub fn bind(listen: &str, reuse_port: bool) -> std::io::Result<Bound> {
         socket.set_reuse_port(true).map_err(cannot)?;
     }
     socket.bind(&addr.into()).map_err(cannot)?;
-    socket.listen(BACKLOG).map_err(cannot)?;
     let listener: std::net::TcpListener = socket.into();
     let addr = listener.local_addr()?;
     Ok(Bound { listener, addr })
 }
 
-/// The accept loop of one worker: runs until the gateway stops, then serves
-/// what is left in its socket's queue; connection tasks go on this worker.
+/// Starts listening on a bound socket: from now on the kernel queues
+/// connections for it (and, with SO_REUSEPORT, hashes some of the port's to it).
+pub(crate) fn listen(bound: &Bound) -> std::io::Result<()> {
+    socket2::SockRef::from(&bound.listener)
+        .listen(BACKLOG)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", bound.addr)))
+}
+
+/// The accept loop of one worker: waits for the gate to open, runs until it
+/// closes, then serves what is left in its socket's queue; connection tasks
+/// go on this worker.
 pub async fn accept(ctx: &Arc<Context>, bound: Bound, connections: &Tracker) {
+    let gate = &ctx.gate;
+    if !gate.opens().await {
+        return; // stopped before it was ready: never listened
+    }
     let listener = match net::Listener::from_std(bound.listener) {
         Ok(l) => l,
         Err(e) => {
@@ -126,17 +147,17 @@ pub async fn accept(ctx: &Arc<Context>, bound: Bound, connections: &Tracker) {
             return;
         }
     };
-    while !ctx.stop.is_fired() {
+    while !gate.is_closed() {
         let accepted = listener
             .accept()
             .or(async {
-                ctx.stop.wait().await;
+                gate.closes().await;
                 Err(std::io::Error::other("stopping"))
             })
             .await;
         match accepted {
             Ok((stream, peer)) => serve(ctx, stream, peer, connections),
-            Err(_) if ctx.stop.is_fired() => break,
+            Err(_) if gate.is_closed() => break,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 log::warn!("accept failed: {e}");

@@ -219,6 +219,33 @@ struct ReloadResult {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+/// Why an instance was skipped without a connection being tried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Skip {
+    /// Every address of it is outside `allowed_upstreams`.
+    Denied,
+    /// Its host name does not resolve.
+    Unresolved,
+}
+
+impl Skip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::Denied => "denied",
+            Skip::Unresolved => "unresolved",
+        }
+    }
+}
+
+/// (instance, why) pairs already logged; beyond this many the set starts
+/// again, so a flood of names costs bounded memory and a line each at worst.
+const SKIPS_REMEMBERED: usize = 4096;
+
 /// The content type of `/metrics`.
 pub const CONTENT_TYPE: &str = shared::process_metrics::CONTENT_TYPE;
 
@@ -256,6 +283,11 @@ pub struct Metrics {
     lookups: Family<Outcome, Counter>,
     reloads: Family<ReloadResult, Counter>,
     pub client_connections: Gauge,
+    skipped: Family<Reason, Counter>,
+    /// Which skips were logged already (see [`Metrics::skipped`]).
+    skips_logged: std::sync::Mutex<std::collections::HashSet<(String, Skip)>>,
+    /// 1 once the client port is listened on, 0 before and while draining.
+    pub ready: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -283,6 +315,18 @@ impl Metrics {
         let lookups = Family::<Outcome, Counter>::default();
         let client_connections = Gauge::default();
         let reloads = Family::<ReloadResult, Counter>::default();
+        let skipped = Family::<Reason, Counter>::default();
+        let ready = Gauge::default();
+        registry.register(
+            "upstreams_skipped",
+            "Tries that skipped an instance without connecting, by reason (denied: every address outside allowed_upstreams; unresolved: its host name does not resolve)",
+            skipped.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while the gateway accepts on its client port (ready), 0 before it is ready and while it drains",
+            ready.clone(),
+        );
         registry.register(
             "config_reloads",
             "Configuration reloads (SIGHUP) by result: ok, or error (the old config was kept)",
@@ -324,7 +368,26 @@ impl Metrics {
             lookups,
             reloads,
             client_connections,
+            skipped,
+            skips_logged: std::sync::Mutex::default(),
+            ready,
         }
+    }
+
+    /// Counts a try that skipped `upstream` for `why`; true the first time
+    /// this instance was skipped for this reason, so the caller logs it once
+    /// rather than on every request.
+    pub fn skipped(&self, why: Skip, upstream: &str) -> bool {
+        self.skipped
+            .get_or_create(&Reason {
+                reason: why.as_str(),
+            })
+            .inc();
+        let mut logged = self.skips_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.len() >= SKIPS_REMEMBERED {
+            logged.clear();
+        }
+        logged.insert((upstream.to_string(), why))
     }
 
     /// Counts one reload: `"ok"` or `"error"`.

@@ -18,10 +18,12 @@
 //! (one peek per reuse): the worker may not have seen the event yet.
 
 use crate::deadline::Deadline;
+use crate::metrics::Skip;
 use crate::passive::{Fault, PassiveHealth, Policy};
 use crate::runtime::net::{Stream, Unread};
 use crate::runtime::{clock, Until};
 use crate::worker::PerWorker;
+use shared::allowed::AllowedHosts;
 use shared::http1::{ReadBuf, ResponseHead};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -72,7 +74,11 @@ pub struct Limits {
 pub struct Upstream {
     /// `host:port` as discovery names it; also what `exclude` lists.
     pub key: String,
+    /// The addresses it may be connected at (`allowed_upstreams`).
     addrs: Vec<SocketAddr>,
+    /// Why it is never connected to: every address it resolved to is
+    /// outside `allowed_upstreams`.
+    refused: Option<String>,
     /// Per worker, most recently used last.
     idle: PerWorker<Mutex<Vec<Idle>>>,
     limits: Limits,
@@ -90,6 +96,7 @@ impl Upstream {
         Upstream {
             key,
             addrs,
+            refused: None,
             idle: PerWorker::default(),
             limits,
             cooling_until: AtomicU64::new(0),
@@ -97,6 +104,40 @@ impl Upstream {
             stats: Arc::default(),
             health: Arc::default(),
         }
+    }
+
+    /// Keeps only the addresses `allowed` allows. With none left, the
+    /// instance is never connected to: every connect fails at once as
+    /// [`Skipped`], which the request fails over like a refused connect (the
+    /// next member at once, this one cooled down for `connect_cooldown`, and
+    /// counted). Logged here, once per instance, not per request.
+    pub(crate) fn screened(mut self, allowed: &AllowedHosts) -> Self {
+        let (ok, denied): (Vec<SocketAddr>, Vec<SocketAddr>) = self
+            .addrs
+            .iter()
+            .partition(|a| allowed.check(a.ip()).is_ok());
+        let Some(first) = denied.first() else {
+            return self;
+        };
+        let why = allowed
+            .check(first.ip())
+            .err()
+            .unwrap_or_else(|| format!("{first} is refused"));
+        if ok.is_empty() {
+            log::warn!(upstream = self.key.as_str(), reason = "denied";
+                "never connecting to this instance: {why}; requests skip it as if it refused connections");
+            self.refused = Some(why);
+        } else {
+            log::warn!(upstream = self.key.as_str(), reason = "denied";
+                "connecting to this instance only at its allowed addresses: {why}");
+        }
+        self.addrs = ok;
+        self
+    }
+
+    /// Whether `allowed_upstreams` refuses every address of it.
+    pub fn is_refused(&self) -> bool {
+        self.refused.is_some()
     }
 
     /// The calling worker's idle list.
@@ -175,7 +216,17 @@ impl Upstream {
     }
 
     /// Opens a new connection, trying each resolved address, all within `timeout`.
+    /// An instance `allowed_upstreams` refuses, or one whose host did not
+    /// resolve, fails at once as [`Skipped`]: nothing is connected to.
     pub async fn connect(&self, deadline: &Deadline, timeout: Duration) -> std::io::Result<Conn> {
+        if let Some(why) = &self.refused {
+            let why = format!("{} is not connected to: {why}", self.key);
+            return Err(Skipped::error(Skip::Denied, why));
+        }
+        if self.addrs.is_empty() {
+            let why = format!("{} resolved to no address", self.key);
+            return Err(Skipped::error(Skip::Unresolved, why));
+        }
         let mut last = std::io::Error::other(format!("{} resolved to no address", self.key));
         let until = Until::after(timeout);
         for addr in &self.addrs {
@@ -247,18 +298,55 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A connect not even tried: the gateway's destination policy
+/// (`allowed_upstreams`) refuses the instance, or its host did not resolve.
+/// Nothing was sent anywhere; the request fails over as after a refused connect.
+#[derive(Debug)]
+pub(crate) struct Skipped {
+    pub(crate) why: Skip,
+    message: String,
+}
+
+impl Skipped {
+    fn error(why: Skip, message: String) -> std::io::Error {
+        let kind = match why {
+            Skip::Denied => std::io::ErrorKind::PermissionDenied,
+            Skip::Unresolved => std::io::ErrorKind::NotFound,
+        };
+        std::io::Error::new(kind, Skipped { why, message })
+    }
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Skipped {}
+
+/// Why a failed connect was [`Skipped`], if it was.
+pub(crate) fn skipped(e: &std::io::Error) -> Option<Skip> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<Skipped>())
+        .map(|s| s.why)
+}
+
 /// Every instance the gateway knows, by key, shared by all rings.
 #[derive(Debug)]
 pub struct Upstreams {
     map: Mutex<HashMap<String, Arc<Upstream>>>,
     limits: Limits,
+    /// `allowed_upstreams`: every instance made here is screened by it.
+    allowed: AllowedHosts,
 }
 
 impl Upstreams {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, allowed: AllowedHosts) -> Self {
         Upstreams {
             map: Mutex::new(HashMap::new()),
             limits,
+            allowed,
         }
     }
 
@@ -266,11 +354,15 @@ impl Upstreams {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The instance for `key`, created with `addrs` if new.
+    /// The instance for `key`, created with `addrs` (those `allowed_upstreams`
+    /// allows) if new.
     pub fn get(&self, key: &str, addrs: Vec<SocketAddr>) -> Arc<Upstream> {
         self.lock()
             .entry(key.to_string())
-            .or_insert_with(|| Arc::new(Upstream::new(key.to_string(), addrs, self.limits)))
+            .or_insert_with(|| {
+                let made = Upstream::new(key.to_string(), addrs, self.limits);
+                Arc::new(made.screened(&self.allowed))
+            })
             .clone()
     }
 
@@ -302,4 +394,63 @@ pub async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> 
         .collect();
     addrs.sort_by_key(|a| a.is_ipv6());
     Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::allowed::{default_ranges, Setting};
+
+    fn upstream(addrs: &[&str]) -> Upstream {
+        let limits = Limits {
+            max_idle: 1,
+            idle_timeout: Duration::from_secs(1),
+            passive: crate::passive::Policy {
+                failures: 3,
+                cooldown: Duration::from_secs(2),
+            },
+        };
+        let addrs = addrs.iter().map(|a| a.parse().unwrap()).collect();
+        let policy = AllowedHosts::parse_setting(Setting::GATEWAY, &default_ranges()).unwrap();
+        Upstream::new("instance:9".into(), addrs, limits).screened(&policy)
+    }
+
+    fn connect(up: &Upstream) -> std::io::Result<Conn> {
+        let deadline = Deadline::default();
+        futures_lite::future::block_on(up.connect(&deadline, Duration::from_secs(1)))
+    }
+
+    // 0.0.0.0 (unspecified) is denied by the default policy; nothing here
+    // connects anywhere.
+    #[test]
+    fn an_instance_at_denied_addresses_only_is_never_connected_to() {
+        let up = upstream(&["0.0.0.0:9"]);
+        assert!(up.is_refused());
+        let e = connect(&up).err().unwrap();
+        assert_eq!(skipped(&e), Some(Skip::Denied));
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("allowed_upstreams"), "{e}");
+        assert_eq!(up.opened.load(Ordering::Relaxed), 0);
+        assert!(
+            !shared::local_trouble::is_local_trouble(&e),
+            "the instance's fault, not ours"
+        );
+    }
+
+    #[test]
+    fn denied_addresses_are_dropped_and_allowed_ones_kept() {
+        let up = upstream(&["0.0.0.0:9", "127.0.0.1:9"]);
+        assert!(!up.is_refused());
+        assert_eq!(up.addrs, vec!["127.0.0.1:9".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn an_instance_without_addresses_is_skipped_as_unresolved() {
+        let up = upstream(&[]);
+        assert!(!up.is_refused());
+        let e = connect(&up).err().unwrap();
+        assert_eq!(skipped(&e), Some(Skip::Unresolved));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(skipped(&refused), None);
+    }
 }

@@ -159,6 +159,7 @@ fn keep_restart_only(old: &GatewayConfig, next: &mut GatewayConfig) -> Vec<&'sta
         pool_max_idle,
         pool_idle_timeout,
         passive_health_failures,
+        allowed_upstreams,
         max_buffered_bytes,
         reuse_port
     );

@@ -43,6 +43,13 @@ pub struct WatchStatus {
     pub last_confirmed_ms: AtomicU64,
     /// [`crate::runtime::clock`] milliseconds until which held members stay.
     pub grace_until_ms: AtomicU64,
+    /// Streams opened so far: the number of the one open now, which tells
+    /// the holder whether a snapshot came on it or on one already gone.
+    stream: AtomicU64,
+    /// [`crate::runtime::clock`] milliseconds when the current stream opened.
+    opened_ms: AtomicU64,
+    /// `watch_idle_timeout` in milliseconds (0: not set, no staleness check).
+    idle_ms: AtomicU64,
 }
 
 /// Where a watch stream stands.
@@ -58,12 +65,47 @@ impl WatchStatus {
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
+    /// Where the stream stands. A connected stream that has said nothing
+    /// (no event, no keep-alive) for `watch_idle_timeout` is reported
+    /// disconnected: the watcher is about to drop it, and its snapshot can no
+    /// longer be trusted to be current.
     pub fn get(&self) -> WatchState {
         match self.state.load(Ordering::Relaxed) {
+            1 if self.silent(clock()) => WatchState::Disconnected,
             1 => WatchState::Connected,
             2 => WatchState::Disconnected,
             _ => WatchState::Connecting,
         }
+    }
+
+    /// Records `watch_idle_timeout`, past which a silent stream is not live.
+    pub(crate) fn set_idle_timeout(&self, idle: std::time::Duration) {
+        let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        self.idle_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Notes a stream just opened; its number, for [`WatchStatus::live_on`].
+    pub(crate) fn opened(&self) -> u64 {
+        self.opened_ms.store(clock().max(1), Ordering::Relaxed);
+        self.stream.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Whether stream number `stream` is the one open now, connected, and
+    /// heard from (opened, an event or a keep-alive) within the idle timeout.
+    pub(crate) fn live_on(&self, stream: u64) -> bool {
+        self.stream.load(Ordering::Acquire) == stream
+            && self.state.load(Ordering::Relaxed) == WatchState::Connected as u8
+            && !self.silent(clock())
+    }
+
+    /// Nothing heard on the current stream for longer than the idle timeout.
+    fn silent(&self, now_ms: u64) -> bool {
+        let idle = self.idle_ms.load(Ordering::Relaxed);
+        let heard = self
+            .last_confirmed_ms
+            .load(Ordering::Relaxed)
+            .max(self.opened_ms.load(Ordering::Relaxed));
+        idle > 0 && now_ms.saturating_sub(heard) > idle
     }
 }
 
@@ -382,6 +424,28 @@ mod tests {
             ring.members[0].key,
             "a cooling one as a last resort"
         );
+    }
+
+    #[test]
+    fn a_stream_is_live_only_while_connected_current_and_heard_from() {
+        let w = WatchStatus::default();
+        w.set_idle_timeout(Duration::from_secs(60));
+        let first = w.opened();
+        w.set(WatchState::Connected);
+        assert!(w.live_on(first));
+        assert_eq!(w.get(), WatchState::Connected);
+        let second = w.opened();
+        assert!(!w.live_on(first), "a snapshot of a stream gone since");
+        assert!(w.live_on(second));
+        w.set(WatchState::Disconnected);
+        assert!(!w.live_on(second));
+        // Silent past the idle timeout: neither live nor reported connected.
+        w.set(WatchState::Connected);
+        w.set_idle_timeout(Duration::from_millis(1));
+        w.opened_ms.store(1, Ordering::Relaxed);
+        w.last_confirmed_ms.store(1, Ordering::Relaxed);
+        assert!(w.silent(clock().max(1) + 2));
+        assert!(!w.silent(2), "heard from 1 ms ago");
     }
 
     #[test]

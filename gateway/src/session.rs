@@ -89,11 +89,28 @@ impl Session {
             .await
     }
 
-    /// [`Session::read`], also cut short when `stop` fires.
-    pub async fn read_or_stop(&mut self, limit: Duration, stop: &Trigger) -> Read {
-        self.deadline
+    /// [`Session::read`] between requests: once `stop` fires, the wait is cut
+    /// to `drain`. A client that was just sending its next request still has
+    /// it answered (with `Connection: close`) rather than its socket closed
+    /// under it.
+    pub async fn read_or_drain(
+        &mut self,
+        limit: Duration,
+        stop: &Trigger,
+        drain: Duration,
+    ) -> Read {
+        let read = self
+            .deadline
             .within_or_stop(limit, stop, self.input.fill(&mut self.stream))
-            .await
+            .await;
+        match read {
+            Err(Interrupted::Stopping) => {
+                self.deadline
+                    .within(drain, self.input.fill(&mut self.stream))
+                    .await
+            }
+            read => read,
+        }
     }
 
     /// Waits until the client has sent something (true), closed, or waited past
@@ -117,11 +134,13 @@ impl Session {
     /// has arrived yet: an idle keep-alive connection costs its task and its
     /// socket (what nginx does). `idling` runs before such a wait, to let the
     /// caller give back its own buffers. False when the connection is done
-    /// (closed, idle past `idle`, or `stop` fired).
+    /// (closed, idle past `idle`, or nothing arrived within `drain` of `stop`
+    /// firing: see [`Session::read_or_drain`]).
     pub async fn await_request(
         &mut self,
         idle: Duration,
         stop: &Trigger,
+        drain: Duration,
         idling: impl FnOnce(),
     ) -> bool {
         if !self.stream.is_readable_now() {
@@ -130,13 +149,17 @@ impl Session {
             }
             buffers::give(std::mem::take(&mut self.out));
             idling();
-            let readable = self.stream.readable();
-            if self
+            let waited = self
                 .deadline
-                .within_or_stop(idle, stop, readable)
-                .await
-                .is_err()
-            {
+                .within_or_stop(idle, stop, self.stream.readable())
+                .await;
+            let waited = match waited {
+                Err(Interrupted::Stopping) => {
+                    self.deadline.within(drain, self.stream.readable()).await
+                }
+                waited => waited,
+            };
+            if waited.is_err() {
                 return false;
             }
         }

@@ -306,10 +306,10 @@ async fn ask(
     if let Some(member) = balancer.ring().members.iter().find(|m| m.key == key) {
         return Ok(member.clone());
     }
-    let addrs = resolve(&host, found.port.0).await.map_err(|_| "error")?;
-    if addrs.is_empty() {
-        return Err("error");
-    }
+    // An instance whose host does not resolve is still an answer: made
+    // without addresses, its try fails at once as a skipped connect, is
+    // counted and logged once, and the next lookup excludes it.
+    let addrs = resolve(&host, found.port.0).await.unwrap_or_default();
     Ok(ctx.upstreams.get(&key, addrs))
 }
 

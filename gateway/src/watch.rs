@@ -17,6 +17,15 @@
 //! really died in the meantime costs a refused connect and a failover, not an
 //! error. A move to another `discovery_url` is such a reconnect: the replica
 //! taking over may not have caught up, and the grace covers it the same way.
+//!
+//! Removals apply only from a live, warmed watch ([`rule`]): a set that
+//! discovery marks `warming` (it started lately, the apps are still
+//! re-registering) only adds members; so does a set whose stream has since
+//! gone or fallen silent (an answer from a discovery that is unreachable now
+//! says nothing about the present). When the grace ends on such a set the
+//! ring stays as it is, and the next set from a live, warmed stream decides.
+//! A discovery killed over and over thus never empties the ring, however
+//! its restarts and the grace interleave.
 
 use crate::pool::{resolve, Upstream};
 use crate::ring::{Balancer, Ring, WatchState};
@@ -27,7 +36,7 @@ use async_std::task;
 use futures_lite::FutureExt;
 use shared::backoff::Backoff;
 use shared::sse::{self, Line};
-use shared::wire::WatchEvent;
+use shared::wire::{WatchEvent, WatchMessage};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,11 +57,14 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the watcher tells the holder.
 #[derive(Debug)]
 pub enum Update {
-    /// The stream (re)opened; `reconnect` is false the first time.
-    Opened {
-        reconnect: bool,
+    /// A stream opened; `reconnect` is false the first time.
+    Opened { reconnect: bool },
+    /// A set read on stream number `stream`.
+    Snapshot {
+        event: WatchEvent,
+        warming: bool,
+        stream: u64,
     },
-    Snapshot(WatchEvent),
 }
 
 /// Why a watch stream could not be opened or ended.
@@ -87,6 +99,9 @@ pub async fn follow(
     let mut opened_before = false;
     let urls = ctx.config.discovery_urls();
     let ns = balancer.namespace.as_str();
+    balancer
+        .watch
+        .set_idle_timeout(ctx.config.watch_idle_timeout);
     // The URL tried now, and how many have failed in a row in this round.
     let (mut at, mut failed_in_round, mut no_watch_in_round) = (0usize, 0usize, None);
     let stopped = || async {
@@ -99,6 +114,7 @@ pub async fn follow(
         let run = async {
             let reader = open(&ctx, url, ns).await?;
             opened = true;
+            let stream = balancer.watch.opened();
             balancer.watch.set(WatchState::Connected);
             balancer.source.set_watching(Some(at % urls.len()));
             log::info!(namespace = ns, url = url.as_str(); "watch stream open");
@@ -107,7 +123,7 @@ pub async fn follow(
                 balancer.watch.reconnects.fetch_add(1, Ordering::Relaxed);
             }
             let _ = updates.send(Update::Opened { reconnect }).await;
-            read_events(&ctx, reader, &balancer, &updates).await
+            read_events(&ctx, reader, &balancer, &updates, stream).await
         };
         let confirmed_before = balancer.watch.last_confirmed_ms.load(Ordering::Relaxed);
         let ended = run.or(async {
@@ -201,6 +217,7 @@ async fn read_events(
     mut reader: Reader,
     balancer: &Balancer,
     updates: &async_channel::Sender<Update>,
+    stream: u64,
 ) -> Result<(), Failed> {
     let mut parser = sse::Parser::bounded(MAX_EVENT);
     let idle = ctx.config.watch_idle_timeout;
@@ -213,12 +230,12 @@ async fn read_events(
         match line {
             None => return Err(fail("discovery closed the stream".into())),
             Some(Line::Event(event)) if event.event == "instances" => {
-                let snapshot: WatchEvent = serde_json::from_str(&event.data)
+                let message: WatchMessage = serde_json::from_str(&event.data)
                     .map_err(|e| fail(format!("unreadable watch event: {e}")))?;
-                if snapshot.namespace != balancer.namespace {
+                if message.event.namespace != balancer.namespace {
                     return Err(fail(format!(
                         "event for namespace {:?}",
-                        snapshot.namespace
+                        message.event.namespace
                     )));
                 }
                 let now = clock().max(1);
@@ -227,7 +244,12 @@ async fn read_events(
                     .watch
                     .last_confirmed_ms
                     .store(now, Ordering::Relaxed);
-                if updates.send(Update::Snapshot(snapshot)).await.is_err() {
+                let update = Update::Snapshot {
+                    event: message.event,
+                    warming: message.warming,
+                    stream,
+                };
+                if updates.send(update).await.is_err() {
                     return Ok(());
                 }
             }
@@ -252,11 +274,64 @@ fn broke(e: &std::io::Error) -> String {
     }
 }
 
+/// How the holder applies discovery's latest set to the ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Apply {
+    /// The ring becomes the set: members it lacks are removed.
+    Exact,
+    /// The set, then the members held since the reconnect (relearn grace).
+    KeepHeld,
+    /// The set, then every member of the ring now: additions only.
+    AddOnly,
+}
+
+/// What the holder knows about a set when it applies it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Facts {
+    /// Discovery said the set is from its warm-up.
+    pub warming: bool,
+    /// The set came on the stream open now, which is connected and was heard
+    /// from within `watch_idle_timeout`.
+    pub live: bool,
+    /// Within `relearn_grace` after a reconnect.
+    pub in_grace: bool,
+}
+
+/// The holder's rule (static stability): removals apply only from a live,
+/// warmed watch, and not during the relearn grace. A warming set, or one
+/// whose stream has since gone or fallen silent, can add members but never
+/// shrink the ring.
+pub(crate) fn rule(facts: Facts) -> Apply {
+    if facts.warming || !facts.live {
+        Apply::AddOnly
+    } else if facts.in_grace {
+        Apply::KeepHeld
+    } else {
+        Apply::Exact
+    }
+}
+
 /// What the holder wakes up to.
 enum Next {
     Update(Update),
     GraceOver,
     Closed,
+}
+
+/// The newest set the holder has, and where it came from.
+struct Latest {
+    event: WatchEvent,
+    warming: bool,
+    stream: u64,
+}
+
+/// The holder's memory between wake-ups.
+#[derive(Default)]
+struct Holder {
+    latest: Option<Latest>,
+    /// The ring's members when the watch last reconnected (during the grace).
+    held: Vec<Arc<Upstream>>,
+    grace_until: Option<Instant>,
 }
 
 /// The holder task: the one writer of the ring.
@@ -265,10 +340,9 @@ pub async fn hold(
     balancer: Arc<Balancer>,
     updates: async_channel::Receiver<Update>,
 ) {
-    let mut latest: Option<WatchEvent> = None;
-    let mut held: Vec<Arc<Upstream>> = Vec::new();
-    let mut grace_until: Option<Instant> = None;
+    let mut h = Holder::default();
     loop {
+        let grace_until = h.grace_until;
         let grace_over = async {
             match grace_until {
                 Some(at) => task::sleep(at.saturating_duration_since(Instant::now())).await,
@@ -285,42 +359,82 @@ pub async fn hold(
         .or(grace_over)
         .await;
         match next {
-            Next::Update(Update::Opened { reconnect: true }) => {
-                let ring = balancer.ring();
-                if !ring.members.is_empty() {
-                    held = ring.members.clone();
-                    let grace = ctx.config.relearn_grace;
-                    grace_until = Some(Instant::now() + grace);
-                    balancer
-                        .watch
-                        .grace_until_ms
-                        .store(clock() + grace.as_millis() as u64, Ordering::Relaxed);
+            Next::Update(Update::Opened { reconnect }) => {
+                // Whatever came on the stream before is from a discovery
+                // that has since gone: only the new stream's sets count.
+                h.latest = None;
+                if reconnect {
+                    start_grace(&ctx, &balancer, &mut h);
                 }
                 continue;
             }
-            Next::Update(Update::Opened { reconnect: false }) => continue,
-            Next::Update(Update::Snapshot(snapshot)) => latest = Some(snapshot),
+            Next::Update(Update::Snapshot {
+                event,
+                warming,
+                stream,
+            }) => {
+                h.latest = Some(Latest {
+                    event,
+                    warming,
+                    stream,
+                })
+            }
             Next::GraceOver => {
-                grace_until = None;
-                held.clear();
-                log::info!(namespace = balancer.namespace.as_str(); "relearn grace over: the ring follows discovery again");
+                h.grace_until = None;
+                h.held.clear();
+                log::info!(namespace = balancer.namespace.as_str(); "relearn grace over");
             }
             Next::Closed => return, // the watcher is gone: stopping
         }
-        if let Some(snapshot) = &latest {
-            let ring = build(&ctx, snapshot, &held).await;
-            log::info!(namespace = balancer.namespace.as_str(), version = ring.version,
-                members = ring.members.len(), held = ring.held; "ring updated");
-            balancer.replace(ring);
-            if balancer.source.set_kind(Kind::Watch) {
-                log::info!(namespace = balancer.namespace.as_str();
-                    "discovery's watch stream is back: requests pick from the ring again");
-            }
-        }
+        apply(&ctx, &balancer, &h).await;
     }
 }
 
-/// The ring for `snapshot`, followed by the held members it lacks.
+/// Holds the ring's members for `relearn_grace` after a reconnect.
+fn start_grace(ctx: &Context, balancer: &Balancer, h: &mut Holder) {
+    let ring = balancer.ring();
+    if ring.members.is_empty() {
+        return;
+    }
+    h.held = ring.members.clone();
+    let grace = ctx.config.relearn_grace;
+    h.grace_until = Some(Instant::now() + grace);
+    let until = clock().saturating_add(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+    balancer
+        .watch
+        .grace_until_ms
+        .store(until, Ordering::Relaxed);
+}
+
+/// Applies the latest set to the ring as [`rule`] says.
+async fn apply(ctx: &Context, balancer: &Balancer, h: &Holder) {
+    let Some(latest) = &h.latest else {
+        return;
+    };
+    let how = rule(Facts {
+        warming: latest.warming,
+        live: balancer.watch.live_on(latest.stream),
+        in_grace: h.grace_until.is_some(),
+    });
+    let current = balancer.ring();
+    let keep: &[Arc<Upstream>] = match how {
+        Apply::Exact => &[],
+        Apply::KeepHeld => &h.held,
+        Apply::AddOnly => &current.members,
+    };
+    let ring = build(ctx, &latest.event, keep).await;
+    let ns = balancer.namespace.as_str();
+    log::info!(namespace = ns, version = ring.version, members = ring.members.len(),
+        held = ring.held, warming = latest.warming, apply:? = how; "ring updated");
+    balancer.replace(ring);
+    if balancer.source.set_kind(Kind::Watch) {
+        log::info!(namespace = ns;
+            "discovery's watch stream is back: requests pick from the ring again");
+    }
+}
+
+/// The ring for `snapshot`, followed by the `held` members it lacks (by
+/// `host:port`: the pool may have made a listed instance anew meanwhile).
 async fn build(ctx: &Context, snapshot: &WatchEvent, held: &[Arc<Upstream>]) -> Ring {
     let mut members: Vec<Arc<Upstream>> = Vec::with_capacity(snapshot.instances.len());
     for instance in &snapshot.instances {
@@ -334,7 +448,7 @@ async fn build(ctx: &Context, snapshot: &WatchEvent, held: &[Arc<Upstream>]) -> 
     }
     let fresh = members.len();
     for h in held {
-        if !members.iter().any(|m| Arc::ptr_eq(m, h)) {
+        if !members.iter().any(|m| m.key == h.key) {
             members.push(h.clone());
         }
     }
@@ -342,5 +456,38 @@ async fn build(ctx: &Context, snapshot: &WatchEvent, held: &[Arc<Upstream>]) -> 
         held: members.len() - fresh,
         members,
         version: snapshot.version,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{rule, Apply, Facts};
+
+    /// Every combination: removals only from a live, warmed watch outside the grace.
+    #[test]
+    fn removals_apply_only_from_a_live_warmed_watch() {
+        use Apply::{AddOnly, Exact, KeepHeld};
+        // (warming, live, in_grace) => how the set is applied
+        let table = [
+            ((false, true, false), Exact),
+            ((false, true, true), KeepHeld),
+            // Discovery restarted and still warming: additions only, grace or not.
+            ((true, true, false), AddOnly),
+            ((true, true, true), AddOnly),
+            // The stream that brought the set is gone or silent (S1: the
+            // grace ran out while discovery was down again).
+            ((false, false, false), AddOnly),
+            ((false, false, true), AddOnly),
+            ((true, false, false), AddOnly),
+            ((true, false, true), AddOnly),
+        ];
+        for ((warming, live, in_grace), want) in table {
+            let facts = Facts {
+                warming,
+                live,
+                in_grace,
+            };
+            assert_eq!(rule(facts), want, "{facts:?}");
+        }
     }
 }

@@ -16,10 +16,14 @@ mod cluster_gateways;
 mod common;
 #[path = "acceptance/console.rs"]
 mod console;
+#[path = "acceptance/destinations.rs"]
+mod destinations;
 #[path = "acceptance/faults.rs"]
 mod faults;
 #[path = "acceptance/framing.rs"]
 mod framing;
+#[path = "acceptance/graceful.rs"]
+mod graceful;
 #[path = "acceptance/hostile.rs"]
 mod hostile;
 #[path = "acceptance/invariants.rs"]
@@ -34,6 +38,8 @@ mod metrics;
 mod misbehaving;
 #[path = "acceptance/protocol.rs"]
 mod protocol;
+#[path = "acceptance/readiness.rs"]
+mod readiness;
 #[path = "acceptance/reload.rs"]
 mod reload;
 #[path = "acceptance/round_robin.rs"]
@@ -50,5 +56,7 @@ mod stability;
 mod streaming;
 #[path = "acceptance/timeouts.rs"]
 mod timeouts;
+#[path = "acceptance/warming.rs"]
+mod warming;
 #[path = "acceptance/workers.rs"]
 mod workers;

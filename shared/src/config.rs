@@ -149,6 +149,23 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Serde adapter for `Option<Duration>` fields that default to `None`
+/// (pair with `skip_serializing_if = "Option::is_none"`).
+pub mod optional_duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        duration::deserialize(d).map(Some)
+    }
+}
+
 /// Serde adapter for `Duration` fields: `#[serde(with = "shared::config::duration")]`.
 pub mod duration {
     use super::*;
@@ -196,9 +213,21 @@ pub struct DiscoveryConfig {
     pub deregister_after: Duration,
     /// Path checked when a registration names none.
     pub health_check_path: String,
-    /// Interval of `: keep-alive` comments on idle watch streams.
+    /// Interval of `: keep-alive` comments on idle watch streams. Short, so a
+    /// gateway notices a frozen replica (SIGSTOP, a stalled host: the socket
+    /// stays open but nothing comes) within its `watch_idle_timeout`, which
+    /// must be above this (about twice it plus a margin).
     #[serde(with = "duration")]
     pub watch_keepalive: Duration,
+    /// After a start, how long this discovery says it is *warming* in its
+    /// watch events: its registry was empty and the apps are still
+    /// re-registering, so a gateway must not let its sets remove anything.
+    /// Unset: [`DiscoveryConfig::warmup`] (the apps' default re-registration
+    /// interval plus one health check). 0: never warming. Only a `memory`
+    /// store warms: an etcd-backed replica has read the shared registry
+    /// before it serves a watch.
+    #[serde(with = "optional_duration", skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Duration>,
     /// How long shutdown waits for in-flight requests.
     #[serde(with = "duration")]
     pub drain_timeout: Duration,
@@ -255,7 +284,8 @@ impl Default for DiscoveryConfig {
             healthy_threshold: 1,
             deregister_after: Duration::from_secs(60),
             health_check_path: "/health_check".into(),
-            watch_keepalive: Duration::from_secs(15),
+            watch_keepalive: Duration::from_secs(2),
+            warmup: None,
             drain_timeout: Duration::from_secs(5),
             registration_token: None,
             allowed_hosts: [
@@ -290,6 +320,22 @@ impl DiscoveryConfig {
     /// leave the other half to register, lookup and the health checks).
     pub fn watchers(&self) -> usize {
         self.max_watchers.unwrap_or(self.max_connections / 2).max(1)
+    }
+
+    /// How long after its start this discovery says it is warming: `warmup`,
+    /// or by default long enough for an app on the default
+    /// `register_interval` (10 s) to re-register and then be checked once
+    /// (`health_check_time_interval` plus `timeout_threshold`). Zero with an
+    /// etcd store, whose registry outlives any one replica.
+    pub fn warmup(&self) -> Duration {
+        if !matches!(StoreUrl::parse(&self.store), Ok(StoreUrl::Memory)) {
+            return Duration::ZERO;
+        }
+        self.warmup.unwrap_or_else(|| {
+            AppConfig::default().register_interval
+                + self.health_check_time_interval
+                + self.timeout_threshold
+        })
     }
 
     /// Rejects values that parse but cannot work.
@@ -467,7 +513,10 @@ pub struct GatewayConfig {
     /// the address and the kernel spreads connections between them.
     pub reuse_port: bool,
     /// A watch stream silent this long (no event, no keep-alive: discovery
-    /// sends one every 15 s by default) is presumed dead; the next URL is tried.
+    /// sends one every `watch_keepalive`, 2 s by default) is presumed dead
+    /// (a frozen or cut-off replica) and the next URL is tried. Must be above
+    /// discovery's `watch_keepalive`: about twice it plus a margin, so one
+    /// late keep-alive is not taken for a dead stream.
     #[serde(with = "duration")]
     pub watch_idle_timeout: Duration,
     /// Longest matching prefix wins.
@@ -501,7 +550,9 @@ pub struct GatewayConfig {
     /// Relay the trailer fields of a chunked answer (dropped by default, as
     /// RFC 9110 section 6.5 allows: a client rarely expects `set-cookie` there).
     pub forward_trailers: bool,
-    /// After the watch reconnects, members missing from discovery's answer are kept this long.
+    /// After the watch reconnects, members missing from discovery's answer
+    /// are kept this long; when it ends they go only if the watch is still
+    /// live and discovery is no longer warming (static stability).
     #[serde(with = "duration")]
     pub relearn_grace: Duration,
     pub max_body_bytes: usize,
@@ -532,6 +583,17 @@ pub struct GatewayConfig {
     /// Worker threads, each with its own executor, listener, pools and metric
     /// shards (0: one per core).
     pub worker_threads: usize,
+    /// CIDRs (or bare addresses) the gateway may connect to: an instance
+    /// whose addresses are all outside them is skipped like a refused
+    /// connect, never connected to. Link-local, cloud metadata, unspecified,
+    /// multicast and broadcast addresses are refused unless an entry lies
+    /// within them. The same rules and default as discovery's `allowed_hosts`.
+    pub allowed_upstreams: Vec<String>,
+    /// The client port is listened on only once every route has an
+    /// available instance, or after this long (0: at once), so a gateway
+    /// that cannot serve takes no connection from its peers on a shared port.
+    #[serde(with = "duration")]
+    pub ready_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -541,7 +603,8 @@ impl Default for GatewayConfig {
             admin_listen: "127.0.0.1:8001".into(),
             discovery_url: "http://127.0.0.1:8500".into(),
             reuse_port: true,
-            watch_idle_timeout: Duration::from_secs(45),
+            // Twice discovery's default keep-alive (2 s) plus a second.
+            watch_idle_timeout: Duration::from_secs(5),
             routes: vec![RouteConfig {
                 prefix: "/".into(),
                 namespace: "service A".into(),
@@ -570,6 +633,8 @@ impl Default for GatewayConfig {
             access_log_sample: 0,
             drain_timeout: Duration::from_secs(10),
             worker_threads: 0,
+            allowed_upstreams: crate::allowed::default_ranges(),
+            ready_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -624,6 +689,19 @@ impl GatewayConfig {
         }
         if self.watch_idle_timeout.is_zero() {
             errors.push("watch_idle_timeout must be above zero");
+        }
+        let setting = crate::allowed::Setting::GATEWAY;
+        if let Err(why) =
+            crate::allowed::AllowedHosts::parse_setting(setting, &self.allowed_upstreams)
+        {
+            // Names the entry that is wrong, unlike the fixed messages above.
+            return Err(ConfigError(
+                errors
+                    .into_iter()
+                    .chain([why.as_str()])
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ));
         }
         joined(errors)
     }
@@ -740,6 +818,29 @@ impl AppConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_destination_policy_and_readiness_keys() {
+        let c: GatewayConfig =
+            parse(r#"{"allowed_upstreams": ["10.0.0.0/8"], "ready_timeout": "500ms"}"#).unwrap();
+        assert_eq!(c.allowed_upstreams, vec!["10.0.0.0/8".to_string()]);
+        assert_eq!(c.ready_timeout, Duration::from_millis(500));
+        assert!(c.validate().is_ok());
+        let d = GatewayConfig::default();
+        assert_eq!(
+            d.allowed_upstreams,
+            DiscoveryConfig::default().allowed_hosts
+        );
+        assert_eq!(d.ready_timeout, Duration::from_secs(30));
+        let bad = GatewayConfig {
+            allowed_upstreams: vec!["10.0.0.1/8".into()],
+            max_attempts: 0,
+            ..GatewayConfig::default()
+        };
+        let why = bad.validate().unwrap_err().to_string();
+        assert!(why.contains("max_attempts must be at least 1"), "{why}");
+        assert!(why.contains("allowed_upstreams: \"10.0.0.1/8\""), "{why}");
+    }
 
     #[test]
     fn durations_parse_in_both_forms() {
@@ -885,6 +986,42 @@ mod tests {
         DiscoveryConfig::default().validate().unwrap();
         GatewayConfig::default().validate().unwrap();
         AppConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_silent_watch_is_given_up_after_about_two_keep_alives() {
+        let keepalive = DiscoveryConfig::default().watch_keepalive;
+        let idle = GatewayConfig::default().watch_idle_timeout;
+        assert!(idle > keepalive * 2, "{idle:?} vs {keepalive:?}");
+        assert!(
+            idle <= keepalive * 3,
+            "a frozen replica is left soon: {idle:?}"
+        );
+    }
+
+    #[test]
+    fn warmup_defaults_to_one_re_registration_and_one_check() {
+        let d = DiscoveryConfig::default();
+        assert_eq!(d.warmup, None);
+        assert_eq!(
+            d.warmup(),
+            AppConfig::default().register_interval
+                + d.health_check_time_interval
+                + d.timeout_threshold
+        );
+        let set: DiscoveryConfig = parse(r#"{"warmup": "3s"}"#).unwrap();
+        assert_eq!(set.warmup(), Duration::from_secs(3));
+        let off: DiscoveryConfig = parse(r#"{"warmup": 0}"#).unwrap();
+        assert_eq!(off.warmup(), Duration::ZERO);
+        assert!(parse::<DiscoveryConfig>(r#"{"warmup": "soon"}"#).is_err());
+        // Unset stays unset when written back (the default follows the interval).
+        assert!(!serde_json::to_string(&d).unwrap().contains("warmup"));
+        let shared = DiscoveryConfig {
+            store: "etcd://127.0.0.1:2379/discovery".into(),
+            warmup: Some(Duration::from_secs(3)),
+            ..Default::default()
+        };
+        assert_eq!(shared.warmup(), Duration::ZERO, "etcd replicas never warm");
     }
 }
 

@@ -2,6 +2,7 @@
 //! configuration loading, logging, the tide serving and shutdown plumbing,
 //! and the HTTP/1.1 codec of the gateway and the load generator.
 
+pub mod allowed;
 pub mod api;
 pub mod backoff;
 pub mod build_info;

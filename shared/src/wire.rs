@@ -233,6 +233,28 @@ pub struct WatchEvent {
     pub instances: Vec<Endpoint>,
 }
 
+/// The `data:` of an `instances` event as discovery sends it: the set, and
+/// whether the discovery that sent it is still warming up.
+///
+/// Warming is not part of the set (it changes with no new version, and a
+/// mirror's cached set is shared by every stream), so it rides beside it:
+/// `{"namespace", "version", "instances", "warming": true}`, the key left out
+/// when false, so the seed's readers and [`WatchEvent`] readers see the same
+/// object as before. A reader must not let a warming set remove anything.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WatchMessage {
+    #[serde(flatten)]
+    pub event: WatchEvent,
+    /// Discovery started lately and may not have relearned every instance
+    /// yet (apps re-register on their own interval); absent means false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub warming: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// Every error answer: `{"error": {"code", "message"}}`, plus the request id from the gateway.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ErrorBody {
@@ -474,6 +496,37 @@ mod tests {
             ring_members(&status, "service A"),
             vec!["127.0.0.1:2", "127.0.0.1:3"]
         );
+    }
+
+    #[test]
+    fn warming_rides_beside_the_set_and_old_readers_ignore_it() {
+        let set =
+            r#"{"namespace":"ns","version":3,"instances":[{"id":"a","host":"h","port":"80"}]}"#;
+        let plain: WatchMessage = serde_json::from_str(set).unwrap();
+        assert!(!plain.warming, "absent means warmed");
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            set,
+            "false is left out"
+        );
+        let warming = WatchMessage {
+            warming: true,
+            ..plain.clone()
+        };
+        let text = serde_json::to_string(&warming).unwrap();
+        assert!(text.ends_with(r#","warming":true}"#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<WatchMessage>(&text).unwrap(),
+            warming
+        );
+        // A reader of the set alone (the seed's, testkit's) reads it unchanged.
+        let old: WatchEvent = serde_json::from_str(&text).unwrap();
+        assert_eq!(old, plain.event);
+        // A port as a number still reads through the flattened set.
+        let number =
+            r#"{"namespace":"ns","version":1,"instances":[{"id":"a","host":"h","port":80}]}"#;
+        let read: WatchMessage = serde_json::from_str(number).unwrap();
+        assert_eq!(read.event.instances[0].port.0, 80);
     }
 
     #[test]

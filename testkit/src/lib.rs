@@ -39,6 +39,9 @@ pub fn discovery_config() -> shared::config::DiscoveryConfig {
         health_check_time_interval: Duration::from_millis(200),
         timeout_threshold: Duration::from_millis(100),
         watch_keepalive: Duration::from_secs(1),
+        // No warm-up: these tests expect removals from a discovery they just
+        // started; gateway/tests/acceptance/warming.rs sets one.
+        warmup: Some(Duration::ZERO),
         drain_timeout: Duration::from_secs(2),
         ..Default::default()
     }

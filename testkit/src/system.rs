@@ -25,6 +25,10 @@ pub fn gateway_config(discovery_url: &str) -> GatewayConfig {
         // it is within one pick per worker, which gateway/tests/acceptance/
         // workers.rs tests with 4.
         worker_threads: 1,
+        // Listen at once, as these tests expect (several want a 503 from a
+        // namespace with no instance); readiness has tests of its own
+        // (gateway/tests/acceptance/readiness.rs).
+        ready_timeout: Duration::ZERO,
         ..GatewayConfig::default()
     }
 }

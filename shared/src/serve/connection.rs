@@ -38,6 +38,15 @@ where
     S: Clone + Send + Sync + 'static,
 {
     let _ = stream.set_nodelay(true);
+    if let Some(bytes) = shared.limits.send_buffer {
+        // Best effort: without it the connection still works, with the
+        // kernel's own (larger) buffer.
+        if let Err(e) =
+            nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::SndBuf, &bytes)
+        {
+            log::debug!("cannot set the send buffer: {e}");
+        }
+    }
     let mut conn = Conn {
         buf: ReadBuf::with_capacity(4096),
         head: RequestHead::default(),

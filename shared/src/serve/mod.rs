@@ -62,6 +62,12 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// Largest request body; larger ones are answered 413.
     pub max_body_bytes: usize,
+    /// The kernel's send buffer per connection (`SO_SNDBUF`; the kernel
+    /// doubles it), or `None` for its own autotuned one, which grows to
+    /// megabytes. A long-lived stream to a client that stops reading (a
+    /// stalled watcher) holds at most this much in the kernel, and its
+    /// server finds out as soon as that is full.
+    pub send_buffer: Option<usize>,
 }
 
 impl Default for Limits {
@@ -75,6 +81,7 @@ impl Default for Limits {
             // adds, so every head the gateway forwards is one the apps take.
             max_head_bytes: 32 * 1024,
             max_body_bytes: 2 * 1024 * 1024,
+            send_buffer: None,
         }
     }
 }
