@@ -230,6 +230,10 @@ fn routes(state: State) -> tide::Server<State> {
             .put(maintenance::start)
             .delete(maintenance::lift);
     }
+    // Readiness, beside liveness (/health_check): 503 while this replica
+    // cannot trust its view (etcd away, or its watch stale), so a load
+    // balancer sends apps and gateways to a replica that can.
+    app.at("/ready").get(ready);
     app.at("/api/services").get(registration::services);
     // The registry's store: backend, reachable, detail (the console's banner).
     app.at("/api/store").get(|req: Request<State>| async move {
@@ -310,6 +314,28 @@ async fn watch_stream(req: Request<State>) -> tide::Result {
     res.set_body(tide::Body::from_reader(body, None));
     res.set_content_type("text/event-stream");
     res.insert_header("cache-control", "no-cache");
+    Ok(res)
+}
+
+/// `/ready`: 200 `{"status": "ready"}`, or 503 `{"status": "stale", "reason"}`
+/// while the store cannot be trusted, with `Retry-After`.
+async fn ready(req: Request<State>) -> tide::Result {
+    let health = req.state().registry.store_health();
+    if health.reachable {
+        return Ok(json_response(
+            StatusCode::Ok,
+            &serde_json::json!({"status": "ready"}),
+        ));
+    }
+    let reason = health
+        .stale
+        .or(health.detail)
+        .unwrap_or_else(|| "the store cannot be reached".into());
+    let mut res = json_response(
+        StatusCode::ServiceUnavailable,
+        &serde_json::json!({"status": "stale", "reason": reason}),
+    );
+    res.insert_header("retry-after", shared::api::RETRY_AFTER_SECONDS.to_string());
     Ok(res)
 }
 

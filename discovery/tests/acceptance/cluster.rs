@@ -172,6 +172,21 @@ async fn a_replica_cut_off_during_a_compaction_relearns_the_registry() {
     assert_eq!(status, 200);
     assert_eq!(store["backend"], "etcd", "{store}");
     assert_eq!(store["reachable"], false, "{store}");
+    // Readiness says so too, while liveness stays up; the live replica is ready.
+    let (status, ready) = get(&format!("{bc}/ready")).await;
+    assert_eq!(
+        (status, &ready["status"]),
+        (503, &"stale".into()),
+        "{ready}"
+    );
+    assert_eq!(get(&format!("{bc}/health_check")).await.0, 200);
+    // The live replica may have watched through the killed member too: it
+    // moves to another and is ready again.
+    testkit::wait_until("the live replica is ready", Duration::from_secs(8), || {
+        let bl = bl.clone();
+        async move { get(&format!("{bl}/ready")).await.0 == 200 }
+    })
+    .await;
 
     // The registry changes while it is away, and the history is compacted.
     let (status, body) = post(
@@ -232,11 +247,14 @@ async fn a_replica_cut_off_during_a_compaction_relearns_the_registry() {
     );
     assert_eq!(svc[&p2.port().to_string()].1, "unavailable", "{seen:?}");
     testkit::wait_until(
-        "the cut replica reports etcd reachable",
+        "the cut replica reports etcd reachable and is ready again",
         Duration::from_secs(5),
         || {
             let bc = bc.clone();
-            async move { metric(&metrics(&bc).await, "discovery_store_connected") == Some(1.0) }
+            async move {
+                metric(&metrics(&bc).await, "discovery_store_connected") == Some(1.0)
+                    && get(&format!("{bc}/ready")).await.0 == 200
+            }
         },
     )
     .await;
