@@ -10,6 +10,8 @@ mod attack;
 mod bounds;
 #[path = "acceptance/broken.rs"]
 mod broken;
+#[path = "acceptance/cluster_faults.rs"]
+mod cluster_faults;
 #[path = "acceptance/cluster_gateways.rs"]
 mod cluster_gateways;
 #[path = "acceptance/common.rs"]
