@@ -9,8 +9,6 @@ mod cluster;
 mod config;
 #[path = "acceptance/console.rs"]
 mod console;
-#[path = "acceptance/crowds.rs"]
-mod crowds;
 #[path = "acceptance/health.rs"]
 mod health;
 #[path = "acceptance/hostile.rs"]

@@ -1,8 +1,12 @@
-//! Finding F3 of the attack on discovery: crowds of watchers. Watch streams
-//! have a cap of their own (`max_watchers`, counted within
+//! Crowds of watchers. Watch streams have a cap of their own (`max_watchers`, counted within
 //! `max_connections`), so register, lookup and `/health_check` keep
 //! connections however many clients watch; a watcher that stops reading
 //! costs at most one snapshot and gets the newest one when it reads again.
+//!
+//! A test binary of its own: its latency bounds (p99 under 100 ms) are
+//! measured on a 2-core machine, and the acceptance binary's other tests
+//! (etcd members, floods) would share the cores with it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use async_std::io::BufReader;
 use async_std::net::{TcpListener, TcpStream};
