@@ -3,31 +3,33 @@
 default:
     @just --list
 
-# Build in release and run everything: discovery :8500, apps :8080-8082, gateway :8000 (admin :8001). Ctrl-C stops it all. Arguments pass on, e.g. `just up --apps 5 --gateway-port 9000` (`just up --help`).
-up *ARGS:
-    cargo build --release -p discovery -p app -p gateway -p up
+# Every release binary (discovery, app, gateway, up, loadtest) in one cargo command. The recipes below all build through it: one feature set, one copy of each dependency, so after one of them has built the others compile nothing (docs/development.md).
+build:
+    cargo build --release --workspace --bins
+
+# Build in release and run everything: discovery :8500, apps :8080-8082, gateway :8000 (console and admin :8001). Ctrl-C stops it all. Arguments pass on, e.g. `just up --apps 5 --gateway-port 9000`, or `just up --free-ports` for any free ports (`just up --help`).
+up *ARGS: build
     target/release/up {{ARGS}}
 
-# Stop the system `just up` runs (from any terminal) and wait until every process has exited.
-down *ARGS:
-    @cargo build --release --quiet -p up
+# Stop the system `just up` runs (from any terminal) and wait until every process has exited. Builds first like the others (a second or so when `just up` built; cargo shows what it compiles otherwise).
+down *ARGS: build
     target/release/up down {{ARGS}}
 
 # Past one machine, on loopback: 3 etcd members, 2 discovery replicas sharing one registry, 2 gateways sharing :8000, 3 apps. Ctrl-C stops it all. Needs etcd (Debian: apt-get install etcd-server).
-cluster:
-    cargo build --release -p discovery -p app -p gateway
+cluster: build
     bash cluster/run.sh
 
 # POST load through the running system's gateway; arguments pass on, e.g. `just loadtest --duration 5s --chaos kill`.
-loadtest *ARGS:
-    cargo build --release -p loadtest -p app
+loadtest *ARGS: build
     target/release/loadtest {{ARGS}}
 
 # The test suite, as CI runs it. Installs what the tests drive when it is missing (Debian's chromium for the consoles, etcd-server for the cluster tests).
 test:
     bash .ci/install-chromium
+    bash .ci/install-systemd
     bash .ci/install-etcd
-    cargo test --workspace
+    bash .ci/install-prometheus
+    cargo test --workspace --no-fail-fast
 
 # Gateway vs nginx and HAProxy, discovery at 1,000 instances, load generator vs wrk: results under bench/.
 bench:
@@ -52,3 +54,7 @@ lint:
 # Everything CI runs.
 ci:
     bash .ci/run
+
+# Release archive target/dist/rr-gateway-<version>-<target>.tar.gz: the binaries (one release build), example configs, systemd units, container files, LICENSE, README.md and docs/ (docs/deploy.md).
+dist:
+    bash deploy/dist.sh

@@ -20,7 +20,7 @@ if ! command -v etcd >/dev/null; then
 fi
 bin=${CLUSTER_BIN:-target/release}  # CLUSTER_BIN=target/debug for a debug build
 for b in discovery gateway app; do
-  [[ -x $bin/$b ]] || { echo "$bin/$b is missing: cargo build --release -p $b" >&2; exit 1; }
+  [[ -x $bin/$b ]] || { echo "$bin/$b is missing: just build (one release build of the workspace)" >&2; exit 1; }
 done
 
 run=target/cluster

@@ -1,5 +1,7 @@
-//! `app [--config FILE] [--port N] [--discovery-url URL] [--chaos] ...`: one
-//! instance of Service A; runs until SIGINT/SIGTERM, then deregisters and drains.
+//! `app [--config FILE] [--port N] [--discovery-url URL[,URL...]] [--chaos]
+//! [--check-config] ...`: one instance of Service A; runs until SIGINT/SIGTERM,
+//! then deregisters and drains. With `--check-config`, checks the config,
+//! prints it and exits.
 //!
 //! Precedence: flag, then environment (`REGISTRATION_TOKEN`), then the file,
 //! then the defaults.
@@ -25,7 +27,8 @@ struct Flags {
     /// Host registered with discovery; an empty one lets discovery use the caller's IP.
     #[arg(long)]
     advertise_host: Option<String>,
-    /// Base URL of discovery, e.g. http://127.0.0.1:8500.
+    /// Base URL of discovery, e.g. http://127.0.0.1:8500, or several
+    /// comma-separated: registration goes to the first that takes it.
     #[arg(long)]
     discovery_url: Option<String>,
     /// Namespace to register in (default "service A").
@@ -54,10 +57,11 @@ struct Flags {
 }
 
 impl Flags {
-    /// A flag beats the file, the file beats the default.
-    fn apply(self, config: &mut AppConfig) {
+    /// A flag beats the file, the file beats the default; gives back the
+    /// common flags, which say what to do with the result.
+    fn apply(self, config: &mut AppConfig) -> Common {
         let Flags {
-            common: _,
+            common,
             port,
             bind,
             advertise_host,
@@ -83,6 +87,7 @@ impl Flags {
         if registration_token.is_some() {
             config.registration_token = registration_token;
         }
+        common
     }
 }
 
@@ -102,6 +107,9 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     apply_env(&mut config);
-    flags.apply(&mut config);
+    let common = flags.apply(&mut config);
+    if let Some(code) = common.check(&config) {
+        return code;
+    }
     shared::shutdown::run_until_signal(app::spawn(config), |h| h.shutdown())
 }

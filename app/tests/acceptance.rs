@@ -4,6 +4,8 @@
 
 #[path = "acceptance/chaos.rs"]
 mod chaos;
+#[path = "acceptance/discovery_urls.rs"]
+mod discovery_urls;
 #[path = "acceptance/echo.rs"]
 mod echo;
 #[path = "acceptance/lifecycle.rs"]

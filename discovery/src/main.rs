@@ -1,4 +1,5 @@
-//! `discovery [--config FILE] [--listen ADDR]`: runs until SIGINT/SIGTERM.
+//! `discovery [--config FILE] [--listen ADDR] [--check-config]`: runs until
+//! SIGINT/SIGTERM; with `--check-config`, checks the config, prints it and exits.
 //!
 //! Env `DISCOVERY_REGISTRATION_TOKEN` (when set and not empty) beats the
 //! file's `registration_token`: a secret is better kept out of files.
@@ -29,6 +30,9 @@ fn main() -> ExitCode {
         if !token.is_empty() {
             config.registration_token = Some(token.to_string_lossy().into_owned());
         }
+    }
+    if let Some(code) = flags.common.check(&config) {
+        return code;
     }
     // Room for every connection and check the config allows, as far as the hard limit lets.
     let wanted = config.max_connections + config.max_concurrent_checks;

@@ -210,7 +210,8 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
 
 /// Discovery as a child process with `config` (JSON) on any free port.
 async fn discovery_process(name: &str, config: &str) -> (Proc, SocketAddr) {
-    let path = std::env::temp_dir().join(format!("discovery-{}-{name}.json", std::process::id()));
+    let path =
+        testkit::tempdir::TempFile::new(format!("discovery-{}-{name}.json", std::process::id()));
     std::fs::write(&path, config).unwrap();
     let d = Proc::start("discovery", &["--config", &path.to_string_lossy()]);
     let addr = d.listening("discovery").await;

@@ -1,4 +1,5 @@
-//! `gateway [--config FILE] [--listen ADDR] [--admin-listen ADDR] [--discovery-url URL]`.
+//! `gateway [--config FILE] [--listen ADDR] [--admin-listen ADDR] [--discovery-url URL]
+//! [--check-config]`.
 //!
 //! SIGHUP reloads the config file (see `gateway::reload`); SIGINT/SIGTERM drain and stop.
 
@@ -36,6 +37,9 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     flags.apply(&mut config);
+    if let Some(code) = flags.common.check(&config) {
+        return code;
+    }
     gateway::init_runtime();
     // SIGHUP: read the file again, the flags beating it as at start.
     let reload = move |h: &gateway::Handle| {

@@ -94,16 +94,126 @@ fn file_kind(kind: &std::fs::FileType) -> &'static str {
 }
 
 /// Parses JSON text into `T`, naming the key that is wrong.
+///
+/// An unknown key is named with its path, line and column and, when one is
+/// close, the known key of the same section it was probably meant to be
+/// ("did you mean"), instead of serde's list of every key.
 pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     let de = &mut serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
+        if let Some(message) = unknown_name(&path, e.inner()) {
+            return message;
+        }
         if path == "." {
             e.inner().to_string()
         } else {
             format!("{path}: {}", e.inner())
         }
     })
+}
+
+/// Sections with at most this many keys list them all when no key is close.
+const LISTED_KEYS: usize = 6;
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" (or "unknown
+/// variant"), reworded: the key with its path and place, and the closest
+/// known name of its section. `None` for any other error.
+///
+/// The known names are those serde's derive lists for the very struct (or
+/// enum) the key appeared in, nested ones included (`routes[0]`), so the
+/// suggestion always comes from the right section. Its wording is serde's
+/// own (`de::Error::unknown_field`, unchanged since serde 1.0); a change
+/// there only brings back serde's message, and `unknown_keys_*` tests notice.
+fn unknown_name(path: &str, error: &serde_json::Error) -> Option<String> {
+    let text = error.to_string();
+    let place = format!(" at line {} column {}", error.line(), error.column());
+    let message = text.strip_suffix(&place).unwrap_or(&text);
+    let (kind, rest) = [("key", "unknown field `"), ("value", "unknown variant `")]
+        .into_iter()
+        .find_map(|(kind, prefix)| message.strip_prefix(prefix).map(|rest| (kind, rest)))?;
+    let (name, expected) = rest.split_once("`, ")?;
+    // Between backticks: the odd pieces (names hold no backtick).
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    // The path ends with the unknown key itself (`listne`, `routes[0].namespce`).
+    let section = path
+        .strip_suffix(name)
+        .filter(|_| kind == "key")
+        .map(|s| s.trim_end_matches('.'));
+    let named = match section {
+        Some(_) => format!("`{path}`"),
+        None if path == "." => format!("`{name}`"),
+        None => format!("`{name}` for `{path}`"),
+    };
+    let hint = match closest(name, &known) {
+        Some(best) => match section {
+            Some(s) if !s.is_empty() => format!("; did you mean `{s}.{best}`?"),
+            _ => format!("; did you mean `{best}`?"),
+        },
+        None if known.is_empty() => String::new(),
+        None if known.len() <= LISTED_KEYS => format!(
+            "; expected {}",
+            known
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => format!(
+            "; no {kind} here is close to it (`--check-config` without `--config` prints every key)"
+        ),
+    };
+    Some(format!("unknown {kind} {named}{place}{hint}"))
+}
+
+/// The known name nearest to `typo`, if near enough to be what was meant:
+/// at most a third of its length away (one edit for short names), counting
+/// a swap of neighbours as one edit and ignoring case and `-` for `_`.
+fn closest<'k>(typo: &str, known: &[&'k str]) -> Option<&'k str> {
+    let norm = |s: &str| -> Vec<char> {
+        s.chars()
+            .map(|c| {
+                if c == '-' {
+                    '_'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect()
+    };
+    let typo_chars = norm(typo);
+    let limit = (typo_chars.len() / 3).max(1);
+    known
+        .iter()
+        .map(|k| (edit_distance(&typo_chars, &norm(k)), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions
+/// and swaps of two neighbouring characters, each one edit.
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
 }
 
 /// Parses `"500ms"`, `"5s"`, `"2m"`, `"1h"`, or a bare number of seconds (`"0.5"`).
@@ -727,6 +837,9 @@ pub struct AppConfig {
     pub port: u16,
     /// Host registered with discovery; empty lets discovery use the caller's IP.
     pub advertise_host: String,
+    /// Discovery's base URL, or several comma-separated (replicas, or
+    /// discoveries of their own): registration goes to the first that takes
+    /// it and stays there while it does, moving to the next when it fails.
     pub discovery_url: String,
     pub namespace: String,
     /// Re-registration period, so a restarted discovery relearns this instance.
@@ -792,8 +905,14 @@ impl AppConfig {
         {
             errors.push("advertise_host must be an IP address or a host name");
         }
-        if !self.discovery_url.starts_with("http://") {
-            errors.push("discovery_url must start with http://");
+        let urls = self.discovery_urls();
+        if urls.is_empty() {
+            errors.push("discovery_url must name at least one URL");
+        }
+        if urls.iter().any(|u| !is_http_base_url(u)) {
+            errors.push(
+                "every discovery_url must be http://HOST[:PORT][/PATH] (a port from 1 to 65535)",
+            );
         }
         if self.admin_port != 0 && self.admin_port == self.port {
             errors.push("admin_port must differ from port");
@@ -813,6 +932,37 @@ impl AppConfig {
         }
         joined(errors)
     }
+
+    /// The URLs of `discovery_url` (comma-separated), trimmed, without a
+    /// trailing `/`, in the order registration tries them.
+    pub fn discovery_urls(&self) -> Vec<String> {
+        self.discovery_url
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/'))
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// `http://HOST[:PORT][/PATH]` with a host, no white space and, when given,
+/// a port from 1 to 65535 (what the app's HTTP client would refuse later).
+fn is_http_base_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    if rest.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // A port follows the last `:` outside an IPv6 literal's brackets.
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (authority, None),
+    };
+    !host.is_empty()
+        && !host.contains('@')
+        && port.is_none_or(|p| crate::wire::Port::parse(p).is_ok())
 }
 
 #[cfg(test)]
@@ -1115,5 +1265,116 @@ mod load_tests {
             why.contains("cannot read config /nonexistent/gateway.json"),
             "{why}"
         );
+    }
+}
+
+/// Unknown keys ("did you mean") and the app's discovery URLs.
+#[cfg(test)]
+mod unknown_key_tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_suggest_the_nearest_key_of_their_section_once() {
+        let err = parse::<DiscoveryConfig>(r#"{"listne": "127.0.0.1:0"}"#).unwrap_err();
+        assert_eq!(
+            err,
+            "unknown key `listne` at line 1 column 9; did you mean `listen`?"
+        );
+        let err = parse::<DiscoveryConfig>("{\n  \"health_check_intervl\": 5\n}").unwrap_err();
+        assert!(
+            err.contains("`health_check_intervl` at line 2")
+                && err.ends_with("did you mean `health_check_time_interval`?"),
+            "{err}"
+        );
+        // Serde's list of every key is gone.
+        assert!(!err.contains("max_instances"), "{err}");
+        let err = parse::<GatewayConfig>(r#"{"routes": [{"prefix": "/", "namespce": "a"}]}"#)
+            .unwrap_err();
+        assert!(
+            err.starts_with("unknown key `routes[0].namespce` at line 1 column ")
+                && err.ends_with("; did you mean `routes[0].namespace`?"),
+            "{err}"
+        );
+        // Case and `-` for `_` are near misses too.
+        let err = parse::<GatewayConfig>(r#"{"Max-Attempts": 2}"#).unwrap_err();
+        assert!(err.ends_with("did you mean `max_attempts`?"), "{err}");
+        let err = parse::<AppConfig>(r#"{"register_intervl": "1s"}"#).unwrap_err();
+        assert!(err.ends_with("did you mean `register_interval`?"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_with_nothing_close_say_where_the_keys_are() {
+        let err = parse::<AppConfig>(r#"{"colour": "blue"}"#).unwrap_err();
+        assert!(
+            err.starts_with("unknown key `colour` at line 1 column 9; no key here is close"),
+            "{err}"
+        );
+        assert!(!err.contains("register_interval"), "{err}");
+        // A small section lists its few keys.
+        let err = parse::<GatewayConfig>(r#"{"routes": [{"prefix": "/", "zzz": 1}]}"#).unwrap_err();
+        assert!(
+            err.ends_with("; expected `prefix`, `namespace`, `verify_request_id`"),
+            "{err}"
+        );
+        // Other errors keep serde's words, with the path.
+        let err = parse::<DiscoveryConfig>(r#"{"listen": 5}"#).unwrap_err();
+        assert!(err.starts_with("listen: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn edit_distance_counts_a_swap_as_one() {
+        let d = |a: &str, b: &str| {
+            edit_distance(
+                &a.chars().collect::<Vec<_>>(),
+                &b.chars().collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(d("listne", "listen"), 1);
+        assert_eq!(d("", "abc"), 3);
+        assert_eq!(d("kitten", "sitting"), 3);
+        assert_eq!(closest("prot", &["port", "bind"]), Some("port"));
+        assert_eq!(closest("xyz", &["port", "bind"]), None);
+    }
+
+    #[test]
+    fn app_discovery_url_takes_several_urls_each_checked() {
+        let c = AppConfig {
+            discovery_url: " http://a:8500/, http://127.0.0.1:9/x ,".into(),
+            ..AppConfig::default()
+        };
+        assert_eq!(
+            c.discovery_urls(),
+            ["http://a:8500", "http://127.0.0.1:9/x"]
+        );
+        c.validate().unwrap();
+        for good in [
+            "http://[::1]:8500",
+            "http://disco",
+            "http://a:1,http://b:65535",
+        ] {
+            let c = AppConfig {
+                discovery_url: good.into(),
+                ..AppConfig::default()
+            };
+            assert!(c.validate().is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            " , ",
+            "http://a:8500,https://b",
+            "http://a:8500,http://",
+            "http://a b",
+            "http://a:99999",
+            "http://a:0",
+            "http://a:x",
+            "http://a:8500http://b:8500",
+        ] {
+            let c = AppConfig {
+                discovery_url: bad.into(),
+                ..AppConfig::default()
+            };
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("discovery_url"), "{bad:?}: {err}");
+        }
     }
 }

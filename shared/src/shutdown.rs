@@ -86,9 +86,8 @@ impl Tracker {
 
 /// Prints a start-up error and gives the exit code for it.
 pub fn fail(error: &dyn std::fmt::Display) -> std::process::ExitCode {
-    log::error!("{error}");
-    eprintln!("error: {error}");
-    std::process::ExitCode::from(2)
+    // Once on a terminal: see `cli::fail`.
+    crate::cli::fail(error)
 }
 
 /// The body of every service's `main`: start it, wait for SIGINT/SIGTERM,

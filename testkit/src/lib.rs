@@ -12,6 +12,7 @@ pub mod raw;
 pub mod script;
 pub mod seed;
 pub mod system;
+pub mod tempdir;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -180,7 +180,7 @@ struct Listener {
 
 #[async_std::test]
 async fn hostile_bytes_on_every_listener_end_no_process() {
-    let dir = std::env::temp_dir().join(format!("hostile-bytes-{}", std::process::id()));
+    let dir = testkit::tempdir::TempDir::new("hostile-bytes");
     std::fs::create_dir_all(&dir).unwrap();
     let discovery_config = dir.join("discovery.json");
     std::fs::write(

@@ -49,6 +49,15 @@ impl Tail {
         });
     }
 
+    /// Follows `old` under a new name and path (its file was renamed: the offset holds).
+    pub fn rename(&mut self, old: &str, name: &str, path: &Path) {
+        self.width = self.width.max(name.len());
+        for f in self.files.iter_mut().filter(|f| f.name == old) {
+            f.name = name.to_string();
+            f.path = path.to_path_buf();
+        }
+    }
+
     /// Prints whatever was appended since the last call. The files are opened
     /// afresh each time, so a process restarted by someone else still shows.
     pub fn poll(&mut self, out: &mut crate::out::Out) {

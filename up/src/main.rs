@@ -1,9 +1,10 @@
 //! `up`: runs the whole system locally, the way `just up` does, and `up down`
 //! stops it from anywhere.
 //!
-//! Checks every port first (no half-started system), starts discovery, the
-//! apps and the gateway from the shipped config files, each with a
-//! parent-death signal so none outlives `up`, waits until the gateway routes
+//! Checks every fixed port first (no half-started system), starts discovery,
+//! the apps and the gateway from the shipped config files, each with a
+//! parent-death signal so none outlives `up`, learns the ports of those on
+//! port 0 (`--free-ports`) from their logs, waits until the gateway routes
 //! to every app, prints where everything is, streams readable logs, restarts
 //! a process that crashes, and on Ctrl-C, SIGTERM, SIGHUP or a closed stdout
 //! stops the gateway, then the apps, then discovery.
@@ -14,6 +15,7 @@ mod logs;
 mod out;
 mod pids;
 mod plan;
+mod ports;
 mod stop;
 mod supervise;
 
@@ -78,7 +80,7 @@ struct Flags {
     /// Discovery port.
     #[arg(long)]
     discovery_port: Option<u16>,
-    /// Pick free ports for everything no port flag names (for tests).
+    /// Any free ports for everything no port flag names: each process binds port 0 and up reads the port it got from its log (tests, or a second system beside `just up`).
     #[arg(long)]
     free_ports: bool,
     /// Run the apps without `--chaos` (no fault knobs; `loadtest --chaos slow` then cannot work).
@@ -148,7 +150,7 @@ fn start(flags: Flags) -> ExitCode {
     if let Err(e) = plan.check() {
         return fail(&e);
     }
-    match supervise::run(&plan, std::time::Duration::from_secs(flags.ready_within)) {
+    match supervise::run(plan, std::time::Duration::from_secs(flags.ready_within)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

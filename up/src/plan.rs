@@ -1,5 +1,10 @@
-//! What `up` starts: each process's name, command line, port and log file,
+//! What `up` starts: each process's name, command line, ports and log file,
 //! from the shipped config files (read only for their addresses).
+//!
+//! A port is either fixed (the config file's, or a flag's) or 0: the child
+//! binds port 0 itself and `up` learns the port it got from its
+//! "... listening on http://ADDR" log line (`--free-ports`). `up` never picks
+//! a number for a child, so no other process can take it in between.
 
 use shared::config::{DiscoveryConfig, GatewayConfig};
 use std::collections::BTreeMap;
@@ -9,25 +14,89 @@ use std::path::{Path, PathBuf};
 /// An app's admin port (`/chaos`, `/metrics`) is its port plus this.
 pub const APP_ADMIN_OFFSET: u16 = 100;
 
+/// What kind of process a service runs: how its command line is written.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    Discovery,
+    /// With `--chaos` or not.
+    App(bool),
+    Gateway,
+}
+
+/// One address a service listens on.
+#[derive(Clone, Debug)]
+pub struct Bind {
+    /// What its log line says: `<what> listening on http://ADDR`.
+    pub what: &'static str,
+    /// Port 0 until the child reported the port it got.
+    pub addr: SocketAddr,
+    /// The flag that sets this port, for the error when it is taken.
+    pub flag: &'static str,
+}
+
 /// One process to start.
 #[derive(Clone, Debug)]
 pub struct Service {
     pub name: String,
-    pub argv: Vec<String>,
+    pub kind: Kind,
+    pub program: String,
+    pub config: String,
     /// Every address it binds.
-    pub binds: Vec<SocketAddr>,
+    pub binds: Vec<Bind>,
     pub log: PathBuf,
     /// Extra environment (the registration token: never on a command line, which `ps` shows to everyone).
     pub env: Vec<(String, String)>,
+}
+
+impl Service {
+    /// Its command line, with the ports as they stand (0 until learned) and discovery's URL.
+    pub fn argv(&self, discovery_url: &str) -> Vec<String> {
+        let mut argv = vec![self.program.clone(), "--config".into(), self.config.clone()];
+        let at = |i: usize| self.binds.get(i).map(|b| b.addr);
+        let port = |i: usize| at(i).map_or(0, |a| a.port()).to_string();
+        let addr = |i: usize| at(i).map(|a| a.to_string()).unwrap_or_default();
+        match self.kind {
+            Kind::Discovery => argv.extend(["--listen".into(), addr(0)]),
+            Kind::App(chaos) => {
+                argv.extend([
+                    "--port".into(),
+                    port(0),
+                    "--admin-port".into(),
+                    port(1),
+                    "--discovery-url".into(),
+                    discovery_url.to_string(),
+                ]);
+                if chaos {
+                    argv.push("--chaos".into());
+                }
+            }
+            Kind::Gateway => argv.extend([
+                "--listen".into(),
+                addr(0),
+                "--admin-listen".into(),
+                addr(1),
+                "--discovery-url".into(),
+                discovery_url.to_string(),
+            ]),
+        }
+        argv
+    }
+
+    /// Whether a port is still to be learned from the child's log.
+    pub fn unresolved(&self) -> bool {
+        self.binds.iter().any(|b| b.addr.port() == 0)
+    }
 }
 
 /// The whole system.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub services: Vec<Service>,
+    /// Empty while the port is still to be learned.
     pub discovery_url: String,
     pub gateway_url: String,
     pub admin_url: String,
+    /// The apps whose business port is known.
     pub apps: Vec<SocketAddr>,
     /// Each app's admin base URL by its business `host:port`.
     pub app_admins: BTreeMap<String, String>,
@@ -42,9 +111,9 @@ pub struct Options<'a> {
     pub config_dir: &'a Path,
     pub bin_dir: &'a Path,
     pub state: &'a Path,
-    /// One app per port (each replaced by a free one with `free`).
+    /// One app per port (each replaced by port 0 with `free`).
     pub app_ports: Vec<u16>,
-    /// Pick free ports for whatever no flag below names.
+    /// Port 0 (the child's pick) for whatever no flag below names.
     pub free: bool,
     pub discovery_port: Option<u16>,
     pub gateway_port: Option<u16>,
@@ -62,13 +131,6 @@ pub fn own_dir() -> Option<PathBuf> {
         .map(Path::to_path_buf)
 }
 
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free port: {e}"))
-}
-
 fn addr(text: &str, what: &str) -> Result<SocketAddr, String> {
     text.parse()
         .map_err(|e| format!("{what} {text:?} is not an IP:port address: {e}"))
@@ -76,6 +138,15 @@ fn addr(text: &str, what: &str) -> Result<SocketAddr, String> {
 
 fn path_arg(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// `http://ADDR`, or empty while the port is still to be learned.
+fn url(at: SocketAddr) -> String {
+    if at.port() == 0 {
+        String::new()
+    } else {
+        format!("http://{at}")
+    }
 }
 
 impl Plan {
@@ -102,112 +173,166 @@ impl Plan {
             shared::config::load(Some(&discovery_file)).map_err(|e| e.to_string())?;
         let gateway: GatewayConfig =
             shared::config::load(Some(&gateway_file)).map_err(|e| e.to_string())?;
-        // A flag's port first, else a free one with --free-ports, else the file's.
-        let pick = |configured: SocketAddr, flag: Option<u16>| -> Result<SocketAddr, String> {
-            Ok(match flag {
+        // A flag's port first, else port 0 (the child's pick) with --free-ports, else the file's.
+        let pick = |configured: SocketAddr, flag: Option<u16>| -> SocketAddr {
+            match flag {
                 Some(port) => SocketAddr::new(configured.ip(), port),
-                None if free => SocketAddr::new(configured.ip(), free_port()?),
+                None if free => SocketAddr::new(configured.ip(), 0),
                 None => configured,
-            })
+            }
         };
         let discovery_addr = pick(
             addr(&discovery.listen, "discovery listen")?,
             o.discovery_port,
-        )?;
-        let gateway_addr = pick(addr(&gateway.listen, "gateway listen")?, o.gateway_port)?;
+        );
+        let gateway_addr = pick(addr(&gateway.listen, "gateway listen")?, o.gateway_port);
         let admin_addr = pick(
             addr(&gateway.admin_listen, "gateway admin_listen")?,
             o.admin_port,
-        )?;
+        );
         let token = o.registration_token.clone();
-        let discovery_url = format!("http://{discovery_addr}");
         let dir = state.parent().map(Path::to_path_buf).unwrap_or_default();
         let bin = |name: &str| path_arg(&bin_dir.join(name));
         let log = |name: &str| dir.join(format!("{name}.log"));
-
+        // A port learned from the log needs the info-level "listening on" line.
+        let mut learn_env = Vec::new();
+        if free && quieter_than_info(std::env::var("LOG_LEVEL").ok().as_deref()) {
+            learn_env.push(("LOG_LEVEL".to_string(), "info".to_string()));
+        }
         let mut services = vec![Service {
             name: "discovery".into(),
-            argv: vec![
-                bin("discovery"),
-                "--config".into(),
-                path_arg(&discovery_file),
-                "--listen".into(),
-                discovery_addr.to_string(),
-            ],
-            binds: vec![discovery_addr],
+            kind: Kind::Discovery,
+            program: bin("discovery"),
+            config: path_arg(&discovery_file),
+            binds: vec![Bind {
+                what: "discovery",
+                addr: discovery_addr,
+                flag: "--discovery-port",
+            }],
             log: log("discovery"),
-            env: vec![("DISCOVERY_REGISTRATION_TOKEN".into(), token.clone())],
+            env: [("DISCOVERY_REGISTRATION_TOKEN".into(), token.clone())]
+                .into_iter()
+                .chain(learn_env.iter().cloned())
+                .collect(),
         }];
-        let mut apps = Vec::new();
-        let mut app_admins = BTreeMap::new();
-        for port in &o.app_ports {
-            let port = if free { free_port()? } else { *port };
-            // The fault knobs' own listener, never registered: app port + 100.
-            let admin_port = if free {
-                free_port()?
+        for (i, port) in o.app_ports.iter().enumerate() {
+            let (port, admin_port) = if free {
+                (0, 0)
             } else {
-                port.checked_add(APP_ADMIN_OFFSET).ok_or_else(|| {
+                // The fault knobs' own listener, never registered: app port + 100.
+                let admin = port.checked_add(APP_ADMIN_OFFSET).ok_or_else(|| {
                     format!("app port {port}: its admin port (+{APP_ADMIN_OFFSET}) is past 65535")
-                })?
+                })?;
+                (*port, admin)
             };
-            let at = SocketAddr::from(([127, 0, 0, 1], port));
-            let admin_at = SocketAddr::from(([127, 0, 0, 1], admin_port));
-            apps.push(at);
-            app_admins.insert(at.to_string(), format!("http://{admin_at}"));
-            let name = format!("app-{port}");
-            let mut argv = vec![
-                bin("app"),
-                "--config".into(),
-                path_arg(&app_file),
-                "--port".into(),
-                port.to_string(),
-                "--admin-port".into(),
-                admin_port.to_string(),
-                "--discovery-url".into(),
-                discovery_url.clone(),
-            ];
-            if o.chaos {
-                argv.push("--chaos".into());
-            }
+            // Named by its port; one to be learned is numbered until then.
+            let name = if port == 0 {
+                format!("app-{}", i + 1)
+            } else {
+                format!("app-{port}")
+            };
             services.push(Service {
-                argv,
-                binds: vec![at, admin_at],
+                kind: Kind::App(o.chaos),
+                program: bin("app"),
+                config: path_arg(&app_file),
+                binds: vec![
+                    Bind {
+                        what: "app",
+                        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                        flag: "--app-ports",
+                    },
+                    Bind {
+                        what: "app admin",
+                        addr: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+                        flag: "--app-ports",
+                    },
+                ],
                 log: log(&name),
                 name,
-                env: vec![("REGISTRATION_TOKEN".into(), token.clone())],
+                env: [("REGISTRATION_TOKEN".into(), token.clone())]
+                    .into_iter()
+                    .chain(learn_env.iter().cloned())
+                    .collect(),
             });
         }
         services.push(Service {
             name: "gateway".into(),
-            argv: vec![
-                bin("gateway"),
-                "--config".into(),
-                path_arg(&gateway_file),
-                "--listen".into(),
-                gateway_addr.to_string(),
-                "--admin-listen".into(),
-                admin_addr.to_string(),
-                "--discovery-url".into(),
-                discovery_url.clone(),
+            kind: Kind::Gateway,
+            program: bin("gateway"),
+            config: path_arg(&gateway_file),
+            binds: vec![
+                Bind {
+                    what: "gateway",
+                    addr: gateway_addr,
+                    flag: "--gateway-port",
+                },
+                Bind {
+                    what: "gateway admin",
+                    addr: admin_addr,
+                    flag: "--admin-port",
+                },
             ],
-            binds: vec![gateway_addr, admin_addr],
             log: log("gateway"),
-            env: Vec::new(),
+            env: learn_env,
         });
-        Ok(Plan {
+        let mut plan = Plan {
             services,
-            discovery_url,
-            gateway_url: format!("http://{gateway_addr}"),
-            admin_url: format!("http://{admin_addr}"),
-            apps,
-            app_admins,
+            discovery_url: String::new(),
+            gateway_url: String::new(),
+            admin_url: String::new(),
+            apps: Vec::new(),
+            app_admins: BTreeMap::new(),
             state: state.to_path_buf(),
             dir,
             registration_token: token,
-        })
+        };
+        plan.refresh();
+        Ok(plan)
     }
 
-    /// Refuses to start when `up` already runs or a port is taken, naming which.
+    /// The URLs and app lists from the services' addresses as they stand.
+    fn refresh(&mut self) {
+        self.apps.clear();
+        self.app_admins.clear();
+        for s in &self.services {
+            let at = |i: usize| s.binds.get(i).map(|b| b.addr);
+            match (s.kind, at(0), at(1)) {
+                (Kind::Discovery, Some(a), _) => self.discovery_url = url(a),
+                (Kind::Gateway, Some(a), Some(admin)) => {
+                    self.gateway_url = url(a);
+                    self.admin_url = url(admin);
+                }
+                (Kind::App(_), Some(a), Some(admin)) if a.port() != 0 => {
+                    self.apps.push(a);
+                    if admin.port() != 0 {
+                        self.app_admins.insert(a.to_string(), url(admin));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Records the addresses service `i` reported (one per bind, in order).
+    /// An app named by number until now takes its port's name and log file:
+    /// returns the old log path when it moved.
+    pub fn learned(&mut self, i: usize, addrs: &[SocketAddr]) -> Option<PathBuf> {
+        let s = self.services.get_mut(i)?;
+        let numbered = matches!(s.kind, Kind::App(_)) && s.binds[0].addr.port() == 0;
+        for (bind, at) in s.binds.iter_mut().zip(addrs) {
+            bind.addr = *at;
+        }
+        let mut moved = None;
+        if numbered {
+            s.name = format!("app-{}", s.binds[0].addr.port());
+            let log = self.dir.join(format!("{}.log", s.name));
+            moved = Some(std::mem::replace(&mut s.log, log));
+        }
+        self.refresh();
+        moved
+    }
+
+    /// Refuses to start when `up` already runs or a fixed port is taken, naming which.
     pub fn check(&self) -> Result<(), String> {
         if let Ok(state) = shared::runstate::RunState::load(&self.state) {
             let alive: Vec<String> = state
@@ -225,26 +350,42 @@ impl Plan {
             }
         }
         for s in &self.services {
-            for at in &s.binds {
-                if let Err(e) = TcpListener::bind(at) {
-                    return Err(format!(
-                        "port {} for {} is taken ({e}): stop whatever uses it, or change config/",
-                        at.port(),
-                        s.name
-                    ));
+            for b in s.binds.iter().filter(|b| b.addr.port() != 0) {
+                if let Err(e) = TcpListener::bind(b.addr) {
+                    return Err(port_taken(b.addr.port(), &s.name, b.flag, &e.to_string()));
                 }
             }
         }
         for s in &self.services {
-            if !Path::new(&s.argv[0]).is_file() {
+            if !Path::new(&s.program).is_file() {
                 return Err(format!(
-                    "{} is missing: build first (cargo build --release)",
-                    s.argv[0]
+                    "{} is missing: build first (cargo build --release --workspace --bins)",
+                    s.program
                 ));
             }
         }
         Ok(())
     }
+}
+
+/// The error for a port another process holds, with the ways out.
+pub fn port_taken(port: u16, name: &str, flag: &str, why: &str) -> String {
+    format!(
+        "port {port} for {name} is taken ({why}). Stop whatever uses it (`ss -ltnp 'sport = :{port}'` names it; \
+         `just down` if it is an earlier `just up`), move it with {flag} (the port flags: --discovery-port, \
+         --app-ports or --apps, --gateway-port, --admin-port; `just up --help`), or run `just up --free-ports` \
+         to let every process take any free port"
+    )
+}
+
+/// Whether a `LOG_LEVEL` hides info lines (the services parse it as `log::LevelFilter`).
+fn quieter_than_info(level: Option<&str>) -> bool {
+    level.is_some_and(|l| {
+        matches!(
+            l.trim().to_ascii_lowercase().as_str(),
+            "off" | "error" | "warn"
+        )
+    })
 }
 
 /// A fresh registration token: 128 random bits from the kernel, as 32 hex digits.
@@ -265,5 +406,94 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
         assert_ne!(a, b);
+    }
+
+    fn options<'a>(
+        dir: &'a std::path::Path,
+        state: &'a std::path::Path,
+        free: bool,
+    ) -> super::Options<'a> {
+        super::Options {
+            config_dir: dir,
+            bin_dir: dir,
+            state,
+            app_ports: vec![8080, 8081],
+            free,
+            discovery_port: None,
+            gateway_port: Some(9000),
+            admin_port: None,
+            chaos: true,
+            registration_token: "t".into(),
+        }
+    }
+
+    #[test]
+    fn free_ports_are_port_zero_and_learned_from_the_children() {
+        let config = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut plan =
+            super::Plan::new(&options(&config, &config.join("state.json"), true)).unwrap();
+        let ports: Vec<u16> = plan
+            .services
+            .iter()
+            .flat_map(|s| s.binds.iter().map(|b| b.addr.port()))
+            .collect();
+        // up picks no number: 0 everywhere but the port a flag names.
+        assert_eq!(ports, [0, 0, 0, 0, 0, 9000, 0]);
+        assert_eq!(plan.discovery_url, "");
+        assert_eq!(plan.services[1].name, "app-1");
+        plan.learned(0, &["127.0.0.1:41000".parse().unwrap()]);
+        assert_eq!(plan.discovery_url, "http://127.0.0.1:41000");
+        let argv = plan.services[1].argv(&plan.discovery_url);
+        assert!(argv.ends_with(&[
+            "--port".into(),
+            "0".into(),
+            "--admin-port".into(),
+            "0".into(),
+            "--discovery-url".into(),
+            "http://127.0.0.1:41000".into(),
+            "--chaos".into()
+        ]));
+        let moved = plan.learned(
+            1,
+            &[
+                "127.0.0.1:41001".parse().unwrap(),
+                "127.0.0.1:41002".parse().unwrap(),
+            ],
+        );
+        assert_eq!(moved, Some(config.join("app-1.log")));
+        assert_eq!(plan.services[1].name, "app-41001");
+        assert_eq!(plan.services[1].log, config.join("app-41001.log"));
+        assert_eq!(plan.apps, ["127.0.0.1:41001".parse().unwrap()]);
+        assert_eq!(
+            plan.app_admins.get("127.0.0.1:41001").map(String::as_str),
+            Some("http://127.0.0.1:41002")
+        );
+        // Restarts reuse the learned ports.
+        assert!(plan.services[1]
+            .argv(&plan.discovery_url)
+            .contains(&"41002".to_string()));
+    }
+
+    #[test]
+    fn fixed_ports_come_from_the_files_and_flags() {
+        let config = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let plan = super::Plan::new(&options(&config, &config.join("state.json"), false)).unwrap();
+        let ports: Vec<u16> = plan
+            .services
+            .iter()
+            .flat_map(|s| s.binds.iter().map(|b| b.addr.port()))
+            .collect();
+        assert_eq!(ports, [8500, 8080, 8180, 8081, 8181, 9000, 8001]);
+        assert_eq!(plan.discovery_url, "http://127.0.0.1:8500");
+        assert_eq!(plan.services[2].name, "app-8081");
+        assert!(!plan.services.iter().any(super::Service::unresolved));
+    }
+
+    #[test]
+    fn a_taken_port_names_the_ways_out() {
+        let text = super::port_taken(8080, "app-8080", "--app-ports", "Address already in use");
+        for part in ["--free-ports", "--app-ports", "--gateway-port", "just down"] {
+            assert!(text.contains(part), "{text}");
+        }
     }
 }

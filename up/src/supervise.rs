@@ -20,11 +20,12 @@ use crate::logs::Tail;
 use crate::out::Out;
 use crate::pids;
 use crate::plan::{Plan, Service};
+use crate::ports::Listening;
 use crate::stop::{self, Member};
 use shared::backoff::Backoff;
 use shared::runstate::{Process, RunState};
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -60,6 +61,9 @@ impl std::fmt::Display for Stop {
 /// One service and the process that runs it now.
 struct Slot {
     service: Service,
+    /// Its command line: ports learned from its log are written in, so a
+    /// restart listens where the others (and the state file) expect it.
+    argv: Vec<String>,
     /// The process `up` started, until it is reaped.
     child: Option<Child>,
     /// A process another tool started for this service, followed by pid.
@@ -93,8 +97,8 @@ impl Member for Slot {
     }
 }
 
-struct Supervisor<'a> {
-    plan: &'a Plan,
+struct Supervisor {
+    plan: Plan,
     state: RunState,
     /// Whether this run wrote the state file yet (before that, a file there is stale).
     written: bool,
@@ -104,7 +108,7 @@ struct Supervisor<'a> {
     signalled: Arc<AtomicUsize>,
 }
 
-pub fn run(plan: &Plan, ready_within: Duration) -> Result<(), String> {
+pub fn run(plan: Plan, ready_within: Duration) -> Result<(), String> {
     std::fs::create_dir_all(&plan.dir)
         .map_err(|e| format!("cannot create {}: {e}", plan.dir.display()))?;
     let signalled = Arc::new(AtomicUsize::new(0));
@@ -118,17 +122,13 @@ pub fn run(plan: &Plan, ready_within: Duration) -> Result<(), String> {
             .map_err(|e| format!("cannot listen for signals: {e}"))?;
     }
     let mut sup = Supervisor {
-        plan,
         state: RunState {
-            discovery_url: plan.discovery_url.clone(),
-            gateway_url: plan.gateway_url.clone(),
-            admin_url: plan.admin_url.clone(),
             cwd: std::env::current_dir().unwrap_or_default(),
             registration_token: Some(plan.registration_token.clone()),
             up_pid: Some(std::process::id()),
-            app_admin_urls: plan.app_admins.clone(),
             ..RunState::default()
         },
+        plan,
         written: false,
         slots: Vec::new(),
         tail: Tail::new(crate::logs::colour()),
@@ -140,7 +140,7 @@ pub fn run(plan: &Plan, ready_within: Duration) -> Result<(), String> {
         sup.stop_all();
         return Err(e);
     }
-    announce(plan, &mut sup.out);
+    announce(&sup.plan, &mut sup.out);
     let why = sup.watch();
     sup.out.line(format_args!(
         "\nup: stopping ({why}): the gateway, then the apps, then discovery"
@@ -151,7 +151,7 @@ pub fn run(plan: &Plan, ready_within: Duration) -> Result<(), String> {
     Ok(())
 }
 
-impl Supervisor<'_> {
+impl Supervisor {
     fn stop_requested(&mut self) -> Option<Stop> {
         match self.signalled.load(Ordering::Relaxed) {
             0 if self.out.closed() => Some(Stop::StdoutClosed),
@@ -160,12 +160,15 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Starts every service in order, each listening before the next starts,
-    /// then waits until the gateway routes to every app.
+    /// Starts every service in order, each listening before the next starts
+    /// (a port 0 learned from its log, a fixed one by connecting), then waits
+    /// until the gateway routes to every app.
     fn start(&mut self, ready_within: Duration) -> Result<(), String> {
-        for service in &self.plan.services {
+        for i in 0..self.plan.services.len() {
+            let service = self.plan.services[i].clone();
             let mut slot = Slot {
-                service: service.clone(),
+                argv: service.argv(&self.plan.discovery_url),
+                service,
                 child: None,
                 adopted: None,
                 pid: 0,
@@ -174,10 +177,26 @@ impl Supervisor<'_> {
                 restart_at: None,
             };
             self.launch(&mut slot, false)?;
-            self.tail.follow(&service.name, &service.log);
+            self.tail.follow(&slot.service.name, &slot.service.log);
             self.slots.push(slot);
+            let service = self.plan.services[i].clone();
+            let whats: Vec<&str> = service.binds.iter().map(|b| b.what).collect();
+            let mut found: Vec<Option<SocketAddr>> = service
+                .binds
+                .iter()
+                .map(|b| (b.addr.port() != 0).then_some(b.addr))
+                .collect();
+            let mut log = Listening::new(&service.log);
             let deadline = Instant::now() + Duration::from_secs(20);
-            while !service.binds.iter().all(|a| TcpStream::connect(a).is_ok()) {
+            loop {
+                log.poll(&whats, &mut found);
+                let fixed_up = service
+                    .binds
+                    .iter()
+                    .all(|b| b.addr.port() == 0 || TcpStream::connect(b.addr).is_ok());
+                if fixed_up && found.iter().all(Option::is_some) {
+                    break;
+                }
                 self.died()?;
                 self.tail.poll(&mut self.out);
                 if let Some(why) = self.stop_requested() {
@@ -185,12 +204,16 @@ impl Supervisor<'_> {
                 }
                 if Instant::now() > deadline {
                     return Err(format!(
-                        "{} did not start listening (see {})",
+                        "{} did not start listening within 20s (see {})",
                         service.name,
                         service.log.display()
                     ));
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if service.unresolved() {
+                let addrs: Vec<SocketAddr> = found.into_iter().flatten().collect();
+                self.learned(i, &addrs)?;
             }
         }
         let deadline = Instant::now() + ready_within;
@@ -212,11 +235,47 @@ impl Supervisor<'_> {
         Ok(())
     }
 
-    /// Starts (or restarts) a slot's process and records its pid.
+    /// Service `i` reported where it listens: its ports go into the plan, its
+    /// command line (for restarts) and the state file; a numbered app takes
+    /// its port's name, its log file moving with it.
+    fn learned(&mut self, i: usize, addrs: &[SocketAddr]) -> Result<(), String> {
+        let old_name = self.plan.services[i].name.clone();
+        let moved = self.plan.learned(i, addrs);
+        let service = self.plan.services[i].clone();
+        if let Some(old) = moved {
+            // The child keeps writing to the same file under its new name.
+            std::fs::rename(&old, &service.log).map_err(|e| {
+                format!(
+                    "cannot rename {} to {}: {e}",
+                    old.display(),
+                    service.log.display()
+                )
+            })?;
+            self.tail.rename(&old_name, &service.name, &service.log);
+        }
+        let argv = service.argv(&self.plan.discovery_url);
+        let Some(slot) = self.slots.get_mut(i) else {
+            return Err(format!("no process for {}", service.name));
+        };
+        slot.service = service.clone();
+        slot.argv = argv.clone();
+        let pid = slot.pid;
+        self.record(
+            &service.name,
+            Process {
+                pid,
+                argv,
+                log: service.log.clone(),
+            },
+        )
+    }
+
+    /// Starts (or restarts) a slot's process and records its pid (once its
+    /// ports are known: a child on port 0 is recorded when it reported them).
     fn launch(&mut self, slot: &mut Slot, restart: bool) -> Result<u32, String> {
         let s = &slot.service;
         let child = launch::spawn(&Spec {
-            argv: &s.argv,
+            argv: &slot.argv,
             env: &s.env,
             log: &s.log,
             append: restart,
@@ -226,20 +285,26 @@ impl Supervisor<'_> {
         slot.adopted = None;
         slot.pid = pid;
         slot.started = Instant::now();
-        self.record(
-            &s.name,
-            Process {
-                pid,
-                argv: s.argv.clone(),
-                log: s.log.clone(),
-            },
-        )?;
+        if !s.unresolved() {
+            self.record(
+                &s.name,
+                Process {
+                    pid,
+                    argv: slot.argv.clone(),
+                    log: s.log.clone(),
+                },
+            )?;
+        }
         Ok(pid)
     }
 
-    /// Writes a process into the state file, keeping what others wrote since
-    /// (`loadtest` records a discovery it restarted).
+    /// Writes a process and the URLs known so far into the state file,
+    /// keeping what others wrote since (`loadtest` records a discovery it restarted).
     fn record(&mut self, name: &str, process: Process) -> Result<(), String> {
+        self.state.discovery_url = self.plan.discovery_url.clone();
+        self.state.gateway_url = self.plan.gateway_url.clone();
+        self.state.admin_url = self.plan.admin_url.clone();
+        self.state.app_admin_urls = self.plan.app_admins.clone();
         self.state
             .processes
             .insert(name.to_string(), process.clone());
@@ -248,6 +313,10 @@ impl Supervisor<'_> {
         } else {
             self.state.clone()
         };
+        file.discovery_url = self.state.discovery_url.clone();
+        file.gateway_url = self.state.gateway_url.clone();
+        file.admin_url = self.state.admin_url.clone();
+        file.app_admin_urls = self.state.app_admin_urls.clone();
         file.processes.insert(name.to_string(), process);
         file.save(&self.plan.state)?;
         self.written = true;
@@ -258,8 +327,24 @@ impl Supervisor<'_> {
     fn died(&mut self) -> Result<(), String> {
         for slot in &mut self.slots {
             if let Some(Ok(Some(status))) = slot.child.as_mut().map(Child::try_wait) {
+                let log = std::fs::read_to_string(&slot.service.log).unwrap_or_default();
+                let taken = slot.service.binds.iter().find(|b| {
+                    log.contains("in use") && log.contains(&format!(":{}", b.addr.port()))
+                });
+                let hint = match taken {
+                    Some(b) if b.addr.port() != 0 => format!(
+                        "\n{}",
+                        crate::plan::port_taken(
+                            b.addr.port(),
+                            &slot.service.name,
+                            b.flag,
+                            "by the time it bound it"
+                        )
+                    ),
+                    _ => String::new(),
+                };
                 return Err(format!(
-                    "{} exited during start-up ({status}); its log is above",
+                    "{} exited during start-up ({status}); its log is above{hint}",
                     slot.service.name
                 ));
             }
@@ -359,7 +444,7 @@ impl Supervisor<'_> {
 /// one `up` knows, running the same program.
 fn adoptable(slot: &Slot, recorded: Option<&RunState>) -> Option<u32> {
     let p = recorded?.processes.get(&slot.service.name)?;
-    let program = slot.service.argv.first()?;
+    let program = &slot.service.program;
     (p.pid != slot.pid && pids::alive(p.pid) && pids::runs(p.pid, program)).then_some(p.pid)
 }
 
@@ -416,8 +501,8 @@ fn announce(plan: &Plan, out: &mut Out) {
         admins.join("  ")
     ));
     out.line(format_args!(
-        "  gateway    {}        admin: {}/status  {}/metrics",
-        plan.gateway_url, plan.admin_url, plan.admin_url
+        "  gateway    {}        console: {}/   admin: {}/status  {}/metrics",
+        plan.gateway_url, plan.admin_url, plan.admin_url, plan.admin_url
     ));
     out.line("");
     out.line(format_args!(

@@ -96,8 +96,9 @@ async fn discovery_killed_every_two_seconds_fails_no_request() {
         bin(service);
     }
     let bin_dir = bin("up").parent().unwrap().to_path_buf();
-    let state_path =
-        std::env::temp_dir().join(format!("up-crashes-{}/state.json", std::process::id()));
+    // Removed when the test ends, with the logs in it.
+    let dir = testkit::tempdir::TempDir::new("up-crashes");
+    let state_path = dir.join("state.json");
     let mut up = Proc::start(
         "up",
         &[

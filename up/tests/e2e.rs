@@ -16,7 +16,9 @@ async fn the_system_as_just_up_runs_it_serves_load_without_an_error() {
         bin(service);
     }
     let bin_dir = bin("up").parent().unwrap().to_path_buf();
-    let state_path = std::env::temp_dir().join(format!("up-e2e-{}/state.json", std::process::id()));
+    // Removed when the test ends, with the logs in it.
+    let dir = testkit::tempdir::TempDir::new("up-e2e");
+    let state_path = dir.join("state.json");
     let mut up = Proc::start(
         "up",
         &[

@@ -13,13 +13,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use testkit::procs::bin;
+use testkit::tempdir::TempDir;
 
 /// Printed once the gateway routes to every app.
 const READY: &str = "Ctrl-C stops everything";
 
 struct Up {
     child: Child,
-    dir: PathBuf,
+    /// Removed when the test ends (after `drop` below has stopped everything).
+    dir: TempDir,
     state_path: PathBuf,
     /// The state as it was once ready (up removes the file when it stops).
     state: RunState,
@@ -27,11 +29,8 @@ struct Up {
     stdout_file: PathBuf,
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("up-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(name: &str) -> TempDir {
+    TempDir::new(&format!("up-test-{name}"))
 }
 
 fn command(dir: &Path) -> Command {
@@ -393,4 +392,117 @@ fn a_child_that_dies_is_restarted() {
     assert!(up.exited(Duration::from_secs(20)).success());
     up.state.processes.get_mut(&name).unwrap().pid = new_pid;
     up.no_child_left(Duration::from_secs(2));
+}
+
+/// The inodes of the TCP sockets listening on `port` (IPv4 and IPv6), from /proc/net.
+fn listening_inodes(port: u16) -> Vec<String> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEXIP:HEXPORT; state 0A is LISTEN; the inode is field 9.
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && f.get(3) == Some(&"0A") {
+                inodes.push(f[9].to_string());
+            }
+        }
+    }
+    inodes
+}
+
+/// Whether process `pid` holds a socket listening on `port`.
+fn listens(pid: u32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|link| {
+            let link = link.to_string_lossy().to_string();
+            inodes.iter().any(|i| link == format!("socket:[{i}]"))
+        })
+}
+
+/// The ports a recorded command line names (`--listen`, `--admin-listen`, `--port`, `--admin-port`).
+fn argv_ports(argv: &[String]) -> Vec<u16> {
+    argv.windows(2)
+        .filter_map(|w| match w[0].as_str() {
+            "--listen" | "--admin-listen" => {
+                w[1].rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+            }
+            "--port" | "--admin-port" => w[1].parse().ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `--free-ports` end to end: every child was started on port 0 (its own
+/// command line says so: up chose no number anyone could take first), the
+/// ports the state file records are the ones each child listens on, and two
+/// systems started at once both come up, on ports of their own.
+#[test]
+fn two_systems_on_free_ports_come_up_at_once_on_the_ports_their_children_report() {
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| start("twin-a"));
+        let b = start("twin-b");
+        (a.join().unwrap(), b)
+    });
+    let mut all_ports = Vec::new();
+    for up in [&a, &b] {
+        for (name, p) in &up.state.processes {
+            // What the child was started with: port 0 throughout.
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid)).unwrap();
+            let started: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).to_string())
+                .collect();
+            let zeros = argv_ports(&started);
+            assert!(
+                !zeros.is_empty() && zeros.iter().all(|p| *p == 0),
+                "{name} was started with {started:?}"
+            );
+            // What up recorded, learned from the child: where it listens.
+            let ports = argv_ports(&p.argv);
+            assert_eq!(ports.len(), zeros.len(), "{name}: {:?}", p.argv);
+            for port in &ports {
+                assert_ne!(*port, 0, "{name}: {:?}", p.argv);
+                assert!(
+                    listens(p.pid, *port),
+                    "{name} (pid {}) does not listen on {port}, which up recorded",
+                    p.pid
+                );
+            }
+            if let Some(port) = name.strip_prefix("app-") {
+                assert_eq!(port.parse::<u16>().unwrap(), ports[0], "{name}");
+                let admin = &up.state.app_admin_urls[&format!("127.0.0.1:{}", ports[0])];
+                assert_eq!(admin, &format!("http://127.0.0.1:{}", ports[1]));
+                assert!(up.dir.join(format!("{name}.log")).is_file(), "{name}'s log");
+            }
+            all_ports.extend(ports);
+        }
+        let urls = [
+            &up.state.discovery_url,
+            &up.state.gateway_url,
+            &up.state.admin_url,
+        ];
+        for url in urls {
+            let port: u16 = url.rsplit_once(':').unwrap().1.parse().unwrap();
+            assert!(all_ports.contains(&port), "{url} is a child's port");
+        }
+    }
+    let mut distinct = all_ports.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), all_ports.len(), "{all_ports:?}");
+    let banner = a.output();
+    assert!(
+        banner.contains(&format!("console: {}/", a.state.admin_url)),
+        "{banner}"
+    );
 }

@@ -307,7 +307,8 @@ async fn metric(base: &str, sample: &str) -> f64 {
 
 #[async_std::test]
 async fn with_128_descriptors_and_400_idle_connections_no_instance_is_marked_unavailable() {
-    let config = std::env::temp_dir().join(format!("discovery-{}-fd128.json", std::process::id()));
+    let config =
+        testkit::tempdir::TempFile::new(format!("discovery-{}-fd128.json", std::process::id()));
     std::fs::write(
         &config,
         r#"{"listen": "127.0.0.1:0", "health_check_time_interval": "250ms",

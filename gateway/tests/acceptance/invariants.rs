@@ -137,7 +137,8 @@ struct Bench {
     apps: Vec<app::Handle>,
     gateway: Proc,
     addr: std::net::SocketAddr,
-    config_file: std::path::PathBuf,
+    /// Removed on drop, even when a check fails first.
+    _config_file: testkit::tempdir::TempFile,
 }
 
 fn config(discovery_url: &str, workers: usize, retry_posts: bool) -> GatewayConfig {
@@ -167,7 +168,7 @@ impl Bench {
             raws.push(raw);
         }
         let apps = apps(&discovery.url(), 2).await;
-        let config_file = std::env::temp_dir().join(format!(
+        let config_file = testkit::tempdir::TempFile::new(format!(
             "gateway-invariants-{}-{workers}.json",
             std::process::id()
         ));
@@ -191,7 +192,7 @@ impl Bench {
             apps,
             gateway,
             addr,
-            config_file,
+            _config_file: config_file,
         }
     }
 
@@ -207,7 +208,6 @@ impl Bench {
             a.shutdown().await;
         }
         self.discovery.shutdown().await;
-        let _ = std::fs::remove_file(self.config_file);
     }
 }
 

@@ -14,7 +14,7 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_zero() {
         r#"{{"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", "discovery_url": "{}", "upstream_timeout": "5s"}}"#,
         d.url()
     );
-    let path = std::env::temp_dir().join(format!("gw-term-{}.json", std::process::id()));
+    let path = testkit::tempdir::TempFile::new(format!("gw-term-{}.json", std::process::id()));
     std::fs::write(&path, config).unwrap();
     let mut gw = Proc::start("gateway", &["--config", path.to_str().unwrap()]);
     let addr = gw.listening("gateway").await;

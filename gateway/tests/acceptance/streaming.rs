@@ -93,7 +93,7 @@ async fn a_large_answer_streams_through_with_bounded_memory() {
         r#"{{"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", "discovery_url": "{}"}}"#,
         d.url()
     );
-    let path = std::env::temp_dir().join(format!("gw-stream-{}.json", std::process::id()));
+    let path = testkit::tempdir::TempFile::new(format!("gw-stream-{}.json", std::process::id()));
     std::fs::write(&path, config).unwrap();
     let gw = Proc::start("gateway", &["--config", path.to_str().unwrap()]);
     let addr = gw.listening("gateway").await;
