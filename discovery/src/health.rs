@@ -143,18 +143,27 @@ impl Checker {
         self.metrics
             .check_seconds
             .observe(result.latency.as_secs_f64());
-        let reason = result.failure.clone().unwrap_or_default();
+        let reason = result.failure.clone();
         let recorded = self.registry.record_check(target, result).await;
         if let Some(e) = &recorded.store_error {
             log::warn!(namespace = target.namespace.as_str(), id = target.id.as_str(),
                 instance = target.authority().as_str(), reason = e.to_string().as_str();
                 "health check result not stored, it is tried again at the next check: {e}");
         }
-        if let Some(status) = recorded.flipped {
-            log::info!(namespace = target.namespace.as_str(), id = target.id.as_str(),
-                instance = target.authority().as_str(), status = status.as_str(),
-                reason = reason.as_str();
-                "instance is now {}", status.as_str());
+        match (recorded.flipped, reason) {
+            // A failed check says why; a passing one has nothing to add.
+            (Some(status), Some(reason)) => {
+                log::info!(namespace = target.namespace.as_str(), id = target.id.as_str(),
+                    instance = target.authority().as_str(), status = status.as_str(),
+                    reason = reason.as_str();
+                    "instance is now {}", status.as_str())
+            }
+            (Some(status), None) => {
+                log::info!(namespace = target.namespace.as_str(), id = target.id.as_str(),
+                    instance = target.authority().as_str(), status = status.as_str();
+                    "instance is now {}", status.as_str())
+            }
+            (None, _) => {}
         }
         if let Some(gone) = recorded.expired {
             self.metrics.expired.inc();
