@@ -4,8 +4,10 @@
 use std::time::Duration;
 use testkit::procs::Proc;
 
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("discovery-{}-{name}.json", std::process::id()));
+/// A config file, removed when the returned handle drops (a failing test too).
+fn write_config(name: &str, text: &str) -> testkit::tempdir::TempFile {
+    let path =
+        testkit::tempdir::TempFile::new(format!("discovery-{}-{name}.json", std::process::id()));
     std::fs::write(&path, text).unwrap();
     path
 }

@@ -125,7 +125,8 @@ async fn gateway(config: &std::path::Path) -> (Proc, SocketAddr) {
     (proc, addr)
 }
 
-fn write_config(discovery: &str, listen: &str) -> std::path::PathBuf {
+/// A config file, removed when the returned handle drops (a failing test too).
+fn write_config(discovery: &str, listen: &str) -> testkit::tempdir::TempFile {
     static N: AtomicUsize = AtomicUsize::new(0);
     let config = serde_json::json!({
         "listen": listen,
@@ -136,7 +137,8 @@ fn write_config(discovery: &str, listen: &str) -> std::path::PathBuf {
         "worker_threads": 2,
     });
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("gw-graceful-{}-{n}.json", std::process::id()));
+    let path =
+        testkit::tempdir::TempFile::new(format!("gw-graceful-{}-{n}.json", std::process::id()));
     std::fs::write(&path, config.to_string()).unwrap();
     path
 }
@@ -230,6 +232,4 @@ async fn twenty_sigterm_restarts_under_keep_alive_posts_fail_no_request() {
         a.shutdown().await;
     }
     d.shutdown().await;
-    let _ = std::fs::remove_file(first);
-    let _ = std::fs::remove_file(shared_config);
 }
