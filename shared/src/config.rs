@@ -398,16 +398,7 @@ impl Default for DiscoveryConfig {
             warmup: None,
             drain_timeout: Duration::from_secs(5),
             registration_token: None,
-            allowed_hosts: [
-                "127.0.0.0/8",
-                "::1/128",
-                "10.0.0.0/8",
-                "172.16.0.0/12",
-                "192.168.0.0/16",
-                "fc00::/7",
-            ]
-            .map(String::from)
-            .to_vec(),
+            allowed_hosts: crate::allowed::default_ranges(),
             max_instances_per_namespace: 1_000,
             max_instances: 10_000,
             max_concurrent_checks: 256,
