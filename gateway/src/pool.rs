@@ -152,16 +152,25 @@ impl Upstream {
     pub fn checkout(&self) -> Option<Conn> {
         let mut idle = self.lock();
         while let Some(entry) = idle.pop() {
-            if entry.idled(clock()) >= self.limits.idle_timeout {
-                continue;
-            }
-            match entry.conn.stream.unread() {
-                Unread::Nothing => return Some(entry.conn),
-                Unread::Closed => {}
-                Unread::Bytes => self.stray("on a pooled connection while it idled"),
+            if entry.idled(clock()) < self.limits.idle_timeout && self.still_empty(&entry.conn) {
+                return Some(entry.conn);
             }
         }
         None
+    }
+
+    /// Whether nothing arrived on an idle connection (one peek). The end of
+    /// the stream means the instance closed it; bytes are a stray answer,
+    /// and the instance is blamed. Either way the caller drops it.
+    fn still_empty(&self, conn: &Conn) -> bool {
+        match conn.stream.unread() {
+            Unread::Nothing => true,
+            Unread::Closed => false,
+            Unread::Bytes => {
+                self.stray("on a pooled connection while it idled");
+                false
+            }
+        }
     }
 
     /// Returns a connection whose exchange ended cleanly, if it is known to
@@ -278,18 +287,7 @@ impl Upstream {
         let timeout = self.limits.idle_timeout;
         for list in self.idle.iter() {
             let now = clock();
-            let mut strays = 0;
-            lock(list).retain(|i| {
-                match i.conn.stream.unread() {
-                    Unread::Nothing => return i.idled(now) < timeout,
-                    Unread::Closed => {}
-                    Unread::Bytes => strays += 1,
-                }
-                false
-            });
-            for _ in 0..strays {
-                self.stray("on a pooled connection while it idled");
-            }
+            lock(list).retain(|i| self.still_empty(&i.conn) && i.idled(now) < timeout);
         }
     }
 }
