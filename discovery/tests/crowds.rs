@@ -531,7 +531,7 @@ async fn with_1100_watch_attempts_and_300_stalled_watchers_of_a_flapping_namespa
         })
     };
 
-    // The crowd of F3, all at once: past the cap each one is refused.
+    // The whole crowd at once: past the cap each one is refused.
     let attempts: Vec<_> = (0..ATTEMPTS)
         .map(|_| task::spawn(async move { watch_attempt(addr, "zzz").await }))
         .collect();

@@ -474,8 +474,8 @@ mod tests {
             // Discovery restarted and still warming: additions only, grace or not.
             ((true, true, false), AddOnly),
             ((true, true, true), AddOnly),
-            // The stream that brought the set is gone or silent (S1: the
-            // grace ran out while discovery was down again).
+            // The stream that brought the set is gone or silent (the grace
+            // ran out while discovery was down again).
             ((false, false, false), AddOnly),
             ((false, false, true), AddOnly),
             ((true, false, false), AddOnly),

@@ -1166,7 +1166,7 @@ mod tests {
     }
 }
 
-/// The loader's refusals (F7): beside the other tests, in a module of their own.
+/// The loader's refusals (a FIFO, a device, an oversized file): beside the other tests, in a module of their own.
 #[cfg(test)]
 mod load_tests {
     use super::*;

@@ -4,6 +4,7 @@ use async_std::future::timeout;
 use serde_json::Value;
 use shared::sse::{self, Line, Parser};
 use shared::wire::WatchEvent;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Sends `body` (any text, valid JSON or not) with `method`; returns status and JSON answer.
@@ -26,6 +27,38 @@ pub async fn post(url: &str, body: &str) -> (u16, Value) {
 
 pub async fn get(url: &str) -> (u16, Value) {
     call("GET", url, None).await
+}
+
+/// What one discovery replica serves: namespace → port → (id, status).
+pub type View = BTreeMap<String, BTreeMap<String, (String, String)>>;
+
+/// The [`View`] of discovery at `base`, from `/api/services`, without empty
+/// namespaces (a replica that saw an instance go keeps its namespace, empty;
+/// one started since does not list it), so two replicas' views compare.
+pub async fn view(base: &str) -> View {
+    let (status, services) = get(&format!("{base}/api/services")).await;
+    assert_eq!(status, 200, "{services}");
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let mut out = BTreeMap::new();
+    for (ns, list) in services.as_object().into_iter().flatten() {
+        let instances: BTreeMap<_, _> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| (text(&i["port"]), (text(&i["id"]), text(&i["status"]))))
+            .collect();
+        if !instances.is_empty() {
+            out.insert(ns.clone(), instances);
+        }
+    }
+    out
+}
+
+/// Discovery's `/api/store` (which always answers 200).
+pub async fn store(base: &str) -> Value {
+    let (status, body) = get(&format!("{base}/api/store")).await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 /// Registers `port` in `namespace` with discovery at `base`; returns the answer.

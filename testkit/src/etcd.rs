@@ -259,3 +259,15 @@ impl Drop for Cluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Writes `value` under `key` straight into etcd, with no lease, as an
+/// operator's tool (or an attacker with etcd access) would: no replica's
+/// rules saw it.
+pub async fn put_raw(client: &discovery::etcd::client::Client, key: &str, value: &[u8]) {
+    let req = discovery::etcd::client::PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.to_vec(),
+        lease: 0,
+    };
+    client.put(&req).await.expect("etcd takes the put");
+}

@@ -1,4 +1,4 @@
-//! Static stability under `up` (S1): discovery SIGKILLed every 2 s for 30 s
+//! Static stability under `up`: discovery SIGKILLed every 2 s for 30 s
 //! while `up` keeps restarting it (its backoff grows: it is down most of the
 //! time, and each new one starts empty and warming), and four keep-alive
 //! clients POST through the gateway the whole time. Every answer is a 200 and

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use testkit::client::{get, post, register, Watch};
+use testkit::client::{get, post, register, view, Watch};
 use testkit::etcd::Cluster;
 use testkit::peer::Peer;
 use testkit::procs::Proc;
@@ -20,31 +20,8 @@ async fn replica(store: String, id: &str) -> discovery::Handle {
     .expect("replica starts")
 }
 
-/// namespace → (port → (id, status)), from `/api/services`.
-async fn registry(base: &str) -> BTreeMap<String, BTreeMap<String, (String, String)>> {
-    let (status, services) = get(&format!("{base}/api/services")).await;
-    assert_eq!(status, 200, "{services}");
-    let mut out = BTreeMap::new();
-    for (ns, list) in services.as_object().unwrap() {
-        let mut instances = BTreeMap::new();
-        for i in list.as_array().unwrap() {
-            instances.insert(
-                i["port"].as_str().unwrap().to_string(),
-                (
-                    i["id"].as_str().unwrap().to_string(),
-                    i["status"].as_str().unwrap().to_string(),
-                ),
-            );
-        }
-        if !instances.is_empty() {
-            out.insert(ns.clone(), instances);
-        }
-    }
-    out
-}
-
 async fn status_of(base: &str, ns: &str, port: u16) -> Option<String> {
-    registry(base)
+    view(base)
         .await
         .get(ns)?
         .get(&port.to_string())
@@ -93,7 +70,7 @@ async fn replicas_share_instances_ids_and_status_flips() {
     let (status, found) = post(&format!("{b2}/api/lookup"), r#"{"namespace": "svc"}"#).await;
     assert_eq!(status, 200, "{found}");
     assert_eq!(found["id"], id.as_str());
-    assert_eq!(registry(&b1).await, registry(&b2).await);
+    assert_eq!(view(&b1).await, view(&b2).await);
     let again = register(&b2, "svc", peer.port()).await;
     assert_eq!(
         again["id"],
@@ -230,11 +207,11 @@ async fn a_replica_cut_off_during_a_compaction_relearns_the_registry() {
         Duration::from_secs(15),
         || {
             let (bc, bl) = (bc.clone(), bl.clone());
-            async move { registry(&bc).await == registry(&bl).await }
+            async move { view(&bc).await == view(&bl).await }
         },
     )
     .await;
-    let seen = registry(&bc).await;
+    let seen = view(&bc).await;
     let svc = &seen["svc"];
     assert!(
         !svc.contains_key(&p1.port().to_string()),
@@ -311,7 +288,7 @@ async fn a_killed_replicas_checks_move_within_one_lease_ttl() {
         || {
             let (b1, b2) = (b1.clone(), b2.clone());
             async move {
-                let (r1, r2) = (registry(&b1).await, registry(&b2).await);
+                let (r1, r2) = (view(&b1).await, view(&b2).await);
                 r1 == r2
                     && r1.values().map(|m| m.len()).sum::<usize>() == 20
                     && r1
@@ -379,7 +356,7 @@ async fn a_killed_replicas_checks_move_within_one_lease_ttl() {
     testkit::wait_until("the survivor flips every instance", limit, || {
         let b1 = b1.clone();
         async move {
-            registry(&b1)
+            view(&b1)
                 .await
                 .get("moving")
                 .is_some_and(|m| m.len() == 16 && m.values().all(|(_, s)| s == "unavailable"))
@@ -490,16 +467,10 @@ async fn etcd_members_dying_and_quorum_lost_fail_no_request() {
     testkit::wait_until(
         "the second replica mirrors the three registrations",
         Duration::from_secs(10),
-        || async {
-            registry(&r2.url())
-                .await
-                .get("service A")
-                .map(BTreeMap::len)
-                == Some(3)
-        },
+        || async { view(&r2.url()).await.get("service A").map(BTreeMap::len) == Some(3) },
     )
     .await;
-    let before = registry(&r2.url()).await;
+    let before = view(&r2.url()).await;
     assert_eq!(before["service A"].len(), 3, "{before:?}");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -550,7 +521,7 @@ async fn etcd_members_dying_and_quorum_lost_fail_no_request() {
     );
     assert!(ok > 100, "the load ran: {ok} requests");
     // Nothing lost, and writes resume.
-    let after = registry(&r2.url()).await;
+    let after = view(&r2.url()).await;
     let ids = |r: &BTreeMap<String, BTreeMap<String, (String, String)>>| {
         r["service A"]
             .values()
@@ -713,7 +684,7 @@ async fn measure_1000_instances_etcd_vs_memory() {
         testkit::wait_until("1,000 available", Duration::from_secs(60), || {
             let base = base.clone();
             async move {
-                registry(&base)
+                view(&base)
                     .await
                     .get("bench")
                     .is_some_and(|m| m.len() == 1000 && m.values().all(|(_, s)| s == "available"))
@@ -758,7 +729,7 @@ async fn measure_1000_instances_etcd_vs_memory() {
         testkit::wait_until("1,000 unavailable", Duration::from_secs(60), || {
             let base = base.clone();
             async move {
-                registry(&base)
+                view(&base)
                     .await
                     .get("bench")
                     .is_some_and(|m| m.values().filter(|(_, s)| s == "unavailable").count() == 1000)
@@ -776,7 +747,7 @@ async fn measure_1000_instances_etcd_vs_memory() {
         testkit::wait_until("1,000 available again", Duration::from_secs(60), || {
             let base = base.clone();
             async move {
-                registry(&base)
+                view(&base)
                     .await
                     .get("bench")
                     .is_some_and(|m| m.values().all(|(_, s)| s == "available"))

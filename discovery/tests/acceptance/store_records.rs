@@ -14,8 +14,8 @@ use serde_json::Value;
 use shared::wire::{InstanceStatus, Port};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use testkit::client::{get, post};
-use testkit::etcd::Cluster;
+use testkit::client::{get, post, store, view};
+use testkit::etcd::{put_raw, Cluster};
 use testkit::peer::Peer;
 
 async fn replica(store: String, id: &str) -> discovery::Handle {
@@ -40,17 +40,6 @@ fn etcd_client(etcd: &Cluster) -> Client {
     Client::new(&etcd.endpoints(), Duration::from_secs(5)).unwrap()
 }
 
-async fn put_raw(client: &Client, key: &str, value: &[u8]) {
-    client
-        .put(&PutRequest {
-            key: key.as_bytes().to_vec(),
-            value: value.to_vec(),
-            lease: 0,
-        })
-        .await
-        .unwrap();
-}
-
 fn record(namespace: &str, host: &str, port: u16, id: &str) -> Record {
     Record {
         id: id.into(),
@@ -64,37 +53,10 @@ fn record(namespace: &str, host: &str, port: u16, id: &str) -> Record {
     }
 }
 
-async fn store(base: &str) -> Value {
-    let (status, body) = get(&format!("{base}/api/store")).await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
 async fn services(base: &str) -> Value {
     let (status, body) = get(&format!("{base}/api/services")).await;
     assert_eq!(status, 200, "{body}");
     body
-}
-
-/// namespace → port → (id, status), from `/api/services`, without empty
-/// namespaces (a replica that saw an instance go keeps its namespace, empty).
-async fn view(base: &str) -> BTreeMap<String, BTreeMap<String, (Value, Value)>> {
-    let mut out = BTreeMap::new();
-    for (ns, list) in services(base).await.as_object().unwrap() {
-        let instances: BTreeMap<String, (Value, Value)> = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                let port = i["port"].as_str().unwrap().to_string();
-                (port, (i["id"].clone(), i["status"].clone()))
-            })
-            .collect();
-        if !instances.is_empty() {
-            out.insert(ns.clone(), instances);
-        }
-    }
-    out
 }
 
 /// namespace → sorted ports served, from `/api/services`.
@@ -128,7 +90,7 @@ async fn register_body(base: &str, body: &Value) -> (u16, Value) {
     post(&format!("{base}/api/register"), &body.to_string()).await
 }
 
-/// S3 and S2: an unreadable record over a live instance and a record naming a
+/// An unreadable record over a live instance and a record naming a
 /// denied address are set aside alike by a running replica (watch) and a
 /// restarted one (full read), counted and listed; a registration of that
 /// instance through either replica overwrites the bad record.
@@ -221,7 +183,7 @@ async fn bad_records_are_set_aside_alike_and_never_block_a_registration() {
     d2.shutdown().await;
 }
 
-/// S4: a key under the replicas prefix without a lease is no replica: it is
+/// A key under the replicas prefix without a lease is no replica: it is
 /// listed apart, and every instance is checked by a live replica (none is
 /// left to the ghost, so every frozen instance is marked unavailable).
 #[async_std::test]
@@ -293,7 +255,7 @@ async fn a_replica_key_without_a_lease_is_not_a_replica() {
     d2.shutdown().await;
 }
 
-/// S5: one of three members frozen (SIGSTOP: it accepts connections and
+/// One of three members frozen (SIGSTOP: it accepts connections and
 /// never answers). The replica whose watch runs through it notices within
 /// about two probe intervals, says so, moves the watch to another member,
 /// and its view converges with the other replica's.
@@ -388,7 +350,7 @@ async fn a_frozen_etcd_member_is_noticed_and_the_watch_moves() {
     d2.shutdown().await;
 }
 
-/// S6: records bulk-written past `max_instances` are set aside, the oldest
+/// Records bulk-written past `max_instances` are set aside, the oldest
 /// served first (ties by key), alike on a replica that watched them arrive
 /// and one that read them at start; registrations get 429 at the cap; a
 /// freed slot goes to the oldest record waiting, on both.
@@ -493,7 +455,7 @@ async fn records_beyond_the_caps_are_set_aside_alike() {
     d2.shutdown().await;
 }
 
-/// S7: etcd out of space (a tiny quota, filled) shows as
+/// etcd out of space (a tiny quota, filled) shows as
 /// `discovery_store_writable 0`, with the alarm in `/api/store`, and a
 /// registration gets a 503.
 #[async_std::test]

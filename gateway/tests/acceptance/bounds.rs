@@ -1,7 +1,7 @@
 //! What hostile peers cannot make the gateway hold or do: a watch stream
-//! without end (F4), a config path that is not a regular file (F7), a head
-//! whose fields the gateway's own would take past the apps' limit (F6), and
-//! `Connection` tokens naming what the instance must see (F8).
+//! without end, a config path that is not a regular file, a head whose
+//! fields the gateway's own would take past the apps' limit, and
+//! `Connection` tokens naming what the instance must see.
 
 use crate::common::{raw_system, System};
 use async_std::io::{ReadExt, WriteExt};
@@ -93,7 +93,7 @@ async fn echoed(addr: std::net::SocketAddr, path: &str) -> bool {
     r.status == 200 && r.body == br#"{"probe": true}"#
 }
 
-// ---------------------------------------------------------------- F4
+// ---------------------------------------------------------------- the watch stream
 
 /// What a hostile discovery streams after its first snapshot.
 #[derive(Clone, Copy)]
@@ -275,7 +275,7 @@ async fn f4_a_watch_event_of_endless_data_lines_is_bounded_and_the_stream_reconn
     a_flooding_watch_is_bounded(Flood::EndlessEvent).await;
 }
 
-// ---------------------------------------------------------------- F7
+// ---------------------------------------------------------------- config files
 
 fn routes_config(discovery_url: &str, prefixes: &[&str]) -> String {
     let routes: Vec<_> = prefixes
@@ -392,7 +392,7 @@ async fn f7_start_refuses_a_fifo_config_at_once_and_exits_2() {
     assert!(out.contains(&config.path().display().to_string()), "{out}");
 }
 
-// ---------------------------------------------------------------- F6
+// ---------------------------------------------------------------- header count
 
 /// A POST of `{}` with Host, Content-Length, X-Request-Id and `fill` more fields.
 fn with_fields(fill: usize, request_id: &str) -> Vec<u8> {
@@ -448,7 +448,7 @@ async fn f6_a_head_the_gateways_own_fields_would_take_past_the_apps_limit_is_ref
     sys.stop().await;
 }
 
-// ---------------------------------------------------------------- F8
+// ---------------------------------------------------------------- Connection tokens
 
 #[async_std::test]
 async fn f8_connection_cannot_name_host_framing_or_the_gateways_own_headers() {

@@ -16,7 +16,6 @@
 //! 0.0.0.0 (which Linux maps to loopback), port 9, where nothing listens.
 
 use crate::common::{body, Client};
-use discovery::etcd::client::PutRequest;
 use discovery::store::Record;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -26,8 +25,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use testkit::client::get;
-use testkit::etcd::Cluster;
+use testkit::client::{store, view};
+use testkit::etcd::{put_raw, Cluster};
 use testkit::peer::Peer;
 use testkit::procs::Proc;
 use testkit::system::{gateway_config, status, wait_ring};
@@ -54,35 +53,6 @@ async fn replica(store: &str, id: &str, dir: &std::path::Path) -> (Proc, String)
     let proc = Proc::start("discovery", &["--config", file.to_str().unwrap()]);
     let addr = proc.listening("discovery").await;
     (proc, format!("http://{addr}"))
-}
-
-async fn store(base: &str) -> Value {
-    let (code, body) = get(&format!("{base}/api/store")).await;
-    assert_eq!(code, 200, "{body}");
-    body
-}
-
-/// namespace → port → (id, status), from `/api/services`, without empty
-/// namespaces (a replica that saw an instance go keeps its namespace, empty).
-async fn view(base: &str) -> BTreeMap<String, BTreeMap<String, (Value, Value)>> {
-    let (code, services) = get(&format!("{base}/api/services")).await;
-    assert_eq!(code, 200, "{services}");
-    let mut out = BTreeMap::new();
-    for (ns, list) in services.as_object().unwrap() {
-        let instances: BTreeMap<_, _> = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                let port = i["port"].as_str().unwrap().to_string();
-                (port, (i["id"].clone(), i["status"].clone()))
-            })
-            .collect();
-        if !instances.is_empty() {
-            out.insert(ns.clone(), instances);
-        }
-    }
-    out
 }
 
 /// The set-aside records `/api/store` lists: key → why.
@@ -188,7 +158,7 @@ async fn load(addr: std::net::SocketAddr, clients: usize, stop: Arc<AtomicBool>)
 struct Settled {
     app_port: String,
     /// The app's id before its record was overwritten.
-    app_id: Value,
+    app_id: String,
     peer_key: String,
     denied_key: String,
 }
@@ -212,15 +182,6 @@ impl Settled {
             && apps.map(BTreeMap::len) == Some(3)
             && app.is_some_and(|(id, status)| *id != self.app_id && status == "available")
     }
-}
-
-async fn put(etcd: &discovery::etcd::client::Client, key: &str, value: &[u8]) {
-    let req = PutRequest {
-        key: key.as_bytes().to_vec(),
-        value: value.to_vec(),
-        lease: 0,
-    };
-    etcd.put(&req).await.unwrap();
 }
 
 #[async_std::test]
@@ -294,10 +255,10 @@ async fn bad_records_a_frozen_etcd_member_and_a_frozen_replica_fail_no_request()
         maintenance_since_unix_ms: None,
     };
     eprintln!("{:?}: step 1, records written into etcd", started.elapsed());
-    put(&client, &app_key, b"{\"id\": \"not a record").await;
-    put(&client, &peer_key, b"\xff\xfe not json").await;
-    put(&client, &denied_key, &serde_json::to_vec(&denied).unwrap()).await;
-    put(
+    put_raw(&client, &app_key, b"{\"id\": \"not a record").await;
+    put_raw(&client, &peer_key, b"\xff\xfe not json").await;
+    put_raw(&client, &denied_key, &serde_json::to_vec(&denied).unwrap()).await;
+    put_raw(
         &client,
         &format!("/{PREFIX}/replicas/ghost"),
         br#"{"replica_id":"ghost"}"#,

@@ -1,4 +1,4 @@
-//! S2: the gateway's own destination policy (`allowed_upstreams`). A record
+//! The gateway's own destination policy (`allowed_upstreams`). A record
 //! that reaches its ring by another way than a strict discovery (put straight
 //! into etcd, or a discovery configured to allow more) must never make it
 //! connect where it may not, nor show a client anything but a normal answer.

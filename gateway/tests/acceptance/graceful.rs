@@ -1,4 +1,4 @@
-//! S9: a graceful stop breaks no request. Two gateway processes share one
+//! A graceful stop breaks no request. Two gateway processes share one
 //! port (SO_REUSEPORT); one at a time is stopped with SIGTERM and started
 //! again, 20 times, under keep-alive POST load.
 //!

@@ -1,9 +1,8 @@
 //! Randomized: clients send POSTs (each with a unique body and its own
 //! `x-request-id`) through a gateway (a child process, so its memory can be
 //! measured) to real apps beside scripted instances that misbehave in a way
-//! each request chooses at random. After every request the invariants of
-//! DESIGN.md, "Answers reach only their client; a payment is executed at most
-//! once", are checked:
+//! each request chooses at random. After every request the promises "answers
+//! reach only their client; a payment is executed at most once" are checked:
 //!
 //! (a) a client's answer is its own: a 200 carries exactly its body, anything
 //!     else is the gateway's JSON error for its request id. On the

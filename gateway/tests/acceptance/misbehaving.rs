@@ -1,9 +1,8 @@
-//! An attacker controls one registered instance (DESIGN.md, "Answers reach
-//! only their client; a payment is executed at most once"). Regression tests
-//! for what it found: F1, a stray answer reaching the next client; F2, a 1xx
-//! train making the gateway wait for bytes it already held, then send the POST
-//! again; F5, a malformed or cut answer making the gateway send the POST to a
-//! second instance. And the defences: request id verification per route,
+//! An attacker controls one registered instance. Regression tests for what
+//! it found (the `f1_`, `f2_` and `f5_` tests): a stray answer reaching the
+//! next client; a train of 1xx answers making the gateway wait for bytes it
+//! already held, then send the POST again; a malformed or cut answer making
+//! the gateway send the POST to a second instance. And the defences: request id verification per route,
 //! passive health, no pooling after stray bytes.
 
 use crate::attack::{
@@ -22,7 +21,7 @@ const COOLDOWN: Duration = Duration::from_secs(30);
 /// How long a test waits for the gateway to act on stray bytes (a bound on
 /// waiting for a condition, never a pause).
 const NOTICE: Duration = Duration::from_secs(5);
-/// How long the F1 tests give the gateway to close an idle connection stray
+/// How long the stray-answer tests give the gateway to close an idle connection stray
 /// bytes came on before the next request: under a second, the age past which
 /// the gateway before the fix peeked at a pooled connection before reuse (so
 /// the test shows the stray reaching a client rather than that check).
@@ -35,7 +34,7 @@ fn config(c: &mut GatewayConfig) {
     c.request_deadline = Duration::from_secs(6);
 }
 
-/// F1: after answer `first`, the instance writes a stray answer (per
+/// After answer `first`, the instance writes a stray answer (per
 /// `script`); the next request must get its own answer, on a new connection.
 async fn a_stray_never_answers_the_next_request(script: &str) {
     let sys = Mixed::start(1, Script::Echo, 0, config).await;
@@ -141,7 +140,7 @@ async fn f2_several_interim_answers_in_one_write_are_all_consumed_at_once() {
     sys.stop().await;
 }
 
-/// F5: an instance answers every request with `script` (a complete but
+/// An instance answers every request with `script` (a complete but
 /// malformed answer, or half of one). Each POST that reaches it is a 502 and
 /// reaches no other instance; after three in a row it is cooled down and
 /// skipped; the fault is counted as `fault`.

@@ -1,4 +1,4 @@
-//! S8: a gateway accepts on its client port only once it is ready (every
+//! A gateway accepts on its client port only once it is ready (every
 //! route has an available instance, or `ready_timeout` passed), so one
 //! that cannot serve never takes connections from its peers on a shared
 //! port. The admin port is up at once: `/health_check` is liveness (200),
