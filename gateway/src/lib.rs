@@ -1,58 +1,40 @@
 //! The gateway: clients POST to it, and it forwards each request round robin
 //! to an available instance of the routed namespace.
 //!
-//! A request's path, in the order of the modules: [`listener`] accepts the
-//! connection; [`connection`] reads the request with the [`codec`] from the
-//! client's [`session`] (its socket, input and deadline, and the one writer
-//! of bytes to the client) and routes it to a namespace's [`ring`];
-//! [`failover`] picks instances and decides on retries; [`forward`] makes
-//! each try over a [`pool`]ed connection and streams the answer back through
-//! the session, every wait bounded by a [`deadline`]. Off the request path,
-//! [`watch`] keeps the rings in step with discovery, and [`admin`] serves
-//! metrics and status.
+//! A house with floors; each imports only from the floors below it:
 //!
-//! SIGHUP: [`reload`] swaps in a new [`Context`] (config and routes) that
-//! every request after it uses, keeping rings and pools; [`stats`] holds
-//! each instance's counters for the per-upstream metrics and `/status`.
+//! - `runtime/`: each worker thread's task queue and epoll, its sockets,
+//!   deadlines, per-worker slots and the client port's listening sockets.
+//! - `http/`: HTTP/1.1 on the client side (the codec, the request target,
+//!   the session that is the one writer of bytes to a client, the bound on
+//!   buffered request bytes).
+//! - `observe/`: counters and per-instance statistics the request path bumps.
+//! - `balance/`: rings of instances per namespace, how a member is chosen,
+//!   pooled connections to each, passive health.
+//! - `context`: what every task shares, and the newest generation of it.
+//! - `discover/`: the watch streams that keep rings in step with discovery,
+//!   and the source of a request's next instance (the ring, or a lookup).
+//! - `proxy/`: the request path itself: worker threads, accept, a client
+//!   connection, failover under the retry policy, one forwarded try.
+//! - `admin/`: the admin port (`/status`, `/metrics`, the console,
+//!   `/ready`) and configuration reloads.
 //!
-//! Hostile clients: [`target`] normalizes what is routed and forwarded,
-//! [`budget`] bounds the request bytes held across connections, and a panic
-//! ends one connection or restarts one background loop, never the process
+//! This file starts and stops it all ([`spawn`], [`Handle`]). Hostile
+//! input on either side is bounded where it is read, and a panic ends one
+//! connection or restarts one background loop, never the process
 //! (`gateway_panics_total`).
-//!
-//! Start and stop: [`ready`] keeps the client port unlistened until every
-//! route has an instance (`ready_timeout`), and closes it first at shutdown;
-//! the pool holds every instance to `allowed_upstreams` ([`pool`]).
-//!
-//! Cores: [`worker`] runs `worker_threads` threads, each with its own
-//! executor, listener, idle pools, round-robin cursors and metric shards;
-//! [`retry`] is the failover policy as a pure function; [`selection`] is how
-//! a ring's member is chosen (round robin).
 
 mod admin;
-mod budget;
-mod codec;
-mod connection;
-mod console;
-mod deadline;
-mod failover;
-mod forward;
-mod listener;
-mod metrics;
-mod passive;
-mod pool;
-mod ready;
-pub mod reload;
-mod retry;
-mod ring;
+mod balance;
+mod context;
+mod discover;
+mod http;
+mod observe;
+mod proxy;
 mod runtime;
-mod selection;
-mod session;
-mod source;
-mod stats;
-mod target;
-mod watch;
-mod worker;
+
+pub use admin::reload;
+pub use context::Context;
 
 use async_std::task::{self, JoinHandle};
 use futures_lite::FutureExt;
@@ -61,73 +43,15 @@ use shared::panics::{supervise, Panics};
 use shared::serve::Served;
 use shared::shutdown::{Tracker, Trigger};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// What every task of the gateway shares.
-#[derive(Debug)]
-pub struct Context {
-    pub config: GatewayConfig,
-    pub router: Arc<ring::Router>,
-    pub upstreams: Arc<pool::Upstreams>,
-    pub metrics: Arc<metrics::Metrics>,
-    /// Client for discovery: the watch streams and lookups after a timeout.
-    pub discovery: surf::Client,
-    /// Fired at shutdown: stop accepting, finish the current requests.
-    pub stop: Trigger,
-    /// Fired when the drain time is over: cut what is left.
-    pub kill: Trigger,
-    /// `Host` for HTTP/1.0 requests that carry none.
-    pub default_host: String,
-    /// Requests seen per worker, for access log sampling.
-    pub requests: Arc<worker::PerWorker<AtomicU64>>,
-    /// Enforces the deadlines of every wait on the request path.
-    pub watchdog: Arc<deadline::Watchdog>,
-    /// Panics caught in connections and background loops.
-    pub panics: Panics,
-    /// Request bytes buffered across all connections (`max_buffered_bytes`).
-    pub budget: Arc<budget::Budget>,
-    /// The newest context after reloads ([`reload`]); shared by every generation.
-    pub live: Arc<reload::Live>,
-    /// The client port: listened on once ready, closed first at shutdown.
-    pub(crate) gate: Arc<ready::Gate>,
-}
-
-impl Context {
-    /// A copy for a new generation: the same config and router (which a
-    /// reload then replaces), everything else shared.
-    pub fn share(&self) -> Context {
-        Context {
-            config: self.config.clone(),
-            router: self.router.clone(),
-            upstreams: self.upstreams.clone(),
-            metrics: self.metrics.clone(),
-            discovery: self.discovery.clone(),
-            stop: self.stop.clone(),
-            kill: self.kill.clone(),
-            default_host: self.default_host.clone(),
-            requests: self.requests.clone(),
-            watchdog: self.watchdog.clone(),
-            panics: self.panics.clone(),
-            budget: self.budget.clone(),
-            live: self.live.clone(),
-            gate: self.gate.clone(),
-        }
-    }
-
-    /// The context in force now: the newest generation, or this one once stopped.
-    pub fn current(self: &Arc<Self>) -> Arc<Context> {
-        self.live.current().unwrap_or_else(|| self.clone())
-    }
-}
 
 /// A running gateway.
 #[derive(Debug)]
 pub struct Handle {
     addr: SocketAddr,
     ctx: Arc<Context>,
-    workers: worker::Workers,
+    workers: proxy::workers::Workers,
     connections: Tracker,
     admin: Served,
     background: Vec<JoinHandle<()>>,
@@ -192,7 +116,7 @@ impl Handle {
 }
 
 /// Sizes async-std's global executor, which runs only the background tasks
-/// (watch, reaper, watchdog, admin port; requests run on the [`worker`]s):
+/// (watch, reaper, watchdog, admin port; requests run on the workers, `proxy::workers`):
 /// one thread, unless ASYNC_STD_THREAD_COUNT says otherwise. It only takes
 /// effect before the first task is spawned, so `main` calls it first thing.
 pub fn init_runtime() {
@@ -208,29 +132,29 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    let listeners = listener::bind_all(
+    let listeners = runtime::listen::bind_all(
         &config.listen,
         config.reuse_port,
-        worker::count(config.worker_threads),
+        runtime::slots::count(config.worker_threads),
     )?;
     let addr = match listeners.first() {
         Some(l) => l.local_addr()?,
         None => return Err(std::io::Error::other("no listener bound")),
     };
-    let gate = Arc::new(ready::Gate::new(&listeners, addr)?);
-    let router = Arc::new(ring::Router::new(&config.routes));
+    let gate = Arc::new(runtime::listen::Gate::new(&listeners, addr)?);
+    let router = Arc::new(balance::ring::Router::new(&config.routes));
     let setting = shared::allowed::Setting::GATEWAY;
     let allowed = shared::allowed::AllowedHosts::parse_setting(setting, &config.allowed_upstreams)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let limits = pool::Limits {
+    let limits = balance::pool::Limits {
         max_idle: config.pool_max_idle,
         idle_timeout: config.pool_idle_timeout,
-        passive: passive::Policy {
+        passive: balance::passive::Policy {
             failures: config.passive_health_failures,
             cooldown: config.connect_cooldown,
         },
     };
-    let upstreams = Arc::new(pool::Upstreams::new(limits, allowed));
+    let upstreams = Arc::new(balance::pool::Upstreams::new(limits, allowed));
     let discovery = surf::Config::new()
         .set_http_keep_alive(false)
         .set_tcp_no_delay(true)
@@ -238,15 +162,10 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         .try_into()
         .map_err(|e| std::io::Error::other(format!("cannot build the discovery client: {e}")))?;
     let panics = Panics::new();
-    let budget = Arc::new(budget::Budget::new(config.max_buffered_bytes));
-    let live = Arc::new(reload::Live::default());
+    let budget = Arc::new(http::budget::Budget::new(config.max_buffered_bytes));
+    let live = Arc::new(context::Live::default());
     let ctx = Arc::new(Context {
-        metrics: Arc::new(metrics::Metrics::new(metrics::Sources {
-            live: live.clone(),
-            upstreams: upstreams.clone(),
-            panics: panics.clone(),
-            budget: budget.clone(),
-        })),
+        metrics: Arc::new(observe::counters::Metrics::new()),
         router,
         upstreams,
         discovery,
@@ -266,7 +185,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     // and without the watchdog no deadline on the request path would fire.
     let mut background = Vec::new();
     for balancer in ctx.router.balancers() {
-        background.extend(spawn_watch(&ctx, balancer));
+        background.extend(discover::watch::spawn_watch(&ctx, balancer));
     }
     let c = ctx.clone();
     background.push(task::spawn(supervise(
@@ -283,8 +202,8 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
             async move { c.watchdog.run(&c.stop, &c.kill).await }
         },
     )));
-    let mut admin_routes = admin::routes(ctx.clone());
-    ready::routes(&mut admin_routes);
+    let mut admin_routes = admin::status::routes(ctx.clone());
+    admin::ready::routes(&mut admin_routes);
     let admin = shared::serve::serve_with(
         admin_routes,
         shared::serve::bind(&ctx.config.admin_listen).await?,
@@ -302,7 +221,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         }
         ctx.metrics.ready.set(1);
     }
-    let workers = worker::spawn(&ctx, listeners, &connections)?;
+    let workers = proxy::workers::spawn(&ctx, listeners, &connections)?;
     log::info!(addr:% = admin.addr(); "gateway admin listening on http://{}", admin.addr());
     if !ctx.config.ready_timeout.is_zero() {
         log::info!(addr:% = addr; "gateway bound to {addr}; it listens once every route has an available instance, or after ready_timeout ({})",
@@ -311,7 +230,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         background.push(task::spawn(supervise(
             ctx.panics.clone(),
             "readiness",
-            move || ready::open_when_ready(c.clone()),
+            move || admin::ready::open_when_ready(c.clone()),
         )));
     }
     Ok(Handle {
@@ -322,25 +241,6 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         admin,
         background,
     })
-}
-
-/// Starts what keeps `balancer`'s ring in step with discovery: the watch
-/// tasks (see [`watch`]), each restarting if it panics. Used at start and by
-/// a reload that routes a new namespace.
-pub(crate) fn spawn_watch(
-    ctx: &Arc<Context>,
-    balancer: &Arc<ring::Balancer>,
-) -> Vec<JoinHandle<()>> {
-    let (tx, rx) = async_channel::bounded(16);
-    let (c, b) = (ctx.clone(), balancer.clone());
-    let follow = task::spawn(supervise(ctx.panics.clone(), "watch follow", move || {
-        watch::follow(c.clone(), b.clone(), tx.clone())
-    }));
-    let (c, b) = (ctx.clone(), balancer.clone());
-    let hold = task::spawn(supervise(ctx.panics.clone(), "watch hold", move || {
-        watch::hold(c.clone(), b.clone(), rx.clone())
-    }));
-    vec![follow, hold]
 }
 
 /// Closes expired idle upstream connections, forgets instances nobody uses,
@@ -354,7 +254,7 @@ async fn reap(ctx: Arc<Context>) {
             })
             .await;
         ctx.upstreams.reap();
-        if sampled.elapsed() >= stats::SAMPLE_EVERY {
+        if sampled.elapsed() >= observe::stats::SAMPLE_EVERY {
             sampled = std::time::Instant::now();
             for up in ctx.upstreams.all() {
                 up.stats.sample(sampled);

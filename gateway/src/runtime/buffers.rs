@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 
 /// The size of a buffer on the list; larger ones (grown by a large request) go back to the allocator.
-pub const SIZE: usize = 4096;
+pub(crate) const SIZE: usize = 4096;
 /// Buffers kept per worker (4 MiB): past this, idle memory goes back too.
 const KEEP: usize = 1024;
 
@@ -15,13 +15,13 @@ thread_local! {
 }
 
 /// An empty buffer with room for [`SIZE`] bytes.
-pub fn take() -> Vec<u8> {
+pub(crate) fn take() -> Vec<u8> {
     FREE.with(|f| f.borrow_mut().pop())
         .unwrap_or_else(|| Vec::with_capacity(SIZE))
 }
 
 /// Gives `buf` back for the next request on this worker.
-pub fn give(mut buf: Vec<u8>) {
+pub(crate) fn give(mut buf: Vec<u8>) {
     if buf.capacity() != SIZE {
         return;
     }

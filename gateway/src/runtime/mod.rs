@@ -16,9 +16,12 @@
 //! shutdown trigger, async-std timers): the task goes on the worker's remote
 //! queue and the eventfd interrupts its `epoll_wait`.
 
-pub mod buffers;
-pub mod net;
+pub(crate) mod buffers;
+pub(crate) mod deadline;
+pub(crate) mod listen;
+pub(crate) mod net;
 mod reactor;
+pub(crate) mod slots;
 
 use async_task::Runnable;
 use reactor::Reactor;
@@ -92,13 +95,13 @@ fn current() -> std::io::Result<Arc<Shared>> {
 /// sources), each read is a system call, and a request made a dozen. A
 /// request's latency is then measured between the events that began and
 /// ended it.
-pub fn now() -> Instant {
+pub(crate) fn now() -> Instant {
     NOW.with(Cell::get).unwrap_or_else(Instant::now)
 }
 
 /// Milliseconds since the process started, on [`now`]: the clock of
 /// deadlines and cool-downs.
-pub fn clock() -> u64 {
+pub(crate) fn clock() -> u64 {
     now().saturating_duration_since(start()).as_millis() as u64
 }
 
@@ -109,20 +112,20 @@ fn start() -> Instant {
 
 /// A point on [`clock`]: what a request's time budgets are measured against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Until(u64);
+pub(crate) struct Until(u64);
 
 impl Until {
     /// `limit` from now.
-    pub fn after(limit: std::time::Duration) -> Until {
+    pub(crate) fn after(limit: std::time::Duration) -> Until {
         Until(clock().saturating_add(limit.as_millis() as u64))
     }
 
     /// What is left (zero once passed).
-    pub fn left(self) -> std::time::Duration {
+    pub(crate) fn left(self) -> std::time::Duration {
         std::time::Duration::from_millis(self.0.saturating_sub(clock()))
     }
 
-    pub fn passed(self) -> bool {
+    pub(crate) fn passed(self) -> bool {
         clock() >= self.0
     }
 }
@@ -131,7 +134,7 @@ impl Until {
 ///
 /// # Errors
 /// When the calling thread runs no runtime.
-pub fn spawn<F>(future: F) -> std::io::Result<()>
+pub(crate) fn spawn<F>(future: F) -> std::io::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
@@ -150,7 +153,7 @@ fn run_task(runnable: Runnable) {
 
 /// Runs `root` and every task it spawns on the calling thread until `root`
 /// is done; what it spawned and left running is dropped then.
-pub fn run<F>(root: F) -> std::io::Result<()>
+pub(crate) fn run<F>(root: F) -> std::io::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {

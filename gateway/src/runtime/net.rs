@@ -90,7 +90,7 @@ impl<T: AsFd> Drop for Registered<T> {
 
 /// What [`Stream::unread`] found on a connection nobody was reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unread {
+pub(crate) enum Unread {
     Nothing,
     /// The end of the stream, or an error: the peer closed or reset it.
     Closed,
@@ -100,13 +100,13 @@ pub enum Unread {
 
 /// A connected TCP stream owned by one worker.
 #[derive(Debug)]
-pub struct Stream {
+pub(crate) struct Stream {
     inner: Registered<TcpStream>,
 }
 
 impl Stream {
     /// Takes a connected std stream (an accepted one) onto this worker.
-    pub fn from_std(io: TcpStream) -> io::Result<Stream> {
+    pub(crate) fn from_std(io: TcpStream) -> io::Result<Stream> {
         io.set_nonblocking(true)?;
         Ok(Stream {
             inner: Registered::new(io, READ | WRITE, false)?,
@@ -114,7 +114,7 @@ impl Stream {
     }
 
     /// Connects to `addr` without blocking the worker.
-    pub async fn connect(addr: SocketAddr) -> io::Result<Stream> {
+    pub(crate) async fn connect(addr: SocketAddr) -> io::Result<Stream> {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
@@ -144,17 +144,17 @@ impl Stream {
 
     /// Waits until a read would find bytes (or the end), without a buffer:
     /// an idle connection holds none.
-    pub async fn readable(&self) {
+    pub(crate) async fn readable(&self) {
         self.inner.ready(READ).await;
     }
 
     /// Whether a read is worth trying now (no waiting, no system call).
-    pub fn is_readable_now(&self) -> bool {
+    pub(crate) fn is_readable_now(&self) -> bool {
         self.inner.source.is_ready(READ)
     }
 
     /// Reads without consuming, waiting for bytes (0: the peer closed).
-    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.inner.poll_io(READ, cx, |io| io.peek(buf), |_| false)).await
     }
 
@@ -163,7 +163,7 @@ impl Stream {
     /// can be in the kernel before the worker has seen their event. A pooled
     /// connection must have received nothing while it idled. Safe from any
     /// thread (the pool reaper looks at idle connections too).
-    pub fn unread(&self) -> Unread {
+    pub(crate) fn unread(&self) -> Unread {
         loop {
             let seen = self.inner.source.state();
             let mut byte = [0u8; 1];
@@ -182,16 +182,12 @@ impl Stream {
         }
     }
 
-    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+    pub(crate) fn set_nodelay(&self, on: bool) -> io::Result<()> {
         self.inner.io.set_nodelay(on)
     }
 
-    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+    pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.inner.io.shutdown(how)
-    }
-
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.io.peer_addr()
     }
 }
 
@@ -239,13 +235,13 @@ impl AsyncWrite for Stream {
 
 /// A listening socket owned by one worker.
 #[derive(Debug)]
-pub struct Listener {
+pub(crate) struct Listener {
     inner: Registered<TcpListener>,
 }
 
 impl Listener {
     /// Takes a bound, listening std socket onto this worker.
-    pub fn from_std(io: TcpListener) -> io::Result<Listener> {
+    pub(crate) fn from_std(io: TcpListener) -> io::Result<Listener> {
         io.set_nonblocking(true)?;
         Ok(Listener {
             inner: Registered::new(io, READ, false)?,
@@ -253,19 +249,19 @@ impl Listener {
     }
 
     #[cfg(test)]
-    pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
+    pub(crate) fn bind(addr: SocketAddr) -> io::Result<Listener> {
         Listener::from_std(TcpListener::bind(addr)?)
     }
 
     #[cfg(test)]
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.io.local_addr()
     }
 
     /// The next connection from the queue, if there is one now (draining
     /// the queue at shutdown).
     /// The socket comes back as std's, for [`Stream::from_std`].
-    pub fn try_accept(&self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+    pub(crate) fn try_accept(&self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
         loop {
             match self.inner.io.accept() {
                 Ok(accepted) => return Ok(Some(accepted)),
@@ -277,7 +273,7 @@ impl Listener {
     }
 
     /// The next connection from the queue, waiting for one if it is empty.
-    pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
+    pub(crate) async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
         let (io, peer) =
             std::future::poll_fn(|cx| self.inner.poll_io(READ, cx, |io| io.accept(), |_| false))
                 .await?;

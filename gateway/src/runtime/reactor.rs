@@ -25,9 +25,9 @@ const NOTIFY_KEY: u64 = u64::MAX;
 const EVENTS: usize = 1024;
 
 /// Readiness bit: reading will not block.
-pub const READ: usize = 1;
+pub(crate) const READ: usize = 1;
 /// Readiness bit: writing will not block.
-pub const WRITE: usize = 2;
+pub(crate) const WRITE: usize = 2;
 /// The peer closed its side (or the socket failed): a short read no longer
 /// means the next one would block, since no further event will come.
 const CLOSED: usize = 4;
@@ -36,7 +36,7 @@ const TICK: usize = 8;
 
 /// One registered descriptor: its readiness and the tasks waiting on it.
 #[derive(Debug)]
-pub struct Source {
+pub(crate) struct Source {
     key: usize,
     /// Tasks woken by this source run before the others (see [`Reactor::poll`]).
     urgent: bool,
@@ -47,17 +47,17 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn is_ready(&self, bit: usize) -> bool {
+    pub(crate) fn is_ready(&self, bit: usize) -> bool {
         self.state.load(Ordering::Acquire) & bit != 0
     }
 
     /// The readiness state now, to [`Source::clear`] against later.
-    pub fn state(&self) -> usize {
+    pub(crate) fn state(&self) -> usize {
         self.state.load(Ordering::Acquire)
     }
 
     /// Ready for `bit` now, or `Pending` with the task's waker stored.
-    pub fn poll_ready(&self, bit: usize, cx: &mut Context<'_>) -> Poll<usize> {
+    pub(crate) fn poll_ready(&self, bit: usize, cx: &mut Context<'_>) -> Poll<usize> {
         let state = self.state.load(Ordering::Acquire);
         if state & bit != 0 {
             return Poll::Ready(state);
@@ -73,7 +73,7 @@ impl Source {
     }
 
     /// Marks `bit` not ready, unless an event came since `seen` was read.
-    pub fn clear(&self, bit: usize, seen: usize) {
+    pub(crate) fn clear(&self, bit: usize, seen: usize) {
         let _ = self
             .state
             .compare_exchange(seen, seen & !bit, Ordering::AcqRel, Ordering::Acquire);
@@ -82,7 +82,7 @@ impl Source {
     /// After a short read or write: the kernel buffer was drained or
     /// filled, so `bit` is cleared, unless the peer already closed (the
     /// next read then returns the end at once, and no event announces it).
-    pub fn clear_after_short(&self, bit: usize, seen: usize) {
+    pub(crate) fn clear_after_short(&self, bit: usize, seen: usize) {
         if bit == READ && seen & CLOSED != 0 {
             return;
         }
@@ -115,7 +115,7 @@ impl Source {
 /// A worker's epoll instance, the sources registered with it, and the
 /// eventfd other threads use to wake it.
 #[derive(Debug)]
-pub struct Reactor {
+pub(crate) struct Reactor {
     epoll: OwnedFd,
     notify: OwnedFd,
     /// Sources by key. Locked by the worker once per batch of events, and by
@@ -129,7 +129,7 @@ pub struct Reactor {
 }
 
 impl Reactor {
-    pub fn new() -> io::Result<Reactor> {
+    pub(crate) fn new() -> io::Result<Reactor> {
         let epoll = epoll::create(CreateFlags::CLOEXEC)?;
         let notify = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         epoll::add(
@@ -150,7 +150,7 @@ impl Reactor {
     /// Registers `fd` for both directions, edge-triggered, with the readiness
     /// it starts with (`READ | WRITE` for a fresh accepted socket: the first
     /// try finds out).
-    pub fn register(
+    pub(crate) fn register(
         &self,
         fd: BorrowedFd<'_>,
         ready: usize,
@@ -176,7 +176,7 @@ impl Reactor {
     }
 
     /// Forgets `source` (its descriptor is about to close).
-    pub fn deregister(&self, source: &Source, fd: BorrowedFd<'_>) {
+    pub(crate) fn deregister(&self, source: &Source, fd: BorrowedFd<'_>) {
         let _ = epoll::delete(&self.epoll, fd);
         let mut sources = self.lock();
         if sources
@@ -188,7 +188,7 @@ impl Reactor {
     }
 
     /// Wakes the worker if it sleeps in `epoll_wait` (called from other threads).
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         if self.sleeping.load(Ordering::SeqCst) && !self.notified.swap(true, Ordering::SeqCst) {
             let _ = rustix::io::write(&self.notify, &1u64.to_ne_bytes());
         }
@@ -196,7 +196,7 @@ impl Reactor {
 
     /// Announces a blocking wait: after this, [`Reactor::wake`] writes the
     /// eventfd. The caller checks its queues once more before blocking.
-    pub fn prepare_sleep(&self) {
+    pub(crate) fn prepare_sleep(&self) {
         self.sleeping.store(true, Ordering::SeqCst);
     }
 
@@ -208,7 +208,7 @@ impl Reactor {
     /// upstream connections) near one batch of events however many clients
     /// wait, as nginx's event loop does, instead of reading every waiting
     /// client's request before answering any.
-    pub fn poll(
+    pub(crate) fn poll(
         &self,
         events: &mut Vec<epoll::Event>,
         block: bool,
@@ -266,7 +266,7 @@ impl Reactor {
 
     /// Drops every source's waiting tasks: at the end of a worker, what is
     /// still registered would otherwise keep its task (and socket) alive.
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         let drained: Vec<Arc<Source>> = self.lock().drain().collect();
         for source in drained {
             drop(source.reader.take());
@@ -286,6 +286,6 @@ impl AsFd for Reactor {
 }
 
 /// Events buffer for [`Reactor::poll`].
-pub fn events() -> Vec<epoll::Event> {
+pub(crate) fn events() -> Vec<epoll::Event> {
     Vec::with_capacity(EVENTS)
 }

@@ -12,7 +12,7 @@ const ASSETS: Assets = Assets {
 };
 
 /// Mounts the page at `/` and its script and style beside it.
-pub fn routes<S: Clone + Send + Sync + 'static>(app: &mut tide::Server<S>) {
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(app: &mut tide::Server<S>) {
     shared::console::routes(app, ASSETS);
 }
 

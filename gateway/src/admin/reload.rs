@@ -21,68 +21,17 @@
 //! symlink) or a file over 1 MiB: `shared::config::load` refuses them without
 //! blocking or growing, and [`apply`] logs the reason with the path.
 
-use crate::ring::{Balancer, Router};
-use crate::Context;
-use arc_swap::ArcSwapOption;
-use async_std::task::{self, JoinHandle};
+use crate::balance::ring::{Balancer, Router};
+use crate::context::{lock, Context};
+use async_std::task::{self};
 use shared::config::GatewayConfig;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Longest a reload waits for the first ring of a new namespace before it
 /// swaps the routes in anyway (discovery may be away).
-pub const FIRST_RING_WAIT: Duration = Duration::from_millis(800);
-
-/// What every generation of the [`Context`] shares: the newest one, and the
-/// balancers and tasks reloads made.
-#[derive(Debug, Default)]
-pub struct Live {
-    current: ArcSwapOption<Context>,
-    /// Every balancer ever routed, its watch running.
-    known: Mutex<Vec<Arc<Balancer>>>,
-    /// Watch tasks started by reloads, awaited at shutdown.
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// One reload at a time.
-    reloading: async_std::sync::Mutex<()>,
-    /// The router in force, for the admin port's readers.
-    router: arc_swap::ArcSwapOption<Router>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Live {
-    /// The context in force; `None` once the gateway has stopped.
-    pub fn current(&self) -> Option<Arc<Context>> {
-        self.current.load_full()
-    }
-
-    /// The swap itself, for readers that cache what they loaded.
-    pub fn swap(&self) -> &ArcSwapOption<Context> {
-        &self.current
-    }
-
-    /// The router in force (empty before start and after stop).
-    pub fn router(&self) -> Option<Arc<Router>> {
-        self.router.load_full()
-    }
-
-    /// Records the first context, at start.
-    pub(crate) fn start(&self, ctx: &Arc<Context>) {
-        lock(&self.known).extend(ctx.router.balancers().iter().cloned());
-        self.router.store(Some(ctx.router.clone()));
-        self.current.store(Some(ctx.clone()));
-    }
-
-    /// Forgets the context (it refers back to this), and gives the watch
-    /// tasks that reloads started, to be awaited.
-    pub(crate) fn stop(&self) -> Vec<JoinHandle<()>> {
-        self.current.store(None);
-        std::mem::take(&mut *lock(&self.tasks))
-    }
-}
+pub(crate) const FIRST_RING_WAIT: Duration = Duration::from_millis(800);
 
 /// Applies `next` (read from the file, the command line's flags applied
 /// again): swaps it in, or refuses it and keeps the old one. Counted in
@@ -121,7 +70,7 @@ pub async fn apply(ctx: &Context, next: Result<GatewayConfig, String>) -> Result
     if !made.is_empty() {
         let mut tasks = Vec::new();
         for balancer in &made {
-            tasks.extend(crate::spawn_watch(&new, balancer));
+            tasks.extend(crate::discover::watch::spawn_watch(&new, balancer));
         }
         lock(&live.tasks).extend(tasks);
         first_rings(&made).await;

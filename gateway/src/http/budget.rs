@@ -16,13 +16,13 @@
 //! worker's unused credit, so parked credit never refuses a request that
 //! would fit. What is granted never passes the cap.
 
-use crate::worker::PerWorker;
+use crate::runtime::slots::PerWorker;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The shared count of bytes taken (reserved or parked as credit), its cap,
 /// and each worker's unused credit.
 #[derive(Debug)]
-pub struct Budget {
+pub(crate) struct Budget {
     taken: AtomicUsize,
     cap: usize,
     credit: PerWorker<AtomicUsize>,
@@ -30,23 +30,23 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         Budget {
             taken: AtomicUsize::new(0),
             cap,
             credit: PerWorker::default(),
-            chunk: (cap / (4 * crate::worker::slots())).min(64 * 1024),
+            chunk: (cap / (4 * crate::runtime::slots::slots())).min(64 * 1024),
         }
     }
 
     /// Bytes reserved now.
-    pub fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         let parked: usize = self.credit.iter().map(|c| c.load(Ordering::Relaxed)).sum();
         self.taken.load(Ordering::Relaxed).saturating_sub(parked)
     }
 
     /// An empty reservation, to grow as bytes arrive.
-    pub fn empty(&self) -> Reservation<'_> {
+    pub(crate) fn empty(&self) -> Reservation<'_> {
         Reservation {
             budget: self,
             bytes: 0,
@@ -54,7 +54,8 @@ impl Budget {
     }
 
     /// Reserves `bytes`, or `None` if that would pass the cap.
-    pub fn reserve(&self, bytes: usize) -> Option<Reservation<'_>> {
+    #[cfg(test)]
+    pub(crate) fn reserve(&self, bytes: usize) -> Option<Reservation<'_>> {
         let mut r = self.empty();
         r.grow_to(bytes).then_some(r)
     }
@@ -119,14 +120,14 @@ impl Budget {
 
 /// Bytes held for one request; given back on drop.
 #[derive(Debug)]
-pub struct Reservation<'a> {
+pub(crate) struct Reservation<'a> {
     budget: &'a Budget,
     bytes: usize,
 }
 
 impl Reservation<'_> {
     /// Grows the reservation to `total` bytes; false (and unchanged) if the cap forbids it.
-    pub fn grow_to(&mut self, total: usize) -> bool {
+    pub(crate) fn grow_to(&mut self, total: usize) -> bool {
         let more = total.saturating_sub(self.bytes);
         if !self.budget.take(more) {
             return false;
@@ -201,7 +202,7 @@ mod tests {
         assert_eq!(b.held(), 0);
         let b2 = b.clone();
         std::thread::spawn(move || {
-            crate::worker::tests::as_worker(1);
+            crate::runtime::slots::tests::as_worker(1);
             let all = b2.reserve(1 << 20);
             assert!(
                 all.is_some(),

@@ -24,99 +24,18 @@
 //! readiness: 503 with a JSON body until the client port is listened on,
 //! and again once the gateway drains.
 
-use crate::listener::{self, Bound};
-use crate::source::Kind;
-use crate::Context;
+use crate::balance::origin::Kind;
+use crate::context::Context;
 use async_std::task;
 use futures_lite::FutureExt;
 use serde_json::json;
-use shared::shutdown::Trigger;
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tide::{Request, StatusCode};
 
 /// How often a starting gateway looks at its rings.
 const POLL: Duration = Duration::from_millis(50);
-
-/// The client port's gate: shut (bound, not listening) until the gateway is
-/// ready, open (listening) until it stops accepting.
-#[derive(Debug)]
-pub(crate) struct Gate {
-    /// Duplicates of the workers' bound sockets, listened on when the gate
-    /// opens and dropped then: once the workers close theirs, nothing may
-    /// keep the port listening.
-    pending: Mutex<Vec<Bound>>,
-    opened: Trigger,
-    closed: Trigger,
-    addr: SocketAddr,
-    created: Instant,
-}
-
-impl Gate {
-    pub(crate) fn new(bound: &[Bound], addr: SocketAddr) -> std::io::Result<Gate> {
-        let pending = bound
-            .iter()
-            .map(Bound::try_clone)
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot share {addr}: {e}")))?;
-        Ok(Gate {
-            pending: Mutex::new(pending),
-            opened: Trigger::new(),
-            closed: Trigger::new(),
-            addr,
-            created: Instant::now(),
-        })
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Bound>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Listens on every worker's socket and lets the workers accept. Does
-    /// nothing once closed (the gateway is stopping) or already open.
-    pub(crate) fn open(&self) -> std::io::Result<()> {
-        let mut pending = self.pending();
-        if self.closed.is_fired() || self.opened.is_fired() {
-            return Ok(());
-        }
-        for bound in pending.iter() {
-            listener::listen(bound)?;
-        }
-        pending.clear();
-        self.opened.fire();
-        log::info!(addr:% = self.addr; "gateway listening on http://{}", self.addr);
-        Ok(())
-    }
-
-    /// Stops accepting: the workers' accept loops end (serving what their
-    /// queues hold); a gate never opened stays unlistened.
-    pub(crate) fn close(&self) {
-        let mut pending = self.pending();
-        self.closed.fire();
-        pending.clear();
-    }
-
-    pub(crate) fn is_open(&self) -> bool {
-        self.opened.is_fired() && !self.closed.is_fired()
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.is_fired()
-    }
-
-    /// Waits until the gate opens (true) or closes first (false).
-    pub(crate) async fn opens(&self) -> bool {
-        self.opened.wait().or(self.closed.wait()).await;
-        self.opened.is_fired()
-    }
-
-    /// Resolves once the gate closes.
-    pub(crate) async fn closes(&self) {
-        self.closed.wait().await;
-    }
-}
 
 /// Opens the gate once every routed namespace has an available instance, or
 /// when `ready_timeout` has passed since the start; ends early if the
@@ -124,10 +43,10 @@ impl Gate {
 pub(crate) async fn open_when_ready(ctx: Arc<Context>) {
     let gate = ctx.gate.clone();
     let mut answered: HashSet<String> = HashSet::new();
-    while !gate.is_closed() && !gate.opened.is_fired() {
+    while !gate.is_closed() && !gate.has_opened() {
         let now = ctx.current();
         let waiting = waiting_for(&now, &mut answered).await;
-        let timed_out = gate.created.elapsed() >= now.config.ready_timeout;
+        let timed_out = gate.age() >= now.config.ready_timeout;
         if waiting.is_empty() || timed_out {
             if waiting.is_empty() {
                 log::info!("ready: every route has an available instance");
@@ -150,8 +69,8 @@ pub(crate) fn open(ctx: &Context) {
             ctx.metrics.ready.set(1);
         }
         Ok(()) => {}
-        Err(e) => log::error!(addr:% = ctx.gate.addr;
-            "cannot listen on {}: {e}; the gateway accepts no client", ctx.gate.addr),
+        Err(e) => log::error!(addr:% = ctx.gate.addr();
+            "cannot listen on {}: {e}; the gateway accepts no client", ctx.gate.addr()),
     }
 }
 
@@ -173,7 +92,7 @@ async fn waiting_for(ctx: &Context, answered: &mut HashSet<String>) -> Vec<Strin
     waiting
 }
 
-fn has_instance(b: &crate::ring::Balancer) -> bool {
+fn has_instance(b: &crate::balance::ring::Balancer) -> bool {
     b.ring().members.iter().any(|m| !m.is_refused())
 }
 
@@ -218,10 +137,7 @@ pub(crate) fn routes(app: &mut tide::Server<Arc<Context>>) {
                     .map(|b| b.namespace.as_str())
                     .collect();
                 waiting.sort_unstable();
-                let left = ctx
-                    .config
-                    .ready_timeout
-                    .saturating_sub(ctx.gate.created.elapsed());
+                let left = ctx.config.ready_timeout.saturating_sub(ctx.gate.age());
                 let body = json!({"status": "starting", "ready": false, "waiting_for": waiting,
                 "ready_timeout_left_seconds": left.as_secs_f64()});
                 (StatusCode::ServiceUnavailable, body)

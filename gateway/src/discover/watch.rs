@@ -27,14 +27,17 @@
 //! A discovery killed over and over thus never empties the ring, however
 //! its restarts and the grace interleave.
 
-use crate::pool::{resolve, Upstream};
-use crate::ring::{Balancer, Ring, WatchState};
+use crate::balance::origin::Kind;
+use crate::balance::pool::{resolve, Upstream};
+use crate::balance::ring::{Balancer, Ring, WatchState};
+use crate::context::Context;
+use crate::discover::source::LOOKUP_RECHECK;
 use crate::runtime::clock;
-use crate::source::{Kind, LOOKUP_RECHECK};
-use crate::Context;
 use async_std::task;
+use async_std::task::JoinHandle;
 use futures_lite::FutureExt;
 use shared::backoff::Backoff;
+use shared::panics::supervise;
 use shared::sse::{self, Line};
 use shared::wire::{WatchEvent, WatchMessage};
 use std::sync::atomic::Ordering;
@@ -56,7 +59,7 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the watcher tells the holder.
 #[derive(Debug)]
-pub enum Update {
+pub(crate) enum Update {
     /// A stream opened; `reconnect` is false the first time.
     Opened { reconnect: bool },
     /// A set read on stream number `stream`.
@@ -89,8 +92,8 @@ impl std::fmt::Display for Failed {
 /// connect, an HTTP error, the stream ends or stays silent past
 /// `watch_idle_timeout`) it moves to the next at once, and backs off only
 /// after a whole round failed. A round in which one URL answered 404 and none
-/// opened a stream switches the namespace to lookups ([`crate::source`]).
-pub async fn follow(
+/// opened a stream switches the namespace to lookups ([`crate::discover::source`]).
+pub(crate) async fn follow(
     ctx: Arc<Context>,
     balancer: Arc<Balancer>,
     updates: async_channel::Sender<Update>,
@@ -289,12 +292,12 @@ pub(crate) enum Apply {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Facts {
     /// Discovery said the set is from its warm-up.
-    pub warming: bool,
+    pub(crate) warming: bool,
     /// The set came on the stream open now, which is connected and was heard
     /// from within `watch_idle_timeout`.
-    pub live: bool,
+    pub(crate) live: bool,
     /// Within `relearn_grace` after a reconnect.
-    pub in_grace: bool,
+    pub(crate) in_grace: bool,
 }
 
 /// The holder's rule (static stability): removals apply only from a live,
@@ -335,7 +338,7 @@ struct Holder {
 }
 
 /// The holder task: the one writer of the ring.
-pub async fn hold(
+pub(crate) async fn hold(
     ctx: Arc<Context>,
     balancer: Arc<Balancer>,
     updates: async_channel::Receiver<Update>,
@@ -457,6 +460,22 @@ async fn build(ctx: &Context, snapshot: &WatchEvent, held: &[Arc<Upstream>]) -> 
         members,
         version: snapshot.version,
     }
+}
+
+/// Starts what keeps `balancer`'s ring in step with discovery: the watch
+/// tasks , each restarting if it panics. Used at start and by
+/// a reload that routes a new namespace.
+pub(crate) fn spawn_watch(ctx: &Arc<Context>, balancer: &Arc<Balancer>) -> Vec<JoinHandle<()>> {
+    let (tx, rx) = async_channel::bounded(16);
+    let (c, b) = (ctx.clone(), balancer.clone());
+    let follow = task::spawn(supervise(ctx.panics.clone(), "watch follow", move || {
+        follow(c.clone(), b.clone(), tx.clone())
+    }));
+    let (c, b) = (ctx.clone(), balancer.clone());
+    let hold = task::spawn(supervise(ctx.panics.clone(), "watch hold", move || {
+        hold(c.clone(), b.clone(), rx.clone())
+    }));
+    vec![follow, hold]
 }
 
 #[cfg(test)]

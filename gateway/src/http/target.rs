@@ -16,7 +16,7 @@
 
 /// Why a target or a `Host` was refused (400).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Refused(pub &'static str);
+pub(crate) struct Refused(pub &'static str);
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,7 +54,7 @@ fn scan(target: &[u8]) -> Result<Scan, Refused> {
 /// The normalized form of an origin-form `target` (or `*`); borrowed when
 /// nothing changes.
 #[cfg(test)]
-pub fn normalize(target: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Refused> {
+pub(crate) fn normalize(target: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Refused> {
     match scan(target)? {
         Scan::Clean => Ok(std::borrow::Cow::Borrowed(target)),
         Scan::Rewrite => {
@@ -66,7 +66,7 @@ pub fn normalize(target: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Refused> {
 }
 
 /// Appends the normalized form of `target` to `out` (see [`normalize`]).
-pub fn normalize_into(out: &mut Vec<u8>, target: &[u8]) -> Result<(), Refused> {
+pub(crate) fn normalize_into(out: &mut Vec<u8>, target: &[u8]) -> Result<(), Refused> {
     match scan(target)? {
         Scan::Clean => {
             out.extend_from_slice(target);
@@ -159,7 +159,7 @@ fn rewrite(out: &mut Vec<u8>, target: &[u8]) -> Result<(), Refused> {
 /// literal, then optionally `:` and up to five digits. Nothing else may
 /// follow (`/`, `?`, `#`, `@`, white space), since the instances build their
 /// request URL from `Host` and the target.
-pub fn valid_host(value: &[u8]) -> bool {
+pub(crate) fn valid_host(value: &[u8]) -> bool {
     let (host, port) = if let Some(inner) = value.strip_prefix(b"[") {
         let Some(close) = inner.iter().position(|b| *b == b']') else {
             return false;

@@ -1,37 +1,37 @@
 //! The tries of one request: which instance next, and whether to try at all.
 //!
-//! Which instance comes next is the [`crate::source`]'s answer: with the
+//! Which instance comes next is the [`crate::discover::source`]'s answer: with the
 //! watch, the ring (and discovery's lookup after a timeout); with a
 //! discovery that has no watch, a lookup per try. Whether there is a next
-//! try is [`crate::retry::decide`], a pure function of the try's outcome,
+//! try is [`crate::proxy::retry::decide`], a pure function of the try's outcome,
 //! whose comment has the rule: a request goes to a second instance only
 //! when the first provably has not answered it.
 //!
 //! A refused connect skips the instance for `connect_cooldown`; a wrong
-//! answer counts against it ([`crate::passive`]). When nothing is left: 503
+//! answer counts against it ([`crate::balance::passive`]). When nothing is left: 503
 //! if there was no instance to try, 504 if every try timed out, else 502.
 //! What the client reads says what happened, never where: the instance's
 //! address and the parser's details go to the log and `/status`.
 
-use crate::codec;
-use crate::forward::{self, Deadlines, Exchange, Try};
-use crate::passive::Fault;
-use crate::pool::{self, Upstream};
-use crate::retry;
-use crate::ring::Balancer;
+use crate::balance::passive::Fault;
+use crate::balance::pool::{self, Upstream};
+use crate::balance::ring::Balancer;
+use crate::context::Context;
+use crate::discover::source::{self, After, Pick};
+use crate::http::codec;
+use crate::http::session::Session;
+use crate::proxy::forward::{self, Deadlines, Exchange, Try};
+use crate::proxy::retry;
 use crate::runtime::Until;
-use crate::session::Session;
-use crate::source::{self, After, Pick};
-use crate::Context;
 use std::sync::Arc;
 
 /// How a request ended.
 #[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub client_open: bool,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) client_open: bool,
     /// Instances tried.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
 }
 
 /// What the failed tries of one request add up to.
@@ -48,7 +48,7 @@ struct Failures {
 }
 
 /// Serves one request: tries instances until one answers or the policy says stop.
-pub async fn serve(
+pub(crate) async fn serve(
     ctx: &Context,
     balancer: &Balancer,
     ex: &Exchange<'_>,

@@ -2,14 +2,14 @@
 //! connections or weighted selection would plug in, as one new file
 //! implementing [`Selection`]. Round robin now.
 
-use crate::ring::Ring;
-use crate::worker::PerWorker;
+use crate::balance::ring::Ring;
+use crate::runtime::slots::PerWorker;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Chooses which member of a (non-empty) ring a try looks at next;
-/// [`crate::ring::Balancer::pick`] skips those tried or cooling down and
+/// [`crate::balance::ring::Balancer::pick`] skips those tried or cooling down and
 /// asks again.
-pub trait Selection: std::fmt::Debug + Send + Sync {
+pub(crate) trait Selection: std::fmt::Debug + Send + Sync {
     /// An index into `ring.members`.
     fn next(&self, ring: &Ring) -> usize;
 }
@@ -18,7 +18,7 @@ pub trait Selection: std::fmt::Debug + Send + Sync {
 /// pick of N/k) for the picks of one worker, within one pick per worker
 /// over all of them, and no cursor written by two workers.
 #[derive(Debug, Default)]
-pub struct RoundRobin {
+pub(crate) struct RoundRobin {
     cursor: PerWorker<AtomicUsize>,
 }
 

@@ -14,15 +14,15 @@
 //! A connection is pooled, and handed out again, only when it is known to be
 //! empty: bytes left after a complete answer, or anything that arrives while
 //! it idles (seen at checkout, and by the reaper every second), close it;
-//! bytes blame the instance ([`crate::passive`]). Checkout asks the kernel
+//! bytes blame the instance ([`crate::balance::passive`]). Checkout asks the kernel
 //! (one peek per reuse): the worker may not have seen the event yet.
 
-use crate::deadline::Deadline;
-use crate::metrics::Skip;
-use crate::passive::{Fault, PassiveHealth, Policy};
+use crate::balance::passive::{Fault, PassiveHealth, Policy};
+use crate::observe::causes::Skip;
+use crate::runtime::deadline::Deadline;
 use crate::runtime::net::{Stream, Unread};
+use crate::runtime::slots::PerWorker;
 use crate::runtime::{clock, Until};
-use crate::worker::PerWorker;
 use shared::allowed::AllowedHosts;
 use shared::http1::{ReadBuf, ResponseHead};
 use std::collections::HashMap;
@@ -36,15 +36,15 @@ const CONN_BUFFER: usize = 4 * 1024;
 
 /// A connection to an instance, with its read buffer and response head scratch.
 #[derive(Debug)]
-pub struct Conn {
-    pub stream: Stream,
-    pub buf: ReadBuf,
-    pub head: ResponseHead,
+pub(crate) struct Conn {
+    pub(crate) stream: Stream,
+    pub(crate) buf: ReadBuf,
+    pub(crate) head: ResponseHead,
     /// Came from the pool: the instance may have closed it meanwhile.
-    pub reused: bool,
+    pub(crate) reused: bool,
     /// Some byte of an answer to the request now in flight has arrived: from
     /// then on the request is never sent to another instance.
-    pub answering: bool,
+    pub(crate) answering: bool,
 }
 
 #[derive(Debug)]
@@ -63,17 +63,17 @@ impl Idle {
 
 /// Pool limits and the passive-health policy, from the config at start.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_idle: usize,
-    pub idle_timeout: Duration,
-    pub passive: Policy,
+pub(crate) struct Limits {
+    pub(crate) max_idle: usize,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) passive: Policy,
 }
 
 /// One instance: where it is, its idle connections, and whether to avoid it for now.
 #[derive(Debug)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// `host:port` as discovery names it; also what `exclude` lists.
-    pub key: String,
+    pub(crate) key: String,
     /// The addresses it may be connected at (`allowed_upstreams`).
     addrs: Vec<SocketAddr>,
     /// Why it is never connected to: every address it resolved to is
@@ -84,15 +84,15 @@ pub struct Upstream {
     limits: Limits,
     /// Milliseconds on [`clock`] until which it is skipped in round robin.
     cooling_until: AtomicU64,
-    pub opened: AtomicU64,
+    pub(crate) opened: AtomicU64,
     /// Requests, errors and latency of the tries made to it (`/metrics`, `/status`).
-    pub stats: Arc<crate::stats::UpstreamStats>,
-    /// What its answers got wrong ([`crate::passive`]).
-    pub health: Arc<PassiveHealth>,
+    pub(crate) stats: Arc<crate::observe::stats::UpstreamStats>,
+    /// What its answers got wrong ([`crate::balance::passive`]).
+    pub(crate) health: Arc<PassiveHealth>,
 }
 
 impl Upstream {
-    pub fn new(key: String, addrs: Vec<SocketAddr>, limits: Limits) -> Self {
+    pub(crate) fn new(key: String, addrs: Vec<SocketAddr>, limits: Limits) -> Self {
         Upstream {
             key,
             addrs,
@@ -136,7 +136,7 @@ impl Upstream {
     }
 
     /// Whether `allowed_upstreams` refuses every address of it.
-    pub fn is_refused(&self) -> bool {
+    pub(crate) fn is_refused(&self) -> bool {
         self.refused.is_some()
     }
 
@@ -149,7 +149,7 @@ impl Upstream {
     /// known to be empty: one on which anything arrived while it idled is
     /// closed (the end: the instance closed it; bytes: a stray answer, and
     /// the instance is blamed), and the next one looked at.
-    pub fn checkout(&self) -> Option<Conn> {
+    pub(crate) fn checkout(&self) -> Option<Conn> {
         let mut idle = self.lock();
         while let Some(entry) = idle.pop() {
             if entry.idled(clock()) < self.limits.idle_timeout && self.still_empty(&entry.conn) {
@@ -176,7 +176,7 @@ impl Upstream {
     /// Returns a connection whose exchange ended cleanly, if it is known to
     /// be empty and there is room; bytes after a complete answer close it
     /// and blame the instance.
-    pub fn checkin(&self, mut conn: Conn) {
+    pub(crate) fn checkin(&self, mut conn: Conn) {
         // Checked again at checkout; here only what is known already.
         let unread = match conn.stream.is_readable_now() {
             true => conn.stream.unread(),
@@ -205,7 +205,7 @@ impl Upstream {
 
     /// Counts `fault` against the instance, and cools it down when the
     /// faults in a row reach `passive_health_failures`. True when it did.
-    pub fn blame(&self, fault: Fault) -> bool {
+    pub(crate) fn blame(&self, fault: Fault) -> bool {
         let cool = self.health.blame(fault, self.limits.passive, clock());
         if cool {
             self.cool_down(self.limits.passive.cooldown);
@@ -214,7 +214,7 @@ impl Upstream {
     }
 
     /// A good answer: its faults no longer run in a row.
-    pub fn answered_well(&self) {
+    pub(crate) fn answered_well(&self) {
         self.health.answered();
     }
 
@@ -227,7 +227,11 @@ impl Upstream {
     /// Opens a new connection, trying each resolved address, all within `timeout`.
     /// An instance `allowed_upstreams` refuses, or one whose host did not
     /// resolve, fails at once as [`Skipped`]: nothing is connected to.
-    pub async fn connect(&self, deadline: &Deadline, timeout: Duration) -> std::io::Result<Conn> {
+    pub(crate) async fn connect(
+        &self,
+        deadline: &Deadline,
+        timeout: Duration,
+    ) -> std::io::Result<Conn> {
         if let Some(why) = &self.refused {
             let why = format!("{} is not connected to: {why}", self.key);
             return Err(Skipped::error(Skip::Denied, why));
@@ -266,24 +270,24 @@ impl Upstream {
 
     /// Skips this instance in round robin for `period` (it refused a
     /// connection, or got too many answers wrong in a row).
-    pub fn cool_down(&self, period: Duration) {
+    pub(crate) fn cool_down(&self, period: Duration) {
         let until = clock() + period.as_millis() as u64;
         self.cooling_until.fetch_max(until, Ordering::Relaxed);
     }
 
-    pub fn is_cooling(&self) -> bool {
+    pub(crate) fn is_cooling(&self) -> bool {
         self.cooling_until.load(Ordering::Relaxed) > clock()
     }
 
     /// Idle connections over every worker.
-    pub fn idle_count(&self) -> usize {
+    pub(crate) fn idle_count(&self) -> usize {
         self.idle.iter().map(|l| lock(l).len()).sum()
     }
 
     /// Closes idle connections past the idle timeout, and those on which
     /// anything arrived while they idled, in every worker's list: what the
     /// instance sends to a connection nobody reads never waits for a request.
-    pub fn expire_idle(&self) {
+    pub(crate) fn expire_idle(&self) {
         let timeout = self.limits.idle_timeout;
         for list in self.idle.iter() {
             let now = clock();
@@ -332,7 +336,7 @@ pub(crate) fn skipped(e: &std::io::Error) -> Option<Skip> {
 
 /// Every instance the gateway knows, by key, shared by all rings.
 #[derive(Debug)]
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     map: Mutex<HashMap<String, Arc<Upstream>>>,
     limits: Limits,
     /// `allowed_upstreams`: every instance made here is screened by it.
@@ -340,7 +344,7 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(limits: Limits, allowed: AllowedHosts) -> Self {
+    pub(crate) fn new(limits: Limits, allowed: AllowedHosts) -> Self {
         Upstreams {
             map: Mutex::new(HashMap::new()),
             limits,
@@ -354,7 +358,7 @@ impl Upstreams {
 
     /// The instance for `key`, created with `addrs` (those `allowed_upstreams`
     /// allows) if new.
-    pub fn get(&self, key: &str, addrs: Vec<SocketAddr>) -> Arc<Upstream> {
+    pub(crate) fn get(&self, key: &str, addrs: Vec<SocketAddr>) -> Arc<Upstream> {
         self.lock()
             .entry(key.to_string())
             .or_insert_with(|| {
@@ -365,7 +369,7 @@ impl Upstreams {
     }
 
     /// Expires idle connections, and forgets instances no ring or request holds any more.
-    pub fn reap(&self) {
+    pub(crate) fn reap(&self) {
         let mut map = self.lock();
         map.retain(|_, up| Arc::strong_count(up) > 1);
         for up in map.values() {
@@ -373,7 +377,7 @@ impl Upstreams {
         }
     }
 
-    pub fn all(&self) -> Vec<Arc<Upstream>> {
+    pub(crate) fn all(&self) -> Vec<Arc<Upstream>> {
         let mut all: Vec<_> = self.lock().values().cloned().collect();
         all.sort_by(|a, b| a.key.cmp(&b.key));
         all
@@ -382,7 +386,7 @@ impl Upstreams {
 
 /// The addresses of `host`: an IP literal as it is, a name through the resolver
 /// (IPv4 first, as instances usually bind 127.0.0.1 rather than ::1).
-pub async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+pub(crate) async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
@@ -403,7 +407,7 @@ mod tests {
         let limits = Limits {
             max_idle: 1,
             idle_timeout: Duration::from_secs(1),
-            passive: crate::passive::Policy {
+            passive: crate::balance::passive::Policy {
                 failures: 3,
                 cooldown: Duration::from_secs(2),
             },

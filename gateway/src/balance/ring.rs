@@ -7,10 +7,10 @@
 //! k instances N/k, plus or minus one, however many run at once; across W
 //! workers each gets N/k within W. No cursor is written by two workers.
 
-use crate::pool::Upstream;
+use crate::balance::pool::Upstream;
+use crate::balance::selection::{RoundRobin, Selection};
+use crate::observe::stats::UpstreamStats;
 use crate::runtime::clock;
-use crate::selection::{RoundRobin, Selection};
-use crate::stats::UpstreamStats;
 use arc_swap::ArcSwap;
 use shared::config::RouteConfig;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -18,31 +18,31 @@ use std::sync::{Arc, Mutex};
 
 /// How long the per-upstream series of an instance that left the ring are
 /// still exported (a rate over the last minutes still sees its last requests).
-pub const DEPARTED_KEPT_MS: u64 = 5 * 60 * 1000;
+pub(crate) const DEPARTED_KEPT_MS: u64 = 5 * 60 * 1000;
 
 /// The instances of a namespace at one version of discovery's pushed set.
 #[derive(Debug, Default)]
-pub struct Ring {
-    pub members: Vec<Arc<Upstream>>,
+pub(crate) struct Ring {
+    pub(crate) members: Vec<Arc<Upstream>>,
     /// Version of the watch event it was built from (0: none yet).
-    pub version: u64,
+    pub(crate) version: u64,
     /// Members kept from before a watch reconnect, not in discovery's answer yet.
-    pub held: usize,
+    pub(crate) held: usize,
 }
 
 /// State of the watch stream feeding a ring, for `/status` and `/metrics`.
 #[derive(Debug, Default)]
-pub struct WatchStatus {
+pub(crate) struct WatchStatus {
     state: AtomicU8,
-    pub reconnects: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
     /// [`crate::runtime::clock`] milliseconds of the last event received.
-    pub last_event_ms: AtomicU64,
+    pub(crate) last_event_ms: AtomicU64,
     /// [`crate::runtime::clock`] milliseconds of the last sign that the snapshot is
     /// current: an event or a keep-alive on a connected stream. Alerts key on
     /// this, so a calm but healthy system does not look stale.
-    pub last_confirmed_ms: AtomicU64,
+    pub(crate) last_confirmed_ms: AtomicU64,
     /// [`crate::runtime::clock`] milliseconds until which held members stay.
-    pub grace_until_ms: AtomicU64,
+    pub(crate) grace_until_ms: AtomicU64,
     /// Streams opened so far: the number of the one open now, which tells
     /// the holder whether a snapshot came on it or on one already gone.
     stream: AtomicU64,
@@ -54,14 +54,14 @@ pub struct WatchStatus {
 
 /// Where a watch stream stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WatchState {
+pub(crate) enum WatchState {
     Connecting,
     Connected,
     Disconnected,
 }
 
 impl WatchStatus {
-    pub fn set(&self, state: WatchState) {
+    pub(crate) fn set(&self, state: WatchState) {
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
@@ -69,7 +69,7 @@ impl WatchStatus {
     /// (no event, no keep-alive) for `watch_idle_timeout` is reported
     /// disconnected: the watcher is about to drop it, and its snapshot can no
     /// longer be trusted to be current.
-    pub fn get(&self) -> WatchState {
+    pub(crate) fn get(&self) -> WatchState {
         match self.state.load(Ordering::Relaxed) {
             1 if self.silent(clock()) => WatchState::Disconnected,
             1 => WatchState::Connected,
@@ -110,7 +110,7 @@ impl WatchStatus {
 }
 
 impl WatchState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             WatchState::Connecting => "connecting",
             WatchState::Connected => "connected",
@@ -122,45 +122,45 @@ impl WatchState {
 /// An instance this namespace's ring lists, or listed lately: whose
 /// statistics `/metrics` exports under this namespace.
 #[derive(Clone, Debug)]
-pub struct Tracked {
-    pub key: String,
-    pub stats: Arc<UpstreamStats>,
+pub(crate) struct Tracked {
+    pub(crate) key: String,
+    pub(crate) stats: Arc<UpstreamStats>,
     /// Its wrong answers, by fault.
-    pub health: Arc<crate::passive::PassiveHealth>,
+    pub(crate) health: Arc<crate::balance::passive::PassiveHealth>,
     /// [`clock`] milliseconds when it left the ring; `None` while in it.
-    pub left_ms: Option<u64>,
+    pub(crate) left_ms: Option<u64>,
 }
 
 /// One namespace's ring, cursor and watch state.
 #[derive(Debug)]
-pub struct Balancer {
-    pub namespace: String,
+pub(crate) struct Balancer {
+    pub(crate) namespace: String,
     ring: ArcSwap<Ring>,
     selection: Box<dyn Selection>,
-    pub watch: WatchStatus,
+    pub(crate) watch: WatchStatus,
     /// Where requests find instances: the ring (watch) or a lookup per try.
-    pub source: crate::source::State,
+    pub(crate) source: crate::balance::origin::Origin,
     /// Members now and lately, for the per-upstream series.
     tracked: Mutex<Vec<Tracked>>,
 }
 
 impl Balancer {
-    pub fn new(namespace: &str) -> Self {
+    pub(crate) fn new(namespace: &str) -> Self {
         Balancer {
             namespace: namespace.to_string(),
             ring: ArcSwap::from_pointee(Ring::default()),
             selection: Box::new(RoundRobin::default()),
             watch: WatchStatus::default(),
-            source: crate::source::State::default(),
+            source: crate::balance::origin::Origin::default(),
             tracked: Mutex::new(Vec::new()),
         }
     }
 
-    pub fn ring(&self) -> Arc<Ring> {
+    pub(crate) fn ring(&self) -> Arc<Ring> {
         self.ring.load_full()
     }
 
-    pub fn replace(&self, ring: Ring) {
+    pub(crate) fn replace(&self, ring: Ring) {
         self.track(&ring.members, clock(), DEPARTED_KEPT_MS);
         self.ring.store(Arc::new(ring));
     }
@@ -200,7 +200,7 @@ impl Balancer {
 
     /// The instances whose series are exported now: the ring's, and those
     /// that left it less than [`DEPARTED_KEPT_MS`] ago.
-    pub fn tracked(&self) -> Vec<Tracked> {
+    pub(crate) fn tracked(&self) -> Vec<Tracked> {
         let mut tracked = self.tracked.lock().unwrap_or_else(|p| p.into_inner());
         let now = clock();
         tracked.retain(|t| {
@@ -213,7 +213,7 @@ impl Balancer {
     /// The next member in round-robin order that this request has not tried
     /// and that is not cooling down after a refused connection; a cooling one
     /// only if nothing else is left.
-    pub fn pick(&self, tried: &[Arc<Upstream>]) -> Option<Arc<Upstream>> {
+    pub(crate) fn pick(&self, tried: &[Arc<Upstream>]) -> Option<Arc<Upstream>> {
         let ring = self.ring.load();
         let n = ring.members.len();
         let mut fallback = None;
@@ -232,7 +232,7 @@ impl Balancer {
     }
 
     /// Whether some member has not been tried by this request.
-    pub fn has_untried(&self, tried: &[Arc<Upstream>]) -> bool {
+    pub(crate) fn has_untried(&self, tried: &[Arc<Upstream>]) -> bool {
         self.ring
             .load()
             .members
@@ -244,11 +244,11 @@ impl Balancer {
 /// A route chosen by a [`Router`]: valid for that router (one generation of
 /// the config), which a connection keeps for the whole request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Route(usize);
+pub(crate) struct Route(usize);
 
 /// Path prefixes to balancers; the longest matching prefix wins.
 #[derive(Debug)]
-pub struct Router {
+pub(crate) struct Router {
     routes: Vec<(String, Arc<Balancer>)>,
     /// Per route (same order): answers must carry the request's id.
     verify_request_id: Vec<bool>,
@@ -256,7 +256,7 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(routes: &[RouteConfig]) -> Self {
+    pub(crate) fn new(routes: &[RouteConfig]) -> Self {
         Self::rebuilt(routes, &[]).0
     }
 
@@ -264,7 +264,10 @@ impl Router {
     /// in `known` is kept (its ring, cursor, pools and watch go on); the
     /// second part is the balancers made for new namespaces, whose watch
     /// must be started.
-    pub fn rebuilt(routes: &[RouteConfig], known: &[Arc<Balancer>]) -> (Self, Vec<Arc<Balancer>>) {
+    pub(crate) fn rebuilt(
+        routes: &[RouteConfig],
+        known: &[Arc<Balancer>],
+    ) -> (Self, Vec<Arc<Balancer>>) {
         let mut made = Vec::new();
         let mut balancers: Vec<Arc<Balancer>> = Vec::new();
         let mut table = Vec::new();
@@ -299,14 +302,9 @@ impl Router {
         )
     }
 
-    /// The prefixes and the namespaces they route to, longest prefix first.
-    pub fn routes(&self) -> impl Iterator<Item = (&str, &Arc<Balancer>)> {
-        self.routes.iter().map(|(p, b)| (p.as_str(), b))
-    }
-
     /// The route for a request target (path and query): chosen right after
     /// the head, so a request no route takes is answered before its body is read.
-    pub fn choose(&self, target: &[u8]) -> Option<Route> {
+    pub(crate) fn choose(&self, target: &[u8]) -> Option<Route> {
         self.routes
             .iter()
             .position(|(prefix, _)| matches(prefix.as_bytes(), target))
@@ -314,7 +312,7 @@ impl Router {
     }
 
     /// Whether a route this router chose requires answers to carry the request's id.
-    pub fn verifies_request_id(&self, route: Route) -> bool {
+    pub(crate) fn verifies_request_id(&self, route: Route) -> bool {
         self.verify_request_id
             .get(route.0)
             .copied()
@@ -322,18 +320,18 @@ impl Router {
     }
 
     /// The balancer of a route this router chose.
-    pub fn balancer(&self, route: Route) -> Option<&Arc<Balancer>> {
+    pub(crate) fn balancer(&self, route: Route) -> Option<&Arc<Balancer>> {
         self.routes.get(route.0).map(|(_, b)| b)
     }
 
     /// The balancer for a request target (the tests' shorthand).
     #[cfg(test)]
-    pub fn route(&self, target: &[u8]) -> Option<&Arc<Balancer>> {
+    pub(crate) fn route(&self, target: &[u8]) -> Option<&Arc<Balancer>> {
         self.choose(target).and_then(|r| self.balancer(r))
     }
 
     /// One balancer per routed namespace.
-    pub fn balancers(&self) -> &[Arc<Balancer>] {
+    pub(crate) fn balancers(&self) -> &[Arc<Balancer>] {
         &self.balancers
     }
 }
@@ -351,14 +349,14 @@ fn matches(prefix: &[u8], target: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::Limits;
+    use crate::balance::pool::Limits;
     use std::time::Duration;
 
     fn upstream(port: u16) -> Arc<Upstream> {
         let limits = Limits {
             max_idle: 1,
             idle_timeout: Duration::from_secs(1),
-            passive: crate::passive::Policy {
+            passive: crate::balance::passive::Policy {
                 failures: 3,
                 cooldown: Duration::from_secs(2),
             },

@@ -1,22 +1,22 @@
 //! One client connection: read a request, buffer its body, route it, serve it
-//! through [`crate::failover`], and go round again while keep-alive allows.
+//! through [`crate::proxy::failover`], and go round again while keep-alive allows.
 //!
 //! Requests are handled one at a time, so pipelined requests are answered in
 //! order; the next one waits in the read buffer.
 //!
 //! Reloads: each request is served on the [`Context`] in force when its head
-//! arrived (one look at the swap per request, see [`crate::reload`]), from
+//! arrived (one look at the swap per request, see [`crate::admin::reload`]), from
 //! routing to the last try; limits on reading the next head come from it too.
 
-use crate::budget::Reservation;
-use crate::codec;
-use crate::deadline::Interrupted;
-use crate::failover;
-use crate::forward::Exchange;
+use crate::context::Context;
+use crate::http::budget::Reservation;
+use crate::http::codec;
+use crate::http::session::Session;
+use crate::proxy::failover;
+use crate::proxy::forward::Exchange;
+use crate::runtime::deadline::Interrupted;
 use crate::runtime::net::Stream;
 use crate::runtime::{self, buffers, Until};
-use crate::session::Session;
-use crate::Context;
 use shared::config::GatewayConfig;
 use shared::http1::{parse_request, ChunkedDecoder, Framing, RequestHead};
 use std::net::SocketAddr;
@@ -65,7 +65,7 @@ struct Client<'a> {
 /// busy client's next request and keeps the stop short. Bounded by
 /// `drain_timeout` ([`drain_window`]). The answer to a request that arrives
 /// then carries `Connection: close`.
-pub const DRAIN_WINDOW: Duration = Duration::from_secs(1);
+pub(crate) const DRAIN_WINDOW: Duration = Duration::from_secs(1);
 
 /// [`DRAIN_WINDOW`], within `drain_timeout`.
 fn drain_window(config: &GatewayConfig) -> Duration {
@@ -73,7 +73,7 @@ fn drain_window(config: &GatewayConfig) -> Duration {
 }
 
 /// Serves a client connection until it closes, idles out, or the gateway stops.
-pub async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
+pub(crate) async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
     let client_ip = peer.ip().to_canonical().to_string();
     let mut c = Client {
         ctx,

@@ -1,17 +1,18 @@
 //! One try: send the buffered request to one instance and relay its answer.
 //!
-//! The try reports how it ended so [`crate::failover`] can decide what comes
+//! The try reports how it ended so [`crate::proxy::failover`] can decide what comes
 //! next. Once any byte of the answer has gone to the client there is no going
 //! back: a failure after that point closes the client connection, which is
 //! how the client learns the answer is incomplete.
 
-use crate::codec::{self, ClientFraming};
-use crate::deadline::Interrupted;
-use crate::metrics::{Failover, Metrics};
-use crate::passive::Fault;
-use crate::pool::{Conn, Upstream};
+use crate::balance::passive::Fault;
+use crate::balance::pool::{Conn, Upstream};
+use crate::http::codec::{self, ClientFraming};
+use crate::http::session::Session;
+use crate::observe::causes::Failover;
+use crate::observe::counters::Metrics;
+use crate::runtime::deadline::Interrupted;
 use crate::runtime::{self, Until};
-use crate::session::Session;
 use futures_lite::AsyncWriteExt;
 use shared::http1::{parse_response, ChunkError, ChunkedDecoder, Framing, HeadError};
 use std::io::{Error, Write};
@@ -26,49 +27,49 @@ const WHOLE_ANSWER: u64 = 64 * 1024;
 
 /// The request as it goes to any instance, and what the client asked for.
 #[derive(Debug)]
-pub struct Exchange<'a> {
+pub(crate) struct Exchange<'a> {
     /// Upstream request bytes: head and body.
-    pub request: &'a [u8],
-    pub request_id: &'a str,
-    pub head_request: bool,
-    pub client_minor: u8,
+    pub(crate) request: &'a [u8],
+    pub(crate) request_id: &'a str,
+    pub(crate) head_request: bool,
+    pub(crate) client_minor: u8,
     /// Whether the client asked to keep the connection open.
-    pub wants_keep_alive: bool,
+    pub(crate) wants_keep_alive: bool,
     /// Whether the request may be sent again when an instance gave no byte
     /// of an answer but may have taken it: an idempotent method, or
     /// `retry_non_idempotent`.
-    pub replayable: bool,
+    pub(crate) replayable: bool,
     /// The route requires each answer to carry the request's `x-request-id`.
-    pub verify_request_id: bool,
+    pub(crate) verify_request_id: bool,
     /// Relay the trailer fields of chunked answers (`forward_trailers`).
-    pub forward_trailers: bool,
+    pub(crate) forward_trailers: bool,
     /// Fired when the gateway stops: answers from then on close their connection.
-    pub stop: &'a shared::shutdown::Trigger,
+    pub(crate) stop: &'a shared::shutdown::Trigger,
 }
 
 impl Exchange<'_> {
     /// Whether the connection stays open after the answer being written now.
-    pub fn keep_alive(&self) -> bool {
+    pub(crate) fn keep_alive(&self) -> bool {
         self.wants_keep_alive && !self.stop.is_fired()
     }
 }
 
 /// Deadlines of one try.
 #[derive(Clone, Copy, Debug)]
-pub struct Deadlines {
-    pub connect: Duration,
+pub(crate) struct Deadlines {
+    pub(crate) connect: Duration,
     /// From the start of the try to a complete response head (and small answer),
     /// a reconnect after a keep-alive race included.
-    pub head: Duration,
+    pub(crate) head: Duration,
     /// Longest wait for each further piece of the response body.
-    pub body: Duration,
+    pub(crate) body: Duration,
     /// Longest wait for the client to take each write.
-    pub client: Duration,
+    pub(crate) client: Duration,
 }
 
 /// How a try ended.
 #[derive(Debug)]
-pub enum Try {
+pub(crate) enum Try {
     /// The answer went to the client; `client_open` is false if the client
     /// connection must close (it broke, or the answer could not be completed).
     Answered { status: u16, client_open: bool },
@@ -107,7 +108,7 @@ const MAX_INTERIM: usize = 16;
 
 /// Sends `ex` to `up` and relays the answer to the client, counting the
 /// try in the instance's own statistics (a few atomic adds).
-pub async fn try_once(
+pub(crate) async fn try_once(
     up: &Upstream,
     ex: &Exchange<'_>,
     io: &mut Io<'_>,
@@ -489,9 +490,9 @@ async fn relay_until_close(
 }
 
 /// The client side of a try, and the deadlines its waits keep.
-pub struct Io<'a> {
-    pub session: &'a mut Session,
-    pub limits: Deadlines,
+pub(crate) struct Io<'a> {
+    pub(crate) session: &'a mut Session,
+    pub(crate) limits: Deadlines,
 }
 
 impl Io<'_> {

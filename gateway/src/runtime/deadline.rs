@@ -21,14 +21,14 @@ use std::task::Poll;
 use std::time::Duration;
 
 /// How often overdue waits are looked for.
-pub const TICK: Duration = Duration::from_millis(20);
+pub(crate) const TICK: Duration = Duration::from_millis(20);
 
 /// Bits of an armed word that count arms; the rest is the deadline in clock milliseconds.
 const GENERATION_BITS: u32 = 20;
 
 /// Why a wait ended without its result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Interrupted {
+pub(crate) enum Interrupted {
     /// The deadline passed.
     Elapsed,
     /// The gateway is stopping (only for waits that allow it).
@@ -48,7 +48,7 @@ impl From<Interrupted> for std::io::Error {
 
 /// The deadline of one task: at most one wait is armed at a time.
 #[derive(Debug, Default)]
-pub struct Deadline {
+pub(crate) struct Deadline {
     /// `deadline_ms << GENERATION_BITS | generation`; 0 when nothing is armed.
     armed: AtomicU64,
     /// The armed word the sweeper found overdue.
@@ -63,7 +63,7 @@ pub struct Deadline {
 
 impl Deadline {
     /// Awaits `fut`, giving up after `limit`.
-    pub async fn within<T>(
+    pub(crate) async fn within<T>(
         &self,
         limit: Duration,
         fut: impl Future<Output = T>,
@@ -72,7 +72,7 @@ impl Deadline {
     }
 
     /// Awaits `fut`, giving up after `limit` or when `stop` fires.
-    pub async fn within_or_stop<T>(
+    pub(crate) async fn within_or_stop<T>(
         &self,
         limit: Duration,
         stop: &Trigger,
@@ -120,14 +120,14 @@ impl Deadline {
 
 /// Every task's deadline, and the sweeper that enforces them.
 #[derive(Debug, Default)]
-pub struct Watchdog {
+pub(crate) struct Watchdog {
     deadlines: Mutex<Vec<Weak<Deadline>>>,
     killed: AtomicBool,
 }
 
 impl Watchdog {
     /// A deadline for a new task; the watchdog forgets it when the task drops it.
-    pub fn deadline(&self) -> Arc<Deadline> {
+    pub(crate) fn deadline(&self) -> Arc<Deadline> {
         let d = Arc::new(Deadline::default());
         let mut all = self.lock();
         d.killed
@@ -137,7 +137,7 @@ impl Watchdog {
     }
 
     /// Ends every wait, now and from now on.
-    pub fn kill(&self) {
+    pub(crate) fn kill(&self) {
         let all = self.lock();
         self.killed.store(true, Ordering::Release);
         for d in all.iter().filter_map(Weak::upgrade) {
@@ -151,7 +151,7 @@ impl Watchdog {
     }
 
     /// Wakes overdue waits (and, when stopping, interruptible ones); drops gone tasks.
-    pub fn sweep(&self, stopping: bool) {
+    pub(crate) fn sweep(&self, stopping: bool) {
         let now = clock();
         self.lock().retain(|weak| {
             let Some(d) = weak.upgrade() else {
@@ -171,7 +171,7 @@ impl Watchdog {
     /// Sweeps every tick until `done` fires; at once when `stop` fires, so
     /// idle waits end then, while busy ones keep their deadlines during the
     /// drain. When `done` fires, every wait is ended.
-    pub async fn run(&self, stop: &Trigger, done: &Trigger) {
+    pub(crate) async fn run(&self, stop: &Trigger, done: &Trigger) {
         use futures_lite::FutureExt;
         let mut stopping = false;
         while !done.is_fired() {

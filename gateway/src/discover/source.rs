@@ -1,11 +1,11 @@
 //! Where the request path gets its instances from: the seam between
-//! [`crate::failover`] and discovery, in the spirit of Pingora's
+//! [`crate::proxy::failover`] and discovery, in the spirit of Pingora's
 //! `ServiceDiscovery`.
 //!
 //! Two sources implement [`DiscoverySource`]:
 //!
 //! - [`Push`] (the default): discovery pushes each namespace's available set
-//!   over `/api/watch` ([`crate::watch`]) and requests pick from the local
+//!   over `/api/watch` ([`crate::discover::watch`]) and requests pick from the local
 //!   ring; the hot path makes no discovery call. Only after a timeout does it
 //!   ask `/api/lookup`, to learn which instance is available now.
 //! - [`Lookup`]: for a discovery without a watch stream (the seed's Go
@@ -18,49 +18,28 @@
 //! [`Lookup`]; the watch is retried every [`LOOKUP_RECHECK`], and its first
 //! snapshot switches back to [`Push`]. `/status` shows the source and URL.
 
-use crate::deadline::Deadline;
-use crate::pool::{resolve, Upstream};
-use crate::ring::Balancer;
-use crate::Context;
+use crate::balance::origin::Kind;
+use crate::balance::pool::{resolve, Upstream};
+use crate::balance::ring::Balancer;
+use crate::context::Context;
+use crate::runtime::deadline::Deadline;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::wire::{authority, LookupRequest, Port};
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How often a namespace in lookup mode tries the watch again, in case
 /// discovery was upgraded to one that has it.
-pub const LOOKUP_RECHECK: Duration = Duration::from_secs(10);
+pub(crate) const LOOKUP_RECHECK: Duration = Duration::from_secs(10);
 
 /// Lookups more when discovery names an instance the request already tried.
 const MAX_REASKS: usize = 3;
 
-/// No URL index.
-const NONE: usize = usize::MAX;
-
-/// Which source a namespace's requests use now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Pushed sets over `/api/watch`; picks from the ring.
-    Watch,
-    /// `/api/lookup` per try.
-    Lookup,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Watch => "watch",
-            Kind::Lookup => "lookup",
-        }
-    }
-}
-
 /// Why the request path wants another instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum After {
+pub(crate) enum After {
     /// The request's first try.
     Start,
     /// The previous try timed out: the instance may be busy, ask discovery.
@@ -71,18 +50,18 @@ pub enum After {
 
 /// What a pick needs to know about the request.
 #[derive(Debug)]
-pub struct Pick<'a> {
-    pub ctx: &'a Context,
-    pub balancer: &'a Balancer,
+pub(crate) struct Pick<'a> {
+    pub(crate) ctx: &'a Context,
+    pub(crate) balancer: &'a Balancer,
     /// Instances this request already tried (excluded).
-    pub tried: &'a [Arc<Upstream>],
-    pub deadline: &'a Deadline,
+    pub(crate) tried: &'a [Arc<Upstream>],
+    pub(crate) deadline: &'a Deadline,
     /// Time left of the request's deadline.
-    pub left: Duration,
+    pub(crate) left: Duration,
 }
 
 /// One way of finding the instance for a request's next try.
-pub trait DiscoverySource {
+pub(crate) trait DiscoverySource {
     /// The instance for the next try, or `None` when there is none to try.
     fn next<'a>(
         &'a self,
@@ -96,11 +75,11 @@ const MAX_LOOKUP_ANSWER: u64 = 64 * 1024;
 
 /// Pushed sets: the ring, and a lookup only after a timeout.
 #[derive(Debug)]
-pub struct Push;
+pub(crate) struct Push;
 
 /// The seed's flow: a lookup per try.
 #[derive(Debug)]
-pub struct Lookup;
+pub(crate) struct Lookup;
 
 impl DiscoverySource for Push {
     async fn next<'a>(&'a self, pick: &'a Pick<'a>, after: After) -> Option<Arc<Upstream>> {
@@ -124,76 +103,15 @@ impl DiscoverySource for Lookup {
 
 /// The next instance for a request of `pick.balancer`'s namespace, from the
 /// namespace's current source.
-pub async fn next(pick: &Pick<'_>, after: After) -> Option<Arc<Upstream>> {
+pub(crate) async fn next(pick: &Pick<'_>, after: After) -> Option<Arc<Upstream>> {
     match pick.balancer.source.kind() {
         Kind::Watch => Push.next(pick, after).await,
         Kind::Lookup => Lookup.next(pick, after).await,
     }
 }
 
-/// Per namespace: the source in use and which discovery URL serves it.
-#[derive(Debug)]
-pub struct State {
-    kind: AtomicU8,
-    /// Index in `discovery_urls()` of the URL whose watch stream is open.
-    watching: AtomicUsize,
-    /// Index of the URL that answered the last lookup.
-    answered: AtomicUsize,
-}
-
-impl Default for State {
-    fn default() -> Self {
-        State {
-            kind: AtomicU8::new(Kind::Watch as u8),
-            watching: AtomicUsize::new(NONE),
-            answered: AtomicUsize::new(NONE),
-        }
-    }
-}
-
-impl State {
-    pub fn kind(&self) -> Kind {
-        if self.kind.load(Ordering::Relaxed) == Kind::Lookup as u8 {
-            Kind::Lookup
-        } else {
-            Kind::Watch
-        }
-    }
-
-    /// Sets the source; true if it changed.
-    pub fn set_kind(&self, kind: Kind) -> bool {
-        self.kind.swap(kind as u8, Ordering::Relaxed) != kind as u8
-    }
-
-    /// The watch stream from URL `at` is open (`None`: no stream open).
-    pub fn set_watching(&self, at: Option<usize>) {
-        self.watching.store(at.unwrap_or(NONE), Ordering::Relaxed);
-    }
-
-    pub fn watching(&self) -> Option<usize> {
-        Some(self.watching.load(Ordering::Relaxed)).filter(|i| *i != NONE)
-    }
-
-    /// A lookup should start with URL `at` (it answered).
-    pub fn set_answered(&self, at: usize) {
-        self.answered.store(at, Ordering::Relaxed);
-    }
-
-    /// The URL indexes in the order lookups try them: the live watch's URL,
-    /// else the one that answered last, then the others in order.
-    fn lookup_order(&self, n: usize) -> Vec<usize> {
-        let first = self
-            .watching()
-            .or(Some(self.answered.load(Ordering::Relaxed)).filter(|i| *i != NONE))
-            .filter(|i| *i < n);
-        let mut order: Vec<usize> = first.into_iter().collect();
-        order.extend((0..n).filter(|i| Some(*i) != first));
-        order
-    }
-}
-
 /// `/status` of one namespace's source.
-pub fn status(ctx: &Context, balancer: &Balancer) -> Value {
+pub(crate) fn status(ctx: &Context, balancer: &Balancer) -> Value {
     let urls = ctx.config.discovery_urls();
     let s = &balancer.source;
     let url = |i: Option<usize>| i.and_then(|i| urls.get(i).cloned());
@@ -216,9 +134,9 @@ struct Found {
 }
 
 /// Asks discovery for an available instance other than those tried, trying
-/// the URLs in [`State::lookup_order`] within `lookup_timeout`; `None` if no
+/// the URLs in [`crate::balance::origin::Origin::lookup_order`] within `lookup_timeout`; `None` if no
 /// discovery names one in time.
-pub async fn lookup(pick: &Pick<'_>) -> Option<Arc<Upstream>> {
+pub(crate) async fn lookup(pick: &Pick<'_>) -> Option<Arc<Upstream>> {
     let (ctx, balancer) = (pick.ctx, pick.balancer);
     let urls = ctx.config.discovery_urls();
     let request = LookupRequest {
@@ -316,29 +234,6 @@ async fn ask(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lookups_start_with_the_live_watch_then_the_last_answer() {
-        let s = State::default();
-        assert_eq!(s.lookup_order(3), vec![0, 1, 2]);
-        s.set_answered(2);
-        assert_eq!(s.lookup_order(3), vec![2, 0, 1]);
-        s.set_watching(Some(1));
-        assert_eq!(s.lookup_order(3), vec![1, 0, 2]);
-        s.set_watching(None);
-        assert_eq!(s.lookup_order(3), vec![2, 0, 1]);
-        // An index beyond the list (the list changed) is ignored.
-        assert_eq!(s.lookup_order(2), vec![0, 1]);
-    }
-
-    #[test]
-    fn the_kind_flips_and_says_so() {
-        let s = State::default();
-        assert_eq!(s.kind(), Kind::Watch);
-        assert!(s.set_kind(Kind::Lookup));
-        assert!(!s.set_kind(Kind::Lookup));
-        assert_eq!(s.kind().as_str(), "lookup");
-    }
 
     #[test]
     fn seed_lookup_answers_are_read() {

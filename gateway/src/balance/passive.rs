@@ -1,6 +1,6 @@
 //! Passive health: what an instance's own answers say about it, as Envoy's
 //! outlier detection has it. A refused connect cools an instance down at
-//! once ([`crate::retry::cools_down`]); answers it gets wrong (malformed, cut
+//! once ([`crate::proxy::retry::cools_down`]); answers it gets wrong (malformed, cut
 //! short, stray bytes, a wrong request id) count in a row, and
 //! `passive_health_failures` of them cool it down for `connect_cooldown`.
 //! A good answer starts the count again.
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// What an instance got wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// Bytes after a complete answer, or on a pooled connection while it idled.
     StrayBytes,
     /// Not a valid HTTP/1.1 answer: its head, its framing, an unsolicited 101.
@@ -27,7 +27,7 @@ pub enum Fault {
 }
 
 /// Every fault, in the order they are counted and exported.
-pub const FAULTS: [Fault; 4] = [
+pub(crate) const FAULTS: [Fault; 4] = [
     Fault::StrayBytes,
     Fault::Malformed,
     Fault::CutShort,
@@ -35,7 +35,7 @@ pub const FAULTS: [Fault; 4] = [
 ];
 
 impl Fault {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Fault::StrayBytes => "stray_bytes",
             Fault::Malformed => "malformed",
@@ -56,15 +56,15 @@ impl Fault {
 
 /// The gateway's side: how many faults in a row, and for how long after.
 #[derive(Clone, Copy, Debug)]
-pub struct Policy {
-    pub failures: u32,
-    pub cooldown: Duration,
+pub(crate) struct Policy {
+    pub(crate) failures: u32,
+    pub(crate) cooldown: Duration,
 }
 
 /// One instance's record. Written off the hot path only: a good answer
 /// reads `in_a_row` and writes it only when it was not zero.
 #[derive(Debug, Default)]
-pub struct PassiveHealth {
+pub(crate) struct PassiveHealth {
     in_a_row: AtomicU32,
     counts: [AtomicU64; 4],
     /// Clock milliseconds until which its connections are not pooled.
@@ -74,7 +74,7 @@ pub struct PassiveHealth {
 impl PassiveHealth {
     /// Counts `fault` at clock time `now_ms`; true when the instance is to
     /// be cooled down now (the count in a row reached the policy's).
-    pub fn blame(&self, fault: Fault, policy: Policy, now_ms: u64) -> bool {
+    pub(crate) fn blame(&self, fault: Fault, policy: Policy, now_ms: u64) -> bool {
         self.counts[fault.index()].fetch_add(1, Ordering::Relaxed);
         if fault == Fault::StrayBytes {
             let until = now_ms.saturating_add(policy.cooldown.as_millis() as u64);
@@ -89,24 +89,24 @@ impl PassiveHealth {
     }
 
     /// A good answer: the faults no longer run in a row.
-    pub fn answered(&self) {
+    pub(crate) fn answered(&self) {
         if self.in_a_row.load(Ordering::Relaxed) != 0 {
             self.in_a_row.store(0, Ordering::Relaxed);
         }
     }
 
     /// Whether a connection to it may go back to the pool at `now_ms`.
-    pub fn may_pool(&self, now_ms: u64) -> bool {
+    pub(crate) fn may_pool(&self, now_ms: u64) -> bool {
         self.no_pool_until.load(Ordering::Relaxed) <= now_ms
     }
 
     /// Faults of this kind so far.
-    pub fn count(&self, fault: Fault) -> u64 {
+    pub(crate) fn count(&self, fault: Fault) -> u64 {
         self.counts[fault.index()].load(Ordering::Relaxed)
     }
 
     /// Faults in a row now (for `/status`).
-    pub fn in_a_row(&self) -> u32 {
+    pub(crate) fn in_a_row(&self) -> u32 {
         self.in_a_row.load(Ordering::Relaxed)
     }
 }

@@ -3,14 +3,14 @@
 //! every wait of the connection keeps.
 //!
 //! This is the one place where the gateway's bytes meet a client's socket:
-//! relayed answers ([`crate::forward`]), error answers ([`crate::failover`]),
-//! refusals and `100 Continue` ([`crate::connection`]) all go through
+//! relayed answers ([`crate::proxy::forward`]), error answers ([`crate::proxy::failover`]),
+//! refusals and `100 Continue` ([`crate::proxy::connection`]) all go through
 //! [`Session::write`] or [`Session::write_out`]. A second protocol (HTTP/2)
 //! would be a second session beside this one.
 
-use crate::codec;
-use crate::deadline::{Deadline, Interrupted};
+use crate::http::codec;
 use crate::runtime::buffers;
+use crate::runtime::deadline::{Deadline, Interrupted};
 use crate::runtime::net::Stream;
 use futures_lite::AsyncWriteExt;
 use shared::http1::ReadBuf;
@@ -21,23 +21,23 @@ use std::time::Duration;
 
 /// What a wait for the client's bytes ended with: bytes read (0: it closed),
 /// or why it was cut short.
-pub type Read = Result<io::Result<usize>, Interrupted>;
+pub(crate) type Read = Result<io::Result<usize>, Interrupted>;
 
 /// How long a refused client may go on sending before the connection closes.
 const LINGER: Duration = Duration::from_secs(1);
 
 /// A client connection's socket, input, output buffer and deadline.
-pub struct Session {
+pub(crate) struct Session {
     stream: Stream,
     deadline: Arc<Deadline>,
     /// What the client sent that no request has consumed yet.
-    pub input: ReadBuf,
+    pub(crate) input: ReadBuf,
     /// Answer heads and small answers on their way to the client.
-    pub out: Vec<u8>,
+    pub(crate) out: Vec<u8>,
 }
 
 impl Session {
-    pub fn new(stream: Stream, deadline: Arc<Deadline>, buffer: usize) -> Self {
+    pub(crate) fn new(stream: Stream, deadline: Arc<Deadline>, buffer: usize) -> Self {
         let _ = stream.set_nodelay(true);
         Session {
             stream,
@@ -49,19 +49,19 @@ impl Session {
 
     /// The connection's deadline: every wait of the connection, the tries'
     /// waits on instances included, is bounded through it.
-    pub fn deadline(&self) -> &Deadline {
+    pub(crate) fn deadline(&self) -> &Deadline {
         &self.deadline
     }
 
     /// Writes `bytes` to the client within `limit`.
-    pub async fn write(&mut self, bytes: &[u8], limit: Duration) -> io::Result<()> {
+    pub(crate) async fn write(&mut self, bytes: &[u8], limit: Duration) -> io::Result<()> {
         self.deadline
             .within(limit, self.stream.write_all(bytes))
             .await?
     }
 
     /// Writes what was composed in [`Session::out`] within `limit`.
-    pub async fn write_out(&mut self, limit: Duration) -> io::Result<()> {
+    pub(crate) async fn write_out(&mut self, limit: Duration) -> io::Result<()> {
         self.deadline
             .within(limit, self.stream.write_all(&self.out))
             .await?
@@ -69,7 +69,7 @@ impl Session {
 
     /// Answers with the gateway's own JSON error (`code`, `message`, and the
     /// request id); false if the write failed.
-    pub async fn write_error(
+    pub(crate) async fn write_error(
         &mut self,
         status: u16,
         code: &str,
@@ -83,7 +83,7 @@ impl Session {
     }
 
     /// Reads more of what the client sends into [`Session::input`], within `limit`.
-    pub async fn read(&mut self, limit: Duration) -> Read {
+    pub(crate) async fn read(&mut self, limit: Duration) -> Read {
         self.deadline
             .within(limit, self.input.fill(&mut self.stream))
             .await
@@ -93,7 +93,7 @@ impl Session {
     /// to `drain`. A client that was just sending its next request still has
     /// it answered (with `Connection: close`) rather than its socket closed
     /// under it.
-    pub async fn read_or_drain(
+    pub(crate) async fn read_or_drain(
         &mut self,
         limit: Duration,
         stop: &Trigger,
@@ -116,7 +116,12 @@ impl Session {
     /// Waits until the client has sent something (true), closed, or waited past
     /// `idle`. It connected before the gateway stopped, so once `stop` fires
     /// its first request still gets `grace`. Peeks: nothing is read, no buffer held.
-    pub async fn first_bytes(&self, idle: Duration, stop: &Trigger, grace: Duration) -> bool {
+    pub(crate) async fn first_bytes(
+        &self,
+        idle: Duration,
+        stop: &Trigger,
+        grace: Duration,
+    ) -> bool {
         let sent = || async {
             let mut byte = [0u8; 1];
             matches!(self.stream.peek(&mut byte).await, Ok(n) if n > 0)
@@ -136,7 +141,7 @@ impl Session {
     /// caller give back its own buffers. False when the connection is done
     /// (closed, idle past `idle`, or nothing arrived within `drain` of `stop`
     /// firing: see [`Session::read_or_drain`]).
-    pub async fn await_request(
+    pub(crate) async fn await_request(
         &mut self,
         idle: Duration,
         stop: &Trigger,
@@ -172,7 +177,7 @@ impl Session {
 
     /// Gives back what a large request or answer grew the buffers to (above
     /// `keep`), so an idle keep-alive connection holds kilobytes.
-    pub fn shrink(&mut self, keep: usize) {
+    pub(crate) fn shrink(&mut self, keep: usize) {
         self.input.shrink();
         if self.out.capacity() > keep {
             self.out = Vec::new();
@@ -183,7 +188,7 @@ impl Session {
     /// what the client still sends for a moment. Closing with unread input
     /// would reset the connection and could destroy the answer before the
     /// client reads it.
-    pub async fn close_after_refusal(&mut self) {
+    pub(crate) async fn close_after_refusal(&mut self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
         let (input, stream) = (&mut self.input, &mut self.stream);
         let linger = async {

@@ -1,8 +1,8 @@
 //! The admin port: `/metrics`, `/status` (rings and watch streams as JSON)
 //! and `/health_check`. tide is fine here: it is off the request path.
 
+use crate::context::Context;
 use crate::runtime::clock;
-use crate::Context;
 use serde_json::{json, Value};
 use shared::api::json_response;
 use std::sync::atomic::Ordering;
@@ -11,10 +11,10 @@ use tide::{Request, Response, StatusCode};
 
 type State = Arc<Context>;
 
-pub fn routes(ctx: State) -> tide::Server<State> {
+pub(crate) fn routes(ctx: State) -> tide::Server<State> {
     let mut app = tide::with_state(ctx);
     app.with(shared::api::json_errors());
-    crate::console::routes(&mut app);
+    super::console::routes(&mut app);
     app.at("/health_check")
         .get(|_| async { Ok(json_response(StatusCode::Ok, &json!({"status": "ok"}))) });
     app.at("/status").get(|req: Request<State>| async move {
@@ -25,9 +25,9 @@ pub fn routes(ctx: State) -> tide::Server<State> {
     });
     app.at("/metrics").get(|req: Request<State>| async move {
         let mut res = Response::new(StatusCode::Ok);
-        res.set_body(req.state().metrics.render());
+        res.set_body(crate::admin::metrics::render(req.state()));
         // As written: set_content_type would reorder the parameters.
-        res.insert_header("content-type", crate::metrics::CONTENT_TYPE);
+        res.insert_header("content-type", super::metrics::CONTENT_TYPE);
         Ok(res)
     });
     app
@@ -40,7 +40,7 @@ pub fn routes(ctx: State) -> tide::Server<State> {
 /// a reader turns into rates; and over the last `window_seconds` (up to
 /// about half a minute) `requests_per_second`, `errors_per_second`, and the
 /// `p50_ms` and `p99_ms` latency of its tries (`null` without any).
-pub fn status(ctx: &Context) -> Value {
+pub(crate) fn status(ctx: &Context) -> Value {
     let now = clock();
     let instant = std::time::Instant::now();
     let namespaces: Vec<Value> = ctx
@@ -63,7 +63,7 @@ pub fn status(ctx: &Context) -> Value {
                         "upstream": m.key,
                         "cooling_down": m.is_cooling(),
                         "faults_in_a_row": m.health.in_a_row(),
-                        "faults": crate::passive::FAULTS
+                        "faults": crate::balance::passive::FAULTS
                             .iter()
                             .map(|f| (f.as_str().to_string(), m.health.count(*f).into()))
                             .collect::<serde_json::Map<_, _>>(),
@@ -87,7 +87,7 @@ pub fn status(ctx: &Context) -> Value {
                 "ring_version": ring.version,
                 "members": members,
                 // "watch" or "lookup" (a discovery without /api/watch), and the URLs in use.
-                "discovery": crate::source::status(ctx, b),
+                "discovery": crate::discover::source::status(ctx, b),
                 "watch": {
                     "state": b.watch.get().as_str(),
                     "version": ring.version,

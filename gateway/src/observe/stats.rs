@@ -3,13 +3,13 @@
 //!
 //! The hot path pays a few relaxed atomic adds per try, in the calling
 //! worker's own shard ([`PerWorker`]; summed when read): every
-//! [`crate::pool::Upstream`] owns its [`UpstreamStats`] from the moment it
+//! [`crate::balance::pool::Upstream`] owns its [`UpstreamStats`] from the moment it
 //! joins, so nothing is looked up by label per request. Rates and
 //! percentiles over the last half minute are computed off the request path,
 //! from samples the reaper takes every few seconds.
 
-use crate::metrics::Failover;
-use crate::worker::PerWorker;
+use crate::observe::causes::Failover;
+use crate::runtime::slots::PerWorker;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -27,7 +27,7 @@ const EXPORT_EVERY: usize = PER_OCTAVE as usize;
 /// Status codes counted one by one: 100..=599.
 const CODES: usize = 500;
 /// How often a sample is taken for the windowed rates, and how many are kept.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 const SAMPLES: usize = 7;
 
 /// Upper bounds of the latency buckets, in microseconds.
@@ -43,7 +43,7 @@ fn bounds() -> &'static [u64; BOUNDED] {
 /// One instance's counters and latency histogram, shared by the rings that
 /// list it; counted per worker.
 #[derive(Debug)]
-pub struct UpstreamStats {
+pub(crate) struct UpstreamStats {
     shards: PerWorker<Shard>,
     /// Taken by [`UpstreamStats::sample`], oldest first.
     samples: Mutex<VecDeque<Sample>>,
@@ -72,13 +72,13 @@ struct Sample {
 
 /// The figures of the last window (up to half a minute), for the console.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Window {
-    pub seconds: f64,
-    pub requests: u64,
-    pub errors: u64,
+pub(crate) struct Window {
+    pub(crate) seconds: f64,
+    pub(crate) requests: u64,
+    pub(crate) errors: u64,
     /// `None` when no try ended in the window.
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
 }
 
 impl Default for Shard {
@@ -111,7 +111,7 @@ fn cause_index(cause: Failover) -> usize {
 }
 
 /// Every cause, in index order.
-pub const CAUSES: [Failover; 4] = [
+pub(crate) const CAUSES: [Failover; 4] = [
     Failover::Connect,
     Failover::Timeout,
     Failover::Broken,
@@ -121,7 +121,7 @@ pub const CAUSES: [Failover; 4] = [
 impl UpstreamStats {
     /// A try that got an answer with `status` (a 5xx that is failed over
     /// counts here and in [`UpstreamStats::failed`]).
-    pub fn answered(&self, status: u16, took: Duration) {
+    pub(crate) fn answered(&self, status: u16, took: Duration) {
         if let Some(slot) = usize::from(status)
             .checked_sub(100)
             .and_then(|i| self.shards.local().codes.get(i))
@@ -132,7 +132,7 @@ impl UpstreamStats {
     }
 
     /// A try given up on this instance, for `cause`.
-    pub fn failed(&self, cause: Failover, took: Duration) {
+    pub(crate) fn failed(&self, cause: Failover, took: Duration) {
         self.shards.local().failed[cause_index(cause)].fetch_add(1, Ordering::Relaxed);
         if cause != Failover::Status5xx {
             self.observe(took);
@@ -148,24 +148,24 @@ impl UpstreamStats {
     }
 
     /// Answers by status code, the codes seen only.
-    pub fn codes(&self) -> Vec<(u16, u64)> {
+    pub(crate) fn codes(&self) -> Vec<(u16, u64)> {
         (0..CODES)
             .map(|i| (i as u16 + 100, self.shards.sum(|s| &s.codes[i])))
             .filter(|(_, n)| *n > 0)
             .collect()
     }
 
-    pub fn failovers(&self, cause: Failover) -> u64 {
+    pub(crate) fn failovers(&self, cause: Failover) -> u64 {
         self.shards.sum(|s| &s.failed[cause_index(cause)])
     }
 
     /// Answered tries.
-    pub fn requests(&self) -> u64 {
+    pub(crate) fn requests(&self) -> u64 {
         (0..CODES).map(|i| self.shards.sum(|s| &s.codes[i])).sum()
     }
 
     /// 5xx answers and tries that got no answer (connect, timeout, broken).
-    pub fn errors(&self) -> u64 {
+    pub(crate) fn errors(&self) -> u64 {
         let server_errors: u64 = (400..CODES).map(|i| self.shards.sum(|s| &s.codes[i])).sum();
         server_errors
             + [Failover::Connect, Failover::Timeout, Failover::Broken]
@@ -183,7 +183,7 @@ impl UpstreamStats {
     /// The latency histogram as Prometheus buckets `(upper bound in seconds,
     /// count in it)` (not cumulative; the last bound is infinity), the sum in
     /// seconds and the count.
-    pub fn histogram(&self) -> (Vec<(f64, u64)>, f64, u64) {
+    pub(crate) fn histogram(&self) -> (Vec<(f64, u64)>, f64, u64) {
         let counts = self.bucket_counts();
         let mut out = Vec::with_capacity(BOUNDED / EXPORT_EVERY + 1);
         let mut pending = 0;
@@ -202,7 +202,7 @@ impl UpstreamStats {
     }
 
     /// Records the cumulative figures now, keeping the last half minute or so.
-    pub fn sample(&self, now: Instant) {
+    pub(crate) fn sample(&self, now: Instant) {
         let sample = Sample {
             at: now,
             requests: self.requests(),
@@ -218,7 +218,7 @@ impl UpstreamStats {
 
     /// Rates and percentiles since the oldest sample kept (everything since
     /// the instance joined, before the first sample).
-    pub fn window(&self, now: Instant) -> Window {
+    pub(crate) fn window(&self, now: Instant) -> Window {
         let oldest = self
             .samples
             .lock()

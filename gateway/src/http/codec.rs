@@ -1,6 +1,6 @@
 //! What the gateway changes in a message on its way through.
 //!
-//! Requests: the target is normalized ([`crate::target`]) and a `Host` that
+//! Requests: the target is normalized ([`crate::http::target`]) and a `Host` that
 //! is not `host[:port]` refused; hop-by-hop headers (and those the client named in `Connection`)
 //! are dropped, `X-Forwarded-For` gets the client's address appended,
 //! `X-Request-Id` is kept or generated, the body is re-framed with a
@@ -9,14 +9,14 @@
 //! Responses: hop-by-hop headers dropped, the request id added, framing
 //! rewritten for this client connection.
 
-use crate::target::Refused;
+use crate::http::target::Refused;
 use shared::http1::{is_hop_by_hop, Framing, RequestHead, ResponseHead};
 use shared::wire::ErrorBody;
 use std::io::Write;
 
 /// How the response body is framed towards the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientFraming {
+pub(crate) enum ClientFraming {
     /// No body (HEAD, 204, 304, or a zero-length one).
     Empty,
     Length(u64),
@@ -32,13 +32,13 @@ pub enum ClientFraming {
 
 impl ClientFraming {
     /// Whether the body ends by closing the client connection.
-    pub fn ends_with_close(self) -> bool {
+    pub(crate) fn ends_with_close(self) -> bool {
         matches!(self, ClientFraming::UntilClose | ClientFraming::Dechunk)
     }
 }
 
 /// The request id: the client's if it is sane, else a new one.
-pub fn request_id(raw: &[u8], head: &RequestHead) -> String {
+pub(crate) fn request_id(raw: &[u8], head: &RequestHead) -> String {
     match head.header(raw, "x-request-id") {
         Some(id) if shared::logging::valid_request_id(id) => {
             String::from_utf8_lossy(id).into_owned()
@@ -49,7 +49,7 @@ pub fn request_id(raw: &[u8], head: &RequestHead) -> String {
 
 /// Whether a retry after the request may have reached the instance is safe
 /// by the method's semantics (RFC 9110 section 9.2.2).
-pub fn is_idempotent(method: &[u8]) -> bool {
+pub(crate) fn is_idempotent(method: &[u8]) -> bool {
     matches!(
         method,
         b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
@@ -108,7 +108,7 @@ fn skip_request_header(raw: &[u8], head: &RequestHead, name: &[u8]) -> bool {
 /// chunked body, which may yet turn out empty: at most one too many), to be
 /// held to [`MAX_FORWARDED_FIELDS`].
 /// Refused (400): a target that cannot be normalized, a bad `Host`.
-pub fn upstream_head(
+pub(crate) fn upstream_head(
     out: &mut Vec<u8>,
     raw: &[u8],
     head: &RequestHead,
@@ -126,13 +126,13 @@ pub fn upstream_head(
     if authority.is_some() && !target.starts_with(b"/") {
         out.push(b'/');
     }
-    crate::target::normalize_into(out, target)?;
+    crate::http::target::normalize_into(out, target)?;
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut has_host = false;
     // x-forwarded-for and x-request-id, written below.
     let mut fields = 2;
     if let Some(authority) = authority {
-        if !crate::target::valid_host(authority) {
+        if !crate::http::target::valid_host(authority) {
             return Err(Refused("the request target's authority is not host[:port]"));
         }
         header(out, b"host", authority);
@@ -146,7 +146,7 @@ pub fn upstream_head(
         }
         let value = &raw[h.value.clone()];
         if name.eq_ignore_ascii_case(b"host") {
-            if !crate::target::valid_host(value) {
+            if !crate::http::target::valid_host(value) {
                 return Err(Refused("Host is not host[:port]"));
             }
             if authority.is_some() {
@@ -189,7 +189,7 @@ fn expects_body(upstream_request: &[u8]) -> bool {
 }
 
 /// Ends the upstream head with the body's length; the body follows.
-pub fn end_upstream_head(out: &mut Vec<u8>, body_len: usize) {
+pub(crate) fn end_upstream_head(out: &mut Vec<u8>, body_len: usize) {
     if body_len > 0 || expects_body(out) {
         let _ = write!(out, "content-length: {body_len}\r\n");
     }
@@ -197,7 +197,7 @@ pub fn end_upstream_head(out: &mut Vec<u8>, body_len: usize) {
 }
 
 /// The request target of an upstream request written by [`upstream_head`].
-pub fn target_of(upstream_request: &[u8]) -> &[u8] {
+pub(crate) fn target_of(upstream_request: &[u8]) -> &[u8] {
     let mut parts = upstream_request.splitn(3, |b| *b == b' ');
     parts.next();
     parts.next().unwrap_or_default()
@@ -212,7 +212,7 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Writes the client's response head into `out`; says how the body follows
 /// and whether the client connection stays open after it.
-pub fn client_response_head(
+pub(crate) fn client_response_head(
     out: &mut Vec<u8>,
     raw: &[u8],
     head: &ResponseHead,
@@ -277,15 +277,15 @@ pub fn client_response_head(
 
 /// How an error answer made by the gateway goes out.
 #[derive(Clone, Copy, Debug)]
-pub struct ErrorFraming {
+pub(crate) struct ErrorFraming {
     /// The connection closes after it.
-    pub close: bool,
+    pub(crate) close: bool,
     /// The request was HEAD: the head only, no body.
-    pub head_request: bool,
+    pub(crate) head_request: bool,
 }
 
 /// Writes a whole error response made by the gateway itself into `out`.
-pub fn error_response(
+pub(crate) fn error_response(
     out: &mut Vec<u8>,
     status: u16,
     code: &str,

@@ -1,5 +1,5 @@
 //! The retry decision as a pure function of one try's outcome, so every
-//! branch of the policy is unit-tested without sockets. [`crate::failover`]
+//! branch of the policy is unit-tested without sockets. [`crate::proxy::failover`]
 //! makes the tries and follows what [`decide`] says.
 //!
 //! The rule: a request goes to a second instance only when the first
@@ -15,17 +15,17 @@
 //! - A 5xx, with `retry_on_5xx`: the same rule.
 //! - Any byte of an answer arrived, and it was malformed, cut short, stalled
 //!   or carried another request's id: never. The instance has the request;
-//!   the client gets 502 and the instance is blamed ([`crate::passive`]).
+//!   the client gets 502 and the instance is blamed ([`crate::balance::passive`]).
 //!
 //! All within `max_attempts` tries and `request_deadline`.
 
-use crate::metrics::Failover;
-use crate::source::After;
+use crate::discover::source::After;
+use crate::observe::causes::Failover;
 use std::time::Duration;
 
 /// How one try ended, as far as the policy cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// An answer went to the client.
     Answered,
     /// No connection: the request never left. `cut_short` when the
@@ -46,24 +46,24 @@ pub enum Outcome {
 
 /// The request's side of the policy.
 #[derive(Clone, Copy, Debug)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// An idempotent method, or `retry_non_idempotent`.
-    pub replayable: bool,
-    pub max_attempts: u32,
+    pub(crate) replayable: bool,
+    pub(crate) max_attempts: u32,
 }
 
 /// Where the request stands after the try.
 #[derive(Clone, Copy, Debug)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     /// Tries made so far, this one included.
-    pub number: u32,
+    pub(crate) number: u32,
     /// Until `request_deadline`.
-    pub left: Duration,
+    pub(crate) left: Duration,
 }
 
 /// Why no further try is made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// It may be running on the instance, and the method is not idempotent
     /// with `retry_non_idempotent` off.
     NotReplayable,
@@ -80,7 +80,7 @@ pub enum Stop {
 impl Stop {
     /// Why the request was not sent again, for the log and the client's
     /// error message; `None` where running out of tries or time says it.
-    pub fn why_not_retried(self) -> Option<&'static str> {
+    pub(crate) fn why_not_retried(self) -> Option<&'static str> {
         match self {
             Stop::NotReplayable => {
                 Some("not retried: the method is not idempotent and retry_non_idempotent is off")
@@ -93,7 +93,7 @@ impl Stop {
 
 /// What to do after a try.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// The client has its answer.
     Done,
     /// Fail over for `cause`, picking the next instance as `After` says.
@@ -103,7 +103,7 @@ pub enum Decision {
 }
 
 /// The cause a failed outcome is counted under (`None`: answered).
-pub fn cause(outcome: Outcome) -> Option<Failover> {
+pub(crate) fn cause(outcome: Outcome) -> Option<Failover> {
     match outcome {
         Outcome::Answered => None,
         Outcome::ConnectFailed { .. } | Outcome::ShortOfResources => Some(Failover::Connect),
@@ -115,8 +115,8 @@ pub fn cause(outcome: Outcome) -> Option<Failover> {
 
 /// Whether the instance is skipped for `connect_cooldown`: it refused a
 /// connection (a connect the request's own deadline cut says nothing).
-/// Wrong answers cool it down through their count ([`crate::passive`]).
-pub fn cools_down(outcome: Outcome) -> bool {
+/// Wrong answers cool it down through their count ([`crate::balance::passive`]).
+pub(crate) fn cools_down(outcome: Outcome) -> bool {
     outcome == Outcome::ConnectFailed { cut_short: false }
 }
 
@@ -137,7 +137,7 @@ fn may_go_again(outcome: Outcome, policy: Policy) -> Result<(), Stop> {
 /// The policy (see the module's comment), then `max_attempts` and the
 /// request deadline. After a timeout the next instance comes from
 /// discovery's lookup, otherwise from the ring.
-pub fn decide(outcome: Outcome, attempt: Attempt, policy: Policy) -> Decision {
+pub(crate) fn decide(outcome: Outcome, attempt: Attempt, policy: Policy) -> Decision {
     let Some(cause) = cause(outcome) else {
         return Decision::Done;
     };

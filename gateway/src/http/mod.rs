@@ -1,0 +1,9 @@
+//! HTTP/1.1 on the client side: the parser and writer ([`codec`]), the
+//! normalized request target ([`target`]), a client connection's socket,
+//! input and deadline ([`session`]: the one writer of bytes to the client),
+//! and the bound on request bytes held across connections ([`budget`]).
+
+pub(crate) mod budget;
+pub(crate) mod codec;
+pub(crate) mod session;
+pub(crate) mod target;

@@ -1,0 +1,11 @@
+//! The request path: [`workers`] run the threads, [`accept`] takes client
+//! connections, [`connection`] reads each request and routes it,
+//! [`failover`] chooses instances try by try under the [`retry`] policy, and
+//! [`forward`] makes one try over a pooled connection and relays the answer.
+
+pub(crate) mod accept;
+pub(crate) mod connection;
+pub(crate) mod failover;
+pub(crate) mod forward;
+pub(crate) mod retry;
+pub(crate) mod workers;
