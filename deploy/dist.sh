@@ -6,27 +6,44 @@
 #
 #   rr-gateway-<version>-<target>/
 #     bin/{discovery,gateway,app,up,loadtest}
+#     completions/bash/<bin>  completions/zsh/_<bin>  completions/fish/<bin>.fish
+#     man/man1/<bin>.1
 #     deploy/{config,systemd,container}/...
 #     docs/  LICENSE  README.md
 #
-# No shell completions or man pages: they need clap_complete/clap_mangen wired
-# into the binaries. Owners, groups and times in the archive are fixed (the
-# last commit's time), so the same tree gives the same archive.
+# The completions and man pages are what each binary prints with its hidden
+# `--completions SHELL` and `--man` flags (shared::cli::parse). Owners, groups
+# and times in the archive are fixed (the last commit's time), so the same
+# tree gives the same archive.
+#
+# DIST_BIN_DIR=DIR packs the binaries in DIR instead of building release ones
+# (the tests pack their debug build); DIST_OUT=DIR puts the archive in DIR
+# instead of target/dist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --locked --workspace --bins
+bins=(discovery gateway app up loadtest)
+bin_dir=${DIST_BIN_DIR:-}
+if [ -z "$bin_dir" ]; then
+  cargo build --release --locked --workspace --bins
+  bin_dir=target/release
+fi
 
-version=$(target/release/gateway --version | awk '{print $2}')
+version=$("$bin_dir/gateway" --version | awk '{print $2}')
 target=$(rustc -vV | sed -n 's/^host: //p')
 name="rr-gateway-$version-$target"
-out=target/dist
+out=${DIST_OUT:-target/dist}
 stage="$out/$name"
 rm -rf "$stage" "$out/$name.tar.gz" "$out/$name.tar.gz.sha256"
-mkdir -p "$stage/bin" "$stage/deploy"
+mkdir -p "$stage/bin" "$stage/deploy" "$stage/man/man1" \
+  "$stage/completions/bash" "$stage/completions/zsh" "$stage/completions/fish"
 
-for b in discovery gateway app up loadtest; do
-  install -m 0755 "target/release/$b" "$stage/bin/$b"
+for b in "${bins[@]}"; do
+  install -m 0755 "$bin_dir/$b" "$stage/bin/$b"
+  "$bin_dir/$b" --completions bash >"$stage/completions/bash/$b"
+  "$bin_dir/$b" --completions zsh >"$stage/completions/zsh/_$b"
+  "$bin_dir/$b" --completions fish >"$stage/completions/fish/$b.fish"
+  "$bin_dir/$b" --man >"$stage/man/man1/$b.1"
 done
 cp -R deploy/config deploy/systemd deploy/container "$stage/deploy/"
 cp -R docs "$stage/docs"

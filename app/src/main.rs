@@ -101,7 +101,7 @@ fn apply_env(config: &mut AppConfig) {
 }
 
 fn main() -> ExitCode {
-    let flags = Flags::parse();
+    let flags: Flags = shared::cli::parse();
     let mut config: AppConfig = match flags.common.start() {
         Ok(c) => c,
         Err(code) => return code,

@@ -20,7 +20,7 @@ struct Flags {
 }
 
 fn main() -> ExitCode {
-    let flags = Flags::parse();
+    let flags: Flags = shared::cli::parse();
     let mut config: shared::config::DiscoveryConfig = match flags.common.start() {
         Ok(c) => c,
         Err(code) => return code,

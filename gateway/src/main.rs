@@ -31,7 +31,7 @@ struct Flags {
 }
 
 fn main() -> ExitCode {
-    let flags = Flags::parse();
+    let flags: Flags = shared::cli::parse();
     let mut config: shared::config::GatewayConfig = match flags.common.start() {
         Ok(c) => c,
         Err(code) => return code,

@@ -78,7 +78,7 @@ struct Flags {
 }
 
 fn main() -> ExitCode {
-    let flags = Flags::parse();
+    let flags: Flags = shared::cli::parse();
     init_executor(flags.threads);
     let endpoints = Endpoints::resolve(
         flags.url,

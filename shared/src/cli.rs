@@ -7,6 +7,10 @@
 //! `--check-config` that prints the effective config and gives the exit code;
 //! otherwise it refuses what the start would refuse, with the same message,
 //! before anything binds.
+//!
+//! Every binary parses its flags with [`parse`], which adds two hidden ones:
+//! `--completions SHELL` (the shell completion script) and `--man` (the man
+//! page), printed on stdout before any config is read.
 
 use crate::config::{AppConfig, DiscoveryConfig, GatewayConfig};
 use serde::de::DeserializeOwned;
@@ -16,6 +20,86 @@ use std::io::Write;
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// The hidden flag that prints the completion script.
+const COMPLETIONS: &str = "completions";
+/// The hidden flag that prints the man page.
+const MAN: &str = "man";
+
+/// `P::parse()` with two hidden flags more, for packagers: `--completions
+/// bash|zsh|fish|elvish|powershell` prints the binary's completion script,
+/// `--man` its man page (roff, section 1); either then exits 0 (1 when
+/// stdout cannot be written), before any config file is read or anything
+/// binds. Errors and `--help` exit as `P::parse()` does.
+pub fn parse<P: clap::Parser>() -> P {
+    let mut matches = with_doc_flags(P::command()).get_matches();
+    if let Some(code) = print_docs(&matches, P::command(), &mut std::io::stdout().lock()) {
+        std::process::exit(code);
+    }
+    P::from_arg_matches_mut(&mut matches)
+        .unwrap_or_else(|e| e.format(&mut with_doc_flags(P::command())).exit())
+}
+
+/// `cmd` with the hidden `--completions SHELL` and `--man`; each is
+/// exclusive: given with anything else it is an error.
+fn with_doc_flags(cmd: clap::Command) -> clap::Command {
+    cmd.arg(
+        clap::Arg::new(COMPLETIONS)
+            .long(COMPLETIONS)
+            .value_name("SHELL")
+            .value_parser(clap::value_parser!(clap_complete::Shell))
+            .help("Print the completion script for SHELL and exit")
+            .hide(true)
+            .exclusive(true),
+    )
+    .arg(
+        clap::Arg::new(MAN)
+            .long(MAN)
+            .action(clap::ArgAction::SetTrue)
+            .help("Print the man page (roff) and exit")
+            .hide(true)
+            .exclusive(true),
+    )
+}
+
+/// What `--completions` or `--man` asked for, written to `out`; the exit
+/// code, or `None` when neither was given. `cmd`: the binary's own flags.
+fn print_docs(matches: &clap::ArgMatches, cmd: clap::Command, out: &mut dyn Write) -> Option<i32> {
+    let written = if let Some(shell) = matches.get_one::<clap_complete::Shell>(COMPLETIONS) {
+        completions(cmd, *shell, out)
+    } else if matches.get_flag(MAN) {
+        man_page(cmd, out)
+    } else {
+        return None;
+    };
+    Some(match written.and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        // `--man | head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 1,
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            1
+        }
+    })
+}
+
+/// The completion script of `cmd` (named after it) for `shell`.
+pub fn completions(
+    mut cmd: clap::Command,
+    shell: clap_complete::Shell,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let name = cmd.get_name().to_string();
+    // generate() panics on a write error; render to memory first.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut script);
+    out.write_all(&script)
+}
+
+/// The man page of `cmd`: roff, section 1, titled with its name.
+pub fn man_page(cmd: clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(cmd).section("1").render(out)
+}
 
 /// `--config FILE`, `--log-level LEVEL`, `--log-format pretty|json` and
 /// `--check-config`; flatten into a binary's flags.
@@ -266,6 +350,44 @@ mod tests {
             why.contains("bind must be") && why.contains("discovery_url"),
             "{why}"
         );
+    }
+
+    #[derive(clap::Parser)]
+    #[command(name = "demo", version)]
+    struct Demo {
+        #[command(flatten)]
+        common: Common,
+    }
+
+    fn docs(args: &[&str]) -> (Option<i32>, String) {
+        use clap::CommandFactory;
+        let matches = with_doc_flags(Demo::command())
+            .try_get_matches_from(args)
+            .unwrap();
+        let mut out = Vec::new();
+        let code = print_docs(&matches, Demo::command(), &mut out);
+        (code, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn completions_and_man_page_name_the_flags() {
+        let (code, bash) = docs(&["demo", "--completions", "bash"]);
+        assert_eq!(code, Some(0));
+        assert!(bash.contains("demo") && bash.contains("--config"), "{bash}");
+        let (code, zsh) = docs(&["demo", "--completions", "zsh"]);
+        assert_eq!(code, Some(0));
+        assert!(zsh.starts_with("#compdef demo"), "{zsh}");
+        let (code, man) = docs(&["demo", "--man"]);
+        assert_eq!(code, Some(0));
+        assert!(man.contains(".TH demo 1"), "{man}");
+        assert!(man.contains("\\-\\-check\\-config"), "{man}");
+        // The flags are hidden: neither in the page nor in --help.
+        assert!(!man.contains("completions"), "{man}");
+        // Without them, the binary goes on; with anything else, an error.
+        assert_eq!(docs(&["demo", "--config", "x.json"]).0, None);
+        let both = with_doc_flags(<Demo as clap::CommandFactory>::command())
+            .try_get_matches_from(["demo", "--man", "--config", "x.json"]);
+        assert!(both.is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use testkit::tempdir::TempDir;
 
 const SERVICES: [&str; 3] = ["discovery", "gateway", "app"];
 
@@ -18,24 +19,6 @@ fn root() -> PathBuf {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// A fresh folder under the temporary directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(what: &str) -> Scratch {
-        let path = std::env::temp_dir().join(format!("deploy-{what}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Scratch(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// `systemd-analyze`, or a failure that says how to get it.
@@ -95,7 +78,7 @@ fn one<'a>(entries: &'a [(String, String, String)], unit: &str, key: &str) -> &'
 #[test]
 fn units_pass_systemd_analyze_verify_and_security() {
     systemd_analyze();
-    let scratch = Scratch::new("units");
+    let scratch = TempDir::new("deploy-units");
     let mut copies = Vec::new();
     for name in SERVICES {
         let text = read(&root().join(format!("deploy/systemd/{name}.service")));
@@ -113,7 +96,7 @@ fn units_pass_systemd_analyze_verify_and_security() {
             !built.contains(char::is_whitespace),
             "path with blanks: {built}"
         );
-        let copy = scratch.0.join(format!("{name}.service"));
+        let copy = scratch.join(format!("{name}.service"));
         let from = format!("ExecStart=/usr/local/bin/{name} ");
         std::fs::write(&copy, text.replace(&from, &format!("ExecStart={built} "))).unwrap();
         copies.push(copy);
@@ -129,7 +112,7 @@ fn units_pass_systemd_analyze_verify_and_security() {
     let ours: Vec<&str> = stderr
         .lines()
         .filter(|l| {
-            l.contains(scratch.0.to_str().unwrap())
+            l.contains(scratch.to_str().unwrap())
                 || SERVICES.iter().any(|n| l.contains(&format!("{n}.service")))
         })
         .collect();
@@ -382,8 +365,8 @@ fn containerfile_copies_the_whole_workspace() {
     }
 }
 
-/// `just dist`'s script parses, and the archive's parts exist (running it
-/// needs a release build: done by hand, see docs/deploy.md).
+/// `just dist`'s script parses, and the archive's parts exist (the archive
+/// itself: `dist_archive_holds_binaries_completions_and_man_pages`).
 #[test]
 fn dist_script_parses_and_its_inputs_exist() {
     let script = root().join("deploy/dist.sh");
@@ -414,4 +397,105 @@ fn dist_script_parses_and_its_inputs_exist() {
         manifest.contains("\nlicense = \"MIT\"\n"),
         "Cargo.toml's license is not MIT"
     );
+}
+
+/// Every binary of the release archive.
+const BINARIES: [&str; 5] = ["discovery", "gateway", "app", "up", "loadtest"];
+
+/// `deploy/dist.sh` packs, beside each binary, the bash, zsh and fish
+/// completions and the man page it prints. Run on the debug build (through
+/// small wrappers: gzip on five debug binaries takes long) with
+/// DIST_BIN_DIR, into a temporary DIST_OUT.
+#[test]
+fn dist_archive_holds_binaries_completions_and_man_pages() {
+    let wrappers = TempDir::new("deploy-dist-bin");
+    for b in BINARIES {
+        let built = testkit::procs::bin(b);
+        let wrapper = wrappers.join(b);
+        std::fs::write(
+            &wrapper,
+            format!("#!/bin/sh\nexec '{}' \"$@\"\n", built.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = TempDir::new("deploy-dist-out");
+    let run = Command::new("bash")
+        .arg(root().join("deploy/dist.sh"))
+        .env("DIST_BIN_DIR", wrappers.path())
+        .env("DIST_OUT", out.path())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "dist.sh failed:\n{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let archive = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .expect("dist.sh wrote no .tar.gz");
+    let listed = Command::new("tar")
+        .arg("-tzf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "tar -tzf {}", archive.display());
+    let entries: BTreeSet<String> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_once('/').map_or("", |(_, rest)| rest).to_string())
+        .collect();
+    let prefix = archive
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches(".tar.gz")
+        .to_string();
+    for b in BINARIES {
+        for part in [
+            format!("bin/{b}"),
+            format!("completions/bash/{b}"),
+            format!("completions/zsh/_{b}"),
+            format!("completions/fish/{b}.fish"),
+            format!("man/man1/{b}.1"),
+        ] {
+            assert!(
+                entries.contains(&part),
+                "{prefix}/{part} missing: {entries:?}"
+            );
+        }
+        // What was packed is what the binary prints, not an empty file.
+        let page = Command::new("tar")
+            .arg("-xzOf")
+            .arg(&archive)
+            .arg(format!("{prefix}/man/man1/{b}.1"))
+            .output()
+            .unwrap();
+        let page = String::from_utf8(page.stdout).unwrap();
+        assert!(
+            page.lines().any(|l| l.starts_with(&format!(".TH {b} 1 "))),
+            "{b}.1:\n{page}"
+        );
+        let bash = Command::new("tar")
+            .arg("-xzOf")
+            .arg(&archive)
+            .arg(format!("{prefix}/completions/bash/{b}"))
+            .output()
+            .unwrap();
+        let bash = String::from_utf8(bash.stdout).unwrap();
+        assert!(bash.contains(&format!("complete -F _{b} ")), "{b}:\n{bash}");
+    }
+    for part in [
+        "LICENSE",
+        "README.md",
+        "docs/deploy.md",
+        "deploy/systemd/gateway.service",
+    ] {
+        assert!(entries.contains(part), "{prefix}/{part} missing");
+    }
 }

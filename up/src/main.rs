@@ -98,7 +98,7 @@ struct Flags {
 const FIRST_APP_PORT: u16 = 8080;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = shared::cli::parse();
     match cli.command {
         Some(Command::ExecChild { parent, argv }) => launch::exec_child(parent, &argv),
         Some(Command::Down { state }) => match down::run(&state, &mut out::Out::default()) {
