@@ -7,32 +7,28 @@
 
 use serde_json::Value;
 use std::io::Read;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Longest a check may take: it binds nothing and contacts nothing.
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// A config file, removed when dropped.
-struct File(PathBuf);
+/// A config file in the temporary directory, removed when dropped (also
+/// when the test fails).
+struct File(testkit::tempdir::TempFile);
 
 impl File {
     fn new(name: &str, text: &str) -> File {
-        let path =
-            std::env::temp_dir().join(format!("check-config-{}-{name}.json", std::process::id()));
-        std::fs::write(&path, text).unwrap();
-        File(path)
+        let file = testkit::tempdir::TempFile::new(format!(
+            "check-config-{}-{name}.json",
+            std::process::id()
+        ));
+        std::fs::write(&file, text).unwrap();
+        File(file)
     }
 
     fn path(&self) -> &str {
         self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for File {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
