@@ -13,7 +13,7 @@
 //! under `guard`, so a panic ends one check, never the checker.
 
 use crate::access::{resolve, AllowedHosts, ResolveError};
-use crate::metrics::Metrics;
+use crate::counters::Counters;
 use crate::mirror::{CheckResult, CheckTarget};
 use crate::probe::{self, Probe};
 use crate::registry::Registry;
@@ -33,7 +33,7 @@ pub const NOT_MADE_LOG_EVERY: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Checker {
     pub registry: Arc<Registry>,
-    pub metrics: Arc<Metrics>,
+    pub counters: Arc<Counters>,
     pub allowed: Arc<AllowedHosts>,
     pub interval: Duration,
     pub threshold: Duration,
@@ -139,8 +139,8 @@ impl Checker {
             Outcome::Made(result, label) => (result, label),
             Outcome::NotMade(why) => return self.not_made(target, why),
         };
-        Metrics::outcome(&self.metrics.checks, label);
-        self.metrics
+        Counters::outcome(&self.counters.checks, label);
+        self.counters
             .check_seconds
             .observe(result.latency.as_secs_f64());
         let reason = result.failure.clone();
@@ -166,7 +166,7 @@ impl Checker {
             (None, _) => {}
         }
         if let Some(gone) = recorded.expired {
-            self.metrics.expired.inc();
+            self.counters.expired.inc();
             log::info!(namespace = target.namespace.as_str(), id = gone.id.as_str(),
                 instance = target.authority().as_str();
                 "instance dropped after being unavailable too long");
@@ -220,7 +220,7 @@ impl Checker {
     /// Leaves the instance as it was, reschedules its check, counts and (rate-limited) logs it.
     fn not_made(&self, target: &CheckTarget, why: String) {
         self.registry.skip_check(target);
-        Metrics::outcome(&self.metrics.checks, "not_made");
+        Counters::outcome(&self.counters.checks, "not_made");
         if let Some(also) = self.not_made.pass() {
             log::warn!(namespace = target.namespace.as_str(), id = target.id.as_str(),
                 instance = target.authority().as_str(), reason = why.as_str(), also_not_made = also;

@@ -9,10 +9,29 @@
 //! mirror and writes status flips to the store; every change of a routable
 //! set wakes the `watch` streams. `access` decides who may register which
 //! hosts; `budget` splits the descriptors between clients and checks; `probe`
-//! is one check on the wire.
+//! is one check on the wire; `counters` are what the handlers, the checker
+//! and the watch hub count, which `metrics` renders.
+//!
+//! The modules in layers, each naming only those below it (no circle:
+//! testkit/tests/layers.rs checks):
+//!
+//! - at the bottom, naming no other module: `access`, `probe`, `budget`,
+//!   `counters`;
+//! - `store`: the trait, its sink, its record policy (on `access`) and its
+//!   memory implementation; `etcd` beside it, implementing it;
+//! - `mirror`, fed by the store through `store::Sink`; it announces changes
+//!   through `mirror::Announce`, so it never names the watch hub;
+//! - `registry`: the store and the mirror together;
+//! - `health` (the checker) and `watch` (the hub, which hears the mirror's
+//!   announcements, and its streams, which read the registry);
+//! - on top, the HTTP handlers (`registration`, `maintenance`, `lookup`,
+//!   `dashboard`, and the routes here), `metrics` rendering, and [`spawn`],
+//!   which chooses the store (`open_store`: the one place `etcd` is named
+//!   outside it) and wires them together.
 
 mod access;
 pub mod budget;
+mod counters;
 mod dashboard;
 pub mod etcd;
 mod health;
@@ -28,10 +47,11 @@ mod watch;
 
 use access::AllowedHosts;
 use async_std::task::{self, JoinHandle};
+use counters::Counters;
 use mirror::{Mirror, Policy};
 use registry::Registry;
 use shared::api::json_response;
-use shared::config::DiscoveryConfig;
+use shared::config::{DiscoveryConfig, StoreUrl};
 use shared::panics::{supervise, Panics};
 use shared::serve::{Limits, Options, Served};
 use shared::shutdown::Trigger;
@@ -47,6 +67,7 @@ pub use watch::encode_event;
 pub(crate) struct State {
     registry: Arc<Registry>,
     hub: Arc<Hub>,
+    counters: Arc<Counters>,
     metrics: Arc<metrics::Metrics>,
     config: Arc<DiscoveryConfig>,
     allowed: Arc<AllowedHosts>,
@@ -124,15 +145,16 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
     };
     let panics = Panics::new();
     let mirror = Arc::new(Mirror::new(policy, hub.clone(), wake));
-    // The one place the store is chosen: `store::open` reads `config.store`.
-    let store = store::open(&config, mirror.clone(), &panics)
+    // The one place the store is chosen: `open_store` reads `config.store`.
+    let store = open_store(&config, &allowed, mirror.clone(), &panics)
         .await
         .map_err(invalid)?;
     let registry = Arc::new(Registry::new(mirror, store, caps));
-    let metrics = Arc::new(metrics::Metrics::new(panics.clone()));
+    let counters = Arc::new(Counters::default());
+    let metrics = Arc::new(metrics::Metrics::new(&counters, panics.clone()));
     let checker = health::Checker {
         registry: registry.clone(),
-        metrics: metrics.clone(),
+        counters: counters.clone(),
         allowed: allowed.clone(),
         interval: config.health_check_time_interval,
         threshold: config.timeout_threshold,
@@ -149,6 +171,7 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
     let state = State {
         registry: registry.clone(),
         hub: hub.clone(),
+        counters,
         metrics,
         config: config.clone(),
         allowed,
@@ -190,6 +213,44 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         config,
         registry,
     })
+}
+
+/// Builds the store `config.store` names, feeding `sink` (the one place a
+/// store kind is chosen). A remote store loads its content into `sink` before
+/// this returns. Background tasks run under `panics` (see `shared::panics`).
+async fn open_store(
+    config: &DiscoveryConfig,
+    allowed: &Arc<AllowedHosts>,
+    sink: Arc<dyn store::Sink>,
+    panics: &Panics,
+) -> Result<Arc<dyn store::Store>, String> {
+    match StoreUrl::parse(&config.store)? {
+        StoreUrl::Memory => Ok(Arc::new(store::MemoryStore::new(sink))),
+        StoreUrl::Etcd { endpoints, prefix } => {
+            // Records written into etcd by hand (or by another build) pass the
+            // rules a registration passes before any replica serves them.
+            let policy = store::RecordPolicy {
+                allowed: allowed.clone(),
+                caps: store::Caps {
+                    max_instances: config.max_instances,
+                    max_instances_per_namespace: config.max_instances_per_namespace,
+                },
+            };
+            let store = etcd::EtcdStore::open(
+                etcd::Options {
+                    endpoints: &endpoints,
+                    prefix: &prefix,
+                    replica_id: config.replica_id.clone(),
+                    advertise_url: config.advertise_url.clone(),
+                    policy,
+                },
+                sink,
+                panics,
+            )
+            .await?;
+            Ok(store)
+        }
+    }
 }
 
 /// Watch streams allowed at once: `max_watchers`, or its share of the
@@ -301,7 +362,7 @@ async fn watch_stream(req: Request<State>) -> tide::Result {
     let state = req.state();
     // Checked before the stream starts: a refused watcher holds its
     // connection only for this answer, which closes it.
-    let Some(admission) = state.hub.admit(&state.metrics) else {
+    let Some(admission) = state.hub.admit(&state.counters) else {
         return Ok(too_many_watchers(state.hub.cap()));
     };
     let spec = watch::StreamSpec {

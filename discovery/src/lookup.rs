@@ -1,7 +1,7 @@
 //! `POST /api/lookup` and `GET /api/lookup?namespace=&exclude=`: round robin
 //! over the available instances, honouring `exclude`.
 
-use crate::metrics::Metrics;
+use crate::counters::Counters;
 use crate::mirror::LookupError;
 use crate::State;
 use serde::Deserialize;
@@ -56,7 +56,7 @@ fn invalid(message: String) -> Response {
 
 fn counted(state: &State, answer: Result<(&'static str, Response), Response>) -> Response {
     let (outcome, res) = answer.unwrap_or_else(|res| ("rejected", res));
-    Metrics::outcome(&state.metrics.lookups, outcome);
+    Counters::outcome(&state.counters.lookups, outcome);
     res
 }
 

@@ -1,25 +1,22 @@
 //! `GET /metrics`: Prometheus text for registrations, lookups, health checks
-//! and watchers, the build and the process. Served as the classic text format
+//! and watchers (the [`Counters`] the crate bumps), the registry's instances
+//! and store, the build and the process. Served as the classic text format
 //! (`text/plain; version=0.0.4`), which browsers show and every scraper reads;
 //! prometheus-client writes OpenMetrics, which
 //! [`shared::process_metrics::text_format`] turns into it.
 
+use crate::counters::{Counters, Outcome};
 use crate::registry::Registry;
+use crate::store::StoreHealth;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry as Prom;
 use shared::panics::Panics;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Outcome {
-    pub outcome: &'static str,
-}
-
 /// The content type of `/metrics`, the same as the gateway's.
-pub const CONTENT_TYPE: &str = shared::process_metrics::CONTENT_TYPE;
+pub(crate) const CONTENT_TYPE: &str = shared::process_metrics::CONTENT_TYPE;
 
 /// Every health check outcome, created at zero so alerts on their rates see a series at once.
 const CHECK_OUTCOMES: [&str; 6] = [
@@ -43,19 +40,10 @@ struct NamespaceStatus {
     status: &'static str,
 }
 
-/// Discovery's counters; each handler bumps its own.
+/// Discovery's series: the [`Counters`], and gauges read at each render.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     prom: Prom,
-    pub registrations: Family<Outcome, Counter>,
-    pub deregistrations: Family<Outcome, Counter>,
-    pub lookups: Family<Outcome, Counter>,
-    pub checks: Family<Outcome, Counter>,
-    pub check_seconds: Histogram,
-    pub expired: Counter,
-    pub watchers: Gauge,
-    /// Watch streams refused at `max_watchers`.
-    pub watchers_refused: Counter,
     instances: Family<NamespaceStatus, Gauge>,
     /// Seconds since the least recently checked instance's last check, read at render.
     oldest_check_age: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -71,16 +59,19 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Registers `counters` (the series stay shared with whoever bumps them);
     /// `panics` is where the server and the checker count the panics they caught.
-    pub fn new(panics: Panics) -> Self {
-        let registrations = Family::default();
-        let deregistrations = Family::default();
-        let lookups = Family::default();
-        let checks = Family::default();
-        let check_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
-        let expired = Counter::default();
-        let watchers = Gauge::default();
-        let watchers_refused = Counter::default();
+    pub(crate) fn new(counters: &Counters, panics: Panics) -> Self {
+        let Counters {
+            registrations,
+            deregistrations,
+            lookups,
+            checks,
+            check_seconds,
+            expired,
+            watchers,
+            watchers_refused,
+        } = counters;
         let instances = Family::default();
         let oldest_check_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let mut prom = Prom::with_prefix("discovery");
@@ -170,14 +161,6 @@ impl Metrics {
         );
         Metrics {
             prom,
-            registrations,
-            deregistrations,
-            lookups,
-            checks,
-            check_seconds,
-            expired,
-            watchers,
-            watchers_refused,
             instances,
             oldest_check_age,
             store_connected,
@@ -188,12 +171,8 @@ impl Metrics {
         }
     }
 
-    pub fn outcome(family: &Family<Outcome, Counter>, outcome: &'static str) {
-        family.get_or_create(&Outcome { outcome }).inc();
-    }
-
     /// The text exposition, with instance counts read from the registry now.
-    pub fn render(&self, registry: &Registry) -> String {
+    pub(crate) fn render(&self, registry: &Registry) -> String {
         let caught = self.panics.count();
         let shown = self.panics_total.get();
         if caught > shown {
@@ -299,7 +278,7 @@ impl StoreGauges {
         gauges
     }
 
-    fn set(&self, health: &crate::store::StoreHealth) {
+    fn set(&self, health: &StoreHealth) {
         self.writable.set(i64::from(health.writable));
         for (reason, n) in [
             ("invalid", health.set_aside.invalid),

@@ -11,16 +11,22 @@
 //! flood cannot make the lock slow for lookups and checks. Every change of a
 //! namespace's *routable* set (available and not in maintenance), whether
 //! made here or pushed from another replica, bumps its version and is
-//! announced to the watch hub.
+//! announced to the watch hub (known here only as [`Announce`]: the hub
+//! serves streams read from the registry above).
 
 use crate::store::{now_unix_ms, Record, Sink};
-use crate::watch::Hub;
 use shared::wire::{
     authority, Endpoint, InstanceInfo, InstanceStatus, LookupResponse, Port, WatchEvent,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Who hears of every change of a namespace's routable set: the watch hub.
+pub(crate) trait Announce: std::fmt::Debug + Send + Sync {
+    /// `namespace`'s routable set (or its version) changed. Must not block.
+    fn changed(&self, namespace: &str);
+}
 
 /// Thresholds and timing of the health state machine, from the config.
 #[derive(Clone, Copy, Debug)]
@@ -338,7 +344,7 @@ impl Inner {
 pub struct Mirror {
     inner: Mutex<Inner>,
     policy: Policy,
-    hub: Arc<Hub>,
+    hub: Arc<dyn Announce>,
     /// Start of the check phases.
     epoch: Instant,
     /// Wakes the checker when the earliest due time moved earlier.
@@ -347,7 +353,11 @@ pub struct Mirror {
 
 impl Mirror {
     /// `wake` should be a channel of capacity 1 that the checker listens to.
-    pub fn new(policy: Policy, hub: Arc<Hub>, wake: async_channel::Sender<()>) -> Self {
+    pub(crate) fn new(
+        policy: Policy,
+        hub: Arc<dyn Announce>,
+        wake: async_channel::Sender<()>,
+    ) -> Self {
         Mirror {
             inner: Mutex::new(Inner::default()),
             policy,
@@ -373,7 +383,7 @@ impl Mirror {
     fn announce(&self, applied: Applied) {
         self.wake(applied.earliest);
         for namespace in &applied.changed {
-            self.hub.notify(namespace);
+            self.hub.changed(namespace);
         }
     }
 

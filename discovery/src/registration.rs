@@ -6,7 +6,7 @@
 //! changes stored state.
 
 use crate::access::{bearer_matches, resolve, ResolveError};
-use crate::metrics::Metrics;
+use crate::counters::Counters;
 use crate::store::StoreError;
 use crate::State;
 use serde::de::DeserializeOwned;
@@ -25,7 +25,7 @@ pub async fn register(mut req: Request<State>) -> tide::Result {
     let (outcome, res) = try_register(&mut req)
         .await
         .unwrap_or_else(|refused| refused);
-    Metrics::outcome(&req.state().metrics.registrations, outcome);
+    Counters::outcome(&req.state().counters.registrations, outcome);
     Ok(res)
 }
 
@@ -33,7 +33,7 @@ pub async fn deregister(mut req: Request<State>) -> tide::Result {
     let (outcome, res) = try_deregister(&mut req)
         .await
         .unwrap_or_else(|refused| refused);
-    Metrics::outcome(&req.state().metrics.deregistrations, outcome);
+    Counters::outcome(&req.state().counters.deregistrations, outcome);
     Ok(res)
 }
 

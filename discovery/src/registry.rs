@@ -36,7 +36,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// `store` must feed `mirror` (see [`crate::store::open`]).
+    /// `store` must feed `mirror`: opened with it as its
+    /// [`Sink`](crate::store::Sink) (see `open_store` in lib.rs).
     pub fn new(mirror: Arc<Mirror>, store: Arc<dyn Store>, caps: Caps) -> Self {
         Registry {
             mirror,

@@ -22,7 +22,8 @@
 //! its namespace's set without the flag (same version: the set did not
 //! change, only how far it can be trusted), so gateways learn the final set.
 
-use crate::metrics::Metrics;
+use crate::counters::Counters;
+use crate::mirror::Announce;
 use crate::registry::Registry;
 use futures_lite::{AsyncBufRead, AsyncRead, Future};
 use prometheus_client::metrics::gauge::Gauge;
@@ -107,7 +108,7 @@ impl Hub {
 
     /// A place among the open streams, or `None` at the cap. Taken before the
     /// stream starts, so a refused watcher costs one short answer.
-    pub(crate) fn admit(self: &Arc<Self>, metrics: &Metrics) -> Option<Admission> {
+    pub(crate) fn admit(self: &Arc<Self>, counters: &Counters) -> Option<Admission> {
         let taken = self
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -115,22 +116,14 @@ impl Hub {
             })
             .is_ok();
         if !taken {
-            metrics.watchers_refused.inc();
+            counters.watchers_refused.inc();
             return None;
         }
-        metrics.watchers.inc();
+        counters.watchers.inc();
         Some(Admission {
             hub: self.clone(),
-            gauge: metrics.watchers.clone(),
+            gauge: counters.watchers.clone(),
         })
-    }
-
-    /// Wakes every stream of `namespace`, never waiting on any of them.
-    pub(crate) fn notify(&self, namespace: &str) {
-        let topic = self.lock().get(namespace).map(|w| w.topic.clone());
-        if let Some(topic) = topic {
-            topic.changed();
-        }
     }
 
     /// Ends every stream once it has sent what it was sending (at shutdown,
@@ -182,6 +175,17 @@ impl Hub {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Watched>> {
         // The map holds no invariant a panic could break half-way.
         self.topics.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The mirror announces every change of a namespace's routable set here.
+impl Announce for Hub {
+    /// Wakes every stream of `namespace`, never waiting on any of them.
+    fn changed(&self, namespace: &str) {
+        let topic = self.lock().get(namespace).map(|w| w.topic.clone());
+        if let Some(topic) = topic {
+            topic.changed();
+        }
     }
 }
 

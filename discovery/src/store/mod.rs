@@ -1,6 +1,9 @@
 //! The store: where registrations live durably, behind one trait so discovery
-//! can keep them in memory (one process, the default) or in etcd (several
-//! replicas sharing one registry).
+//! can keep them in memory (one process, the default; [`MemoryStore`], here)
+//! or in etcd (several replicas sharing one registry; `crate::etcd`, beside
+//! this module and built on it). Which one runs is chosen where discovery
+//! starts (`open_store` in lib.rs), from `config.store`: nothing here names
+//! an implementation but the memory one.
 //!
 //! # The contract
 //!
@@ -15,7 +18,7 @@
 //! **Reads never reach the store.** The core keeps a local in-memory mirror
 //! (lookups, `/api/watch` snapshots, `/api/services`, the dashboard and the
 //! metrics read it), and the store *feeds* that mirror through the [`Sink`]
-//! it is given at [`open`]: every change the store accepts, from this process
+//! it is opened with: every change the store accepts, from this process
 //! or from another replica (etcd's watch), is pushed as [`Sink::put`] /
 //! [`Sink::remove`], and a full reload (start-up, a compacted watch) as
 //! [`Sink::reset`]. A write method must have pushed its own change into the
@@ -60,9 +63,8 @@ mod memory;
 
 pub use memory::MemoryStore;
 
+use crate::access::AllowedHosts;
 use serde::{Deserialize, Serialize};
-use shared::config::{DiscoveryConfig, StoreUrl};
-use shared::panics::Panics;
 use shared::wire::{authority, InstanceStatus, MaintenanceAnswer, Port, Registration};
 use std::future::Future;
 use std::pin::Pin;
@@ -237,7 +239,7 @@ pub struct SetAsideRecord {
 /// gateway can learn it.
 #[derive(Clone, Debug)]
 pub struct RecordPolicy {
-    pub allowed: Arc<crate::AllowedHosts>,
+    pub allowed: Arc<AllowedHosts>,
     pub caps: Caps,
 }
 
@@ -359,43 +361,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// take its checks at once). Called once at shutdown.
     fn close(&self) -> StoreFuture<'_, ()> {
         Box::pin(async {})
-    }
-}
-
-/// Builds the store `config.store` names, feeding `sink` (the one place a
-/// store kind is chosen). A remote store loads its content into `sink` before
-/// this returns. Background tasks run under `panics` (see `shared::panics`).
-pub async fn open(
-    config: &DiscoveryConfig,
-    sink: Arc<dyn Sink>,
-    panics: &Panics,
-) -> Result<Arc<dyn Store>, String> {
-    match StoreUrl::parse(&config.store)? {
-        StoreUrl::Memory => Ok(Arc::new(MemoryStore::new(sink))),
-        StoreUrl::Etcd { endpoints, prefix } => {
-            // Records written into etcd by hand (or by another build) pass the
-            // rules a registration passes before any replica serves them.
-            let policy = RecordPolicy {
-                allowed: Arc::new(crate::AllowedHosts::parse(&config.allowed_hosts)?),
-                caps: Caps {
-                    max_instances: config.max_instances,
-                    max_instances_per_namespace: config.max_instances_per_namespace,
-                },
-            };
-            let store = crate::etcd::EtcdStore::open(
-                crate::etcd::Options {
-                    endpoints: &endpoints,
-                    prefix: &prefix,
-                    replica_id: config.replica_id.clone(),
-                    advertise_url: config.advertise_url.clone(),
-                    policy,
-                },
-                sink,
-                panics,
-            )
-            .await?;
-            Ok(store)
-        }
     }
 }
 
