@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod client;
 pub mod etcd;
+pub mod layers;
 pub mod peer;
 pub mod procs;
 pub mod raw;
