@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Slow request bodies against the fully optimized (perf profile) gateway (issue 9, "Bounded slow clients").
+# Slow request bodies against the fully optimized (perf profile) gateway ("Bounded slow clients").
 #
 #   bash bench/drip.sh            (writes bench/results-drip.md)
 #

@@ -180,6 +180,7 @@ impl Registrar {
             port,
             host: host.clone(),
             health_check_path: Some(config.health_check_path.clone()),
+            weight: Some(config.weight).filter(|w| *w != 1),
         };
         let deregister = DeregisterRequest {
             namespace: config.namespace.clone(),
@@ -561,6 +562,7 @@ mod tests {
             port: Port(8080),
             host: Some("127.0.0.1".into()),
             health_check_path: None,
+            weight: None,
         };
         let body = seed_compatible(&register).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();

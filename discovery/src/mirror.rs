@@ -117,6 +117,7 @@ impl Instance {
             id: self.record.id.clone(),
             host: self.record.host.clone(),
             port: self.record.port,
+            weight: self.record.weight,
         }
     }
 
@@ -128,6 +129,7 @@ impl Instance {
             port: r.port,
             status: r.status,
             health_check_path: r.health_check_path.clone(),
+            weight: r.weight,
             last_check_latency_ms: self
                 .last_check
                 .as_ref()
@@ -403,9 +405,16 @@ impl Mirror {
     }
 
     /// A renewal served from the mirror: the record at `host:port` if it is
-    /// there with this `health_check_path` (else the store must write). One
-    /// that is not available is checked at once, unless a check is in flight.
-    pub fn renew(&self, namespace: &str, host: &str, port: Port, path: &str) -> Option<Record> {
+    /// there with this `health_check_path` and `weight` (else the store must
+    /// write). One that is not available is checked at once, unless a check
+    /// is in flight.
+    pub fn renew(
+        &self,
+        namespace: &str,
+        host: &str,
+        port: Port,
+        (path, weight): (&str, u32),
+    ) -> Option<Record> {
         let mut guard = self.lock();
         let Inner {
             namespaces,
@@ -415,7 +424,7 @@ impl Mirror {
         let ns = namespaces.get_mut(namespace)?;
         let at = ns.find(host, port)?;
         let inst = &mut ns.instances[at];
-        if inst.record.health_check_path != path {
+        if inst.record.health_check_path != path || inst.record.weight != weight {
             return None;
         }
         let mut earliest = false;

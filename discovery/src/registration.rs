@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use shared::api::{error_response, json_body, json_response};
 use shared::wire::{
     normalize_host, validate_namespace, validate_path, DeregisterRequest, RegisterRequest,
+    MAX_WEIGHT,
 };
 use tide::{Request, Response, StatusCode};
 
@@ -53,10 +54,16 @@ async fn try_register(req: &mut Request<State>) -> Result<Counted, Counted> {
         .unwrap_or_else(|| state.config.health_check_path.clone());
     let host = checked(req, &body.namespace, body.host.as_deref())?;
     validate_path(&path).map_err(invalid)?;
+    let weight = body.weight.unwrap_or(1);
+    if !(1..=MAX_WEIGHT).contains(&weight) {
+        return Err(invalid(format!(
+            "weight must be 1 to {MAX_WEIGHT}, not {weight}"
+        )));
+    }
     allowed(state, &host, body.port.0).await?;
     let done = state
         .registry
-        .register(&body.namespace, &host, body.port, &path)
+        .register(&body.namespace, &host, body.port, (&path, weight))
         .await
         .map_err(refused)?;
     let registration = done.record.registration();

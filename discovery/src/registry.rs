@@ -55,9 +55,10 @@ impl Registry {
         namespace: &str,
         host: &str,
         port: Port,
-        health_check_path: &str,
+        (health_check_path, weight): (&str, u32),
     ) -> Result<Registered, StoreError> {
-        if let Some(record) = self.mirror.renew(namespace, host, port, health_check_path) {
+        let settings = (health_check_path, weight);
+        if let Some(record) = self.mirror.renew(namespace, host, port, settings) {
             return Ok(Registered {
                 record,
                 created: false,
@@ -68,12 +69,13 @@ impl Registry {
             host: host.to_string(),
             port,
             health_check_path: health_check_path.to_string(),
+            weight,
             now_unix_ms: now_unix_ms(),
         };
         let done = self.store.register(new, self.caps).await?;
         if !done.created {
-            // Its path changed: still check it at once if it is not available.
-            self.mirror.renew(namespace, host, port, health_check_path);
+            // Its path or weight changed: still check it at once if it is not available.
+            self.mirror.renew(namespace, host, port, settings);
         }
         Ok(done)
     }
@@ -240,7 +242,7 @@ mod tests {
     }
 
     fn reg(r: &Registry, ns: &str, host: &str, port: u16) -> Registered {
-        block_on(r.register(ns, host, Port(port), "/h")).unwrap()
+        block_on(r.register(ns, host, Port(port), ("/h", 1))).unwrap()
     }
 
     /// Takes `id`'s check out of the schedule, whenever it is due.
@@ -359,13 +361,13 @@ mod tests {
         let Fixture { r, mirror, .. } = registry_with(2, 3, Duration::from_secs(60), 2);
         reg(&r, "a", "h", 1);
         reg(&r, "a", "h", 2);
-        let err = block_on(r.register("a", "h", Port(3), "/h")).unwrap_err();
+        let err = block_on(r.register("a", "h", Port(3), ("/h", 1))).unwrap_err();
         assert!(
             err.to_string().contains("max_instances_per_namespace"),
             "{err:?}"
         );
         reg(&r, "b", "h", 1);
-        let err = block_on(r.register("c", "h", Port(1), "/h")).unwrap_err();
+        let err = block_on(r.register("c", "h", Port(1), ("/h", 1))).unwrap_err();
         assert!(err.to_string().contains("max_instances"), "{err:?}");
         assert!(!reg(&r, "a", "h", 1).created, "a renewal passes at the cap");
         block_on(r.deregister("b", "h", Port(1))).unwrap().unwrap();

@@ -496,6 +496,7 @@ mod tests {
                 id: "a".into(),
                 host: "127.0.0.1".into(),
                 port: Port(8080),
+                weight: 1,
             }],
         }
     }

@@ -1,5 +1,5 @@
-//! The gateway's acceptance tests (issues 4 and 5): real discovery, real apps,
-//! real gateway on port 0.
+//! The gateway's acceptance tests: real discovery, real apps, real gateway
+//! on port 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "acceptance/answers.rs"]
@@ -44,6 +44,8 @@ mod protocol;
 mod readiness;
 #[path = "acceptance/reload.rs"]
 mod reload;
+#[path = "acceptance/rotation.rs"]
+mod rotation;
 #[path = "acceptance/round_robin.rs"]
 mod round_robin;
 #[path = "acceptance/seed.rs"]

@@ -586,7 +586,7 @@ fn joined(errors: Vec<&str>) -> Result<(), ConfigError> {
 }
 
 /// A path prefix routed to a namespace.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub prefix: String,
@@ -597,7 +597,30 @@ pub struct RouteConfig {
     /// a stray answer, sent after the connection was reused, from the real one.
     #[serde(default)]
     pub verify_request_id: bool,
+    /// How the namespace's instances take turns.
+    #[serde(default)]
+    pub balance: Balance,
+    /// An instance that has just become available gets its share ramped up
+    /// from almost nothing to all of it over this time (0: at once).
+    #[serde(default, with = "duration")]
+    pub slow_start: Duration,
 }
+
+/// How a route's instances take turns (`"balance"`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// In strict turn across every worker; registered weights are ignored.
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round robin (nginx's): each instance in proportion
+    /// to its registered `weight`, interleaved rather than in runs.
+    WeightedRoundRobin,
+}
+
+/// Longest `slow_start`: beyond an hour a ramp is a deployment plan, not a
+/// warm-up.
+pub const MAX_SLOW_START: Duration = Duration::from_secs(3600);
 
 /// The gateway's configuration (`gateway --config FILE`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -709,7 +732,7 @@ impl Default for GatewayConfig {
             routes: vec![RouteConfig {
                 prefix: "/".into(),
                 namespace: "service A".into(),
-                verify_request_id: false,
+                ..RouteConfig::default()
             }],
             connect_timeout: Duration::from_secs(1),
             upstream_timeout: Duration::from_secs(2),
@@ -746,6 +769,16 @@ impl GatewayConfig {
         let mut errors = Vec::new();
         if self.routes.is_empty() {
             errors.push("routes must name at least one prefix");
+        }
+        if self.routes.iter().any(|r| r.slow_start > MAX_SLOW_START) {
+            errors.push("a route's slow_start is at most 1h");
+        }
+        if self.routes.iter().enumerate().any(|(i, r)| {
+            self.routes[..i].iter().any(|o| {
+                o.namespace == r.namespace && (o.balance, o.slow_start) != (r.balance, r.slow_start)
+            })
+        }) {
+            errors.push("routes to one namespace share its rotation: give them the same balance and slow_start");
         }
         if self.routes.iter().any(|r| !r.prefix.starts_with('/')) {
             errors.push("every route prefix must start with '/'");
@@ -855,6 +888,9 @@ pub struct AppConfig {
     /// How long shutdown waits for deregistration and in-flight requests.
     #[serde(with = "duration")]
     pub drain_timeout: Duration,
+    /// Registered weight (1..=1000): its share on routes that balance by
+    /// weight (`weighted_round_robin`); plain round robin ignores it.
+    pub weight: u32,
 }
 
 impl Default for AppConfig {
@@ -874,6 +910,7 @@ impl Default for AppConfig {
             max_header_bytes: 32 * 1024,
             register_backoff_max: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
+            weight: 1,
         }
     }
 }
@@ -907,6 +944,9 @@ impl AppConfig {
         }
         if self.admin_port != 0 && self.admin_port == self.port {
             errors.push("admin_port must differ from port");
+        }
+        if !(1..=crate::wire::MAX_WEIGHT).contains(&self.weight) {
+            errors.push("weight must be 1 to 1000");
         }
         // It travels in an `Authorization` header as it is.
         let header_safe =

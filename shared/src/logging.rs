@@ -4,7 +4,7 @@
 //! on a terminal), with the level from `--log-level` or `LOG_LEVEL` and the
 //! format from `--log-format` or `LOG_FORMAT`.
 //!
-//! Why not femme (the stack's first choice, used until issue 11): femme 2.2
+//! Why not femme (the stack's first choice, used at first): femme 2.2
 //! picks pretty or ndjson at compile time (`debug_assertions`), its two
 //! loggers are private so no flag can choose one at run time, and it
 //! `unwrap()`s every write to stdout, so a closed stdout (`just up | tee log`,

@@ -98,7 +98,13 @@ pub struct RegisterRequest {
     pub host: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_path: Option<String>,
+    /// Its share under weighted round robin, 1..=[`MAX_WEIGHT`]; 1 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
+
+/// Largest registered weight.
+pub const MAX_WEIGHT: u32 = 1000;
 
 /// `POST /api/deregister`: an instance leaving.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -168,6 +174,9 @@ pub struct InstanceInfo {
     pub port: Port,
     pub status: InstanceStatus,
     pub health_check_path: String,
+    /// Its registered weight (weighted round robin).
+    #[serde(default = "one")]
+    pub weight: u32,
     /// Milliseconds the last health check took, if one has run.
     pub last_check_latency_ms: Option<f64>,
     /// Unix time in milliseconds of the last health check.
@@ -216,6 +225,18 @@ pub struct Endpoint {
     pub id: String,
     pub host: String,
     pub port: Port,
+    /// Its registered weight; left out when 1, so readers that know no
+    /// weights see the same object as before.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(w: &u32) -> bool {
+    *w == 1
 }
 
 impl Endpoint {

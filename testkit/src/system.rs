@@ -20,11 +20,8 @@ pub fn gateway_config(discovery_url: &str) -> GatewayConfig {
         client_header_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(3),
-        // One worker: these tests assert exact round robin across connections,
-        // which holds per worker (each has its own cursor); across W workers
-        // it is within one pick per worker, which gateway/tests/acceptance/
-        // workers.rs tests with 4.
-        worker_threads: 1,
+        // worker_threads stays at its default (one per core): the rotation
+        // is one for every worker, so exact round robin holds at any count.
         // Listen at once, as these tests expect (several want a 503 from a
         // namespace with no instance); readiness has tests of its own
         // (gateway/tests/acceptance/readiness.rs).

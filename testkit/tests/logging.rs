@@ -1,4 +1,4 @@
-//! The binaries' logging as an operator meets it (issue 11): the format
+//! The binaries' logging as an operator meets it: the format
 //! chosen by `--log-format` or `LOG_FORMAT` (JSON when stdout is not a
 //! terminal), and a closed stdout that costs the log lines, never the service.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

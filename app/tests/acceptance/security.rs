@@ -1,4 +1,4 @@
-//! Issue 9, the app's side: the chaos knobs live on an admin port that is
+//! The app's side: the chaos knobs live on an admin port that is
 //! never registered; a head the old stack could not take is a 400, not a dead
 //! process; heads as large as the gateway forwards are served; the app sends
 //! the registration token discovery asks for, and says clearly when refused.

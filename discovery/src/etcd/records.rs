@@ -373,6 +373,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: Port(port),
             health_check_path: "/health_check".into(),
+            weight: 1,
             status: InstanceStatus::Pending,
             since_unix_ms: 0,
             maintenance_since_unix_ms: None,

@@ -248,13 +248,7 @@ impl EtcdStore {
         let key = self
             .keys
             .instance(&new.namespace, &authority(&new.host, new.port));
-        let path = new.health_check_path.clone();
-        let renew = |r: &Record| {
-            (r.health_check_path != path).then(|| Record {
-                health_check_path: path.clone(),
-                ..r.clone()
-            })
-        };
+        let renew = |r: &Record| r.renewed(&new);
         if self.mirror.get(&key).is_some() {
             let record = self.update(&key, renew).await.map_err(unavailable)?;
             if let Some(record) = record {
@@ -290,6 +284,7 @@ impl EtcdStore {
             host: new.host.clone(),
             port: new.port,
             health_check_path: new.health_check_path.clone(),
+            weight: new.weight,
             status: InstanceStatus::Pending,
             since_unix_ms: new.now_unix_ms,
             maintenance_since_unix_ms: None,

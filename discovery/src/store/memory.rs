@@ -71,8 +71,8 @@ impl MemoryStore {
         self.write(|inner, sink| {
             let same = |r: &Record| r.port == new.port && r.host == new.host;
             if let Some(r) = inner.find(&new.namespace, same) {
-                if r.health_check_path != new.health_check_path {
-                    r.health_check_path = new.health_check_path.clone();
+                if let Some(renewed) = r.renewed(&new) {
+                    *r = renewed;
                     sink.put(r.clone());
                 }
                 return Ok(Registered {
@@ -109,6 +109,7 @@ impl MemoryStore {
                 host: new.host,
                 port: new.port,
                 health_check_path: new.health_check_path,
+                weight: new.weight,
                 status: InstanceStatus::Pending,
                 since_unix_ms: new.now_unix_ms,
                 maintenance_since_unix_ms: None,

@@ -38,7 +38,7 @@
 //! created and is then the same whichever replica serves it (etcd: create the
 //! key in a transaction, `create_revision == 0`, else read the existing id).
 //! Renewing an existing key keeps its id, status, `since` and maintenance; it
-//! only updates `health_check_path`.
+//! only updates `health_check_path` and `weight`.
 //!
 //! **Compare-and-swap.** [`Store::set_status`] and [`Store::expire`] name the
 //! state they expect; when the stored record no longer matches (another
@@ -83,6 +83,10 @@ pub struct Record {
     pub host: String,
     pub port: Port,
     pub health_check_path: String,
+    /// Its share under weighted round robin (1..=1000); left out of the
+    /// stored JSON when 1, so records written before weights read the same.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub weight: u32,
     pub status: InstanceStatus,
     /// Unix milliseconds when it entered `status` (registration time while pending).
     pub since_unix_ms: u64,
@@ -93,7 +97,27 @@ pub struct Record {
     pub maintenance_since_unix_ms: Option<u64>,
 }
 
+fn one() -> u32 {
+    1
+}
+
+fn is_one(w: &u32) -> bool {
+    *w == 1
+}
+
 impl Record {
+    /// What a renewal may change (the health-check path and the weight),
+    /// taken from `new`; `None` when they are already as `new` says.
+    pub fn renewed(&self, new: &NewInstance) -> Option<Record> {
+        (self.health_check_path != new.health_check_path || self.weight != new.weight).then(|| {
+            Record {
+                health_check_path: new.health_check_path.clone(),
+                weight: new.weight,
+                ..self.clone()
+            }
+        })
+    }
+
     /// `host:port`, the key within the namespace.
     pub fn authority(&self) -> String {
         authority(&self.host, self.port)
@@ -136,6 +160,7 @@ pub struct NewInstance {
     pub host: String,
     pub port: Port,
     pub health_check_path: String,
+    pub weight: u32,
     /// Now, in Unix milliseconds: `since_unix_ms` of a created record.
     pub now_unix_ms: u64,
 }
@@ -263,6 +288,9 @@ impl RecordPolicy {
         }
         shared::wire::validate_path(&record.health_check_path)
             .map_err(|e| format!("health_check_path: {e}"))?;
+        if !(1..=shared::wire::MAX_WEIGHT).contains(&record.weight) {
+            return Err(format!("weight {} is not 1 to 1000", record.weight));
+        }
         if record.id.is_empty() || record.id.len() > 64 {
             return Err("id must be 1 to 64 characters".into());
         }
@@ -293,7 +321,7 @@ pub trait Sink: Send + Sync {
 /// Durable registrations. See the module documentation for the contract.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Creates the instance keyed by namespace and `host:port`, or renews it
-    /// (keeps id, status, since and maintenance; sets `health_check_path`).
+    /// (keeps id, status, since and maintenance; sets `health_check_path` and `weight`).
     /// A new instance starts `pending`, not in maintenance. Beyond `caps`, a
     /// new instance is refused with [`StoreError::Full`].
     fn register(

@@ -1,4 +1,4 @@
-//! Issue 10, past one machine: discovery replicas sharing one registry in
+//! Past one machine: discovery replicas sharing one registry in
 //! real etcd members on loopback (started and stopped by `testkit::etcd`).
 //! Without an `etcd` binary each test says SKIPPED and returns; CI installs it.
 

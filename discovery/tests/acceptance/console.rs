@@ -1,4 +1,4 @@
-//! Issue 11, acceptance 4 (discovery's half): the live console in a real
+//! Discovery's half: the live console in a real
 //! headless Chromium lists the live instances, follows changes without a
 //! reload, and keeps its last view, marked stale, while discovery is away.
 

@@ -1,4 +1,4 @@
-//! Issue 9, the discovery side: each finding of the attack on discovery as a
+//! The discovery side: each finding of the attack on discovery as a
 //! named regression test. Hostile registrations are refused before they touch
 //! the registry, the health checker speaks HTTP/1.0 and never blames an
 //! instance for discovery's own shortage of descriptors, and only a token

@@ -1,4 +1,4 @@
-//! Issue 11, maintenance: `PUT`/`DELETE /api/maintenance` take an instance out
+//! Maintenance: `PUT`/`DELETE /api/maintenance` take an instance out
 //! of rotation until lifted, across re-registrations, behind the token; and
 //! through a gateway under load, the instance drains without a failed request.
 

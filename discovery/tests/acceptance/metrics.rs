@@ -1,4 +1,4 @@
-//! Issue 11, acceptance 5 (discovery's half): `/metrics` parses as Prometheus
+//! Discovery's half: `/metrics` parses as Prometheus
 //! text, served with the content type a browser shows, and carries the series
 //! the README's alert rules use.
 

@@ -47,6 +47,7 @@ fn record(namespace: &str, host: &str, port: u16, id: &str) -> Record {
         host: host.into(),
         port: Port(port),
         health_check_path: "/health_check".into(),
+        weight: 1,
         status: InstanceStatus::Available,
         since_unix_ms: 0,
         maintenance_since_unix_ms: None,

@@ -187,3 +187,43 @@ async fn watchers_that_stop_reading_do_not_slow_registration_or_lookups() {
     drop(stalled);
     d.shutdown().await;
 }
+
+#[async_std::test]
+async fn a_weight_is_registered_pushed_and_changed_by_re_registering() {
+    let d = testkit::discovery().await;
+    let base = d.url();
+    let peer = Peer::start().await;
+    let register_with = |weight: &str| {
+        format!(
+            r#"{{"namespace": "wt", "port": {}, "weight": {weight}}}"#,
+            peer.port()
+        )
+    };
+    // Out of range or not a whole number: refused, nothing stored.
+    for bad in ["0", "1001", "-1", "2.5", "\"3\""] {
+        let (status, answer) = post(&format!("{base}/api/register"), &register_with(bad)).await;
+        assert_eq!(status, 400, "weight {bad}: {answer}");
+        assert!(answer["error"]["message"].is_string(), "{answer}");
+    }
+    let (_, services) = get(&format!("{base}/api/services")).await;
+    assert!(services.get("wt").is_none(), "{services}");
+
+    let (status, _) = post(&format!("{base}/api/register"), &register_with("3")).await;
+    assert_eq!(status, 201);
+    let mut watch = Watch::open(&base, "wt").await;
+    let mut event = watch.next(Duration::from_secs(2)).await;
+    while event.instances.is_empty() {
+        event = watch.next(Duration::from_secs(2)).await;
+    }
+    assert_eq!(event.instances[0].weight, 3);
+    let (_, services) = get(&format!("{base}/api/services")).await;
+    assert_eq!(services["wt"][0]["weight"], 3);
+
+    // The same instance registered again with another weight: a new set.
+    let (status, _) = post(&format!("{base}/api/register"), &register_with("7")).await;
+    assert_eq!(status, 200);
+    let changed = watch.next(Duration::from_secs(2)).await;
+    assert_eq!(changed.version, event.version + 1);
+    assert_eq!(changed.instances[0].weight, 7);
+    d.shutdown().await;
+}

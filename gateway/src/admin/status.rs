@@ -61,6 +61,8 @@ pub(crate) fn status(ctx: &Context) -> Value {
                     };
                     json!({
                         "upstream": m.key,
+                        "weight": ring.weights.get(i).copied().unwrap_or(1),
+                        "in_flight": m.in_flight(),
                         "cooling_down": m.is_cooling(),
                         "faults_in_a_row": m.health.in_a_row(),
                         "faults": crate::balance::passive::FAULTS

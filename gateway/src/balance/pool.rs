@@ -85,6 +85,9 @@ pub(crate) struct Upstream {
     /// Milliseconds on [`clock`] until which it is skipped in round robin.
     cooling_until: AtomicU64,
     pub(crate) opened: AtomicU64,
+    /// Tries to it in progress now ([`Upstream::begin_try`]): what a
+    /// least-connections selection would compare.
+    in_flight: AtomicU64,
     /// Requests, errors and latency of the tries made to it (`/metrics`, `/status`).
     pub(crate) stats: Arc<crate::observe::stats::UpstreamStats>,
     /// What its answers got wrong ([`crate::balance::passive`]).
@@ -101,9 +104,21 @@ impl Upstream {
             limits,
             cooling_until: AtomicU64::new(0),
             opened: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             stats: Arc::default(),
             health: Arc::default(),
         }
+    }
+
+    /// Counts a try to it as in flight until the guard is dropped.
+    pub(crate) fn begin_try(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Tries to it in progress now.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Keeps only the addresses `allowed` allows. With none left, the
@@ -398,10 +413,37 @@ pub(crate) async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<Socket
     Ok(addrs)
 }
 
+/// A try in flight to an instance; counted until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Upstream>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use shared::allowed::{default_ranges, Setting};
+
+    /// An instance at `127.0.0.1:port`, for the tests of rings and selections.
+    pub(crate) fn upstream_at(port: u16) -> Arc<Upstream> {
+        let limits = Limits {
+            max_idle: 1,
+            idle_timeout: Duration::from_secs(1),
+            passive: crate::balance::passive::Policy {
+                failures: 3,
+                cooldown: Duration::from_secs(2),
+            },
+        };
+        Arc::new(Upstream::new(
+            format!("127.0.0.1:{port}"),
+            Vec::new(),
+            limits,
+        ))
+    }
 
     fn upstream(addrs: &[&str]) -> Upstream {
         let limits = Limits {
@@ -415,6 +457,18 @@ mod tests {
         let addrs = addrs.iter().map(|a| a.parse().unwrap()).collect();
         let policy = AllowedHosts::parse_setting(Setting::GATEWAY, &default_ranges()).unwrap();
         Upstream::new("instance:9".into(), addrs, limits).screened(&policy)
+    }
+
+    #[test]
+    fn a_try_is_in_flight_until_its_guard_drops() {
+        let up = upstream_at(1);
+        let first = up.begin_try();
+        let second = up.begin_try();
+        assert_eq!(up.in_flight(), 2);
+        drop(first);
+        assert_eq!(up.in_flight(), 1);
+        drop(second);
+        assert_eq!(up.in_flight(), 0);
     }
 
     fn connect(up: &Upstream) -> std::io::Result<Conn> {

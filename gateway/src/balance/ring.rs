@@ -2,18 +2,18 @@
 //!
 //! Each routed namespace has a [`Balancer`]: the current ring of instances,
 //! swapped whole when discovery pushes a new set (arc-swap: readers never
-//! lock), and a [`Selection`] that chooses among its members: round robin
-//! with one cursor per worker, so N requests through one worker give each of
-//! k instances N/k, plus or minus one, however many run at once; across W
-//! workers each gets N/k within W. No cursor is written by two workers.
+//! lock), each ring with the [`Selection`] its route's [`Policy`] built for
+//! it: one turn order shared by every worker, so N requests give each of k
+//! instances N/k, plus or minus one, however many workers serve them.
 
 use crate::balance::pool::Upstream;
-use crate::balance::selection::{RoundRobin, Selection};
+use crate::balance::selection::{Policy, Selection, Share};
 use crate::observe::stats::UpstreamStats;
 use crate::runtime::clock;
 use arc_swap::ArcSwap;
 use shared::config::RouteConfig;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::RwLock;
 use std::sync::{Arc, Mutex};
 
 /// How long the per-upstream series of an instance that left the ring are
@@ -21,13 +21,43 @@ use std::sync::{Arc, Mutex};
 pub(crate) const DEPARTED_KEPT_MS: u64 = 5 * 60 * 1000;
 
 /// The instances of a namespace at one version of discovery's pushed set.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Ring {
     pub(crate) members: Vec<Arc<Upstream>>,
+    /// Each member's registered weight (same order as `members`).
+    pub(crate) weights: Vec<u32>,
     /// Version of the watch event it was built from (0: none yet).
     pub(crate) version: u64,
     /// Members kept from before a watch reconnect, not in discovery's answer yet.
     pub(crate) held: usize,
+    /// The turn order over `members`, built by the balancer when it takes
+    /// the ring in ([`Balancer::replace`]).
+    selection: Box<dyn Selection>,
+}
+
+impl Default for Ring {
+    fn default() -> Self {
+        Ring::new(Vec::new(), Vec::new(), 0, 0)
+    }
+}
+
+impl Ring {
+    /// A ring of `members` with their `weights` (a missing weight is 1).
+    pub(crate) fn new(
+        members: Vec<Arc<Upstream>>,
+        mut weights: Vec<u32>,
+        version: u64,
+        held: usize,
+    ) -> Ring {
+        weights.resize(members.len(), 1);
+        Ring {
+            members,
+            weights,
+            version,
+            held,
+            selection: Policy::default().build(&[], 0),
+        }
+    }
 }
 
 /// State of the watch stream feeding a ring, for `/status` and `/metrics`.
@@ -129,6 +159,8 @@ pub(crate) struct Tracked {
     pub(crate) health: Arc<crate::balance::passive::PassiveHealth>,
     /// [`clock`] milliseconds when it left the ring; `None` while in it.
     pub(crate) left_ms: Option<u64>,
+    /// [`clock`] milliseconds when it last joined the ring (slow start).
+    pub(crate) joined_ms: u64,
 }
 
 /// One namespace's ring, cursor and watch state.
@@ -136,7 +168,8 @@ pub(crate) struct Tracked {
 pub(crate) struct Balancer {
     pub(crate) namespace: String,
     ring: ArcSwap<Ring>,
-    selection: Box<dyn Selection>,
+    /// How its rings' selections are built; a reload may change it.
+    policy: RwLock<Policy>,
     pub(crate) watch: WatchStatus,
     /// Where requests find instances: the ring (watch) or a lookup per try.
     pub(crate) source: crate::balance::origin::Origin,
@@ -145,11 +178,11 @@ pub(crate) struct Balancer {
 }
 
 impl Balancer {
-    pub(crate) fn new(namespace: &str) -> Self {
+    pub(crate) fn new(namespace: &str, policy: Policy) -> Self {
         Balancer {
             namespace: namespace.to_string(),
             ring: ArcSwap::from_pointee(Ring::default()),
-            selection: Box::new(RoundRobin::default()),
+            policy: RwLock::new(policy),
             watch: WatchStatus::default(),
             source: crate::balance::origin::Origin::default(),
             tracked: Mutex::new(Vec::new()),
@@ -160,19 +193,58 @@ impl Balancer {
         self.ring.load_full()
     }
 
-    pub(crate) fn replace(&self, ring: Ring) {
-        self.track(&ring.members, clock(), DEPARTED_KEPT_MS);
+    /// Takes in a new ring: its selection is built by the policy, from
+    /// where the old ring's rotation stood.
+    pub(crate) fn replace(&self, mut ring: Ring) {
+        let joined = self.track(&ring.members, clock(), DEPARTED_KEPT_MS);
+        let shares: Vec<Share> = ring
+            .weights
+            .iter()
+            .zip(joined)
+            .map(|(weight, joined_ms)| Share {
+                weight: *weight,
+                joined_ms,
+            })
+            .collect();
+        let position = self.ring.load().selection.position();
+        ring.selection = self.policy().build(&shares, position);
         self.ring.store(Arc::new(ring));
     }
 
-    /// Notes who joined and who left, and forgets those gone longer than `keep_ms`.
-    fn track(&self, members: &[Arc<Upstream>], now_ms: u64, keep_ms: u64) {
+    fn policy(&self) -> Policy {
+        *self.policy.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes how selections are built (a reload); the ring in force is
+    /// taken in again under the new policy.
+    pub(crate) fn set_policy(&self, policy: Policy) {
+        {
+            let mut current = self.policy.write().unwrap_or_else(|p| p.into_inner());
+            if *current == policy {
+                return;
+            }
+            *current = policy;
+        }
+        let ring = self.ring.load();
+        self.replace(Ring::new(
+            ring.members.clone(),
+            ring.weights.clone(),
+            ring.version,
+            ring.held,
+        ));
+    }
+
+    /// Notes who joined and who left, and forgets those gone longer than
+    /// `keep_ms`; when each member joined.
+    fn track(&self, members: &[Arc<Upstream>], now_ms: u64, keep_ms: u64) -> Vec<u64> {
         let mut tracked = self.tracked.lock().unwrap_or_else(|p| p.into_inner());
         for t in tracked.iter_mut() {
             let member = members.iter().find(|m| m.key == t.key);
             match member {
                 Some(m) => {
-                    t.left_ms = None;
+                    if t.left_ms.take().is_some() {
+                        t.joined_ms = now_ms; // back: available again from now
+                    }
                     // The pool forgot it meanwhile and made it anew: follow the new one.
                     t.stats = m.stats.clone();
                     t.health = m.health.clone();
@@ -189,6 +261,7 @@ impl Balancer {
                     stats: m.stats.clone(),
                     health: m.health.clone(),
                     left_ms: None,
+                    joined_ms: now_ms,
                 });
             }
         }
@@ -196,6 +269,15 @@ impl Balancer {
             t.left_ms
                 .is_none_or(|left| now_ms.saturating_sub(left) < keep_ms)
         });
+        members
+            .iter()
+            .map(|m| {
+                tracked
+                    .iter()
+                    .find(|t| t.key == m.key)
+                    .map_or(now_ms, |t| t.joined_ms)
+            })
+            .collect()
     }
 
     /// The instances whose series are exported now: the ring's, and those
@@ -210,15 +292,25 @@ impl Balancer {
         tracked.clone()
     }
 
-    /// The next member in round-robin order that this request has not tried
-    /// and that is not cooling down after a refused connection; a cooling one
-    /// only if nothing else is left.
+    /// The member for a request's next try: one not tried by it and not
+    /// cooling down after a refused connection (a cooling one only if
+    /// nothing else is left).
+    ///
+    /// A first try takes the next turn of the shared rotation. A failover
+    /// walks the ring on from the member it last tried, taking no turn, so
+    /// one request's retries do not shift every other client's rotation.
     pub(crate) fn pick(&self, tried: &[Arc<Upstream>]) -> Option<Arc<Upstream>> {
         let ring = self.ring.load();
         let n = ring.members.len();
+        let after = tried
+            .last()
+            .and_then(|last| ring.members.iter().position(|m| Arc::ptr_eq(m, last)));
         let mut fallback = None;
-        for _ in 0..n {
-            let at = self.selection.next(&ring);
+        for step in 0..n {
+            let at = match after {
+                Some(last) => (last + 1 + step) % n,
+                None => ring.selection.next(&ring.members),
+            };
             let member = &ring.members[at];
             if tried.iter().any(|t| Arc::ptr_eq(t, member)) {
                 continue;
@@ -276,9 +368,12 @@ impl Router {
                 Some(b) => b.clone(),
                 None => {
                     let b = match known.iter().find(|b| b.namespace == route.namespace) {
-                        Some(b) => b.clone(),
+                        Some(b) => {
+                            b.set_policy(Policy::of(route));
+                            b.clone()
+                        }
                         None => {
-                            let b = Arc::new(Balancer::new(&route.namespace));
+                            let b = Arc::new(Balancer::new(&route.namespace, Policy::of(route)));
                             made.push(b.clone());
                             b
                         }
@@ -349,32 +444,12 @@ fn matches(prefix: &[u8], target: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::pool::Limits;
+    use crate::balance::pool::tests::upstream_at as upstream;
     use std::time::Duration;
 
-    fn upstream(port: u16) -> Arc<Upstream> {
-        let limits = Limits {
-            max_idle: 1,
-            idle_timeout: Duration::from_secs(1),
-            passive: crate::balance::passive::Policy {
-                failures: 3,
-                cooldown: Duration::from_secs(2),
-            },
-        };
-        Arc::new(Upstream::new(
-            format!("127.0.0.1:{port}"),
-            Vec::new(),
-            limits,
-        ))
-    }
-
     fn balancer(n: u16) -> Balancer {
-        let b = Balancer::new("ns");
-        b.replace(Ring {
-            members: (1..=n).map(upstream).collect(),
-            version: 1,
-            held: 0,
-        });
+        let b = Balancer::new("ns", Policy::default());
+        b.replace(Ring::new((1..=n).map(upstream).collect(), Vec::new(), 1, 0));
         b
     }
 
@@ -400,6 +475,57 @@ mod tests {
             }
         }
         assert!(total.values().all(|v| *v == 4000), "{total:?}");
+    }
+
+    #[test]
+    fn a_failover_walks_on_from_its_last_try_without_taking_a_turn() {
+        let b = balancer(3);
+        let members = b.ring().members.clone();
+        let first = b.pick(&[]).unwrap();
+        assert!(Arc::ptr_eq(&first, &members[0]));
+        // The request fails over twice: members 1 then 2, in ring order.
+        let second = b.pick(std::slice::from_ref(&first)).unwrap();
+        assert!(Arc::ptr_eq(&second, &members[1]));
+        let third = b.pick(&[first.clone(), second.clone()]).unwrap();
+        assert!(Arc::ptr_eq(&third, &members[2]));
+        // The next request still gets the next turn: member 1.
+        assert!(Arc::ptr_eq(&b.pick(&[]).unwrap(), &members[1]));
+    }
+
+    #[test]
+    fn a_new_ring_continues_the_rotation_and_a_policy_change_keeps_it() {
+        let b = balancer(3);
+        let _ = b.pick(&[]);
+        let _ = b.pick(&[]);
+        let members = b.ring().members.clone();
+        b.replace(Ring::new(members.clone(), Vec::new(), 2, 0));
+        assert!(
+            Arc::ptr_eq(&b.pick(&[]).unwrap(), &members[2]),
+            "third turn"
+        );
+        b.set_policy(Policy {
+            balance: shared::config::Balance::WeightedRoundRobin,
+            slow_start: Duration::ZERO,
+        });
+        b.replace(Ring::new(members.clone(), vec![1, 1, 2], 3, 0));
+        let picks: Vec<String> = (0..4).map(|_| b.pick(&[]).unwrap().key.clone()).collect();
+        let heavy = picks.iter().filter(|k| **k == members[2].key).count();
+        assert_eq!(heavy, 2, "weights 1/1/2 over one cycle: {picks:?}");
+    }
+
+    #[test]
+    fn a_member_that_comes_back_joins_anew() {
+        let b = Balancer::new("ns", Policy::default());
+        let (one, two) = (upstream(1), upstream(2));
+        assert_eq!(
+            b.track(&[one.clone(), two.clone()], 1_000, 60_000),
+            [1_000, 1_000]
+        );
+        b.track(std::slice::from_ref(&one), 2_000, 60_000);
+        assert_eq!(
+            b.track(&[one.clone(), two.clone()], 3_000, 60_000),
+            [1_000, 3_000]
+        );
     }
 
     #[test]
@@ -448,7 +574,7 @@ mod tests {
 
     #[test]
     fn departed_members_are_tracked_for_a_while_then_dropped() {
-        let b = Balancer::new("ns");
+        let b = Balancer::new("ns", Policy::default());
         let (one, two) = (upstream(1), upstream(2));
         b.track(&[one.clone(), two.clone()], 1_000, 500);
         b.track(std::slice::from_ref(&one), 1_100, 500);
@@ -478,6 +604,7 @@ mod tests {
             prefix: prefix.into(),
             namespace: namespace.into(),
             verify_request_id: false,
+            ..RouteConfig::default()
         };
         let old = Router::new(&[route("/", "a"), route("/b", "b")]);
         let (new, made) = Router::rebuilt(&[route("/", "a"), route("/c", "c")], old.balancers());
@@ -495,11 +622,13 @@ mod tests {
                 prefix: "/".into(),
                 namespace: "a".into(),
                 verify_request_id: false,
+                ..RouteConfig::default()
             },
             RouteConfig {
                 prefix: "/api".into(),
                 namespace: "b".into(),
                 verify_request_id: false,
+                ..RouteConfig::default()
             },
         ];
         let r = Router::new(&routes);

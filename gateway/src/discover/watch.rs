@@ -425,7 +425,7 @@ async fn apply(ctx: &Context, balancer: &Balancer, h: &Holder) {
         Apply::KeepHeld => &h.held,
         Apply::AddOnly => &current.members,
     };
-    let ring = build(ctx, &latest.event, keep).await;
+    let ring = build(ctx, &latest.event, keep, &current).await;
     let ns = balancer.namespace.as_str();
     log::info!(namespace = ns, version = ring.version, members = ring.members.len(),
         held = ring.held, warming = latest.warming, apply:? = how; "ring updated");
@@ -438,12 +438,21 @@ async fn apply(ctx: &Context, balancer: &Balancer, h: &Holder) {
 
 /// The ring for `snapshot`, followed by the `held` members it lacks (by
 /// `host:port`: the pool may have made a listed instance anew meanwhile).
-async fn build(ctx: &Context, snapshot: &WatchEvent, held: &[Arc<Upstream>]) -> Ring {
+async fn build(
+    ctx: &Context,
+    snapshot: &WatchEvent,
+    held: &[Arc<Upstream>],
+    current: &Ring,
+) -> Ring {
     let mut members: Vec<Arc<Upstream>> = Vec::with_capacity(snapshot.instances.len());
+    let mut weights: Vec<u32> = Vec::with_capacity(snapshot.instances.len());
     for instance in &snapshot.instances {
         let key = instance.authority();
         match resolve(&instance.host, instance.port.0).await {
-            Ok(addrs) if !addrs.is_empty() => members.push(ctx.upstreams.get(&key, addrs)),
+            Ok(addrs) if !addrs.is_empty() => {
+                members.push(ctx.upstreams.get(&key, addrs));
+                weights.push(instance.weight);
+            }
             Ok(_) | Err(_) => {
                 log::warn!(upstream = key.as_str(); "cannot resolve instance; left out of the ring")
             }
@@ -453,13 +462,20 @@ async fn build(ctx: &Context, snapshot: &WatchEvent, held: &[Arc<Upstream>]) -> 
     for h in held {
         if !members.iter().any(|m| m.key == h.key) {
             members.push(h.clone());
+            weights.push(weight_in(current, &h.key));
         }
     }
-    Ring {
-        held: members.len() - fresh,
-        members,
-        version: snapshot.version,
-    }
+    let held = members.len() - fresh;
+    Ring::new(members, weights, snapshot.version, held)
+}
+
+/// The weight `key` has in `ring` (1 if it is not there).
+fn weight_in(ring: &Ring, key: &str) -> u32 {
+    ring.members
+        .iter()
+        .position(|m| m.key == key)
+        .and_then(|i| ring.weights.get(i).copied())
+        .unwrap_or(1)
 }
 
 /// Starts what keeps `balancer`'s ring in step with discovery: the watch

@@ -46,7 +46,20 @@ pub(crate) fn count(configured: usize) -> usize {
 /// another's.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Padded<T>(T);
+pub(crate) struct Padded<T>(T);
+
+impl<T> Padded<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        Padded(value)
+    }
+}
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
 
 /// One `T` per slot; each worker uses its own ([`PerWorker::local`]).
 #[derive(Debug)]

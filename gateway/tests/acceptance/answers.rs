@@ -90,6 +90,7 @@ async fn f8_an_instance_in_two_namespaces_has_its_series_once() {
             prefix: "/b".into(),
             namespace: "service B".into(),
             verify_request_id: false,
+            ..RouteConfig::default()
         })
     })
     .await;

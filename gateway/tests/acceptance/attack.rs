@@ -31,6 +31,7 @@ pub fn routes() -> Vec<RouteConfig> {
         prefix: prefix.into(),
         namespace: "service A".into(),
         verify_request_id,
+        ..RouteConfig::default()
     };
     vec![route(STRICT, true), route("/", false)]
 }

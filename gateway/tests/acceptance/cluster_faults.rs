@@ -1,4 +1,4 @@
-//! Issue 10, past one machine, under faults: three real etcd members, two
+//! Past one machine, under faults: three real etcd members, two
 //! discovery replicas (child processes) sharing them, three real apps and a
 //! gateway watching both replicas, with keep-alive POST clients through the
 //! gateway while these happen one after another:
@@ -250,6 +250,7 @@ async fn bad_records_a_frozen_etcd_member_and_a_frozen_replica_fail_no_request()
         host: "0.0.0.0".into(),
         port: Port(9),
         health_check_path: "/health_check".into(),
+        weight: 1,
         status: InstanceStatus::Available,
         since_unix_ms: 0,
         maintenance_since_unix_ms: None,

@@ -1,4 +1,4 @@
-//! Issue 10: several gateways and several discovery URLs.
+//! Several gateways and several discovery URLs.
 //!
 //! Acceptance 4: two gateway processes share one port (SO_REUSEPORT); one is
 //! stopped with SIGTERM under load. Each gateway routes to its own namespace,

@@ -36,6 +36,44 @@ impl System {
         }
     }
 
+    /// One app per weight, registered with it, and a gateway (configured by
+    /// `tweak`) whose ring holds them all.
+    pub async fn start_weighted(
+        weights: &[u32],
+        tweak: impl FnOnce(&mut shared::config::GatewayConfig),
+    ) -> System {
+        let discovery = testkit::discovery().await;
+        let mut apps = Vec::new();
+        for weight in weights {
+            apps.push(weighted_app(&discovery.url(), *weight).await);
+        }
+        let mut config = gateway_config(&discovery.url());
+        tweak(&mut config);
+        let gateway = gateway::spawn(config).await.unwrap();
+        let members: Vec<String> = apps.iter().map(|a| a.served_by().to_string()).collect();
+        wait_ring(&gateway.admin_url(), &members, Duration::from_secs(5)).await;
+        System {
+            discovery,
+            apps,
+            gateway,
+        }
+    }
+
+    /// Starts one more app with `weight` and waits until the gateway's ring
+    /// has it; its `host:port`.
+    pub async fn add_app(&mut self, weight: u32) -> String {
+        let app = weighted_app(&self.discovery.url(), weight).await;
+        let added = app.served_by().to_string();
+        self.apps.push(app);
+        let members: Vec<String> = self
+            .apps
+            .iter()
+            .map(|a| a.served_by().to_string())
+            .collect();
+        wait_ring(&self.admin(), &members, Duration::from_secs(5)).await;
+        added
+    }
+
     pub fn admin(&self) -> String {
         self.gateway.admin_url()
     }
@@ -47,6 +85,15 @@ impl System {
         }
         self.discovery.shutdown().await;
     }
+}
+
+/// An app that registers with `weight`.
+async fn weighted_app(discovery_url: &str, weight: u32) -> app::Handle {
+    let config = shared::config::AppConfig {
+        weight,
+        ..testkit::system::app_config(discovery_url)
+    };
+    app::spawn(config).await.unwrap()
 }
 
 /// Discovery, one scripted instance per script, and a gateway routing to them all.

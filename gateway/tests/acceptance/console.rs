@@ -1,4 +1,4 @@
-//! Issue 11, acceptance 4 (the gateway's half): the admin console in a real
+//! The gateway's half: the admin console in a real
 //! headless Chromium lists each ring's instances with request rates computed
 //! from successive `/status` polls, follows an instance leaving without a
 //! reload, and keeps its last view, marked stale, when the gateway stops.

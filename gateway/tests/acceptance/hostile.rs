@@ -1,4 +1,4 @@
-//! Issue 9, the gateway's side: hostile heads, targets, hosts and slow or
+//! The gateway's side: hostile heads, targets, hosts and slow or
 //! heavy bodies are answered by the gateway itself and reach no app.
 
 use crate::common::{raw_system, Client, System};
@@ -87,6 +87,7 @@ async fn api_only() -> (
             prefix: "/api".into(),
             namespace: "service A".into(),
             verify_request_id: false,
+            ..RouteConfig::default()
         }]
     })
     .await

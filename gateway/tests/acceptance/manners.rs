@@ -1,4 +1,4 @@
-//! Small HTTP manners (issue 11): `Retry-After` on 503s, `Allow` on 405s,
+//! Small HTTP manners: `Retry-After` on 503s, `Allow` on 405s,
 //! the request id in the tide services' error bodies, and absolute-form
 //! request targets (RFC 9112 section 3.2.2).
 
@@ -19,6 +19,7 @@ async fn a_gateway_503_says_when_to_retry() {
             prefix: "/none".into(),
             namespace: "nobody".into(),
             verify_request_id: false,
+            ..RouteConfig::default()
         })
     })
     .await;

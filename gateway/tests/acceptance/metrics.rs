@@ -1,5 +1,5 @@
 //! `/metrics` as an SRE's scraper reads it, and the per-instance figures of
-//! `/status` (issue 11).
+//! `/status`.
 
 use super::common::{load, raw_system, System};
 use prometheus_parse::{Scrape, Value};

@@ -29,6 +29,7 @@ fn routed_to(namespace: &str) -> Vec<RouteConfig> {
         prefix: "/".into(),
         namespace: namespace.into(),
         verify_request_id: false,
+        ..RouteConfig::default()
     }]
 }
 

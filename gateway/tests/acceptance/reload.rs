@@ -1,4 +1,4 @@
-//! SIGHUP reloads the gateway's config file (issue 11): the gateway binary
+//! SIGHUP reloads the gateway's config file: the gateway binary
 //! as a child process, a temp config file, real discovery and apps.
 
 use super::common::load;

@@ -1,4 +1,4 @@
-//! Issue 10, acceptance 6: the seed's discovery contract. A stand-in serving
+//! The seed's discovery contract. A stand-in serving
 //! only `/api/register`, `/api/unregister` and `/api/lookup` the way the seed
 //! describes (no watch, no `/api/deregister`) is used by our apps and our
 //! gateway end to end.

@@ -1,4 +1,4 @@
-//! Issue 5, acceptance 3: discovery dies and comes back empty; the gateway
+//! Discovery dies and comes back empty; the gateway
 //! serves from its last ring throughout and follows the refilled registry.
 
 use crate::common::load;

@@ -1,4 +1,4 @@
-//! Issue 5, acceptance 1, 2 and 4: a timed-out try fails over through
+//! A timed-out try fails over through
 //! discovery's lookup (or the ring when discovery does not answer), under
 //! the retry policy for POSTs.
 
