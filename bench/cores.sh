@@ -10,8 +10,8 @@
 # the raw wrk log under $OUT.
 #
 # Per layout W, each proxy gets W workers (gateway --worker-threads W, nginx worker_processes W,
-# HAProxy nbthread W) and wrk 64 connections per worker, POSTing the 256-byte JSON body of
-# shared/bench/many-core.sh to three cheap nginx upstreams (constant JSON answer) that the
+# HAProxy nbthread W) and wrk 64 connections per worker, POSTing a 259-byte JSON body (the
+# many-core benchmark's) to three cheap nginx upstreams (constant JSON answer) that the
 # gateway finds through discovery; "direct" is wrk against one upstream, no proxy. Then
 # 10,000 keep-alive clients against each proxy: p99 and peak RSS.
 #
@@ -29,8 +29,8 @@
 #   CORES_MEM=0          skips the 10,000-client run
 #   CORES_BIN            folder with the gateway and discovery binaries (target/perf; built with
 #                        cargo's perf profile when they are missing)
-#   CORES_TOOLS          folder made by ../shared/bench/fetch-tools.sh (nginx, HAProxy, wrk and
-#                        their libraries); without it they come from PATH (apt-get when missing)
+#   CORES_TOOLS          folder holding nginx, HAProxy and wrk binaries and their libraries
+#                        (bin/ and lib/); without it they come from PATH (apt-get when missing)
 #   CORES_GATEWAY_BEFORE a second gateway binary (an earlier build), measured as
 #                        "gateway-before" in the same interleaved rounds, to price a change
 set -uo pipefail
@@ -59,7 +59,7 @@ GATEWAY=29000 ADMIN=29001 BEFORE=29010 BEFORE_ADMIN=29011 NGINX_PORT=29100 HAPRO
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/cores.XXXXXX") || die "no temporary folder"
 RESULTS=$T/results.md
-# On the device machine the logs are written under $OUT as the run goes, so that a run cut
+# On a borrowed machine (OUT set) the logs are written under $OUT as the run goes, so that a run cut
 # short still brings back what it measured.
 if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; LOGDIR=$OUT; else LOGDIR=$T; fi
 WRKLOG=$LOGDIR/cores-wrk.log
@@ -119,7 +119,7 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # --- tools ----------------------------------------------------------------------------------
 if [ -n "${CORES_TOOLS:-}" ]; then
-  # As ../shared/bench/fetch-tools.sh made them: Debian's binaries and their libraries, with
+  # Debian's binaries and their libraries, with
   # the system libraries a bare machine may lack as a fallback.
   D=$(realpath "$(abs "$CORES_TOOLS")") || die "no CORES_TOOLS folder $CORES_TOOLS"
   LIB=$D/root/usr/lib/x86_64-linux-gnu
@@ -227,7 +227,7 @@ http { access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
 }
 C
 
-# The body of shared/bench/many-core.sh, so that the two measure the same thing.
+# The many-core benchmark's body, so that every run measures the same thing.
 cat > "$T/post.lua" <<'L'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -414,7 +414,7 @@ done
   echo "Written by \`bash bench/cores.sh\`. Each proxy runs W workers (gateway \`--worker-threads W\`,"
   echo "nginx \`worker_processes W\`, HAProxy \`nbthread W\`) in front of three cheap nginx upstreams"
   echo "($UPSTREAM_WORKERS workers, constant JSON answer) that the gateway finds through discovery; wrk POSTs a"
-  echo "$BODY_BYTES-byte JSON body (shared/bench/many-core.sh's) over 64 keep-alive connections per worker,"
+  echo "$BODY_BYTES-byte JSON body (the many-core benchmark's) over 64 keep-alive connections per worker,"
   echo "$SECS s per run, after a 2 s warm-up of each target; medians of $ROUNDS interleaved rounds, errors summed"
   echo "(socket errors and non-2xx answers). *direct* is wrk against one upstream, no proxy."
   echo "RSS: the peak (VmHWM) of the layout's fresh processes, the same measure for each proxy: the gateway's"

@@ -397,7 +397,7 @@ main() {
 }
 
 # The summaries of bench/cores.sh's results (the many-core layout: this machine's, and any other
-# machine's kept in bench/, such as the 16-core device's), each under its own machine line.
+# machine's kept in bench/, such as a 16-core machine's), each under its own machine line.
 many_cores() {
   local f
   for f in "$ROOT"/bench/results-cores-*cores.md; do
