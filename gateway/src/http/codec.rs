@@ -216,11 +216,14 @@ pub(crate) fn client_response_head(
     out: &mut Vec<u8>,
     raw: &[u8],
     head: &ResponseHead,
-    request_id: &str,
-    client_minor: u8,
-    keep_alive: bool,
-    head_request: bool,
+    to: AnswerTo<'_>,
 ) -> (ClientFraming, bool) {
+    let AnswerTo {
+        request_id,
+        client_minor,
+        keep_alive,
+        head_request,
+    } = to;
     out.clear();
     let _ = write!(out, "HTTP/1.1 {} ", head.status);
     match &raw[head.reason.clone()] {
@@ -273,6 +276,40 @@ pub(crate) fn client_response_head(
     }
     out.extend_from_slice(b"\r\n");
     (framing, keep_alive)
+}
+
+/// The interim answer to a client that sent `Expect: 100-continue`.
+pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What the client's request says about how its answer is written.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AnswerTo<'a> {
+    pub(crate) request_id: &'a str,
+    /// The client's HTTP/1 minor version: 0 gets no chunked framing.
+    pub(crate) client_minor: u8,
+    /// The connection may stay open after this answer.
+    pub(crate) keep_alive: bool,
+    /// The request was HEAD: the head only, no body.
+    pub(crate) head_request: bool,
+}
+
+/// Appends `data` as one chunk of a chunked body; nothing for no data (an
+/// empty chunk would end the body).
+pub(crate) fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the last chunk of a chunked body and its trailer section:
+/// `trailers` holds field lines, each with its CRLF (empty for none).
+pub(crate) fn last_chunk(out: &mut Vec<u8>, trailers: &[u8]) {
+    out.extend_from_slice(b"0\r\n");
+    out.extend_from_slice(trailers);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// How an error answer made by the gateway goes out.
@@ -447,19 +484,48 @@ mod tests {
         );
     }
 
+    /// A keep-alive GET's answer, to a client of HTTP/1.`minor`.
+    fn answer_to(minor: u8) -> AnswerTo<'static> {
+        AnswerTo {
+            request_id: "rid",
+            client_minor: minor,
+            keep_alive: true,
+            head_request: false,
+        }
+    }
+
+    #[test]
+    fn chunks_are_framed_in_hex_and_the_last_carries_the_trailers() {
+        let mut out = Vec::new();
+        chunk(&mut out, b"");
+        assert!(
+            out.is_empty(),
+            "no data, no chunk: an empty one would end the body"
+        );
+        chunk(&mut out, &[b'x'; 26]);
+        assert_eq!(&out[..4], b"1a\r\n");
+        assert!(out.ends_with(b"x\r\n") && out.len() == 4 + 26 + 2);
+        out.clear();
+        last_chunk(&mut out, b"");
+        assert_eq!(out, b"0\r\n\r\n");
+        out.clear();
+        last_chunk(&mut out, b"x-sum: 1\r\n");
+        assert_eq!(out, b"0\r\nx-sum: 1\r\n\r\n");
+    }
+
     #[test]
     fn response_rewrite() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Request-Id: other\r\nTransfer-Encoding: chunked\r\n\r\n";
         let mut head = ResponseHead::default();
         assert_eq!(parse_response(raw, &mut head, 4096, false), Ok(true));
         let mut out = Vec::new();
-        let framing = client_response_head(&mut out, raw, &head, "rid", 1, true, false);
+        let framing = client_response_head(&mut out, raw, &head, answer_to(1));
         assert_eq!(framing, (ClientFraming::Chunked, true));
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-request-id: rid\r\ntransfer-encoding: chunked\r\n\r\n"
         );
-        let framing = client_response_head(&mut out, raw, &head, "rid", 0, true, false);
+        let framing = client_response_head(&mut out, raw, &head, answer_to(0));
         assert_eq!(
             framing,
             (ClientFraming::Dechunk, false),

@@ -7,3 +7,5 @@ pub(crate) mod budget;
 pub(crate) mod codec;
 pub(crate) mod session;
 pub(crate) mod target;
+#[cfg(test)]
+pub(crate) mod test_support;

@@ -2,18 +2,19 @@
 //! has not consumed yet, the buffer answers are composed in, and the deadline
 //! every wait of the connection keeps.
 //!
-//! This is the one place where the gateway's bytes meet a client's socket:
-//! relayed answers ([`crate::proxy::forward`]), error answers ([`crate::proxy::failover`]),
-//! refusals and `100 Continue` ([`crate::proxy::connection`]) all go through
-//! [`Session::write`] or [`Session::write_out`]. A second protocol (HTTP/2)
-//! would be a second session beside this one.
+//! This is the one place where the gateway's bytes meet a client's socket,
+//! and with [`crate::http::codec`] the one place HTTP/1 bytes are composed:
+//! the request path hands it relayed answers (a head, body bytes as they
+//! are, or data to frame as chunks), its own error answers and `100
+//! Continue`, never bytes it framed itself. A second protocol (HTTP/2) would
+//! be a second session beside this one.
 
-use crate::http::codec;
+use crate::http::codec::{self, AnswerTo, ClientFraming};
 use crate::runtime::buffers;
 use crate::runtime::deadline::{Deadline, Interrupted};
 use crate::runtime::net::Stream;
 use futures_lite::AsyncWriteExt;
-use shared::http1::ReadBuf;
+use shared::http1::{ReadBuf, ResponseHead};
 use shared::shutdown::Trigger;
 use std::io;
 use std::sync::Arc;
@@ -31,9 +32,9 @@ pub(crate) struct Session {
     stream: Stream,
     deadline: Arc<Deadline>,
     /// What the client sent that no request has consumed yet.
-    pub(crate) input: ReadBuf,
-    /// Answer heads and small answers on their way to the client.
-    pub(crate) out: Vec<u8>,
+    input: ReadBuf,
+    /// Answer heads, small answers and chunk framing on their way to the client.
+    out: Vec<u8>,
 }
 
 impl Session {
@@ -53,18 +54,96 @@ impl Session {
         &self.deadline
     }
 
+    /// What the client sent that no request has consumed yet.
+    pub(crate) fn input(&self) -> &[u8] {
+        self.input.data()
+    }
+
+    /// Whether the client sent bytes that no request has consumed yet.
+    pub(crate) fn has_input(&self) -> bool {
+        !self.input.is_empty()
+    }
+
+    /// Drops the first `n` bytes of [`Session::input`]: a request took them.
+    pub(crate) fn consume_input(&mut self, n: usize) {
+        self.input.consume(n);
+    }
+
+    /// Moves up to `n` bytes of [`Session::input`] to the end of `into`; how many.
+    pub(crate) fn take_input(&mut self, n: usize, into: &mut Vec<u8>) -> usize {
+        self.input.take_into(n, into)
+    }
+
     /// Writes `bytes` to the client within `limit`.
-    pub(crate) async fn write(&mut self, bytes: &[u8], limit: Duration) -> io::Result<()> {
+    async fn write(&mut self, bytes: &[u8], limit: Duration) -> io::Result<()> {
         self.deadline
             .within(limit, self.stream.write_all(bytes))
             .await?
     }
 
-    /// Writes what was composed in [`Session::out`] within `limit`.
-    pub(crate) async fn write_out(&mut self, limit: Duration) -> io::Result<()> {
+    /// Writes what was composed in `out` within `limit`.
+    async fn write_out(&mut self, limit: Duration) -> io::Result<()> {
         self.deadline
             .within(limit, self.stream.write_all(&self.out))
             .await?
+    }
+
+    /// Tells a client that sent `Expect: 100-continue` to send its body.
+    pub(crate) async fn write_continue(&mut self, limit: Duration) -> io::Result<()> {
+        self.write(codec::CONTINUE, limit).await
+    }
+
+    /// Composes the head of an instance's answer (`head`, parsed from `raw`)
+    /// for this client, to go out with [`Session::write_answer_head`]. Says
+    /// how the body follows and whether the connection stays open after it.
+    pub(crate) fn compose_answer_head(
+        &mut self,
+        raw: &[u8],
+        head: &ResponseHead,
+        to: AnswerTo<'_>,
+    ) -> (ClientFraming, bool) {
+        codec::client_response_head(&mut self.out, raw, head, to)
+    }
+
+    /// Writes the composed answer head and `body_start`, the first of a
+    /// body framed by length, in one write.
+    pub(crate) async fn write_answer_head(
+        &mut self,
+        body_start: &[u8],
+        limit: Duration,
+    ) -> io::Result<()> {
+        self.out.extend_from_slice(body_start);
+        self.write_out(limit).await
+    }
+
+    /// Writes body bytes as they are: a body framed by length, or one that
+    /// ends with the connection.
+    pub(crate) async fn write_body(&mut self, bytes: &[u8], limit: Duration) -> io::Result<()> {
+        self.write(bytes, limit).await
+    }
+
+    /// Writes `data` as one chunk of a chunked body; nothing for no data.
+    pub(crate) async fn write_chunk(&mut self, data: &[u8], limit: Duration) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.out.clear();
+        codec::chunk(&mut self.out, data);
+        self.write_out(limit).await
+    }
+
+    /// Ends a chunked body in one write: `data` as a chunk (if any), the
+    /// last chunk, and the trailer field lines `trailers` (empty for none).
+    pub(crate) async fn write_last_chunk(
+        &mut self,
+        data: &[u8],
+        trailers: &[u8],
+        limit: Duration,
+    ) -> io::Result<()> {
+        self.out.clear();
+        codec::chunk(&mut self.out, data);
+        codec::last_chunk(&mut self.out, trailers);
+        self.write_out(limit).await
     }
 
     /// Answers with the gateway's own JSON error (`code`, `message`, and the
@@ -201,4 +280,179 @@ impl Session {
         };
         let _ = self.deadline.within(LINGER, linger).await;
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::test_support::{on_worker, read_to_end, session, socket_pair};
+    use shared::http1::parse_response;
+    use std::io::Write;
+
+    /// A GET's answer to an HTTP/1.1 client that may keep the connection.
+    fn to() -> AnswerTo<'static> {
+        AnswerTo {
+            request_id: "rid",
+            client_minor: 1,
+            keep_alive: true,
+            head_request: false,
+        }
+    }
+
+    #[test]
+    fn an_answer_head_and_its_body_go_out_exactly() {
+        let (ours, mut peer) = socket_pair();
+        let client = std::thread::spawn(move || read_to_end(&mut peer));
+        let framing = on_worker(async move {
+            let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-A: b\r\n\r\nhello world";
+            let mut head = ResponseHead::default();
+            assert_eq!(parse_response(raw, &mut head, 4096, false), Ok(true));
+            let mut s = session(ours);
+            let framing = s.compose_answer_head(raw, &head, to());
+            let body = &raw[head.len..];
+            s.write_answer_head(&body[..5], LIMIT).await.unwrap();
+            s.write_body(&body[5..], LIMIT).await.unwrap();
+            framing
+        });
+        assert_eq!(framing, (ClientFraming::Length(11), true));
+        assert_eq!(
+            String::from_utf8(client.join().unwrap()).unwrap(),
+            "HTTP/1.1 200 OK\r\nX-A: b\r\nx-request-id: rid\r\ncontent-length: 11\r\n\r\nhello world"
+        );
+    }
+
+    #[test]
+    fn chunks_continue_and_errors_are_framed_by_the_session() {
+        let (ours, mut peer) = socket_pair();
+        let client = std::thread::spawn(move || read_to_end(&mut peer));
+        on_worker(async move {
+            let mut s = session(ours);
+            s.write_continue(LIMIT).await.unwrap();
+            s.write_chunk(b"abc", LIMIT).await.unwrap();
+            s.write_chunk(b"", LIMIT).await.unwrap();
+            s.write_last_chunk(b"de", b"x-sum: 1\r\n", LIMIT)
+                .await
+                .unwrap();
+            s.write_chunk(&[b'z'; 300], LIMIT).await.unwrap();
+            s.write_last_chunk(b"", b"", LIMIT).await.unwrap();
+            let close = codec::ErrorFraming {
+                close: true,
+                head_request: false,
+            };
+            assert!(
+                s.write_error(404, "no_route", "none", "rid", close, LIMIT)
+                    .await
+            );
+        });
+        let all = String::from_utf8(client.join().unwrap()).unwrap();
+        let z = "z".repeat(300);
+        let chunks = format!("3\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 1\r\n\r\n12c\r\n{z}\r\n0\r\n\r\n");
+        let rest = all
+            .strip_prefix("HTTP/1.1 100 Continue\r\n\r\n")
+            .and_then(|rest| rest.strip_prefix(&chunks))
+            .unwrap_or_else(|| panic!("{all}"));
+        assert!(rest.starts_with("HTTP/1.1 404 Not Found\r\n"), "{rest}");
+        assert!(rest.contains("\r\nconnection: close\r\n"), "{rest}");
+        assert!(rest.ends_with("}"), "the JSON body: {rest}");
+    }
+
+    #[test]
+    fn a_client_that_closed_early_fails_the_writes_not_the_task() {
+        let (ours, peer) = socket_pair();
+        drop(peer);
+        let failed = on_worker(async move {
+            let mut s = session(ours);
+            let big = vec![b'x'; 256 * 1024];
+            // The first write may still fit the socket's buffer; a reset
+            // connection refuses the next.
+            let mut failed = false;
+            for _ in 0..16 {
+                if s.write_body(&big, LIMIT).await.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            let framing = codec::ErrorFraming {
+                close: true,
+                head_request: false,
+            };
+            let written = s.write_error(502, "bad_gateway", "x", "rid", framing, LIMIT);
+            (failed, written.await)
+        });
+        assert_eq!(failed, (true, false));
+    }
+
+    #[test]
+    fn input_is_read_then_consumed_or_taken_by_the_request() {
+        let (ours, mut peer) = socket_pair();
+        peer.write_all(b"abcdef").unwrap();
+        let (seen, taken, left) = on_worker(async move {
+            let mut s = session(ours);
+            assert!(!s.has_input());
+            while s.input().len() < 6 {
+                assert!(matches!(s.read(LIMIT).await, Ok(Ok(n)) if n > 0));
+            }
+            let seen = s.input().to_vec();
+            s.consume_input(2);
+            let mut taken = b">".to_vec();
+            assert_eq!(s.take_input(3, &mut taken), 3);
+            (seen, taken, s.input().to_vec())
+        });
+        assert_eq!(
+            (&seen[..], &taken[..], &left[..]),
+            (&b"abcdef"[..], &b">cde"[..], &b"f"[..])
+        );
+    }
+
+    #[test]
+    fn a_read_ends_at_its_limit_and_at_the_clients_close() {
+        let (ours, peer) = socket_pair();
+        let (waited, closed) = on_worker(async move {
+            let mut s = session(ours);
+            let started = std::time::Instant::now();
+            let waited = s.read(Duration::from_millis(200)).await;
+            // Deadlines keep the worker's clock, read once per turn.
+            let took = started.elapsed();
+            assert!(
+                took >= Duration::from_millis(150) && took < LIMIT,
+                "{took:?}"
+            );
+            drop(peer);
+            (waited.map(|r| r.ok()), s.read(LIMIT).await.map(|r| r.ok()))
+        });
+        assert_eq!(waited, Err(Interrupted::Elapsed));
+        assert_eq!(closed, Ok(Some(0)));
+    }
+
+    /// A refused client still sending its body reads the whole answer, then
+    /// the end, not a reset that could destroy the answer.
+    #[test]
+    fn after_a_refusal_the_client_reads_the_answer_then_the_end() {
+        let (ours, mut peer) = socket_pair();
+        let client = std::thread::spawn(move || {
+            let _ = peer.write_all(&[b'x'; 64 * 1024]);
+            read_to_end(&mut peer)
+        });
+        on_worker(async move {
+            let mut s = session(ours);
+            let framing = codec::ErrorFraming {
+                close: true,
+                head_request: false,
+            };
+            let msg = "request body is larger than 1 bytes";
+            assert!(
+                s.write_error(413, "payload_too_large", msg, "rid", framing, LIMIT)
+                    .await
+            );
+            s.close_after_refusal().await;
+        });
+        let all = String::from_utf8(client.join().unwrap()).unwrap();
+        assert!(all.starts_with("HTTP/1.1 413 "), "{all}");
+        let body = all.split_once("\r\n\r\n").unwrap().1;
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "payload_too_large");
+        assert_eq!(v["error"]["request_id"], "rid");
+    }
+
+    const LIMIT: Duration = Duration::from_secs(5);
 }

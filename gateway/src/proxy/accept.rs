@@ -1,5 +1,5 @@
-//! Binds the client address and accepts connections, each in its own task
-//! on the accepting worker's executor (see [`crate::proxy::workers`]).
+//! Accepts client connections, each in its own task on the accepting
+//! worker's runtime (see [`crate::proxy::workers`]).
 //!
 //! Each worker gets its own socket: with `reuse_port`, one SO_REUSEPORT
 //! socket per worker bound to the same address; without, duplicates of one
@@ -20,7 +20,7 @@
 //! `Connection: close` reconnect to a peer, never to this closing socket.
 //! Each connection then ends after the request it is serving, an idle one
 //! after a short drain window ([`crate::proxy::connection`]); whatever is still
-//! running after `drain_timeout` is cut by the [`crate::runtime::deadline::Watchdog`]. With
+//! running after `drain_timeout` is cut (every wait it makes ends then). With
 //! SO_REUSEPORT, connections the kernel already queued for *this* socket are
 //! reset when it closes rather than handed to a sibling, so before closing
 //! the socket the loop takes everything left in its queue (non-blocking
@@ -68,7 +68,7 @@ pub(crate) async fn accept(ctx: &Arc<Context>, bound: Bound, connections: &Track
             })
             .await;
         match accepted {
-            Ok((stream, peer)) => serve(ctx, stream, peer, connections),
+            Ok((stream, peer)) => spawn_connection(ctx, stream, peer, connections),
             Err(_) if gate.is_closed() => break,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -92,7 +92,7 @@ fn drain_queue(ctx: &Arc<Context>, listener: &net::Listener, connections: &Track
             Ok(Some((stream, peer))) => match net::Stream::from_std(stream) {
                 Ok(stream) => {
                     queued += 1;
-                    serve(ctx, stream, peer, connections);
+                    spawn_connection(ctx, stream, peer, connections);
                 }
                 Err(e) => log::warn!("cannot serve a queued connection: {e}"),
             },
@@ -105,16 +105,21 @@ fn drain_queue(ctx: &Arc<Context>, listener: &net::Listener, connections: &Track
     }
 }
 
-/// Serves one connection in its own task on this worker's executor.
-fn serve(ctx: &Arc<Context>, stream: net::Stream, peer: SocketAddr, connections: &Tracker) {
+/// Serves one connection in its own task on this worker's runtime.
+fn spawn_connection(
+    ctx: &Arc<Context>,
+    stream: net::Stream,
+    peer: SocketAddr,
+    connections: &Tracker,
+) {
     let tracked = connections.enter();
     let ctx = ctx.clone();
     let spawned = runtime::spawn(async move {
         ctx.metrics.client_connections.inc();
-        // Ends within a tick of the drain time running out: every wait it
-        // makes is bounded by its deadline, which the watchdog then kills.
+        // Ends soon after the drain time runs out: every wait it makes is
+        // bounded by the connection's deadline, which ends them all then.
         // A panic ends this connection only (logged and counted).
-        let serve = connection::serve(&ctx, stream, peer);
+        let serve = connection::serve_connection(&ctx, stream, peer);
         shared::panics::guard(&ctx.panics, "connection", serve).await;
         ctx.metrics.client_connections.dec();
         drop(tracked);

@@ -7,7 +7,7 @@
 
 use crate::balance::passive::Fault;
 use crate::balance::pool::{Conn, Upstream};
-use crate::http::codec::{self, ClientFraming};
+use crate::http::codec::{AnswerTo, ClientFraming};
 use crate::http::session::Session;
 use crate::observe::causes::Failover;
 use crate::observe::counters::Metrics;
@@ -15,7 +15,7 @@ use crate::runtime::deadline::Interrupted;
 use crate::runtime::{self, Until};
 use futures_lite::AsyncWriteExt;
 use shared::http1::{parse_response, ChunkError, ChunkedDecoder, Framing, HeadError};
-use std::io::{Error, Write};
+use std::io::Error;
 use std::time::Duration;
 
 /// Largest response head accepted from an instance.
@@ -51,6 +51,16 @@ impl Exchange<'_> {
     /// Whether the connection stays open after the answer being written now.
     pub(crate) fn keep_alive(&self) -> bool {
         self.wants_keep_alive && !self.stop.is_fired()
+    }
+
+    /// How the answer being written now goes to this client.
+    fn answer_to(&self) -> AnswerTo<'_> {
+        AnswerTo {
+            request_id: self.request_id,
+            client_minor: self.client_minor,
+            keep_alive: self.keep_alive(),
+            head_request: self.head_request,
+        }
     }
 }
 
@@ -111,12 +121,12 @@ const MAX_INTERIM: usize = 16;
 pub(crate) async fn try_once(
     up: &Upstream,
     ex: &Exchange<'_>,
-    io: &mut Io<'_>,
+    client: &mut ClientSide<'_>,
     fail_on_5xx: bool,
     metrics: &Metrics,
 ) -> Try {
     let started = runtime::now();
-    let tried = try_inner(up, ex, io, fail_on_5xx, metrics).await;
+    let tried = send_and_relay(up, ex, client, fail_on_5xx, metrics).await;
     let took = runtime::now().saturating_duration_since(started);
     let stats = &up.stats;
     match &tried {
@@ -134,60 +144,85 @@ pub(crate) async fn try_once(
     tried
 }
 
-async fn try_inner(
+/// The try itself: a connection (pooled or new), the request, the answer's
+/// head within the head deadline, then the answer relayed to the client.
+async fn send_and_relay(
     up: &Upstream,
     ex: &Exchange<'_>,
-    io: &mut Io<'_>,
+    client: &mut ClientSide<'_>,
     fail_on_5xx: bool,
     metrics: &Metrics,
 ) -> Try {
-    let deadlines = io.limits;
-    let deadline = io.session.deadline();
-    let until = Until::after(deadlines.head);
-    let mut conn = match up.checkout() {
-        Some(conn) => conn,
-        None => match up.connect(deadline, deadlines.connect).await {
-            Ok(conn) => conn,
-            Err(e) if shared::local_trouble::is_local_trouble(&e) => {
-                return Try::ShortOfResources(e)
-            }
-            Err(e) => return Try::ConnectFailed(e),
-        },
+    let until = Until::after(client.limits.head);
+    let mut conn = match open(up, client).await {
+        Ok(conn) => conn,
+        Err(tried) => return tried,
     };
-    loop {
-        let left = until.left();
-        match deadline
-            .within(left, send_and_read_head(&mut conn, ex))
-            .await
-        {
-            Ok(Ok(())) => break,
-            Err(_) if conn.answering => {
-                return bad(up, Fault::CutShort, "the answer stalled".into())
-            }
-            Err(_) => return Try::TimedOut,
-            // The keep-alive race, most likely; but the instance may have taken the
-            // request, so only a replayable one goes again (once, on a fresh connection).
-            Ok(Err(HeadFailure::ClosedEarly(why))) if conn.reused && ex.replayable => {
-                metrics.keepalive_retries.inc();
-                let left = until.left();
-                conn = match up.connect(deadline, deadlines.connect.min(left)).await {
-                    Ok(conn) => conn,
-                    // Not "never sent": the first write may have reached the instance.
-                    Err(e) => {
-                        return Try::ClosedBeforeAnswer(format!("{why}; reconnecting failed: {e}"))
-                    }
-                };
-            }
-            Ok(Err(HeadFailure::ClosedEarly(why))) => return Try::ClosedBeforeAnswer(why),
-            Ok(Err(HeadFailure::Bad(fault, why))) => return bad(up, fault, why),
-        }
+    if let Err(tried) = await_answer_head(up, &mut conn, ex, client, until, metrics).await {
+        return tried;
     }
     let status = conn.head.status;
     if fail_on_5xx && status >= 500 {
         return Try::ServerError(status);
     }
-    let relayed = relay(&mut conn, ex, io).await;
+    let relayed = relay(&mut conn, ex, client).await;
     finish(up, conn, ex, status, relayed)
+}
+
+/// A pooled connection to `up`, or a new one within the connect deadline.
+async fn open(up: &Upstream, client: &ClientSide<'_>) -> Result<Conn, Try> {
+    if let Some(conn) = up.checkout() {
+        return Ok(conn);
+    }
+    let deadline = client.session.deadline();
+    match up.connect(deadline, client.limits.connect).await {
+        Ok(conn) => Ok(conn),
+        Err(e) if shared::local_trouble::is_local_trouble(&e) => Err(Try::ShortOfResources(e)),
+        Err(e) => Err(Try::ConnectFailed(e)),
+    }
+}
+
+/// Sends the request and reads the answer's head (and a small answer whole)
+/// before `until`. A pooled connection the instance closed before answering
+/// (the keep-alive race, most likely) is replaced by a fresh one once, for a
+/// replayable request; any other failure is how the try ended.
+async fn await_answer_head(
+    up: &Upstream,
+    conn: &mut Conn,
+    ex: &Exchange<'_>,
+    client: &ClientSide<'_>,
+    until: Until,
+    metrics: &Metrics,
+) -> Result<(), Try> {
+    let deadline = client.session.deadline();
+    loop {
+        let sent = deadline
+            .within(until.left(), send_and_read_head(conn, ex))
+            .await;
+        match sent {
+            Ok(Ok(())) => return Ok(()),
+            Err(_) if conn.answering => {
+                return Err(bad(up, Fault::CutShort, "the answer stalled".into()))
+            }
+            Err(_) => return Err(Try::TimedOut),
+            // The instance may have taken the request, so only a replayable
+            // one goes again (once, on a fresh connection).
+            Ok(Err(HeadFailure::ClosedEarly(why))) if conn.reused && ex.replayable => {
+                metrics.keepalive_retries.inc();
+                let connect = client.limits.connect.min(until.left());
+                *conn = match up.connect(deadline, connect).await {
+                    Ok(conn) => conn,
+                    // Not "never sent": the first write may have reached the instance.
+                    Err(e) => {
+                        let why = format!("{why}; reconnecting failed: {e}");
+                        return Err(Try::ClosedBeforeAnswer(why));
+                    }
+                };
+            }
+            Ok(Err(HeadFailure::ClosedEarly(why))) => return Err(Try::ClosedBeforeAnswer(why)),
+            Ok(Err(HeadFailure::Bad(fault, why))) => return Err(bad(up, fault, why)),
+        }
+    }
 }
 
 /// Blames `up` for a wrong answer that nothing of went to the client.
@@ -355,40 +390,30 @@ impl From<ChunkError> for RelayError {
 async fn relay(
     conn: &mut Conn,
     ex: &Exchange<'_>,
-    io: &mut Io<'_>,
+    client: &mut ClientSide<'_>,
 ) -> Result<(bool, bool), RelayError> {
-    let (framing, keep_alive) = codec::client_response_head(
-        &mut io.session.out,
-        conn.buf.data(),
-        &conn.head,
-        ex.request_id,
-        ex.client_minor,
-        ex.keep_alive(),
-        ex.head_request,
-    );
+    let (framing, keep_alive) =
+        client
+            .session
+            .compose_answer_head(conn.buf.data(), &conn.head, ex.answer_to());
     conn.buf.consume(conn.head.len);
     let upstream_keep_alive = conn.head.keep_alive;
     let reusable = match framing {
         ClientFraming::Empty => {
-            io.send_head().await?;
+            client.send_head(&[]).await?;
             upstream_keep_alive
         }
         ClientFraming::Length(n) => {
-            relay_length(conn, io, n).await?;
+            relay_length(conn, client, n).await?;
             upstream_keep_alive
         }
         ClientFraming::Chunked | ClientFraming::Dechunk => {
-            relay_chunked(
-                conn,
-                io,
-                framing == ClientFraming::Chunked,
-                ex.forward_trailers,
-            )
-            .await?;
+            let chunked = framing == ClientFraming::Chunked;
+            relay_chunked(conn, client, chunked, ex.forward_trailers).await?;
             upstream_keep_alive
         }
         ClientFraming::Encode | ClientFraming::UntilClose => {
-            relay_until_close(conn, io, framing == ClientFraming::Encode).await?;
+            relay_until_close(conn, client, framing == ClientFraming::Encode).await?;
             false
         }
     };
@@ -396,20 +421,23 @@ async fn relay(
 }
 
 /// A body of `n` bytes: the head and as much of it as has arrived go out in one write.
-async fn relay_length(conn: &mut Conn, io: &mut Io<'_>, n: u64) -> Result<(), RelayError> {
+async fn relay_length(
+    conn: &mut Conn,
+    client: &mut ClientSide<'_>,
+    n: u64,
+) -> Result<(), RelayError> {
     let mut left = n;
     let have = conn.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-    io.session.out.extend_from_slice(&conn.buf.data()[..have]);
+    client.send_head(&conn.buf.data()[..have]).await?;
     conn.buf.consume(have);
     left -= have as u64;
-    io.send_head().await?;
     while left > 0 {
-        io.fill(conn).await?;
+        client.fill(conn).await?;
         let take = conn
             .buf
             .len()
             .min(usize::try_from(left).unwrap_or(usize::MAX));
-        io.send(&conn.buf.data()[..take]).await?;
+        client.send_body(&conn.buf.data()[..take]).await?;
         conn.buf.consume(take);
         left -= take as u64;
     }
@@ -418,44 +446,35 @@ async fn relay_length(conn: &mut Conn, io: &mut Io<'_>, n: u64) -> Result<(), Re
 
 /// A chunked body, decoded and framed again: chunked to an HTTP/1.1 client
 /// (`chunked`), just the data to an HTTP/1.0 one. Chunk extensions are
-/// dropped, and so are trailer fields unless `forward_trailers`.
+/// dropped, and so are trailer fields unless `forward_trailers`. What one
+/// read brought goes out in one write.
 async fn relay_chunked(
     conn: &mut Conn,
-    io: &mut Io<'_>,
+    client: &mut ClientSide<'_>,
     chunked: bool,
     forward_trailers: bool,
 ) -> Result<(), RelayError> {
-    io.send_head().await?;
+    client.send_head(&[]).await?;
     let mut decoder = if chunked && forward_trailers {
         ChunkedDecoder::keeping_trailers()
     } else {
         ChunkedDecoder::new()
     };
-    let mut out = Vec::new();
     let mut data = Vec::new();
     loop {
         let used = decoder.decode(conn.buf.data(), Some(&mut data))?;
         conn.buf.consume(used);
-        if chunked && !data.is_empty() {
-            let _ = write!(out, "{:x}\r\n", data.len());
-            out.append(&mut data);
-            out.extend_from_slice(b"\r\n");
-        } else {
-            out.append(&mut data);
+        match (chunked, decoder.is_done()) {
+            (true, true) => client.send_last_chunk(&data, decoder.trailers()).await?,
+            (true, false) => client.send_chunk(&data).await?,
+            (false, _) if !data.is_empty() => client.send_body(&data).await?,
+            (false, _) => {}
         }
-        if decoder.is_done() && chunked {
-            out.extend_from_slice(b"0\r\n");
-            out.extend_from_slice(decoder.trailers());
-            out.extend_from_slice(b"\r\n");
-        }
-        if !out.is_empty() {
-            io.send(&out).await?;
-            out.clear();
-        }
+        data.clear();
         if decoder.is_done() {
             return Ok(());
         }
-        io.fill(conn).await?;
+        client.fill(conn).await?;
     }
 }
 
@@ -463,53 +482,61 @@ async fn relay_chunked(
 /// (`encode`), as it comes to an HTTP/1.0 one.
 async fn relay_until_close(
     conn: &mut Conn,
-    io: &mut Io<'_>,
+    client: &mut ClientSide<'_>,
     encode: bool,
 ) -> Result<(), RelayError> {
-    io.send_head().await?;
+    client.send_head(&[]).await?;
     loop {
         if !conn.buf.is_empty() {
             if encode {
-                let size = format!("{:x}\r\n", conn.buf.len());
-                io.send(size.as_bytes()).await?;
-            }
-            io.send(conn.buf.data()).await?;
-            if encode {
-                io.send(b"\r\n").await?;
+                client.send_chunk(conn.buf.data()).await?;
+            } else {
+                client.send_body(conn.buf.data()).await?;
             }
             conn.buf.consume(conn.buf.len());
         }
-        if io.read_more(conn).await? == 0 {
+        if client.read_more(conn).await? == 0 {
             break;
         }
     }
     if encode {
-        io.send(b"0\r\n\r\n").await?;
+        client.send_last_chunk(&[], &[]).await?;
     }
     Ok(())
 }
 
-/// The client side of a try, and the deadlines its waits keep.
-pub(crate) struct Io<'a> {
+/// The client's side of a try: its session, and the deadlines the try's
+/// waits keep.
+pub(crate) struct ClientSide<'a> {
     pub(crate) session: &'a mut Session,
     pub(crate) limits: Deadlines,
 }
 
-impl Io<'_> {
-    /// Writes relayed bytes to the client.
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), RelayError> {
-        self.session
-            .write(bytes, self.limits.client)
-            .await
-            .map_err(RelayError::Client)
+impl ClientSide<'_> {
+    /// Writes the composed answer head, and `body_start` with it.
+    async fn send_head(&mut self, body_start: &[u8]) -> Result<(), RelayError> {
+        let limit = self.limits.client;
+        let sent = self.session.write_answer_head(body_start, limit).await;
+        sent.map_err(RelayError::Client)
     }
 
-    /// Writes the answer's head (and what of the body went with it) to the client.
-    async fn send_head(&mut self) -> Result<(), RelayError> {
-        self.session
-            .write_out(self.limits.client)
-            .await
-            .map_err(RelayError::Client)
+    /// Writes relayed body bytes as they are.
+    async fn send_body(&mut self, bytes: &[u8]) -> Result<(), RelayError> {
+        let sent = self.session.write_body(bytes, self.limits.client).await;
+        sent.map_err(RelayError::Client)
+    }
+
+    /// Writes `data` as one chunk (nothing for no data).
+    async fn send_chunk(&mut self, data: &[u8]) -> Result<(), RelayError> {
+        let sent = self.session.write_chunk(data, self.limits.client).await;
+        sent.map_err(RelayError::Client)
+    }
+
+    /// Writes `data` as a chunk, then the last chunk with `trailers`.
+    async fn send_last_chunk(&mut self, data: &[u8], trailers: &[u8]) -> Result<(), RelayError> {
+        let limit = self.limits.client;
+        let sent = self.session.write_last_chunk(data, trailers, limit).await;
+        sent.map_err(RelayError::Client)
     }
 
     /// Reads more of the body within the body deadline (0: the instance closed).
@@ -539,5 +566,231 @@ impl Io<'_> {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::test_support::{on_worker, read_to_end, session, socket_pair};
+    use crate::proxy::test_support::{config, context, instance, ok, refusing_addr, upstream};
+    use shared::shutdown::Trigger;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    const LIMITS: Deadlines = Deadlines {
+        connect: Duration::from_secs(1),
+        head: Duration::from_secs(2),
+        body: Duration::from_secs(2),
+        client: Duration::from_secs(2),
+    };
+
+    const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nhost: a\r\nx-request-id: rid\r\n\r\n";
+
+    /// What the client asked, as far as these tests vary it.
+    #[derive(Clone, Copy)]
+    struct Asked {
+        client_minor: u8,
+        forward_trailers: bool,
+    }
+
+    const HTTP11: Asked = Asked {
+        client_minor: 1,
+        forward_trailers: false,
+    };
+
+    /// One try of [`REQUEST`] on the instance at `addr` for a client that
+    /// reads to the end: how the try ended, whether the instance's
+    /// connection went back to the pool, and what the client read.
+    fn try_on(addr: SocketAddr, asked: Asked) -> (Try, usize, Vec<u8>) {
+        let (ours, mut peer) = socket_pair();
+        let client = std::thread::spawn(move || read_to_end(&mut peer));
+        let ctx = context(config(), &[]);
+        let (tried, pooled) = on_worker(async move {
+            let up = upstream(&ctx, addr);
+            let stop = Trigger::new();
+            let ex = Exchange {
+                request: REQUEST,
+                request_id: "rid",
+                head_request: false,
+                client_minor: asked.client_minor,
+                wants_keep_alive: true,
+                replayable: true,
+                verify_request_id: false,
+                forward_trailers: asked.forward_trailers,
+                stop: &stop,
+            };
+            let mut session = session(ours);
+            let mut client = ClientSide {
+                session: &mut session,
+                limits: LIMITS,
+            };
+            let tried = try_once(&up, &ex, &mut client, false, &ctx.metrics).await;
+            (tried, up.idle_count())
+        });
+        (tried, pooled, client.join().unwrap())
+    }
+
+    /// An instance that answers every request with `parts`, then closes if `close`.
+    fn answering_with(parts: Vec<Vec<u8>>, close: bool) -> SocketAddr {
+        instance(Box::new(move |_| (parts.clone(), close))).0
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    #[test]
+    fn a_length_answer_is_relayed_byte_for_byte_and_its_connection_pooled() {
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nX-A: b\r\n\r\n".to_vec();
+        answer.extend_from_slice(&body);
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let (addr, _) = instance(Box::new(move |r| {
+            seen.lock().unwrap().push(r.head.clone());
+            (vec![answer.clone()], false)
+        }));
+        let (tried, pooled, got) = try_on(addr, HTTP11);
+        assert!(
+            matches!(
+                tried,
+                Try::Answered {
+                    status: 200,
+                    client_open: true
+                }
+            ),
+            "{tried:?}"
+        );
+        assert_eq!(pooled, 1, "the instance's connection ended cleanly");
+        let mut want =
+            b"HTTP/1.1 200 OK\r\nX-A: b\r\nx-request-id: rid\r\ncontent-length: 100000\r\n\r\n"
+                .to_vec();
+        want.extend_from_slice(&body);
+        assert!(got == want, "{}", text(&got[..got.len().min(200)]));
+        assert_eq!(*requests.lock().unwrap(), [text(REQUEST)]);
+    }
+
+    /// Each read of the instance's chunked body goes out as one chunk; the
+    /// extension is dropped, the trailer kept only with `forward_trailers`,
+    /// and an HTTP/1.0 client gets the data and the end of the connection.
+    #[test]
+    fn a_chunked_answer_is_reframed_with_its_trailers_when_configured() {
+        let addr = answering_with(
+            vec![
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n"
+                    .to_vec(),
+                b"6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n".to_vec(),
+            ],
+            false,
+        );
+        let chunked = "HTTP/1.1 200 OK\r\nx-request-id: rid\r\ntransfer-encoding: chunked\r\n\r\n";
+        let cases = [
+            (
+                Asked {
+                    client_minor: 1,
+                    forward_trailers: true,
+                },
+                format!("{chunked}5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n"),
+                true,
+            ),
+            (
+                HTTP11,
+                format!("{chunked}5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+                true,
+            ),
+            (
+                Asked {
+                    client_minor: 0,
+                    forward_trailers: true,
+                },
+                "HTTP/1.1 200 OK\r\nx-request-id: rid\r\nconnection: close\r\n\r\nhello world"
+                    .to_string(),
+                false,
+            ),
+        ];
+        for (asked, want, open) in cases {
+            let (tried, pooled, got) = try_on(addr, asked);
+            match tried {
+                Try::Answered {
+                    status: 200,
+                    client_open,
+                } => assert_eq!(client_open, open, "{want}"),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(text(&got), want);
+            assert_eq!(pooled, 1, "the chunked body ended cleanly: {want}");
+        }
+    }
+
+    #[test]
+    fn a_small_answer_cut_short_is_a_bad_answer_the_client_never_sees() {
+        let addr = answering_with(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc".to_vec()],
+            true,
+        );
+        let (tried, pooled, got) = try_on(addr, HTTP11);
+        assert!(
+            matches!(tried, Try::BadAnswer(Fault::CutShort, _)),
+            "{tried:?}"
+        );
+        assert_eq!((pooled, text(&got)), (0, String::new()));
+    }
+
+    /// A large answer goes out as it comes: once it began, a cut is
+    /// reported as an answer whose client connection must close.
+    #[test]
+    fn a_streamed_answer_cut_short_closes_the_client_connection() {
+        let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
+        answer.extend_from_slice(&[b'x'; 1000]);
+        let addr = answering_with(vec![answer], true);
+        let (tried, pooled, got) = try_on(addr, HTTP11);
+        assert!(
+            matches!(
+                tried,
+                Try::Answered {
+                    status: 200,
+                    client_open: false
+                }
+            ),
+            "{tried:?}"
+        );
+        assert_eq!(pooled, 0);
+        let head = "HTTP/1.1 200 OK\r\nx-request-id: rid\r\ncontent-length: 100000\r\n\r\n";
+        assert_eq!(text(&got), format!("{head}{}", "x".repeat(1000)));
+    }
+
+    #[test]
+    fn interim_answers_are_dropped_and_a_stray_request_id_refused() {
+        let addr = answering_with(
+            vec![b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(), ok("done")],
+            false,
+        );
+        let (tried, _, got) = try_on(addr, HTTP11);
+        assert!(
+            matches!(tried, Try::Answered { status: 200, .. }),
+            "{tried:?}"
+        );
+        assert!(
+            text(&got).starts_with("HTTP/1.1 200 OK\r\n"),
+            "{}",
+            text(&got)
+        );
+        assert!(text(&got).ends_with("\r\n\r\ndone"), "{}", text(&got));
+
+        let stray = b"HTTP/1.1 200 OK\r\nx-request-id: other\r\ncontent-length: 0\r\n\r\n";
+        let (tried, _, got) = try_on(answering_with(vec![stray.to_vec()], false), HTTP11);
+        assert!(
+            matches!(tried, Try::BadAnswer(Fault::WrongRequestId, _)),
+            "{tried:?}"
+        );
+        assert!(got.is_empty());
+    }
+
+    #[test]
+    fn a_refused_connect_sends_nothing_to_the_client() {
+        let (tried, pooled, got) = try_on(refusing_addr(), HTTP11);
+        assert!(matches!(tried, Try::ConnectFailed(_)), "{tried:?}");
+        assert_eq!((pooled, got.len()), (0, 0));
     }
 }

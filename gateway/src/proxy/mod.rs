@@ -8,4 +8,6 @@ pub(crate) mod connection;
 pub(crate) mod failover;
 pub(crate) mod forward;
 pub(crate) mod retry;
+#[cfg(test)]
+mod test_support;
 pub(crate) mod workers;
