@@ -9,6 +9,7 @@ pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod etcd;
 pub mod http1;
 pub mod local_trouble;
 pub mod logging;

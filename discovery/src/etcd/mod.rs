@@ -1,6 +1,6 @@
 //! The etcd store: discovery replicas sharing one registry in etcd 3.4+.
 //!
-//! - `client`: etcd's JSON gateway over surf (no tokio), several members with failover;
+//! - `client`: etcd's JSON gateway over surf (no tokio), several members with failover (in `shared::etcd`);
 //! - `keys`: the key layout under the prefix;
 //! - `mirror`: this replica's copy of the prefix, fed by one watch (probed for
 //!   progress), passed to the core;
@@ -9,7 +9,9 @@
 //! - `owners`: which live replica checks which instance (rendezvous hashing);
 //! - `store`: [`crate::store::Store`] on top of them.
 
-pub mod client;
+// The client lives in shared (the gateway's idempotency store uses it too);
+// re-exported so `discovery::etcd::client` keeps naming it.
+pub use shared::etcd::client;
 mod keys;
 mod mirror;
 mod owners;

@@ -567,7 +567,7 @@ impl Client {
 
     /// A range on `endpoint` only (no failover), answered within `limit`:
     /// asks that one member whether it still answers, and what it holds.
-    pub(crate) async fn range_on(
+    pub async fn range_on(
         &self,
         endpoint: &str,
         req: &RangeRequest,
