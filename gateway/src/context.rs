@@ -8,6 +8,7 @@
 use crate::balance::pool::Upstreams;
 use crate::balance::ring::{Balancer, Router};
 use crate::http::budget::Budget;
+use crate::idempotency::Idempotency;
 use crate::observe::counters::Metrics;
 use crate::runtime::deadline::Watchdog;
 use crate::runtime::listen::Gate;
@@ -47,6 +48,8 @@ pub struct Context {
     pub(crate) live: Arc<Live>,
     /// The client port: listened on once ready, closed first at shutdown.
     pub(crate) gate: Arc<Gate>,
+    /// Idempotency records (`idempotency_store`), kept across reloads.
+    pub(crate) idempotency: Arc<Idempotency>,
 }
 
 impl Context {
@@ -68,6 +71,7 @@ impl Context {
             budget: self.budget.clone(),
             live: self.live.clone(),
             gate: self.gate.clone(),
+            idempotency: self.idempotency.clone(),
         }
     }
 

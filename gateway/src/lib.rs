@@ -11,6 +11,8 @@
 //! - `observe/`: counters and per-instance statistics the request path bumps.
 //! - `balance/`: rings of instances per namespace, how a member is chosen,
 //!   pooled connections to each, passive health.
+//! - `idempotency/`: `Idempotency-Key` records (key, fingerprint, what a
+//!   finished request leaves) behind one store trait, in memory or etcd.
 //! - `context`: what every task shares, and the newest generation of it.
 //! - `discover/`: the watch streams that keep rings in step with discovery,
 //!   and the source of a request's next instance (the ring, or a lookup).
@@ -29,6 +31,7 @@ mod balance;
 mod context;
 mod discover;
 mod http;
+mod idempotency;
 mod observe;
 mod proxy;
 mod runtime;
@@ -164,8 +167,10 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     let panics = Panics::new();
     let budget = Arc::new(http::budget::Budget::new(config.max_buffered_bytes));
     let live = Arc::new(context::Live::default());
+    let metrics = Arc::new(observe::counters::Metrics::new());
+    let idempotency = Arc::new(idempotency::open(&config, metrics.clone())?);
     let ctx = Arc::new(Context {
-        metrics: Arc::new(observe::counters::Metrics::new()),
+        metrics,
         router,
         upstreams,
         discovery,
@@ -179,6 +184,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         config,
         live,
         gate,
+        idempotency,
     });
     ctx.live.start(&ctx);
     // Every loop restarts if it panics: a ring must keep following discovery,

@@ -512,6 +512,42 @@ impl DiscoveryConfig {
     }
 }
 
+impl GatewayConfig {
+    /// What is wrong with the idempotency settings, route keys and store.
+    fn idempotency_errors(&self) -> Vec<&'static str> {
+        let mut errors = Vec::new();
+        let on = || {
+            self.routes
+                .iter()
+                .map(|r| &r.idempotency)
+                .filter(|i| i.mode != IdempotencyMode::Off)
+        };
+        if on().any(|i| i.ttl.is_zero() || i.ttl > MAX_IDEMPOTENCY_TTL) {
+            errors.push("a route's idempotency ttl must be above zero and at most 7d");
+        }
+        if on().any(|i| {
+            i.methods.is_empty()
+                || i.methods.iter().any(|m| {
+                    m.is_empty() || m.len() > 32 || !m.bytes().all(|b| b.is_ascii_uppercase())
+                })
+        }) {
+            errors.push(
+                "a route's idempotency methods must be upper-case method names, at least one",
+            );
+        }
+        if on().any(|i| i.methods.iter().any(|m| m == "HEAD")) {
+            errors.push("HEAD cannot be an idempotency method (its answer has no body to store)");
+        }
+        if StoreUrl::parse(&self.idempotency_store).is_err() {
+            errors.push("idempotency_store must be \"memory\" or \"etcd://HOST:PORT[,HOST:PORT...]/PREFIX\"");
+        }
+        if self.idempotency_max_entries == 0 || self.idempotency_max_bytes < 64 * 1024 {
+            errors.push("idempotency_max_entries must be at least 1 and idempotency_max_bytes at least 64KiB");
+        }
+        errors
+    }
+}
+
 /// Discovery's `store` setting, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreUrl {
@@ -604,7 +640,53 @@ pub struct RouteConfig {
     /// from almost nothing to all of it over this time (0: at once).
     #[serde(default, with = "duration")]
     pub slow_start: Duration,
+    /// The `Idempotency-Key` header on this route (docs/idempotency.md):
+    /// off by default.
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
 }
+
+/// A route's `"idempotency"`: whether and how `Idempotency-Key` is honoured.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    pub mode: IdempotencyMode,
+    /// How long a key's record (and stored answer) is kept.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+    /// The methods a key applies to (upper case); others pass untouched.
+    pub methods: Vec<String>,
+    /// The largest answer body stored for replay; a larger answer still goes
+    /// to the client, and the key is then refused (executed, not replayable).
+    pub max_stored_body: usize,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        IdempotencyConfig {
+            mode: IdempotencyMode::Off,
+            ttl: Duration::from_secs(24 * 3600),
+            methods: vec!["POST".into(), "PATCH".into()],
+            max_stored_body: 1024 * 1024,
+        }
+    }
+}
+
+/// `"off"` (the header is forwarded and nothing else), `"honor"` (a key is
+/// executed at most once) or `"require"` (as honor, and a listed method
+/// without a key is refused 400).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IdempotencyMode {
+    #[default]
+    Off,
+    Honor,
+    Require,
+}
+
+/// Longest idempotency `ttl`: a week. Records live in memory or etcd; a
+/// client retrying later than that is not retrying.
+pub const MAX_IDEMPOTENCY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How a route's instances take turns (`"balance"`).
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -718,6 +800,17 @@ pub struct GatewayConfig {
     /// that cannot serve takes no connection from its peers on a shared port.
     #[serde(with = "duration")]
     pub ready_timeout: Duration,
+    /// Where idempotency records live: `"memory"` (this gateway only) or
+    /// `"etcd://HOST:PORT[,HOST:PORT...]/PREFIX"` (every gateway sharing it).
+    pub idempotency_store: String,
+    /// The memory store's bound in records; beyond it the least recently
+    /// used are evicted (and counted).
+    pub idempotency_max_entries: usize,
+    /// The memory store's bound in bytes (stored answers and keys).
+    pub idempotency_max_bytes: usize,
+    /// When the store cannot be reached: forward the request without the
+    /// guarantee (true), or refuse it 503 (false, the default).
+    pub idempotency_fail_open: bool,
 }
 
 impl Default for GatewayConfig {
@@ -759,6 +852,10 @@ impl Default for GatewayConfig {
             worker_threads: 0,
             allowed_upstreams: crate::allowed::default_ranges(),
             ready_timeout: Duration::from_secs(30),
+            idempotency_store: "memory".into(),
+            idempotency_max_entries: 100_000,
+            idempotency_max_bytes: 64 * 1024 * 1024,
+            idempotency_fail_open: false,
         }
     }
 }
@@ -793,6 +890,7 @@ impl GatewayConfig {
         if self.max_attempts == 0 {
             errors.push("max_attempts must be at least 1");
         }
+        errors.extend(self.idempotency_errors());
         if self.passive_health_failures == 0 {
             errors.push("passive_health_failures must be at least 1");
         }

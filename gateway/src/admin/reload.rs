@@ -14,7 +14,8 @@
 //! is routed again.
 //!
 //! What cannot change without a restart (`listen`, `admin_listen`,
-//! `worker_threads`, `reuse_port`, and the pool and buffer sizes that
+//! `worker_threads`, `reuse_port`, the idempotency store and its bounds,
+//! and the pool and buffer sizes that
 //! existing objects were built with) keeps its old value, and the reload says so in the log. A
 //! config that does not parse or validate is refused whole: the old one stays.
 //! So is a path that is not a regular file (a FIFO, `/dev/zero` behind a
@@ -110,7 +111,11 @@ fn keep_restart_only(old: &GatewayConfig, next: &mut GatewayConfig) -> Vec<&'sta
         passive_health_failures,
         allowed_upstreams,
         max_buffered_bytes,
-        reuse_port
+        reuse_port,
+        idempotency_store,
+        idempotency_max_entries,
+        idempotency_max_bytes,
+        idempotency_fail_open
     );
     kept
 }

@@ -33,6 +33,30 @@ pub(crate) fn routes(ctx: State) -> tide::Server<State> {
     app
 }
 
+/// Idempotency-Key handling: the store, and per route prefix the count of
+/// each event (keyed, executed, replayed, conflict, mismatch, ...).
+fn idempotency(ctx: &Context) -> Value {
+    let m = &ctx.metrics.idempotency;
+    let routes: serde_json::Map<String, Value> = m
+        .per_route()
+        .into_iter()
+        .map(|(prefix, counts)| {
+            let counts = counts.into_iter().map(|(e, n)| (e.to_string(), n.into()));
+            (prefix, Value::Object(counts.collect()))
+        })
+        .collect();
+    json!({
+        "store": ctx.idempotency.kind,
+        "fail_open": ctx.idempotency.fail_open,
+        "entries": m.entries.get(),
+        "stored_bytes": m.bytes.get(),
+        "evictions": m.evictions.get(),
+        "expirations": m.expirations.get(),
+        "store_errors": m.store_errors(),
+        "routes": routes,
+    })
+}
+
 /// The rings, their members and the watch streams feeding them.
 ///
 /// Each member carries its statistics: `requests` (answered tries) and
@@ -116,5 +140,5 @@ pub(crate) fn status(ctx: &Context) -> Value {
         })
         .collect();
     json!({"namespaces": namespaces, "routes": routes, "discovery_url": ctx.config.discovery_url,
-        "discovery_urls": ctx.config.discovery_urls()})
+        "discovery_urls": ctx.config.discovery_urls(), "idempotency": idempotency(ctx)})
 }

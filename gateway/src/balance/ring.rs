@@ -414,6 +414,11 @@ impl Router {
             .unwrap_or(false)
     }
 
+    /// The path prefix of a route this router chose.
+    pub(crate) fn prefix(&self, route: Route) -> Option<&str> {
+        self.routes.get(route.0).map(|(p, _)| p.as_str())
+    }
+
     /// The balancer of a route this router chose.
     pub(crate) fn balancer(&self, route: Route) -> Option<&Arc<Balancer>> {
         self.routes.get(route.0).map(|(_, b)| b)

@@ -20,6 +20,9 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+// Idempotency-Key: the tap on relayed answers and the replay writer.
+pub(crate) mod stored;
+
 /// What a wait for the client's bytes ended with: bytes read (0: it closed),
 /// or why it was cut short.
 pub(crate) type Read = Result<io::Result<usize>, Interrupted>;
@@ -35,6 +38,8 @@ pub(crate) struct Session {
     input: ReadBuf,
     /// Answer heads, small answers and chunk framing on their way to the client.
     out: Vec<u8>,
+    /// Copies the answer being relayed, for an idempotency key (`stored`).
+    tap: Option<Box<stored::Tap>>,
 }
 
 impl Session {
@@ -45,6 +50,7 @@ impl Session {
             deadline,
             input: ReadBuf::unallocated(buffer),
             out: Vec::new(),
+            tap: None,
         }
     }
 
@@ -102,6 +108,9 @@ impl Session {
         head: &ResponseHead,
         to: AnswerTo<'_>,
     ) -> (ClientFraming, bool) {
+        if let Some(tap) = &mut self.tap {
+            tap.head(raw, head);
+        }
         codec::client_response_head(&mut self.out, raw, head, to)
     }
 
@@ -112,6 +121,7 @@ impl Session {
         body_start: &[u8],
         limit: Duration,
     ) -> io::Result<()> {
+        self.tap_body(body_start);
         self.out.extend_from_slice(body_start);
         self.write_out(limit).await
     }
@@ -119,6 +129,7 @@ impl Session {
     /// Writes body bytes as they are: a body framed by length, or one that
     /// ends with the connection.
     pub(crate) async fn write_body(&mut self, bytes: &[u8], limit: Duration) -> io::Result<()> {
+        self.tap_body(bytes);
         self.write(bytes, limit).await
     }
 
@@ -127,6 +138,7 @@ impl Session {
         if data.is_empty() {
             return Ok(());
         }
+        self.tap_body(data);
         self.out.clear();
         codec::chunk(&mut self.out, data);
         self.write_out(limit).await
@@ -140,10 +152,23 @@ impl Session {
         trailers: &[u8],
         limit: Duration,
     ) -> io::Result<()> {
+        self.tap_body(data);
+        if let Some(tap) = &mut self.tap {
+            tap.ended();
+        }
         self.out.clear();
         codec::chunk(&mut self.out, data);
         codec::last_chunk(&mut self.out, trailers);
         self.write_out(limit).await
+    }
+
+    /// Copies body bytes to the tap, if one is on (before they are written:
+    /// an answer that reached the gateway whole is kept even when the
+    /// client has gone).
+    fn tap_body(&mut self, bytes: &[u8]) {
+        if let Some(tap) = &mut self.tap {
+            tap.body(bytes);
+        }
     }
 
     /// Answers with the gateway's own JSON error (`code`, `message`, and the

@@ -4,6 +4,7 @@
 //! it reads at scrape time ([`crate::admin`]).
 
 use crate::observe::causes::{Failover, Skip};
+use crate::observe::idempotency::IdempotencyMetrics;
 use crate::runtime::slots::PerWorker;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -239,6 +240,8 @@ pub(crate) struct Metrics {
     skips_logged: std::sync::Mutex<std::collections::HashSet<(String, Skip)>>,
     /// 1 once the client port is listened on, 0 before and while draining.
     pub(crate) ready: Gauge,
+    /// Idempotency-Key handling (observe::idempotency).
+    pub(crate) idempotency: IdempotencyMetrics,
 }
 
 impl Metrics {
@@ -253,6 +256,8 @@ impl Metrics {
         let reloads = Family::<ReloadResult, Counter>::default();
         let skipped = Family::<Reason, Counter>::default();
         let ready = Gauge::default();
+        let idempotency = IdempotencyMetrics::default();
+        idempotency.register(&mut registry);
         registry.register(
             "upstreams_skipped",
             "Tries that skipped an instance without connecting, by reason (denied: every address outside allowed_upstreams; unresolved: its host name does not resolve)",
@@ -306,6 +311,7 @@ impl Metrics {
             skipped,
             skips_logged: std::sync::Mutex::default(),
             ready,
+            idempotency,
         }
     }
 

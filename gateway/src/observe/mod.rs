@@ -4,4 +4,5 @@
 
 pub(crate) mod causes;
 pub(crate) mod counters;
+pub(crate) mod idempotency;
 pub(crate) mod stats;

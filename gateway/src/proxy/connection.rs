@@ -15,6 +15,7 @@ use crate::http::codec;
 use crate::http::session::Session;
 use crate::proxy::failover;
 use crate::proxy::forward::Exchange;
+use crate::proxy::keyed;
 use crate::runtime::deadline::Interrupted;
 use crate::runtime::net::Stream;
 use crate::runtime::{self, buffers, Until};
@@ -211,6 +212,7 @@ impl<'a> Client<'a> {
             client_minor: request.client_minor,
             wants_keep_alive: request.wants_keep_alive,
             replayable: request.idempotent || now.config.retry_non_idempotent,
+            keyed: false,
             verify_request_id: route.is_some_and(|r| now.router.verifies_request_id(r)),
             forward_trailers: now.config.forward_trailers,
             stop: &self.ctx.stop,
@@ -218,10 +220,19 @@ impl<'a> Client<'a> {
         match route.and_then(|r| now.router.balancer(r)) {
             // Boxed: the exchange's state lives only while a request is in
             // flight, so an idle connection's task stays small.
-            Some(balancer) => {
-                let tries = failover::serve_request(now, balancer, &exchange, &mut self.session);
-                Box::pin(tries).await
-            }
+            // Idempotency-Key hook: a route that honours keys is served
+            // through its records (proxy::keyed), every other as before.
+            Some(balancer) => match route.and_then(|r| keyed::rule_of(now, r)) {
+                Some(rule) => {
+                    let keyed = keyed::serve(now, rule, balancer, &exchange, &mut self.session);
+                    Box::pin(keyed).await
+                }
+                None => {
+                    let tries =
+                        failover::serve_request(now, balancer, &exchange, &mut self.session);
+                    Box::pin(tries).await
+                }
+            },
             None => answer_no_route(&mut self.session, &exchange, now.config.idle_timeout).await,
         }
     }
@@ -503,6 +514,8 @@ async fn answer_no_route(
         status: 404,
         client_open: written && keep_alive,
         attempts: 0,
+        sent: false,
+        tries: Vec::new(),
     }
 }
 

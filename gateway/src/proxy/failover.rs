@@ -33,6 +33,10 @@ pub(crate) struct Reply {
     pub(crate) client_open: bool,
     /// Instances tried.
     pub(crate) attempts: u32,
+    /// Some try may have reached an instance (it was sent).
+    pub(crate) sent: bool,
+    /// For a keyed request's record: each try, `host:port outcome`.
+    pub(crate) tries: Vec<String>,
 }
 
 /// What the failed tries of one request add up to.
@@ -46,6 +50,10 @@ struct Failures {
     public: String,
     /// The gateway itself is short of descriptors or ports: no instance is to blame.
     short_of: Option<std::io::Error>,
+    /// Some try was sent (not a failed connect).
+    sent: bool,
+    /// Each try, for a keyed request's record.
+    tries: Vec<String>,
 }
 
 /// One request's tries: what they share, and what the failed ones add up to.
@@ -78,6 +86,7 @@ pub(crate) async fn serve_request(
     while let Some(target) = next.take() {
         let (tried_now, deadlines) = tries.try_one(session, &target).await;
         let outcome = outcome_of(&tried_now, deadlines.connect < config.connect_timeout);
+        tries.record(&target, outcome);
         let skipped = tries.note_skipped(&target, &tried_now);
         if retry::cools_down(outcome) {
             target.cool_down(config.connect_cooldown);
@@ -91,6 +100,8 @@ pub(crate) async fn serve_request(
                 status,
                 client_open,
                 attempts: tries.attempts(),
+                sent: true,
+                tries: std::mem::take(&mut tries.failures.tries),
             };
         }
         tries.failures.note(&target, tried_now, deadlines.head);
@@ -109,6 +120,20 @@ impl Tries<'_> {
     /// Instances tried so far.
     fn attempts(&self) -> u32 {
         self.failures.tried.len() as u32
+    }
+
+    /// Whether the try may have reached `target`, and (for a keyed
+    /// request's record) how it ended.
+    fn record(&mut self, target: &Upstream, outcome: retry::Outcome) {
+        let never_left = matches!(
+            outcome,
+            retry::Outcome::ConnectFailed { .. } | retry::Outcome::ShortOfResources
+        );
+        self.failures.sent |= !never_left;
+        if self.ex.keyed {
+            let note = format!("{} {}", target.key, outcome.as_str());
+            self.failures.tries.push(note);
+        }
     }
 
     /// The next instance, or `None` when the source has none left to try.
@@ -179,6 +204,7 @@ impl Tries<'_> {
         let config = &self.ctx.config;
         let policy = retry::Policy {
             replayable: self.ex.replayable,
+            keyed: self.ex.keyed,
             max_attempts: config.max_attempts,
         };
         let attempt = retry::Attempt {
@@ -214,8 +240,9 @@ impl Tries<'_> {
     }
 
     /// Answers the client with the error the failed tries add up to.
-    async fn give_up(self, session: &mut Session) -> Reply {
+    async fn give_up(mut self, session: &mut Session) -> Reply {
         let attempts = self.attempts();
+        let (sent, tries) = (self.failures.sent, std::mem::take(&mut self.failures.tries));
         let ex = self.ex;
         let (status, code, message) =
             self.failures
@@ -232,6 +259,8 @@ impl Tries<'_> {
             status,
             client_open: !framing.close && written,
             attempts,
+            sent,
+            tries,
         }
     }
 }
@@ -368,6 +397,7 @@ mod tests {
                 client_minor: 1,
                 wants_keep_alive: true,
                 replayable,
+                keyed: false,
                 verify_request_id: false,
                 forward_trailers: false,
                 stop: &stop,

@@ -39,6 +39,9 @@ pub(crate) struct Exchange<'a> {
     /// of an answer but may have taken it: an idempotent method, or
     /// `retry_non_idempotent`.
     pub(crate) replayable: bool,
+    /// It carries an idempotency key its route honours
+    /// ([`crate::proxy::keyed`]): retried only after a failed connect.
+    pub(crate) keyed: bool,
     /// The route requires each answer to carry the request's `x-request-id`.
     pub(crate) verify_request_id: bool,
     /// Relay the trailer fields of chunked answers (`forward_trailers`).
@@ -616,6 +619,7 @@ mod tests {
                 client_minor: asked.client_minor,
                 wants_keep_alive: true,
                 replayable: true,
+                keyed: false,
                 verify_request_id: false,
                 forward_trailers: asked.forward_trailers,
                 stop: &stop,

@@ -13,6 +13,12 @@
 //!   under which an instance killed with requests in flight fails no
 //!   request, and a payment may run twice (say so to a payments team).
 //! - A 5xx, with `retry_on_5xx`: the same rule.
+//! - A request carrying an `Idempotency-Key` on a route that honours it
+//!   ([`crate::proxy::keyed`]): only a failed connect. Two instances share
+//!   no state, so once the request may have reached one (a timeout, a close
+//!   before the answer, a 5xx) sending it to another could run it twice;
+//!   its record says "outcome unknown" instead, whatever
+//!   `retry_non_idempotent` says.
 //! - Any byte of an answer arrived, and it was malformed, cut short, stalled
 //!   or carried another request's id: never. The instance has the request;
 //!   the client gets 502 and the instance is blamed ([`crate::balance::passive`]).
@@ -49,6 +55,8 @@ pub(crate) enum Outcome {
 pub(crate) struct Policy {
     /// An idempotent method, or `retry_non_idempotent`.
     pub(crate) replayable: bool,
+    /// It carries an idempotency key: it may go again only if it never left.
+    pub(crate) keyed: bool,
     pub(crate) max_attempts: u32,
 }
 
@@ -69,6 +77,8 @@ pub(crate) enum Stop {
     NotReplayable,
     /// The instance began an answer: it has the request.
     Answered,
+    /// It carries an idempotency key and may have reached the instance.
+    Keyed,
     /// `max_attempts` tries made.
     Exhausted,
     /// `request_deadline` passed.
@@ -86,6 +96,9 @@ impl Stop {
                 Some("not retried: the method is not idempotent and retry_non_idempotent is off")
             }
             Stop::Answered => Some("not retried: the instance had begun to answer"),
+            Stop::Keyed => Some(
+                "not retried: the request carries an Idempotency-Key and may have reached the instance",
+            ),
             Stop::Exhausted | Stop::OutOfTime | Stop::ShortOfResources => None,
         }
     }
@@ -100,6 +113,21 @@ pub(crate) enum Decision {
     Retry(Failover, After),
     /// Answer the client with an error.
     GiveUp(Failover, Stop),
+}
+
+impl Outcome {
+    /// How the try ended, in an idempotency record's list of tries.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Answered => "answered",
+            Outcome::ConnectFailed { .. } => "connect_failed",
+            Outcome::ClosedBeforeAnswer => "closed_before_answer",
+            Outcome::TimedOut => "timed_out",
+            Outcome::BadAnswer => "bad_answer",
+            Outcome::ServerError => "server_error",
+            Outcome::ShortOfResources => "short_of_resources",
+        }
+    }
 }
 
 /// The cause a failed outcome is counted under (`None`: answered).
@@ -125,6 +153,9 @@ fn may_go_again(outcome: Outcome, policy: Policy) -> Result<(), Stop> {
     match outcome {
         Outcome::ShortOfResources => Err(Stop::ShortOfResources),
         Outcome::BadAnswer => Err(Stop::Answered),
+        Outcome::ClosedBeforeAnswer | Outcome::TimedOut | Outcome::ServerError if policy.keyed => {
+            Err(Stop::Keyed)
+        }
         Outcome::ClosedBeforeAnswer | Outcome::TimedOut | Outcome::ServerError
             if !policy.replayable =>
         {
@@ -182,7 +213,33 @@ mod tests {
     fn policy(replayable: bool) -> Policy {
         Policy {
             replayable,
+            keyed: false,
             max_attempts: 3,
+        }
+    }
+
+    /// A keyed request goes to another instance only when it never left,
+    /// even where the method or `retry_non_idempotent` would replay it.
+    #[test]
+    fn a_keyed_request_is_retried_only_after_a_failed_connect() {
+        for replayable in [true, false] {
+            let keyed = Policy {
+                keyed: true,
+                ..policy(replayable)
+            };
+            for outcome in ALL {
+                let got = decide(outcome, first(1000), keyed);
+                match (outcome, got) {
+                    (Outcome::Answered, Decision::Done) => {}
+                    (Outcome::ConnectFailed { .. }, Decision::Retry(Failover::Connect, _)) => {}
+                    (Outcome::BadAnswer, Decision::GiveUp(_, Stop::Answered)) => {}
+                    (
+                        Outcome::ClosedBeforeAnswer | Outcome::TimedOut | Outcome::ServerError,
+                        Decision::GiveUp(_, Stop::Keyed),
+                    ) => {}
+                    _ => panic!("{outcome:?}: {got:?}"),
+                }
+            }
         }
     }
 
@@ -294,7 +351,7 @@ mod tests {
 
     #[test]
     fn every_stop_for_the_policy_says_why_and_running_out_does_not() {
-        for stop in [Stop::NotReplayable, Stop::Answered] {
+        for stop in [Stop::NotReplayable, Stop::Answered, Stop::Keyed] {
             assert!(stop.why_not_retried().is_some(), "{stop:?}");
         }
         for stop in [Stop::Exhausted, Stop::OutOfTime, Stop::ShortOfResources] {

@@ -56,6 +56,7 @@ pub(crate) fn context(config: GatewayConfig, members: &[SocketAddr]) -> Arc<Cont
     Arc::new(Context {
         router,
         upstreams,
+        idempotency: Arc::new(crate::idempotency::open(&config, Arc::new(Metrics::new())).unwrap()),
         metrics: Arc::new(Metrics::new()),
         discovery: surf::Client::new(),
         stop: Trigger::new(),

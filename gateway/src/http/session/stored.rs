@@ -1,0 +1,300 @@
+//! Answers kept for replay (`Idempotency-Key`, [`crate::idempotency`]):
+//! the tap that copies an instance's answer as it goes to the client, and
+//! the writer that replays a stored one.
+//!
+//! What is kept is what makes the answer (status, reason, end-to-end
+//! header fields, body), not the bytes framed for one client: a replay is
+//! framed for the client asking now (its request id, HTTP version,
+//! keep-alive) by content length, with `idempotent-replayed: true`.
+
+use super::Session;
+use crate::http::codec::{self, AnswerTo};
+use serde::{Deserialize, Serialize};
+use shared::http1::{is_hop_by_hop, Framing, ResponseHead};
+use std::io::Write as _;
+use std::time::Duration;
+
+/// An instance's answer as stored: replayed byte for byte.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredAnswer {
+    pub(crate) status: u16,
+    /// The status line and the end-to-end field lines, each ending CRLF
+    /// (no framing, connection or request id fields, no blank line).
+    #[serde(with = "base64_bytes")]
+    pub(crate) head: Vec<u8>,
+    #[serde(with = "base64_bytes")]
+    pub(crate) body: Vec<u8>,
+}
+
+impl StoredAnswer {
+    /// Bytes it holds, as the memory store counts them.
+    pub(crate) fn size(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+}
+
+/// What the tap saw of one answer.
+#[derive(Debug)]
+pub(crate) struct Captured {
+    /// The answer, if one began and its body fitted the limit.
+    pub(crate) answer: Option<StoredAnswer>,
+    /// Status of the instance's answer (0: none began).
+    pub(crate) status: u16,
+    /// The whole body went through (by its length, or its last chunk).
+    pub(crate) complete: bool,
+    /// Body bytes seen, kept or not.
+    pub(crate) body_bytes: u64,
+    /// The body was larger than the limit: not kept.
+    pub(crate) over_limit: bool,
+}
+
+/// Copies the answer being relayed (see [`Session::start_tap`]).
+#[derive(Debug)]
+pub(crate) struct Tap {
+    limit: usize,
+    status: u16,
+    head: Vec<u8>,
+    framing: Option<Framing>,
+    body: Vec<u8>,
+    body_bytes: u64,
+    ended: bool,
+}
+
+impl Tap {
+    /// The instance's answer head, as kept: every field the client gets
+    /// from the instance, none the gateway frames per connection.
+    pub(super) fn head(&mut self, raw: &[u8], head: &ResponseHead) {
+        self.status = head.status;
+        self.framing = Some(head.framing);
+        self.head.clear();
+        let _ = write!(self.head, "HTTP/1.1 {} ", head.status);
+        match &raw[head.reason.clone()] {
+            b"" => self
+                .head
+                .extend_from_slice(shared::http1::reason(head.status).as_bytes()),
+            reason => self.head.extend_from_slice(reason),
+        }
+        self.head.extend_from_slice(b"\r\n");
+        for h in &head.headers {
+            let name = &raw[h.name.clone()];
+            if is_hop_by_hop(name)
+                || head.is_connection_token(raw, name)
+                || name.eq_ignore_ascii_case(b"content-length")
+                || name.eq_ignore_ascii_case(b"x-request-id")
+            {
+                continue;
+            }
+            self.head.extend_from_slice(name);
+            self.head.extend_from_slice(b": ");
+            self.head.extend_from_slice(&raw[h.value.clone()]);
+            self.head.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Body bytes on their way to the client; kept while within the limit.
+    pub(super) fn body(&mut self, data: &[u8]) {
+        self.body_bytes += data.len() as u64;
+        if self.body_bytes <= self.limit as u64 {
+            self.body.extend_from_slice(data);
+        }
+    }
+
+    /// The last chunk went out: the body is whole.
+    pub(super) fn ended(&mut self) {
+        self.ended = true;
+    }
+
+    fn captured(self) -> Captured {
+        let complete = match self.framing {
+            None => false,
+            Some(Framing::Empty) => true,
+            Some(Framing::Length(n)) => self.body_bytes == n,
+            Some(Framing::Chunked | Framing::UntilClose) => self.ended,
+        };
+        let over_limit = self.body_bytes > self.limit as u64;
+        let answer = (self.framing.is_some() && !over_limit).then(|| StoredAnswer {
+            status: self.status,
+            head: self.head,
+            body: self.body,
+        });
+        Captured {
+            answer,
+            status: self.status,
+            complete,
+            body_bytes: self.body_bytes,
+            over_limit,
+        }
+    }
+}
+
+/// The header that marks a replayed answer.
+pub(crate) const REPLAYED: &[u8] = b"idempotent-replayed: true\r\n";
+
+impl Session {
+    /// Copies the next answer relayed to this client (its body up to
+    /// `limit` bytes), until [`Session::take_tap`].
+    pub(crate) fn start_tap(&mut self, limit: usize) {
+        self.tap = Some(Box::new(Tap {
+            limit,
+            status: 0,
+            head: Vec::new(),
+            framing: None,
+            body: Vec::new(),
+            body_bytes: 0,
+            ended: false,
+        }));
+    }
+
+    /// What the tap saw; the tap is removed.
+    pub(crate) fn take_tap(&mut self) -> Option<Captured> {
+        self.tap.take().map(|t| t.captured())
+    }
+
+    /// Replays `stored` to this client, marked `idempotent-replayed: true`;
+    /// whether the connection stays open after it.
+    pub(crate) async fn write_stored(
+        &mut self,
+        stored: &StoredAnswer,
+        to: AnswerTo<'_>,
+        limit: Duration,
+    ) -> std::io::Result<bool> {
+        self.out.clear();
+        self.out.extend_from_slice(&stored.head);
+        self.out.extend_from_slice(REPLAYED);
+        let _ = write!(self.out, "x-request-id: {}\r\n", to.request_id);
+        let bodiless = stored.status < 200 || stored.status == 204 || stored.status == 304;
+        if !bodiless {
+            let _ = write!(self.out, "content-length: {}\r\n", stored.body.len());
+        }
+        if !to.keep_alive {
+            self.out.extend_from_slice(b"connection: close\r\n");
+        } else if to.client_minor == 0 {
+            self.out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        if !to.head_request && !bodiless {
+            self.out.extend_from_slice(&stored.body);
+        }
+        self.write_out(limit).await?;
+        Ok(to.keep_alive)
+    }
+
+    /// [`Session::write_error`] with `Retry-After: seconds`: a refusal the
+    /// client may try again later (an idempotency key still in flight).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn write_error_retry_after(
+        &mut self,
+        status: u16,
+        code: &str,
+        message: &str,
+        request_id: &str,
+        framing: codec::ErrorFraming,
+        retry_after: u32,
+        limit: Duration,
+    ) -> bool {
+        codec::error_response(&mut self.out, status, code, message, request_id, framing);
+        // After the status line: every other field stays as the codec wrote it.
+        if status != 503 {
+            if let Some(at) = self.out.windows(2).position(|w| w == b"\r\n") {
+                let field = format!("retry-after: {retry_after}\r\n");
+                self.out.splice(at + 2..at + 2, field.into_bytes());
+            }
+        }
+        self.write_out(limit).await.is_ok()
+    }
+}
+
+/// Bytes as base64 strings in JSON (the etcd store's records).
+mod base64_bytes {
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&B64.encode(v))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        B64.decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::test_support::{on_worker, read_to_end, session, socket_pair};
+    use shared::http1::parse_response;
+
+    const ANSWER: &[u8] = b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\nx-request-id: first\r\nconnection: keep-alive\r\nx-served-by: a:1\r\ncontent-length: 4\r\n\r\n";
+
+    fn tapped(limit: usize, body: &[&[u8]]) -> Captured {
+        let mut head = ResponseHead::default();
+        assert!(parse_response(ANSWER, &mut head, 4096, false).unwrap());
+        let mut tap = Tap {
+            limit,
+            status: 0,
+            head: Vec::new(),
+            framing: None,
+            body: Vec::new(),
+            body_bytes: 0,
+            ended: false,
+        };
+        tap.head(ANSWER, &head);
+        for b in body {
+            tap.body(b);
+        }
+        tap.captured()
+    }
+
+    #[test]
+    fn the_tap_keeps_end_to_end_fields_and_the_whole_body() {
+        let c = tapped(100, &[b"{}", b"{}"]);
+        assert!(c.complete && !c.over_limit);
+        let a = c.answer.unwrap();
+        assert_eq!(a.status, 201);
+        assert_eq!(
+            String::from_utf8(a.head).unwrap(),
+            "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\nx-served-by: a:1\r\n"
+        );
+        assert_eq!(a.body, b"{}{}");
+    }
+
+    #[test]
+    fn a_body_cut_short_is_incomplete_and_one_over_the_limit_is_not_kept() {
+        assert!(!tapped(100, &[b"{}"]).complete);
+        let over = tapped(3, &[b"{}", b"{}"]);
+        assert!(over.complete && over.over_limit && over.answer.is_none());
+        assert_eq!(over.body_bytes, 4);
+    }
+
+    #[test]
+    fn a_replay_is_framed_for_its_client_and_marked() {
+        let stored = StoredAnswer {
+            status: 201,
+            head: b"HTTP/1.1 201 Created\r\nx-served-by: a:1\r\n".to_vec(),
+            body: b"{\"ok\":1}".to_vec(),
+        };
+        let (ours, mut peer) = socket_pair();
+        let reader = std::thread::spawn(move || read_to_end(&mut peer));
+        on_worker(async move {
+            let mut s = session(ours);
+            let to = AnswerTo {
+                request_id: "second",
+                client_minor: 1,
+                keep_alive: false,
+                head_request: false,
+            };
+            assert!(!s
+                .write_stored(&stored, to, Duration::from_secs(1))
+                .await
+                .unwrap());
+        });
+        let read = String::from_utf8(reader.join().unwrap()).unwrap();
+        assert_eq!(
+            read,
+            "HTTP/1.1 201 Created\r\nx-served-by: a:1\r\nidempotent-replayed: true\r\nx-request-id: second\r\ncontent-length: 8\r\nconnection: close\r\n\r\n{\"ok\":1}"
+        );
+    }
+}

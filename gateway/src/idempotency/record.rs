@@ -1,0 +1,253 @@
+//! A key's record: the fingerprint its first request had, where it stands,
+//! and each try the gateway made of it; and the rule for what a finished
+//! request leaves behind ([`settle`]).
+
+use crate::http::session::stored::{Captured, StoredAnswer};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Where a key stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub(crate) enum State {
+    /// Claimed by a gateway that is forwarding it now.
+    InFlight,
+    /// An instance answered it whole (not 5xx): replayed to every repeat.
+    Completed { answer: StoredAnswer },
+    /// Answered whole, but the body was over `max_stored_body`: executed,
+    /// and not replayable.
+    NotStored { status: u16, body_bytes: u64 },
+    /// It may have run on an instance, and how it ended is not known (a 5xx,
+    /// a cut or missing answer after it was sent, a timeout): never run again
+    /// and never replayed as if it were the answer, until the ttl ends or an
+    /// operator clears it.
+    Unknown { why: String },
+}
+
+/// A key's record, as every store keeps it (JSON in etcd).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub(crate) fingerprint: String,
+    #[serde(flatten)]
+    pub(crate) state: State,
+    /// When it was claimed, milliseconds since the epoch.
+    pub(crate) since_ms: u64,
+    /// The first request's id, for the log and operators.
+    pub(crate) request_id: String,
+    /// Each try the gateway made: `host:port outcome`.
+    #[serde(default)]
+    pub(crate) tries: Vec<String>,
+}
+
+impl Record {
+    /// Bytes it holds, roughly, as the memory store bounds them.
+    pub(crate) fn size(&self) -> usize {
+        let state = match &self.state {
+            State::Completed { answer } => answer.size(),
+            State::Unknown { why } => why.len(),
+            State::InFlight | State::NotStored { .. } => 0,
+        };
+        let tries: usize = self.tries.iter().map(|t| t.len() + 24).sum();
+        128 + self.fingerprint.len() + self.request_id.len() + state + tries
+    }
+}
+
+/// What a repeat of a key finds.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// Another request (method, target or body): 422.
+    Mismatch,
+    /// Still being forwarded: 409 with Retry-After.
+    InFlight,
+    Replay(StoredAnswer),
+    NotStored {
+        status: u16,
+        body_bytes: u64,
+    },
+    /// 409, no Retry-After: trying again will not help.
+    Unknown(String),
+}
+
+/// What `record` means to a request with `fingerprint`, at `now_ms`. An
+/// in-flight record older than `stale_after` lost its gateway mid-request
+/// (a crash, or a settle the store refused): its outcome is unknown.
+pub(crate) fn seen(record: Record, fingerprint: &str, now_ms: u64, stale_after: Duration) -> Seen {
+    if record.fingerprint != fingerprint {
+        return Seen::Mismatch;
+    }
+    match record.state {
+        State::InFlight
+            if now_ms.saturating_sub(record.since_ms) > stale_after.as_millis() as u64 =>
+        {
+            Seen::Unknown("its gateway stopped before the request finished".into())
+        }
+        State::InFlight => Seen::InFlight,
+        State::Completed { answer } => Seen::Replay(answer),
+        State::NotStored { status, body_bytes } => Seen::NotStored { status, body_bytes },
+        State::Unknown { why } => Seen::Unknown(why),
+    }
+}
+
+/// What a finished request leaves: a state to keep, or `None` to forget
+/// the key (no instance can have run it, so a retry may run it).
+///
+/// - An instance's whole answer below 500: completed, stored for replay
+///   (or kept as not stored when the body was over the limit). Except 408,
+///   425 and 429, by which the instance says it did not process the request
+///   and the client should try again: forgotten.
+/// - A 5xx from an instance: unknown. It may have run the request before
+///   failing, and replaying a 500 as if it were the answer would hide that.
+/// - An answer that began and broke off: unknown (the instance has it).
+/// - The gateway's own error (502, 504) after the request was sent: unknown.
+/// - No try sent the request (connects refused, no instance, a local
+///   shortage): forgotten.
+pub(crate) fn settle(captured: Option<Captured>, sent: bool, status: u16) -> Option<State> {
+    let answer = captured.filter(|c| c.status != 0);
+    let Some(c) = answer else {
+        return sent.then(|| State::Unknown {
+            why: format!("the gateway answered {status} after the request was sent to an instance"),
+        });
+    };
+    if c.status >= 500 {
+        return Some(State::Unknown {
+            why: format!("the instance answered {}", c.status),
+        });
+    }
+    if !c.complete {
+        return Some(State::Unknown {
+            why: format!("the instance's {} answer did not arrive whole", c.status),
+        });
+    }
+    if matches!(c.status, 408 | 425 | 429) {
+        return None;
+    }
+    match c.answer {
+        Some(answer) if !c.over_limit => Some(State::Completed { answer }),
+        _ => Some(State::NotStored {
+            status: c.status,
+            body_bytes: c.body_bytes,
+        }),
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16) -> StoredAnswer {
+        StoredAnswer {
+            status,
+            head: format!("HTTP/1.1 {status} X\r\n").into_bytes(),
+            body: b"{}".to_vec(),
+        }
+    }
+
+    fn captured(status: u16, complete: bool, over_limit: bool) -> Captured {
+        Captured {
+            answer: (!over_limit).then(|| answer(status)),
+            status,
+            complete,
+            body_bytes: 2,
+            over_limit,
+        }
+    }
+
+    #[test]
+    fn a_whole_answer_below_500_completes_and_is_stored() {
+        for status in [200, 201, 302, 400, 404, 409, 422] {
+            let got = settle(Some(captured(status, true, false)), true, status);
+            assert_eq!(
+                got,
+                Some(State::Completed {
+                    answer: answer(status)
+                })
+            );
+        }
+        let big = settle(Some(captured(200, true, true)), true, 200);
+        assert_eq!(
+            big,
+            Some(State::NotStored {
+                status: 200,
+                body_bytes: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_5xx_a_cut_answer_or_a_gateway_error_after_sending_is_unknown() {
+        for got in [
+            settle(Some(captured(500, true, false)), true, 500),
+            settle(Some(captured(503, true, false)), true, 503),
+            settle(Some(captured(200, false, false)), true, 200),
+            settle(None, true, 504),
+            settle(None, true, 502),
+        ] {
+            assert!(matches!(got, Some(State::Unknown { .. })), "{got:?}");
+        }
+    }
+
+    #[test]
+    fn nothing_sent_or_a_try_again_answer_forgets_the_key() {
+        assert_eq!(settle(None, false, 502), None);
+        assert_eq!(settle(None, false, 503), None);
+        for status in [408, 425, 429] {
+            assert_eq!(
+                settle(Some(captured(status, true, false)), true, status),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn a_repeat_sees_mismatch_first_and_a_stale_flight_as_unknown() {
+        let record = |state| Record {
+            fingerprint: "f".into(),
+            state,
+            since_ms: 1_000,
+            request_id: "r".into(),
+            tries: Vec::new(),
+        };
+        let ttl = Duration::from_secs(10);
+        assert_eq!(
+            seen(record(State::InFlight), "g", 1_000, ttl),
+            Seen::Mismatch
+        );
+        assert_eq!(
+            seen(record(State::InFlight), "f", 5_000, ttl),
+            Seen::InFlight
+        );
+        assert!(matches!(
+            seen(record(State::InFlight), "f", 20_000, ttl),
+            Seen::Unknown(_)
+        ));
+        let done = record(State::Completed {
+            answer: answer(201),
+        });
+        assert_eq!(seen(done, "f", 20_000, ttl), Seen::Replay(answer(201)));
+    }
+
+    #[test]
+    fn a_record_reads_back_from_its_json() {
+        let r = Record {
+            fingerprint: "f".into(),
+            state: State::Completed {
+                answer: answer(201),
+            },
+            since_ms: 7,
+            request_id: "r".into(),
+            tries: vec!["127.0.0.1:1 answered".into()],
+        };
+        let json = serde_json::to_vec(&r).unwrap();
+        assert_eq!(serde_json::from_slice::<Record>(&json).unwrap(), r);
+    }
+}
