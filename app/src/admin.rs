@@ -1,5 +1,6 @@
 //! The admin listener: the chaos knobs (`GET`/`PUT /chaos`, with `--chaos`
-//! only), `GET /metrics` and `GET /health_check`, on a port of its own.
+//! only), `GET /metrics`, `GET /health_check` and `GET /executions` (business
+//! requests per `Idempotency-Key`), on a port of its own.
 //!
 //! It is never registered with discovery, so the gateway never routes a
 //! client here: whoever can change how an instance behaves must reach this
@@ -45,6 +46,13 @@ pub fn routes(state: State, panics: Panics) -> tide::Server<State> {
             res.insert_header("content-type", "text/plain; version=0.0.4");
             Ok(res)
         }
+    });
+    // Executions per Idempotency-Key (executions.rs).
+    app.at("/executions").get(|req: Request<State>| async move {
+        let mut res = Response::new(StatusCode::Ok);
+        res.set_body(req.state().executions.to_json());
+        res.set_content_type(mime::JSON);
+        Ok(res)
     });
     if state.chaos.is_some() {
         for path in ["/chaos", "/chaos/"] {

@@ -28,6 +28,10 @@ pub async fn echo(mut req: Request<State>) -> tide::Result {
             ));
         }
     }
+    // Executed from here on: counted per Idempotency-Key, if it has one.
+    if let Some(key) = req.header("idempotency-key") {
+        req.state().executions.count(key.as_str());
+    }
     if let Err(e) = check_json(&body) {
         return Ok(error_response(StatusCode::BadRequest, "invalid_json", e));
     }

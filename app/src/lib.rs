@@ -13,6 +13,7 @@ mod access;
 mod admin;
 mod chaos;
 mod echo;
+mod executions;
 mod health;
 mod registration;
 
@@ -38,6 +39,8 @@ pub(crate) struct State {
     /// `host:port` as registered, for the `x-served-by` header.
     served_by: Arc<str>,
     max_body_bytes: usize,
+    /// Business requests per `Idempotency-Key` (admin `GET /executions`).
+    executions: Arc<executions::Executions>,
 }
 
 /// A running app instance.
@@ -135,6 +138,7 @@ pub async fn spawn(config: AppConfig) -> std::io::Result<Handle> {
         chaos: config.chaos.then(|| Arc::new(chaos::Knobs::default())),
         served_by: served_by.clone(),
         max_body_bytes: config.max_body_bytes,
+        executions: Arc::default(),
     };
     let panics = Panics::new();
     let limits = Limits {

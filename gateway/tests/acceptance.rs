@@ -28,6 +28,8 @@ mod framing;
 mod graceful;
 #[path = "acceptance/hostile.rs"]
 mod hostile;
+#[path = "acceptance/idempotency.rs"]
+mod idempotency;
 #[path = "acceptance/invariants.rs"]
 mod invariants;
 #[path = "acceptance/manners.rs"]
