@@ -8,7 +8,7 @@ use shared::http1::client::{post, Connection, Response};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use testkit::etcd::Cluster;
-use testkit::system::{app_config, apps, gateway_config, metric, wait_ring};
+use testkit::system::{apps, gateway_config, metric, wait_ring};
 
 /// Routes: `/` honours keys, `/req` requires them, `/plain` ignores them.
 fn keyed_routes(c: &mut GatewayConfig, ttl: Duration) {

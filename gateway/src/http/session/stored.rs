@@ -112,7 +112,7 @@ impl Tap {
             Some(Framing::Chunked | Framing::UntilClose) => self.ended,
         };
         let over_limit = self.body_bytes > self.limit as u64;
-        let answer = (self.framing.is_some() && !over_limit).then(|| StoredAnswer {
+        let answer = (self.framing.is_some() && !over_limit).then_some(StoredAnswer {
             status: self.status,
             head: self.head,
             body: self.body,
