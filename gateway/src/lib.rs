@@ -182,7 +182,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     });
     ctx.live.start(&ctx);
     // Every loop restarts if it panics: a ring must keep following discovery,
-    // and without the watchdog no deadline on the request path would fire.
+    // and without the watchdog no wait would end at the stop or the kill.
     let mut background = Vec::new();
     for balancer in ctx.router.balancers() {
         background.extend(discover::watch::spawn_watch(&ctx, balancer));
