@@ -23,6 +23,7 @@ pub fn routes(ctx: State) -> tide::Server<State> {
             &status(&req.state().current()),
         ))
     });
+    app.at("/status/history").get(history);
     app.at("/metrics").get(|req: Request<State>| async move {
         let mut res = Response::new(StatusCode::Ok);
         res.set_body(req.state().metrics.render());
@@ -33,6 +34,31 @@ pub fn routes(ctx: State) -> tide::Server<State> {
     app
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    since: Option<u64>,
+}
+
+/// `/status/history[?since=<unix ms>]`: see [`crate::history::status`]; a
+/// query it cannot read is a 400.
+async fn history(req: Request<State>) -> tide::Result {
+    let since = match req.query::<HistoryQuery>() {
+        Ok(q) => q.since.unwrap_or(0),
+        Err(e) => {
+            return Ok(shared::api::error_response(
+                StatusCode::BadRequest,
+                "invalid_field",
+                format!("since: {e}"),
+            ))
+        }
+    };
+    Ok(json_response(
+        StatusCode::Ok,
+        &crate::history::status(&req.state().current(), since),
+    ))
+}
+
 /// The rings, their members and the watch streams feeding them.
 ///
 /// Each member carries its statistics: `requests` (answered tries) and
@@ -40,6 +66,9 @@ pub fn routes(ctx: State) -> tide::Server<State> {
 /// a reader turns into rates; and over the last `window_seconds` (up to
 /// about half a minute) `requests_per_second`, `errors_per_second`, and the
 /// `p50_ms` and `p99_ms` latency of its tries (`null` without any).
+///
+/// `clients`: client connections open now and the most at once, bytes
+/// received from and sent to clients ([`crate::traffic`]).
 pub fn status(ctx: &Context) -> Value {
     let now = clock();
     let instant = std::time::Instant::now();
@@ -113,6 +142,9 @@ pub fn status(ctx: &Context) -> Value {
             json!({"prefix": r.prefix, "namespace": r.namespace, "source": source})
         })
         .collect();
+    let open = ctx.metrics.client_connections.get();
     json!({"namespaces": namespaces, "routes": routes, "discovery_url": ctx.config.discovery_url,
-        "discovery_urls": ctx.config.discovery_urls()})
+        "discovery_urls": ctx.config.discovery_urls(),
+        "clients": ctx.metrics.traffic.status(open),
+        "history_url": "/status/history"})
 }

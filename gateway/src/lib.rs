@@ -37,6 +37,7 @@ mod console;
 mod deadline;
 mod failover;
 mod forward;
+mod history;
 mod listener;
 mod metrics;
 mod passive;
@@ -51,6 +52,7 @@ mod session;
 mod source;
 mod stats;
 mod target;
+mod traffic;
 mod watch;
 mod worker;
 
@@ -231,10 +233,17 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         },
     };
     let upstreams = Arc::new(pool::Upstreams::new(limits, allowed));
+    // Bound before the discovery client is built: every watch stream names
+    // this gateway by its admin URL (`x-gateway-id`), which discovery's
+    // console shows beside the stream's address.
+    let admin_listener = shared::serve::bind(&config.admin_listen).await?;
+    let gateway_id = format!("http://{}", admin_listener.local_addr()?);
     let discovery = surf::Config::new()
         .set_http_keep_alive(false)
         .set_tcp_no_delay(true)
         .set_timeout(None)
+        .add_header("x-gateway-id", gateway_id.as_str())
+        .map_err(|e| std::io::Error::other(format!("cannot build the discovery client: {e}")))?
         .try_into()
         .map_err(|e| std::io::Error::other(format!("cannot build the discovery client: {e}")))?;
     let panics = Panics::new();
@@ -287,7 +296,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     ready::routes(&mut admin_routes);
     let admin = shared::serve::serve_with(
         admin_routes,
-        shared::serve::bind(&ctx.config.admin_listen).await?,
+        admin_listener,
         shared::serve::Options {
             limits: shared::serve::Limits::default(),
             panics: ctx.panics.clone(),

@@ -283,6 +283,8 @@ pub struct Metrics {
     lookups: Family<Outcome, Counter>,
     reloads: Family<ReloadResult, Counter>,
     pub client_connections: Gauge,
+    /// Client bytes and the most connections at once ([`crate::traffic`]).
+    pub traffic: Arc<crate::traffic::ClientTraffic>,
     skipped: Family<Reason, Counter>,
     /// Which skips were logged already (see [`Metrics::skipped`]).
     skips_logged: std::sync::Mutex<std::collections::HashSet<(String, Skip)>>,
@@ -358,6 +360,8 @@ impl Metrics {
             "Open client connections",
             client_connections.clone(),
         );
+        let traffic = Arc::new(crate::traffic::ClientTraffic::default());
+        registry.register_collector(Box::new(crate::traffic::TrafficCollector(traffic.clone())));
         registry.register_collector(Box::new(State(sources)));
         Metrics {
             registry,
@@ -368,6 +372,7 @@ impl Metrics {
             lookups,
             reloads,
             client_connections,
+            traffic,
             skipped,
             skips_logged: std::sync::Mutex::default(),
             ready,
