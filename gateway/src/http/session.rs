@@ -12,6 +12,7 @@ use crate::http::codec;
 use crate::runtime::buffers;
 use crate::runtime::deadline::{Deadline, Interrupted};
 use crate::runtime::net::Stream;
+use crate::observe::traffic::ClientTraffic;
 use futures_lite::AsyncWriteExt;
 use shared::http1::ReadBuf;
 use shared::shutdown::Trigger;
@@ -34,6 +35,8 @@ pub(crate) struct Session {
     pub(crate) input: ReadBuf,
     /// Answer heads and small answers on their way to the client.
     pub(crate) out: Vec<u8>,
+    /// Where the bytes read and written are counted ([`crate::observe::traffic`]).
+    traffic: Option<Arc<ClientTraffic>>,
 }
 
 impl Session {
@@ -44,6 +47,25 @@ impl Session {
             deadline,
             input: ReadBuf::unallocated(buffer),
             out: Vec::new(),
+            traffic: None,
+        }
+    }
+
+    /// Counts the bytes this session reads and writes in `traffic`.
+    pub(crate) fn counted(mut self, traffic: Arc<ClientTraffic>) -> Self {
+        self.traffic = Some(traffic);
+        self
+    }
+
+    fn count_read(&self, read: &Read) {
+        if let (Some(traffic), Ok(Ok(n))) = (&self.traffic, read) {
+            traffic.received(*n);
+        }
+    }
+
+    fn count_written(&self, written: &io::Result<()>, n: usize) {
+        if let (Some(traffic), Ok(())) = (&self.traffic, written) {
+            traffic.sent(n);
         }
     }
 
@@ -55,16 +77,22 @@ impl Session {
 
     /// Writes `bytes` to the client within `limit`.
     pub(crate) async fn write(&mut self, bytes: &[u8], limit: Duration) -> io::Result<()> {
-        self.deadline
+        let written = self
+            .deadline
             .within(limit, self.stream.write_all(bytes))
-            .await?
+            .await?;
+        self.count_written(&written, bytes.len());
+        written
     }
 
     /// Writes what was composed in [`Session::out`] within `limit`.
     pub(crate) async fn write_out(&mut self, limit: Duration) -> io::Result<()> {
-        self.deadline
+        let written = self
+            .deadline
             .within(limit, self.stream.write_all(&self.out))
-            .await?
+            .await?;
+        self.count_written(&written, self.out.len());
+        written
     }
 
     /// Answers with the gateway's own JSON error (`code`, `message`, and the
@@ -84,9 +112,12 @@ impl Session {
 
     /// Reads more of what the client sends into [`Session::input`], within `limit`.
     pub(crate) async fn read(&mut self, limit: Duration) -> Read {
-        self.deadline
+        let read = self
+            .deadline
             .within(limit, self.input.fill(&mut self.stream))
-            .await
+            .await;
+        self.count_read(&read);
+        read
     }
 
     /// [`Session::read`] between requests: once `stop` fires, the wait is cut
@@ -103,14 +134,16 @@ impl Session {
             .deadline
             .within_or_stop(limit, stop, self.input.fill(&mut self.stream))
             .await;
-        match read {
+        let read = match read {
             Err(Interrupted::Stopping) => {
                 self.deadline
                     .within(drain, self.input.fill(&mut self.stream))
                     .await
             }
             read => read,
-        }
+        };
+        self.count_read(&read);
+        read
     }
 
     /// Waits until the client has sent something (true), closed, or waited past

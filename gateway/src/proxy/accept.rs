@@ -110,7 +110,8 @@ fn serve(ctx: &Arc<Context>, stream: net::Stream, peer: SocketAddr, connections:
     let tracked = connections.enter();
     let ctx = ctx.clone();
     let spawned = runtime::spawn(async move {
-        ctx.metrics.client_connections.inc();
+        let open = ctx.metrics.client_connections.inc() + 1;
+        ctx.metrics.traffic.connected(open);
         // Ends within a tick of the drain time running out: every wait it
         // makes is bounded by its deadline, which the watchdog then kills.
         // A panic ends this connection only (logged and counted).

@@ -78,7 +78,8 @@ pub(crate) async fn serve(ctx: &Context, stream: Stream, peer: SocketAddr) {
     let mut c = Client {
         ctx,
         now: ctx.live.current(),
-        session: Session::new(stream, ctx.watchdog.deadline(), BUFFER),
+        session: Session::new(stream, ctx.watchdog.deadline(), BUFFER)
+            .counted(ctx.metrics.traffic.clone()),
         head: RequestHead::default(),
         upstream: Vec::new(),
         chunked: Vec::new(),
