@@ -7,9 +7,11 @@
 //! - `records`: which records the mirror serves and which it sets aside;
 //! - `presence`: this replica's key on its own lease;
 //! - `owners`: which live replica checks which instance (rendezvous hashing);
+//! - `cluster`: the replicas listed and each member asked, for the console;
 //! - `store`: [`crate::store::Store`] on top of them.
 
 pub mod client;
+mod cluster;
 mod keys;
 mod mirror;
 mod owners;

@@ -116,7 +116,8 @@ fn spawn_connection(
     let tracked = connections.enter();
     let ctx = ctx.clone();
     let spawned = runtime::spawn(async move {
-        ctx.metrics.client_connections.inc();
+        let open = ctx.metrics.client_connections.inc() + 1;
+        ctx.metrics.traffic.connected(open);
         // Ends soon after the drain time runs out: every wait it makes is
         // bounded by the connection's deadline, which ends them all then.
         // A panic ends this connection only (logged and counted).
