@@ -115,18 +115,13 @@ impl Stream {
 
     /// Connects to `addr` without blocking the worker.
     pub(crate) async fn connect(addr: SocketAddr) -> io::Result<Stream> {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        socket.set_nonblocking(true)?;
-        match socket.connect(&addr.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {}
-            Err(e) => return Err(e),
+        let flags = rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK;
+        let socket = super::listen::tcp_socket(addr, flags)?;
+        match rustix::net::connect(&socket, &addr) {
+            Ok(()) | Err(rustix::io::Errno::INPROGRESS) => {}
+            Err(e) => return Err(e.into()),
         }
-        let io: TcpStream = socket.into();
+        let io = TcpStream::from(socket);
         let stream = Stream {
             // Upstream connections carry answers to requests already taken.
             inner: Registered::new(io, 0, true)?,
@@ -312,9 +307,7 @@ mod tests {
         let addr = server.local_addr().unwrap();
         let reader = std::thread::spawn(move || {
             let (mut s, _) = server.accept().unwrap();
-            socket2::SockRef::from(&s)
-                .set_recv_buffer_size(16 << 10)
-                .unwrap();
+            rustix::net::sockopt::set_socket_recv_buffer_size(&s, 16 << 10).unwrap();
             // The writer fills every buffer before the first read.
             std::thread::sleep(Duration::from_millis(200));
             let mut all = Vec::with_capacity(LEN);
@@ -333,9 +326,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         run(async move {
             let mut c = Stream::connect(addr).await.unwrap();
-            socket2::SockRef::from(&c.inner.io)
-                .set_send_buffer_size(16 << 10)
-                .unwrap();
+            rustix::net::sockopt::set_socket_send_buffer_size(&c.inner.io, 16 << 10).unwrap();
             let data: Vec<u8> = (0..LEN).map(byte).collect();
             let (mut off, mut short, mut waited) = (0, 0, 0);
             let writing = async {
