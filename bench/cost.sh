@@ -8,7 +8,9 @@
 #
 #   bash bench/cost.sh BEFORE_BINARY AFTER_BINARY     (results: bench/results-cost.md)
 #
-# Settings (environment): COST_ROUNDS (7), COST_SECONDS per run (6), COST_CONNECTIONS (64).
+# Settings (environment): COST_ROUNDS (7), COST_SECONDS per run (6), COST_CONNECTIONS (64),
+# COST_WORKERS per gateway (1; 2 prices what workers share, such as the round-robin rotation),
+# COST_OUT (bench/results-cost.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -17,8 +19,9 @@ AFTER_BIN=${2:?usage: bench/cost.sh BEFORE_BINARY AFTER_BINARY}
 ROUNDS=${COST_ROUNDS:-7}
 SECS=${COST_SECONDS:-6}
 CONNS=${COST_CONNECTIONS:-64}
+WORKERS=${COST_WORKERS:-1}
 TMP=$ROOT/bench/tmp/cost
-OUT=$ROOT/bench/results-cost.md
+OUT=${COST_OUT:-$ROOT/bench/results-cost.md}
 UP1=19381 UP2=19382 UP3=19383 DISCOVERY=19580 B=19300 BA=19301 A=19310 AA=19311
 TICKS=$(getconf CLK_TCK)
 
@@ -48,7 +51,7 @@ declare -A PID
 for which in before after; do
   if [ $which = before ]; then bin=$BEFORE_BIN port=$B admin=$BA; else bin=$AFTER_BIN port=$A admin=$AA; fi
   "$bin" --config bench/conf/gateway.json --listen 127.0.0.1:$port --admin-listen 127.0.0.1:$admin \
-    --discovery-url http://127.0.0.1:$DISCOVERY --log-level warn --worker-threads 1 > "$TMP/$which.log" 2>&1 &
+    --discovery-url http://127.0.0.1:$DISCOVERY --log-level warn --worker-threads "$WORKERS" > "$TMP/$which.log" 2>&1 &
   PID[$which]=$!; PIDS+=($!)
   wait_for curl -sf "http://127.0.0.1:$port/cheap" -d '{}'
 done
@@ -75,8 +78,8 @@ b_rps=$(cut -d' ' -f3 "$TMP/before.txt" | median); a_rps=$(cut -d' ' -f3 "$TMP/a
 {
   echo "# What a change costs per request"
   echo
-  echo "Written by \`bash bench/cost.sh $BEFORE_BIN $AFTER_BIN\` on $(date -u +%Y-%m-%d), $(nproc) cores."
-  echo "One worker each, the cheap nginx upstream, wrk -t1 -c$CONNS, 256-byte POST, $SECS s runs, $ROUNDS interleaved rounds;"
+  echo "Written by \`COST_WORKERS=$WORKERS bash bench/cost.sh $BEFORE_BIN $AFTER_BIN\` on $(date -u +%Y-%m-%d), $(nproc) cores."
+  echo "$WORKERS worker(s) each, the cheap nginx upstream, wrk -t1 -c$CONNS, 256-byte POST, $SECS s runs, $ROUNDS interleaved rounds;"
   echo "CPU time is the gateway process's utime + stime over the run, divided by the requests it served."
   echo
   echo "| gateway | CPU µs per request (median) | req/s (median) |"

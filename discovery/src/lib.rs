@@ -31,6 +31,7 @@
 
 mod access;
 pub mod budget;
+mod cluster;
 mod counters;
 mod dashboard;
 pub mod etcd;
@@ -43,6 +44,7 @@ mod probe;
 mod registration;
 mod registry;
 pub mod store;
+mod trends;
 mod watch;
 
 use access::AllowedHosts;
@@ -71,6 +73,12 @@ pub(crate) struct State {
     metrics: Arc<metrics::Metrics>,
     config: Arc<DiscoveryConfig>,
     allowed: Arc<AllowedHosts>,
+    /// Open watch streams, for the console's cluster view.
+    watchers: Arc<cluster::Watchers>,
+    /// Replicas seen in the store, remembered when they leave it.
+    seen: Arc<cluster::Seen>,
+    /// The last 15 minutes of counts, for the console's charts.
+    trends: Arc<trends::Trends>,
 }
 
 /// A running discovery service.
@@ -168,6 +176,13 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         let (hub, stop) = (hub.clone(), stop.clone());
         task::spawn(async move { hub.end_warmup().or(stop.wait()).await });
     }
+    let trends = Arc::new(trends::Trends::default());
+    task::spawn(trends::run(
+        trends.clone(),
+        registry.clone(),
+        counters.clone(),
+        stop.clone(),
+    ));
     let state = State {
         registry: registry.clone(),
         hub: hub.clone(),
@@ -175,6 +190,9 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         metrics,
         config: config.clone(),
         allowed,
+        watchers: Arc::default(),
+        seen: Arc::default(),
+        trends,
     };
     let limits = Limits {
         max_connections: budget.connections,
@@ -304,6 +322,10 @@ fn routes(state: State) -> tide::Server<State> {
         ))
     });
     app.at("/api/watch").get(watch_stream);
+    // The console's cluster view and charts (see `cluster` and `trends`).
+    app.at("/api/cluster").get(cluster::cluster);
+    app.at("/api/cluster/local").get(cluster::local);
+    app.at("/api/trends").get(trends);
     app.at("/metrics").get(|req: Request<State>| async move {
         let state = req.state();
         let mut res = tide::Response::new(StatusCode::Ok);
@@ -322,7 +344,16 @@ fn routes(state: State) -> tide::Server<State> {
             ),
             (&["/api/lookup", "/api/lookup/"], &[Get, Post]),
             (&["/api/maintenance", "/api/maintenance/"], &[Put, Delete]),
-            (&["/api/services", "/api/watch"], &[Get]),
+            (
+                &[
+                    "/api/services",
+                    "/api/watch",
+                    "/api/cluster",
+                    "/api/cluster/local",
+                    "/api/trends",
+                ],
+                &[Get],
+            ),
             (&["/metrics"], &[Get]),
             (&["/health_check"], &[Get]),
         ];
@@ -365,17 +396,43 @@ async fn watch_stream(req: Request<State>) -> tide::Result {
     let Some(admission) = state.hub.admit(&state.counters) else {
         return Ok(too_many_watchers(state.hub.cap()));
     };
+    let registered = state.watchers.register(&req, &namespace);
     let spec = watch::StreamSpec {
         registry: state.registry.clone(),
         namespace,
         keepalive: state.config.watch_keepalive,
     };
-    let body = watch::open_stream(&state.hub, spec, admission);
+    let body = cluster::Tracked {
+        body: watch::open_stream(&state.hub, spec, admission),
+        _registered: registered,
+    };
     let mut res = tide::Response::new(StatusCode::Ok);
     res.set_body(tide::Body::from_reader(body, None));
     res.set_content_type("text/event-stream");
     res.insert_header("cache-control", "no-cache");
     Ok(res)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrendsQuery {
+    since: Option<u64>,
+}
+
+/// `GET /api/trends[?since=<unix ms>]`: the samples after `since` (all of
+/// the last 15 minutes without it); see [`trends`].
+async fn trends(req: Request<State>) -> tide::Result {
+    match req.query::<TrendsQuery>() {
+        Ok(q) => Ok(json_response(
+            StatusCode::Ok,
+            &req.state().trends.json(q.since.unwrap_or(0)),
+        )),
+        Err(e) => Ok(shared::api::error_response(
+            StatusCode::BadRequest,
+            "invalid_field",
+            format!("since: {e}"),
+        )),
+    }
 }
 
 /// `/ready`: 200 `{"status": "ready"}`, or 503 `{"status": "stale", "reason"}`

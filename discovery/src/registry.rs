@@ -183,6 +183,11 @@ impl Registry {
         self.store.health()
     }
 
+    /// The store's view of the cluster (see [`Store::cluster`]).
+    pub async fn store_cluster(&self) -> crate::store::StoreCluster {
+        self.store.cluster().await
+    }
+
     /// How stale the mirror may be (see [`Store::mirror_age`]).
     pub fn store_mirror_age(&self) -> Option<std::time::Duration> {
         self.store.mirror_age()

@@ -9,6 +9,8 @@ mod cluster;
 mod config;
 #[path = "acceptance/console.rs"]
 mod console;
+#[path = "acceptance/console_cluster.rs"]
+mod console_cluster;
 #[path = "acceptance/health.rs"]
 mod health;
 #[path = "acceptance/hostile.rs"]

@@ -38,7 +38,7 @@ pub struct Context {
     pub(crate) default_host: String,
     /// Requests seen per worker, for access log sampling.
     pub(crate) requests: Arc<PerWorker<AtomicU64>>,
-    /// Enforces the deadlines of every wait on the request path.
+    /// The request path's deadlines: kept by each worker, ended at the stop and the kill.
     pub(crate) watchdog: Arc<Watchdog>,
     /// Panics caught in connections and background loops.
     pub(crate) panics: Panics,

@@ -5,10 +5,11 @@
 //!
 //! - `runtime/`: each worker thread's task queue and epoll, its sockets,
 //!   deadlines, per-worker slots and the client port's listening sockets.
+//! - `observe/`: counters, client traffic and per-instance statistics the
+//!   request path bumps.
 //! - `http/`: HTTP/1.1 on the client side (the codec, the request target,
 //!   the session that is the one writer of bytes to a client, the bound on
 //!   buffered request bytes).
-//! - `observe/`: counters and per-instance statistics the request path bumps.
 //! - `balance/`: rings of instances per namespace, how a member is chosen,
 //!   pooled connections to each, passive health.
 //! - `idempotency/`: `Idempotency-Key` records (key, fingerprint, what a
@@ -158,10 +159,17 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         },
     };
     let upstreams = Arc::new(balance::pool::Upstreams::new(limits, allowed));
+    // Bound before the discovery client is built: every watch stream names
+    // this gateway by its admin URL (`x-gateway-id`), which discovery's
+    // console shows beside the stream's address.
+    let admin_listener = shared::serve::bind(&config.admin_listen).await?;
+    let gateway_id = format!("http://{}", admin_listener.local_addr()?);
     let discovery = surf::Config::new()
         .set_http_keep_alive(false)
         .set_tcp_no_delay(true)
         .set_timeout(None)
+        .add_header("x-gateway-id", gateway_id.as_str())
+        .map_err(|e| std::io::Error::other(format!("cannot build the discovery client: {e}")))?
         .try_into()
         .map_err(|e| std::io::Error::other(format!("cannot build the discovery client: {e}")))?;
     let panics = Panics::new();
@@ -188,7 +196,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     });
     ctx.live.start(&ctx);
     // Every loop restarts if it panics: a ring must keep following discovery,
-    // and without the watchdog no deadline on the request path would fire.
+    // and without the watchdog no wait would end at the stop or the kill.
     let mut background = Vec::new();
     for balancer in ctx.router.balancers() {
         background.extend(discover::watch::spawn_watch(&ctx, balancer));
@@ -212,7 +220,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     admin::ready::routes(&mut admin_routes);
     let admin = shared::serve::serve_with(
         admin_routes,
-        shared::serve::bind(&ctx.config.admin_listen).await?,
+        admin_listener,
         shared::serve::Options {
             limits: shared::serve::Limits::default(),
             panics: ctx.panics.clone(),

@@ -18,6 +18,8 @@ mod cluster_gateways;
 mod common;
 #[path = "acceptance/console.rs"]
 mod console;
+#[path = "acceptance/console_charts.rs"]
+mod console_charts;
 #[path = "acceptance/destinations.rs"]
 mod destinations;
 #[path = "acceptance/faults.rs"]

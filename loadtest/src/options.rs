@@ -213,8 +213,7 @@ mod tests {
 
     #[test]
     fn flags_beat_the_state_file_which_beats_defaults() {
-        let dir = std::env::temp_dir().join(format!("loadtest-opts-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = testkit::tempdir::TempDir::new("loadtest-opts");
         let path = dir.join("state.json");
         let missing = Endpoints::resolve(None, None, None, &path);
         assert_eq!(missing.url, DEFAULT_URL);
@@ -230,7 +229,6 @@ mod tests {
         assert_eq!(e.url, "http://h:1");
         assert_eq!(e.admin_url, "http://127.0.0.1:9001");
         assert_eq!(e.discovery_url, "http://127.0.0.1:9500");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

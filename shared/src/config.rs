@@ -1442,7 +1442,9 @@ mod unknown_key_tests {
         // A small section lists its few keys.
         let err = parse::<GatewayConfig>(r#"{"routes": [{"prefix": "/", "zzz": 1}]}"#).unwrap_err();
         assert!(
-            err.ends_with("; expected `prefix`, `namespace`, `verify_request_id`"),
+            err.ends_with(
+                "; expected `prefix`, `namespace`, `verify_request_id`, `balance`, `slow_start`"
+            ),
             "{err}"
         );
         // Other errors keep serde's words, with the path.

@@ -215,6 +215,33 @@ impl Browser {
         }
     }
 
+    /// A PNG of the whole page as a `width` pixels wide window shows it
+    /// (DevTools `Page.captureScreenshot` beyond the viewport).
+    pub async fn screenshot(&self, page: &Page, width: u32) -> Vec<u8> {
+        let session = Some(page.session.as_str());
+        let height = self
+            .evaluate(page, "document.documentElement.scrollHeight")
+            .await
+            .ok()
+            .and_then(|v| v.as_u64())
+            .unwrap_or(900)
+            .clamp(600, 4000);
+        self.call(
+            session,
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+        )
+        .await;
+        let shot = self
+            .call(
+                session,
+                "Page.captureScreenshot",
+                json!({"format": "png", "captureBeyondViewport": true}),
+            )
+            .await;
+        decode_base64(shot["data"].as_str().unwrap_or_default())
+    }
+
     async fn call(&self, session: Option<&str>, method: &str, params: Value) -> Value {
         self.try_call(session, method, params)
             .await
@@ -260,6 +287,30 @@ impl Browser {
             return Ok(message["result"].clone());
         }
     }
+}
+
+/// Standard base64 (what DevTools sends binary data as); stops at the first
+/// byte outside the alphabet (padding).
+fn decode_base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in text.bytes().map_while(value) {
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
 }
 
 /// Opens our ends of Chromium's pipe. Opening a FIFO blocks until its other
@@ -312,5 +363,15 @@ impl Drop for Browser {
     fn drop(&mut self) {
         kill_group(&mut self.child);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_decodes_as_devtools_sends_it() {
+        assert_eq!(super::decode_base64("aGVsbG8gd29ybGQ="), b"hello world");
+        assert_eq!(super::decode_base64("iVBORw0KGgo="), b"\x89PNG\r\n\x1a\n");
+        assert_eq!(super::decode_base64(""), b"");
     }
 }

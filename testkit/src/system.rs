@@ -56,6 +56,20 @@ pub async fn apps(discovery_url: &str, n: usize) -> Vec<app::Handle> {
     apps
 }
 
+/// Like [`apps`], registering with `Authorization: Bearer <token>` (a
+/// discovery with a `registration_token`).
+pub async fn apps_with_token(discovery_url: &str, n: usize, token: &str) -> Vec<app::Handle> {
+    let mut apps = Vec::new();
+    for _ in 0..n {
+        let config = AppConfig {
+            registration_token: Some(token.into()),
+            ..app_config(discovery_url)
+        };
+        apps.push(app::spawn(config).await.expect("app starts"));
+    }
+    apps
+}
+
 /// The members of the gateway's ring for `namespace`, from its `/status`.
 pub async fn ring(admin_url: &str, namespace: &str) -> Vec<String> {
     let (_, status) = crate::client::get(&format!("{admin_url}/status")).await;

@@ -24,7 +24,7 @@
 //! route added in the code is a new literal in those sources, so it is found
 //! and the test fails until the spec documents it. A hand-written list of
 //! today's routes (from `routes` in discovery/src/lib.rs and
-//! gateway/src/admin.rs) is checked to be within what the probe finds, so
+//! gateway/src/admin/status.rs) is checked to be within what the probe finds, so
 //! the scan cannot quietly stop finding routes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -444,16 +444,22 @@ fn exported(text: &str, into: &mut BTreeMap<String, BTreeSet<String>>) {
 /// prometheus-client `Family` without children: failovers, skipped
 /// upstreams, ...) counts as exported when the service's metrics module
 /// registers it under that name: `gateway_failovers_total` is
-/// `"failovers"` in gateway/src/metrics.rs.
+/// `"failovers"` in gateway/src/observe/counters.rs.
 fn registered_in_source(name: &str) -> bool {
-    let (file, rest) = if let Some(rest) = name.strip_prefix("gateway_") {
-        ("gateway/src/metrics.rs", rest)
+    let (files, rest): (&[&str], &str) = if let Some(rest) = name.strip_prefix("gateway_") {
+        (
+            &[
+                "gateway/src/observe/counters.rs",
+                "gateway/src/admin/metrics.rs",
+            ],
+            rest,
+        )
     } else if let Some(rest) = name.strip_prefix("discovery_") {
-        ("discovery/src/metrics.rs", rest)
+        (&["discovery/src/metrics.rs"], rest)
     } else {
         return false;
     };
-    let source = read(file);
+    let source: String = files.iter().map(|f| read(f)).collect();
     let stem = ["_total", "_bucket", "_sum", "_count"]
         .iter()
         .find_map(|s| rest.strip_suffix(s))
@@ -981,7 +987,7 @@ const DISCOVERY_ROUTES: &[(&str, &[&str])] = &[
     ("/api/watch", &["get"]),
 ];
 
-/// The gateway admin port's routes, from gateway/src/admin.rs, ready.rs and the console.
+/// The gateway admin port's routes, from gateway/src/admin/status.rs, ready.rs and the console.
 const GATEWAY_ADMIN_ROUTES: &[(&str, &[&str])] = &[
     ("/", &["get"]),
     ("/console.js", &["get"]),

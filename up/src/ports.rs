@@ -92,7 +92,7 @@ mod tests {
 
     #[test]
     fn a_growing_log_is_read_line_by_line() {
-        let path = std::env::temp_dir().join(format!("up-ports-{}.log", std::process::id()));
+        let path = testkit::tempdir::TempFile::new(format!("up-ports-{}.log", std::process::id()));
         std::fs::write(
             &path,
             "starting\n{\"msg\":\"app listening on http://127.0.0.1:4",
@@ -109,7 +109,6 @@ mod tests {
             .unwrap();
         std::io::Write::write_all(&mut f, more.as_bytes()).unwrap();
         l.poll(&["app", "app admin"], &mut found);
-        let _ = std::fs::remove_file(&path);
         assert_eq!(
             found,
             [

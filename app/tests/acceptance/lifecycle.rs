@@ -5,9 +5,12 @@
 use crate::support::{begin, instance, instances, send, wait_for_status};
 use std::time::{Duration, Instant};
 use testkit::procs::Proc;
+use testkit::tempdir::TempFile;
 
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("app-{}-{name}.json", std::process::id()));
+/// A config file, removed when the answer is dropped (also when the test
+/// fails): keep it before the `Proc` that reads it.
+fn write_config(name: &str, text: &str) -> TempFile {
+    let path = TempFile::new(format!("app-{}-{name}.json", std::process::id()));
     std::fs::write(&path, text).unwrap();
     path
 }

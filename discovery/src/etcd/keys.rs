@@ -56,6 +56,11 @@ impl Keys {
         key
     }
 
+    /// Every replica key starts with this.
+    pub fn replicas(&self) -> &[u8] {
+        &self.replicas
+    }
+
     pub fn replica(&self, replica_id: &str) -> Vec<u8> {
         let mut key = self.replicas.clone();
         encode(&mut key, replica_id);

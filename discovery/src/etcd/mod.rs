@@ -7,11 +7,13 @@
 //! - `records`: which records the mirror serves and which it sets aside;
 //! - `presence`: this replica's key on its own lease;
 //! - `owners`: which live replica checks which instance (rendezvous hashing);
+//! - `cluster`: the replicas listed and each member asked, for the console;
 //! - `store`: [`crate::store::Store`] on top of them.
 
 // The client lives in shared (the gateway's idempotency store uses it too);
 // re-exported so `discovery::etcd::client` keeps naming it.
 pub use shared::etcd::client;
+mod cluster;
 mod keys;
 mod mirror;
 mod owners;

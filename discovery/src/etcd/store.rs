@@ -540,6 +540,14 @@ impl Store for EtcdStore {
         }
     }
 
+    fn cluster(&self) -> StoreFuture<'_, crate::store::StoreCluster> {
+        Box::pin(super::cluster::view(
+            &self.client,
+            &self.keys,
+            &self.replica_id,
+        ))
+    }
+
     fn mirror_age(&self) -> Option<Duration> {
         // Touched by every watch event and every keep-alive: about a second at most while connected.
         self.mirror.age()

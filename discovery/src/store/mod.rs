@@ -59,8 +59,10 @@
 //!
 //! Durable fields a remote store serialises are exactly [`Record`]'s (serde).
 
+mod cluster;
 mod memory;
 
+pub use cluster::{ListedReplica, MemberHealth, StoreCluster};
 pub use memory::MemoryStore;
 
 use crate::access::AllowedHosts;
@@ -378,6 +380,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Reachability and detail for `/metrics` and the dashboard.
     fn health(&self) -> StoreHealth;
+
+    /// The replicas the store lists and how its members answer, for the
+    /// console's cluster view (memory: nothing to list).
+    fn cluster(&self) -> StoreFuture<'_, StoreCluster> {
+        Box::pin(async { StoreCluster::default() })
+    }
 
     /// How stale this replica's mirror may be: the time since it was last
     /// known to be in step with the store (`None`: always in step, as memory is).

@@ -126,7 +126,14 @@ async fn bad_input_is_rejected_with_a_named_error_and_changes_nothing() {
         (
             "POST",
             "/api/register",
-            Some(r#"{"namespace": "a", "port": 1, "weight": 3}"#.into()),
+            Some(r#"{"namespace": "a", "port": 1, "priority": 3}"#.into()),
+            400,
+            "priority",
+        ),
+        (
+            "POST",
+            "/api/register",
+            Some(r#"{"namespace": "a", "port": 1, "weight": 0}"#.into()),
             400,
             "weight",
         ),

@@ -265,8 +265,8 @@ async fn a_killed_replicas_checks_move_within_one_lease_ttl() {
     let Some(etcd) = Cluster::start(1).await else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("cluster-kill-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Declared before the replicas: removed after they stop, also on a failure.
+    let dir = testkit::tempdir::TempDir::new("cluster-kill");
     let store = etcd.store_url("t3");
     let (p1, b1) = replica_process(&store, "k1", &dir).await;
     let (mut p2, b2) = replica_process(&store, "k2", &dir).await;
@@ -399,7 +399,6 @@ async fn a_killed_replicas_checks_move_within_one_lease_ttl() {
     );
     assert!(ok > 10, "the load ran: {ok} lookups");
     eprintln!("checks moved {moved:?} after the kill ({ok} lookups, none failed)");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Keep-alive POSTs through `addr` until `stop`; every answer must be a 200

@@ -2,6 +2,7 @@
 //! and `/health_check`. tide is fine here: it is off the request path.
 
 use crate::context::Context;
+use crate::observe::history;
 use crate::runtime::clock;
 use serde_json::{json, Value};
 use shared::api::json_response;
@@ -23,6 +24,7 @@ pub(crate) fn routes(ctx: State) -> tide::Server<State> {
             &status(&req.state().current()),
         ))
     });
+    app.at("/status/history").get(history_route);
     app.at("/metrics").get(|req: Request<State>| async move {
         let mut res = Response::new(StatusCode::Ok);
         res.set_body(crate::admin::metrics::render(req.state()));
@@ -57,6 +59,31 @@ fn idempotency(ctx: &Context) -> Value {
     })
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    since: Option<u64>,
+}
+
+/// `/status/history[?since=<unix ms>]`: see [`history`]; a
+/// query it cannot read is a 400.
+async fn history_route(req: Request<State>) -> tide::Result {
+    let since = match req.query::<HistoryQuery>() {
+        Ok(q) => q.since.unwrap_or(0),
+        Err(e) => {
+            return Ok(shared::api::error_response(
+                StatusCode::BadRequest,
+                "invalid_field",
+                format!("since: {e}"),
+            ))
+        }
+    };
+    Ok(json_response(
+        StatusCode::Ok,
+        &history(&req.state().current(), since),
+    ))
+}
+
 /// The rings, their members and the watch streams feeding them.
 ///
 /// Each member carries its statistics: `requests` (answered tries) and
@@ -64,6 +91,9 @@ fn idempotency(ctx: &Context) -> Value {
 /// a reader turns into rates; and over the last `window_seconds` (up to
 /// about half a minute) `requests_per_second`, `errors_per_second`, and the
 /// `p50_ms` and `p99_ms` latency of its tries (`null` without any).
+///
+/// `clients`: client connections open now and the most at once, bytes
+/// received from and sent to clients ([`crate::observe::traffic`]).
 pub(crate) fn status(ctx: &Context) -> Value {
     let now = clock();
     let instant = std::time::Instant::now();
@@ -139,6 +169,44 @@ pub(crate) fn status(ctx: &Context) -> Value {
             json!({"prefix": r.prefix, "namespace": r.namespace, "source": source})
         })
         .collect();
+    let open = ctx.metrics.client_connections.get();
     json!({"namespaces": namespaces, "routes": routes, "discovery_url": ctx.config.discovery_url,
-        "discovery_urls": ctx.config.discovery_urls(), "idempotency": idempotency(ctx)})
+        "discovery_urls": ctx.config.discovery_urls(),
+        "clients": ctx.metrics.traffic.status(open),
+        "history_url": "/status/history", "idempotency": idempotency(ctx)})
+}
+
+/// `GET /status/history[?since=<unix ms>]`: per ring, per member, the points
+/// taken after `since` (all of the last 15 minutes without it), so a console
+/// fetches the whole history once and then only what is new.
+pub(crate) fn history(ctx: &Context, since: u64) -> Value {
+    let namespaces: Vec<Value> = ctx
+        .router
+        .balancers()
+        .iter()
+        .map(|b| {
+            let ring = b.ring();
+            let members: Vec<Value> = ring
+                .members
+                .iter()
+                .map(|m| {
+                    let points: Vec<Value> = m
+                        .stats
+                        .history(since)
+                        .into_iter()
+                        .map(history::Point::to_json)
+                        .collect();
+                    json!({"upstream": m.key, "points": points})
+                })
+                .collect();
+            json!({"namespace": b.namespace, "members": members})
+        })
+        .collect();
+    json!({
+        "now_unix_ms": history::now_unix_ms(),
+        "interval_seconds": crate::observe::stats::SAMPLE_EVERY.as_secs_f64(),
+        "points_kept": history::POINTS,
+        "fields": ["at_unix_ms", "requests_per_second", "errors_per_second", "p99_ms"],
+        "namespaces": namespaces,
+    })
 }

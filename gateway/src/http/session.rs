@@ -10,6 +10,7 @@
 //! be a second session beside this one.
 
 use crate::http::codec::{self, AnswerTo, ClientFraming};
+use crate::observe::traffic::ClientTraffic;
 use crate::runtime::buffers;
 use crate::runtime::deadline::{Deadline, Interrupted};
 use crate::runtime::net::Stream;
@@ -40,6 +41,8 @@ pub(crate) struct Session {
     out: Vec<u8>,
     /// Copies the answer being relayed, for an idempotency key (`stored`).
     tap: Option<Box<stored::Tap>>,
+    /// Where the bytes read and written are counted ([`crate::observe::traffic`]).
+    traffic: Option<Arc<ClientTraffic>>,
 }
 
 impl Session {
@@ -51,6 +54,25 @@ impl Session {
             input: ReadBuf::unallocated(buffer),
             out: Vec::new(),
             tap: None,
+            traffic: None,
+        }
+    }
+
+    /// Counts the bytes this session reads and writes in `traffic`.
+    pub(crate) fn counted(mut self, traffic: Arc<ClientTraffic>) -> Self {
+        self.traffic = Some(traffic);
+        self
+    }
+
+    fn count_read(&self, read: &Read) {
+        if let (Some(traffic), Ok(Ok(n))) = (&self.traffic, read) {
+            traffic.received(*n);
+        }
+    }
+
+    fn count_written(&self, written: &io::Result<()>, n: usize) {
+        if let (Some(traffic), Ok(())) = (&self.traffic, written) {
+            traffic.sent(n);
         }
     }
 
@@ -82,16 +104,22 @@ impl Session {
 
     /// Writes `bytes` to the client within `limit`.
     async fn write(&mut self, bytes: &[u8], limit: Duration) -> io::Result<()> {
-        self.deadline
+        let written = self
+            .deadline
             .within(limit, self.stream.write_all(bytes))
-            .await?
+            .await?;
+        self.count_written(&written, bytes.len());
+        written
     }
 
     /// Writes what was composed in `out` within `limit`.
     async fn write_out(&mut self, limit: Duration) -> io::Result<()> {
-        self.deadline
+        let written = self
+            .deadline
             .within(limit, self.stream.write_all(&self.out))
-            .await?
+            .await?;
+        self.count_written(&written, self.out.len());
+        written
     }
 
     /// Tells a client that sent `Expect: 100-continue` to send its body.
@@ -188,9 +216,12 @@ impl Session {
 
     /// Reads more of what the client sends into [`Session::input`], within `limit`.
     pub(crate) async fn read(&mut self, limit: Duration) -> Read {
-        self.deadline
+        let read = self
+            .deadline
             .within(limit, self.input.fill(&mut self.stream))
-            .await
+            .await;
+        self.count_read(&read);
+        read
     }
 
     /// [`Session::read`] between requests: once `stop` fires, the wait is cut
@@ -207,14 +238,16 @@ impl Session {
             .deadline
             .within_or_stop(limit, stop, self.input.fill(&mut self.stream))
             .await;
-        match read {
+        let read = match read {
             Err(Interrupted::Stopping) => {
                 self.deadline
                     .within(drain, self.input.fill(&mut self.stream))
                     .await
             }
             read => read,
-        }
+        };
+        self.count_read(&read);
+        read
     }
 
     /// Waits until the client has sent something (true), closed, or waited past

@@ -235,6 +235,8 @@ pub(crate) struct Metrics {
     lookups: Family<Outcome, Counter>,
     reloads: Family<ReloadResult, Counter>,
     pub(crate) client_connections: Gauge,
+    /// Client bytes and the most connections at once ([`crate::observe::traffic`]).
+    pub(crate) traffic: Arc<crate::observe::traffic::ClientTraffic>,
     skipped: Family<Reason, Counter>,
     /// Which skips were logged already (see [`Metrics::skipped`]).
     skips_logged: std::sync::Mutex<std::collections::HashSet<(String, Skip)>>,
@@ -299,8 +301,13 @@ impl Metrics {
             "Open client connections",
             client_connections.clone(),
         );
+        let traffic = Arc::new(crate::observe::traffic::ClientTraffic::default());
+        registry.register_collector(Box::new(crate::observe::traffic::TrafficCollector(
+            traffic.clone(),
+        )));
         Metrics {
             registry,
+            traffic,
             requests,
             failovers,
             keepalive_retries,

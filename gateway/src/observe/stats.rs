@@ -9,6 +9,7 @@
 //! from samples the reaper takes every few seconds.
 
 use crate::observe::causes::Failover;
+use crate::observe::history::{History, Point};
 use crate::runtime::slots::PerWorker;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +48,8 @@ pub(crate) struct UpstreamStats {
     shards: PerWorker<Shard>,
     /// Taken by [`UpstreamStats::sample`], oldest first.
     samples: Mutex<VecDeque<Sample>>,
+    /// One point per sample for the last 15 minutes ([`crate::observe::history`]).
+    history: Mutex<History>,
 }
 
 /// One worker's counts for one instance.
@@ -97,6 +100,7 @@ impl Default for UpstreamStats {
         UpstreamStats {
             shards: PerWorker::default(),
             samples: Mutex::new(VecDeque::new()),
+            history: Mutex::default(),
         }
     }
 }
@@ -210,6 +214,13 @@ impl UpstreamStats {
             buckets: self.bucket_counts(),
         };
         let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(before) = samples.back() {
+            let point = between(before, &sample, crate::observe::history::now_unix_ms());
+            self.history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(point);
+        }
         samples.push_back(sample);
         while samples.len() > SAMPLES {
             samples.pop_front();
@@ -246,6 +257,40 @@ impl UpstreamStats {
             p50_ms: quantile(&delta, 0.5),
             p99_ms: quantile(&delta, 0.99),
         }
+    }
+}
+
+impl UpstreamStats {
+    /// The history points taken after `after_unix_ms` (0: all of them).
+    pub fn history(&self, after_unix_ms: u64) -> Vec<Point> {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .since(after_unix_ms)
+    }
+}
+
+/// What happened between two samples, as one history point at `at_unix_ms`.
+fn between(before: &Sample, after: &Sample, at_unix_ms: u64) -> Point {
+    let seconds = after.at.saturating_duration_since(before.at).as_secs_f64();
+    let per_second = |now: u64, then: u64| {
+        if seconds > 0.0 {
+            now.saturating_sub(then) as f64 / seconds
+        } else {
+            0.0
+        }
+    };
+    let delta: Vec<u64> = after
+        .buckets
+        .iter()
+        .zip(&before.buckets)
+        .map(|(n, then)| n.saturating_sub(*then))
+        .collect();
+    Point {
+        at_unix_ms,
+        requests_per_second: per_second(after.requests, before.requests),
+        errors_per_second: per_second(after.errors, before.errors),
+        p99_ms: quantile(&delta, 0.99),
     }
 }
 
@@ -315,5 +360,38 @@ mod tests {
             s.sample(t0 + Duration::from_secs(i));
         }
         assert_eq!(s.samples.lock().unwrap().len(), SAMPLES);
+    }
+
+    #[test]
+    fn each_sample_after_the_first_adds_a_history_point_of_what_came_between() {
+        let s = UpstreamStats::default();
+        let t0 = Instant::now();
+        s.sample(t0);
+        assert!(s.history(0).is_empty(), "one sample is no interval yet");
+        for _ in 0..10 {
+            s.answered(200, Duration::from_millis(3));
+        }
+        s.answered(502, Duration::from_millis(40));
+        s.failed(Failover::Connect, Duration::from_millis(1));
+        s.sample(t0 + Duration::from_secs(5));
+        let points = s.history(0);
+        assert_eq!(points.len(), 1);
+        let p = points[0];
+        // 11 answered and 2 errors (the 502 and the refused connection) in 5 s.
+        assert!((p.requests_per_second - 2.2).abs() < 1e-9, "{p:?}");
+        assert!((p.errors_per_second - 0.4).abs() < 1e-9, "{p:?}");
+        let p99 = p.p99_ms.unwrap();
+        assert!((30.0..=50.0).contains(&p99), "{p99}");
+        // Nothing in the next interval: zero rates, no latency.
+        s.sample(t0 + Duration::from_secs(10));
+        let quiet = s.history(p.at_unix_ms.saturating_sub(1));
+        assert_eq!(quiet.len(), 2);
+        assert_eq!(quiet[1].requests_per_second, 0.0);
+        assert_eq!(quiet[1].p99_ms, None);
+        // Bounded: a quarter hour's points, whatever runs longer.
+        for i in 3..400 {
+            s.sample(t0 + Duration::from_secs(5 * i));
+        }
+        assert_eq!(s.history(0).len(), crate::observe::history::POINTS);
     }
 }

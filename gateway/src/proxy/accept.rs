@@ -1,9 +1,10 @@
 //! Accepts client connections, each in its own task on the accepting
 //! worker's runtime (see [`crate::proxy::workers`]).
 //!
-//! Each worker gets its own socket: with `reuse_port`, one SO_REUSEPORT
-//! socket per worker bound to the same address; without, duplicates of one
-//! socket (one accept queue, shared).
+//! Each worker accepts on its own socket, bound at start
+//! ([`crate::runtime::listen`]): with `reuse_port`, one SO_REUSEPORT socket
+//! per worker bound to the same address; without, duplicates of one socket
+//! (one accept queue, shared).
 //!
 //! With `reuse_port` (the default) the socket is bound with SO_REUSEADDR and
 //! SO_REUSEPORT, so several gateways on one host share the address: the
@@ -115,7 +116,8 @@ fn spawn_connection(
     let tracked = connections.enter();
     let ctx = ctx.clone();
     let spawned = runtime::spawn(async move {
-        ctx.metrics.client_connections.inc();
+        let open = ctx.metrics.client_connections.inc() + 1;
+        ctx.metrics.traffic.connected(open);
         // Ends soon after the drain time runs out: every wait it makes is
         // bounded by the connection's deadline, which ends them all then.
         // A panic ends this connection only (logged and counted).
@@ -126,5 +128,50 @@ fn spawn_connection(
     });
     if let Err(e) = spawned {
         log::error!("cannot serve a connection: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::test_support::{on_worker, read_to_end, PATIENCE};
+    use crate::proxy::test_support::{answering, config, context};
+    use crate::runtime::listen::{self, Gate};
+    use std::io::Write;
+
+    /// Connections the kernel queued before the gate closed are served,
+    /// each in its own task, after the loop stopped accepting.
+    #[test]
+    fn connections_queued_when_the_gate_closes_are_still_served() {
+        let (instance, _) = answering("served");
+        let bound = listen::bind("127.0.0.1:0", false).unwrap();
+        let addr = bound.local_addr().unwrap();
+        let gate = Gate::new(&[bound.try_clone().unwrap()], addr).unwrap();
+        let mut shared = context(config(), &[instance]).share();
+        shared.gate = Arc::new(gate);
+        let ctx = Arc::new(shared);
+        ctx.gate.open().unwrap();
+        let clients: Vec<_> = (0..3)
+            .map(|_| {
+                let mut peer = std::net::TcpStream::connect(addr).unwrap();
+                peer.set_read_timeout(Some(PATIENCE)).unwrap();
+                peer.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                std::thread::spawn(move || read_to_end(&mut peer))
+            })
+            .collect();
+        ctx.gate.close();
+        let connections = Tracker::default();
+        let left = on_worker(async move {
+            accept(&ctx, bound, &connections).await;
+            connections.drained(PATIENCE).await;
+            connections.live()
+        });
+        assert_eq!(left, 0);
+        for client in clients {
+            let read = String::from_utf8(client.join().unwrap()).unwrap();
+            assert!(read.starts_with("HTTP/1.1 200 OK\r\n"), "{read}");
+            assert!(read.ends_with("\r\n\r\nserved"), "{read}");
+        }
     }
 }

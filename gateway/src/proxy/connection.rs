@@ -94,7 +94,8 @@ pub(crate) async fn serve_connection(ctx: &Context, stream: Stream, peer: Socket
     let mut c = Client {
         ctx,
         now: ctx.live.current(),
-        session: Session::new(stream, ctx.watchdog.deadline(), BUFFER),
+        session: Session::new(stream, ctx.watchdog.deadline(), BUFFER)
+            .counted(ctx.metrics.traffic.clone()),
         client_ip: peer.ip().to_canonical().to_string(),
         head: RequestHead::default(),
         upstream: Vec::new(),

@@ -22,7 +22,7 @@ pub(crate) struct Workers {
     /// One message per worker whose accept loop ended (queue drained).
     stopped: async_channel::Receiver<()>,
     count: usize,
-    /// Fired once the connections are over: the workers' executors end.
+    /// Fired once the connections are over: the workers' runtimes end.
     finished: Trigger,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -50,7 +50,7 @@ impl Workers {
     }
 }
 
-/// Starts one worker per listener, each on its own thread with its own executor.
+/// Starts one worker per listener, each on its own thread with its own runtime.
 pub(crate) fn spawn(
     ctx: &Arc<Context>,
     listeners: Vec<Bound>,

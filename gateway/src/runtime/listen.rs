@@ -13,9 +13,11 @@
 //! takes no connection from its peers until its gate opens.
 
 use futures_lite::FutureExt;
+use rustix::net::{self, ipproto, sockopt, AddressFamily, SocketFlags, SocketType};
 use shared::shutdown::Trigger;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -86,19 +88,20 @@ pub(crate) fn bind(listen: &str, reuse_port: bool) -> std::io::Result<Bound> {
                 format!("cannot listen on {listen}: it resolves to no address"),
             )
         })?;
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .map_err(cannot)?;
+    let socket = tcp_socket(addr, SocketFlags::CLOEXEC).map_err(cannot)?;
     // What std's bind does on Unix: a restarted gateway rebinds at once.
-    socket.set_reuse_address(true).map_err(cannot)?;
+    sockopt::set_socket_reuseaddr(&socket, true)
+        .map_err(std::io::Error::from)
+        .map_err(cannot)?;
     if reuse_port {
-        socket.set_reuse_port(true).map_err(cannot)?;
+        sockopt::set_socket_reuseport(&socket, true)
+            .map_err(std::io::Error::from)
+            .map_err(cannot)?;
     }
-    socket.bind(&addr.into()).map_err(cannot)?;
-    let listener: std::net::TcpListener = socket.into();
+    net::bind(&socket, &addr)
+        .map_err(std::io::Error::from)
+        .map_err(cannot)?;
+    let listener = std::net::TcpListener::from(socket);
     let addr = listener.local_addr()?;
     Ok(Bound { listener, addr })
 }
@@ -106,9 +109,21 @@ pub(crate) fn bind(listen: &str, reuse_port: bool) -> std::io::Result<Bound> {
 /// Starts listening on a bound socket: from now on the kernel queues
 /// connections for it (and, with SO_REUSEPORT, hashes some of the port's to it).
 pub(crate) fn listen(bound: &Bound) -> std::io::Result<()> {
-    socket2::SockRef::from(&bound.listener)
-        .listen(BACKLOG)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", bound.addr)))
+    net::listen(&bound.listener, BACKLOG).map_err(|e| {
+        let e = std::io::Error::from(e);
+        std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", bound.addr))
+    })
+}
+
+/// A TCP socket for `addr`'s family, with `flags`.
+pub(crate) fn tcp_socket(addr: SocketAddr, flags: SocketFlags) -> std::io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    net::socket_with(family, SocketType::STREAM, flags, Some(ipproto::TCP))
+        .map_err(std::io::Error::from)
 }
 
 /// The client port's gate: shut (bound, not listening) until the gateway is

@@ -12,9 +12,13 @@
 //! async-std's executor is built on); the sockets are std's, made
 //! non-blocking, behind the futures-io traits the rest of the gateway uses.
 //!
-//! Other threads may still wake a worker's task (the deadline sweeper, the
-//! shutdown trigger, async-std timers): the task goes on the worker's remote
-//! queue and the eventfd interrupts its `epoll_wait`.
+//! The worker keeps its tasks' deadlines too ([`deadline`]): a heap of
+//! timers per worker, looked at once per turn, and `epoll_wait` sleeps until
+//! the earliest at most.
+//!
+//! Other threads may still wake a worker's task (the shutdown broadcast,
+//! async-std timers, channels): the task goes on the worker's remote queue
+//! and the eventfd interrupts its `epoll_wait`.
 
 pub(crate) mod buffers;
 pub(crate) mod deadline;
@@ -81,6 +85,30 @@ thread_local! {
     static WAKING_URGENT: Cell<bool> = const { Cell::new(false) };
     /// The time as read after the worker's last look at epoll.
     static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Blocking looks at epoll this worker made (what the tests count).
+    #[cfg(test)]
+    static SLEEPS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Every running worker, for the broadcasts of [`deadline`] (stop, kill).
+static RUNTIMES: Mutex<Vec<std::sync::Weak<Shared>>> = Mutex::new(Vec::new());
+
+/// Wakes every worker sleeping in `epoll_wait`, to look at its timers again.
+fn wake_all() {
+    let all: Vec<Arc<Shared>> = RUNTIMES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .collect();
+    for shared in all {
+        shared.reactor.wake();
+    }
+}
+
+/// The id of the runtime the calling thread runs (0: none).
+fn worker_id() -> usize {
+    CURRENT_ID.with(Cell::get)
 }
 
 fn current() -> std::io::Result<Arc<Shared>> {
@@ -167,6 +195,10 @@ where
     start();
     NOW.with(|n| n.set(Some(Instant::now())));
     CURRENT.with(|c| *c.borrow_mut() = Some(shared.clone()));
+    RUNTIMES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Arc::downgrade(&shared));
     let s = shared.clone();
     let (runnable, root) = async_task::spawn(root, move |r| s.schedule(r));
     runnable.schedule();
@@ -198,11 +230,21 @@ where
             &mut taken,
             &mut *shared.remote.lock().unwrap_or_else(|p| p.into_inner()),
         );
+        // Due timers and, after a broadcast, interrupted waits: their tasks
+        // go on LOCAL. After the announcement, like the remote queue.
+        deadline::turn(shared.id);
         // URGENT is empty here: only the reactor's poll below fills it.
         let idle = taken.is_empty() && LOCAL.with(|q| q.borrow().is_empty());
         LOCAL.with(|q| q.borrow_mut().extend(taken.drain(..)));
         let block = idle && may_block;
-        let polled = shared.reactor.poll(&mut events, block, &wake_urgent);
+        let timeout = if block {
+            #[cfg(test)]
+            SLEEPS.with(|n| n.set(n.get() + 1));
+            deadline::timeout()
+        } else {
+            Some(std::time::Duration::ZERO)
+        };
+        let polled = shared.reactor.poll(&mut events, timeout, &wake_urgent);
         NOW.with(|n| n.set(Some(Instant::now())));
         match polled {
             Ok(0) if idle && !block => spins += 1,
@@ -210,8 +252,13 @@ where
             Err(e) => break Err(e),
         }
     };
-    // Tasks still parked on sockets are dropped with their sockets.
+    // Tasks still parked on sockets or timers are dropped with them.
     shared.reactor.clear();
+    deadline::clear();
+    RUNTIMES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|w| !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&shared)));
     LOCAL.with(|q| q.borrow_mut().clear());
     URGENT.with(|q| q.borrow_mut().clear());
     shared
@@ -229,7 +276,7 @@ where
 mod tests {
     use super::*;
     use futures_lite::{AsyncReadExt, AsyncWriteExt};
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn tasks_talk_over_sockets_on_one_thread_and_are_woken_from_others() {
@@ -322,6 +369,64 @@ mod tests {
             rx.recv().unwrap(),
             [Nothing, Bytes, Nothing, Nothing, Closed]
         );
+    }
+
+    /// Another thread wakes the worker's only task at every moment of its
+    /// way to sleep (still running, spinning, announcing, in `epoll_wait`):
+    /// no wake may be lost, or the worker sleeps for good (it has no timer
+    /// to wake it).
+    #[test]
+    fn a_wake_from_another_thread_as_the_worker_goes_to_sleep_is_never_lost() {
+        const ROUNDS: usize = 3000;
+        #[derive(Default)]
+        struct Baton {
+            flag: std::sync::atomic::AtomicBool,
+            waker: Mutex<Option<std::task::Waker>>,
+            /// Rounds the worker has parked for.
+            parked: AtomicUsize,
+        }
+        let baton = Arc::new(Baton::default());
+        let b = baton.clone();
+        let worker = std::thread::spawn(move || {
+            run(async move {
+                for round in 1..=ROUNDS {
+                    std::future::poll_fn(|cx| {
+                        if b.flag.swap(false, Ordering::SeqCst) {
+                            return std::task::Poll::Ready(());
+                        }
+                        *b.waker.lock().unwrap() = Some(cx.waker().clone());
+                        if b.flag.swap(false, Ordering::SeqCst) {
+                            return std::task::Poll::Ready(());
+                        }
+                        b.parked.store(round, Ordering::SeqCst);
+                        std::task::Poll::Pending
+                    })
+                    .await;
+                }
+            })
+            .unwrap()
+        });
+        for round in 1..=ROUNDS {
+            let waiting = Instant::now();
+            while baton.parked.load(Ordering::SeqCst) < round {
+                assert!(
+                    waiting.elapsed() < Duration::from_secs(20),
+                    "round {}: the worker never ran its woken task",
+                    round - 1
+                );
+                std::thread::yield_now();
+            }
+            // From at once to well after the spins: every step of going to sleep.
+            let delay = Duration::from_nanos((round % 101) as u64 * 1_500);
+            let started = Instant::now();
+            while started.elapsed() < delay {
+                std::hint::spin_loop();
+            }
+            let waker = baton.waker.lock().unwrap().take();
+            baton.flag.store(true, Ordering::SeqCst);
+            waker.expect("parked with a waker").wake();
+        }
+        worker.join().unwrap();
     }
 
     #[test]

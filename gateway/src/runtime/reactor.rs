@@ -18,6 +18,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// The key of the eventfd that wakes a sleeping worker from another thread.
 const NOTIFY_KEY: u64 = u64::MAX;
@@ -87,6 +88,12 @@ impl Source {
             return;
         }
         self.clear(bit, seen);
+    }
+
+    /// Its key in the reactor's map (what its events carry).
+    #[cfg(test)]
+    pub(crate) fn key(&self) -> usize {
+        self.key
     }
 
     fn waker(&self, bit: usize) -> &AtomicWaker {
@@ -200,8 +207,7 @@ impl Reactor {
         self.sleeping.store(true, Ordering::SeqCst);
     }
 
-    /// Waits for events (at most until one arrives when `block`, else not at
-    /// all) and wakes the tasks waiting on them, telling `wake_urgent` which
+    /// Waits for events (at most `timeout`; `None`: until one arrives) and wakes the tasks waiting on them, telling `wake_urgent` which
     /// wakes come from urgent sources (upstream connections): their tasks
     /// finish requests already taken, so they run before tasks that would
     /// take new ones. That keeps what a worker holds in flight (and its
@@ -211,18 +217,18 @@ impl Reactor {
     pub(crate) fn poll(
         &self,
         events: &mut Vec<epoll::Event>,
-        block: bool,
+        timeout: Option<Duration>,
         wake_urgent: &dyn Fn(bool),
     ) -> io::Result<usize> {
-        let zero = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
+        let timeout = timeout.map(|t| rustix::time::Timespec {
+            tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: t.subsec_nanos().into(),
+        });
         events.clear();
         let waited = epoll::wait(
             &self.epoll,
             rustix::buffer::spare_capacity(events),
-            if block { None } else { Some(&zero) },
+            timeout.as_ref(),
         );
         self.sleeping.store(false, Ordering::SeqCst);
         match waited {
@@ -272,6 +278,12 @@ impl Reactor {
             drop(source.reader.take());
             drop(source.writer.take());
         }
+    }
+
+    /// Sources registered now.
+    #[cfg(test)]
+    pub(crate) fn registered(&self) -> usize {
+        self.lock().len()
     }
 
     fn lock(&self) -> MutexGuard<'_, Slab<Arc<Source>>> {

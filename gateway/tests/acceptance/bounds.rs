@@ -18,22 +18,22 @@ use std::time::Duration;
 use testkit::procs::Proc;
 use testkit::raw::{RawInstance, Script};
 use testkit::system::{exchange_raw, metric, refused, wait_ring};
+use testkit::tempdir::TempDir;
 
 /// Generous for a loaded 2-core machine: conditions are polled, not slept on.
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// A fresh temp dir with a `gateway.json` in it, removed at the end.
+/// A fresh temp dir with a `gateway.json` in it, removed on drop (also when
+/// the test fails).
 struct ConfigDir {
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl ConfigDir {
     fn new(name: &str) -> ConfigDir {
-        let dir =
-            std::env::temp_dir().join(format!("gateway-bounds-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        ConfigDir { dir }
+        ConfigDir {
+            dir: TempDir::new(&format!("gateway-bounds-{name}")),
+        }
     }
 
     fn path(&self) -> PathBuf {
@@ -59,12 +59,6 @@ impl ConfigDir {
             .status()
             .unwrap();
         assert!(made.success(), "mkfifo {}", self.path().display());
-    }
-}
-
-impl Drop for ConfigDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

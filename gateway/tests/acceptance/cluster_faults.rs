@@ -189,8 +189,8 @@ async fn bad_records_a_frozen_etcd_member_and_a_frozen_replica_fail_no_request()
     let Some(etcd) = Cluster::start(3).await else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("cluster-faults-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Declared before the replicas: removed after they stop, also on a failure.
+    let dir = testkit::tempdir::TempDir::new("cluster-faults");
     let store_url = etcd.store_url(PREFIX);
     // r1 is the replica the gateway watches first, and the one frozen in step 3.
     let (r1, b1) = replica(&store_url, "r1", &dir).await;
@@ -408,5 +408,4 @@ async fn bad_records_a_frozen_etcd_member_and_a_frozen_replica_fail_no_request()
     for a in apps {
         a.shutdown().await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

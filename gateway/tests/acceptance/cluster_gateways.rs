@@ -13,9 +13,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testkit::procs::Proc;
 use testkit::system::{app_config, gateway_config, ring, status};
+use testkit::tempdir::TempDir;
 
-/// Starts a gateway process on `listen` routing `/` to `namespace`.
-async fn gateway_proc(listen: &str, discovery: &str, namespace: &str, tag: &str) -> Proc {
+/// Starts a gateway process on `listen` routing `/` to `namespace`, its
+/// config written as `<tag>.json` in `dir`.
+async fn gateway_proc(
+    dir: &TempDir,
+    listen: &str,
+    discovery: &str,
+    namespace: &str,
+    tag: &str,
+) -> Proc {
     let config = serde_json::json!({
         "listen": listen,
         "admin_listen": "127.0.0.1:0",
@@ -23,11 +31,8 @@ async fn gateway_proc(listen: &str, discovery: &str, namespace: &str, tag: &str)
         "routes": [{"prefix": "/", "namespace": namespace}],
         "drain_timeout": "3s",
     });
-    // Tests run at once in this process: one file per gateway.
-    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = STARTED.fetch_add(1, Ordering::Relaxed);
-    let path =
-        std::env::temp_dir().join(format!("gw-cluster-{tag}-{}-{n}.json", std::process::id()));
+    // Tests run at once in this process: each pair has its own `dir`.
+    let path = dir.join(format!("{tag}.json"));
     std::fs::write(&path, config.to_string()).unwrap();
     Proc::start("gateway", &["--config", path.to_str().unwrap()])
 }
@@ -157,6 +162,9 @@ struct Pair {
     stopping: Proc,
     survivor: Proc,
     addr: SocketAddr,
+    /// The gateways' config files; last, so removed after the gateways stop
+    /// (fields drop in order), also when the test fails.
+    _configs: TempDir,
 }
 
 impl Pair {
@@ -174,9 +182,10 @@ impl Pair {
         let app_a = app::spawn(config.clone()).await.unwrap();
         config.namespace = "service B".into();
         let app_b = app::spawn(config).await.unwrap();
-        let stopping = gateway_proc("127.0.0.1:0", &d.url(), "service A", "a").await;
+        let configs = TempDir::new("gw-cluster");
+        let stopping = gateway_proc(&configs, "127.0.0.1:0", &d.url(), "service A", "a").await;
         let addr = stopping.listening("gateway").await;
-        let survivor = gateway_proc(&addr.to_string(), &d.url(), "service B", "b").await;
+        let survivor = gateway_proc(&configs, &addr.to_string(), &d.url(), "service B", "b").await;
         assert_eq!(
             survivor.listening("gateway").await,
             addr,
@@ -210,6 +219,7 @@ impl Pair {
             stopping,
             survivor,
             addr,
+            _configs: configs,
         }
     }
 

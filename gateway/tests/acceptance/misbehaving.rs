@@ -28,6 +28,11 @@ const NOTICE: Duration = Duration::from_secs(5);
 const IDLE_NOTICE: Duration = Duration::from_millis(500);
 
 fn config(c: &mut GatewayConfig) {
+    // One worker, so one idle pool per instance: these tests need the
+    // connection a stray lands on to be the one the next requests reuse.
+    // With several workers each keeps its own pool, and a stray can sit on
+    // another worker's idle connection until the reaper finds it.
+    c.worker_threads = 1;
     c.connect_cooldown = COOLDOWN;
     c.passive_health_failures = 3;
     c.upstream_timeout = Duration::from_secs(2);

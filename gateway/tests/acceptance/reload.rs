@@ -8,19 +8,21 @@ use shared::http1::client::Response;
 use std::time::{Duration, Instant};
 use testkit::procs::Proc;
 use testkit::system::{app_config, wait_ring};
+use testkit::tempdir::TempDir;
 
-/// A config file in a fresh temp dir; rewritten by `write`.
+/// A config file in a fresh temp dir, removed on drop (also when the test
+/// fails); rewritten by `write`.
 struct ConfigFile {
     path: std::path::PathBuf,
+    _dir: TempDir,
 }
 
 impl ConfigFile {
     fn new(name: &str) -> ConfigFile {
-        let dir =
-            std::env::temp_dir().join(format!("gateway-reload-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new(&format!("gateway-reload-{name}"));
         ConfigFile {
             path: dir.join("gateway.json"),
+            _dir: dir,
         }
     }
 
@@ -33,14 +35,6 @@ impl ConfigFile {
 
     fn path(&self) -> &str {
         self.path.to_str().unwrap()
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        if let Some(dir) = self.path.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }
 

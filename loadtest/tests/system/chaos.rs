@@ -7,6 +7,7 @@ use shared::runstate::{Process, RunState};
 use std::time::Duration;
 use testkit::procs::Proc;
 use testkit::system::{apps, gateway_config, wait_ring};
+use testkit::tempdir::TempDir;
 
 #[async_std::test]
 async fn a_slow_instance_is_routed_around_without_errors() {
@@ -18,7 +19,7 @@ async fn a_slow_instance_is_routed_around_without_errors() {
         chaos: Some(Chaos::Slow),
         chaos_at: Some(Duration::from_secs(1)),
         chaos_for: Some(Duration::from_millis(1500)),
-        state: state.clone(),
+        state: state.to_path_buf(),
         ..system.options(Duration::from_secs(4))
     };
     let summary = loadtest::run(options).await.unwrap();
@@ -49,7 +50,6 @@ async fn a_slow_instance_is_routed_around_without_errors() {
         .unwrap();
     let (status, knobs) = testkit::client::get(&format!("{}/chaos", app.admin_url())).await;
     assert_eq!((status, knobs["delay_ms"].as_u64()), (200, Some(0)));
-    let _ = std::fs::remove_file(state);
     system.stop().await;
 }
 
@@ -71,7 +71,7 @@ async fn without_admin_urls_slow_chaos_slows_an_instance_of_its_own() {
         chaos_at: Some(Duration::from_secs(1)),
         chaos_for: Some(Duration::from_millis(1500)),
         app_bin: Some(testkit::procs::bin("app")),
-        state: state.clone(),
+        state: state.to_path_buf(),
         ..system.options(Duration::from_secs(4))
     };
     let summary = loadtest::run(options).await.unwrap();
@@ -93,7 +93,6 @@ async fn without_admin_urls_slow_chaos_slows_an_instance_of_its_own() {
         Duration::from_secs(5),
     )
     .await;
-    let _ = std::fs::remove_file(state);
     system.stop().await;
 }
 
@@ -145,8 +144,8 @@ async fn the_gateway_serves_through_a_discovery_restart() {
         .local_addr()
         .unwrap()
         .port();
-    let dir = std::env::temp_dir().join(format!("loadtest-chaos-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Declared before the discovery processes: removed after they stop, also on a failure.
+    let dir = TempDir::new("loadtest-chaos");
     let config = dir.join("discovery.json");
     std::fs::write(
         &config,
@@ -178,7 +177,7 @@ async fn the_gateway_serves_through_a_discovery_restart() {
         discovery_url: url.clone(),
         gateway_url: gateway.url(),
         admin_url: gateway.admin_url(),
-        cwd: dir.clone(),
+        cwd: dir.to_path_buf(),
         ..RunState::default()
     };
     state.processes.insert(
@@ -229,7 +228,6 @@ async fn the_gateway_serves_through_a_discovery_restart() {
     }
     drop(restarted_discovery);
     drop(first);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// SIGTERMs a process this test did not start as a child (the restarted discovery).

@@ -2,10 +2,10 @@
 
 use loadtest::Options;
 use shared::runstate::RunState;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 use testkit::system::{app_config, gateway_config, wait_ring};
+use testkit::tempdir::TempFile;
 
 /// Discovery, three apps and a gateway whose ring holds every app.
 pub struct System {
@@ -68,15 +68,16 @@ impl System {
         }
     }
 
-    /// Writes a state file as `just up` does, naming each app's admin URL.
-    pub fn write_state(&self, name: &str) -> PathBuf {
+    /// Writes a state file as `just up` does, naming each app's admin URL;
+    /// removed when the answer is dropped (also when the test fails).
+    pub fn write_state(&self, name: &str) -> TempFile {
         self.write_state_with(name, |_| {})
     }
 
-    /// Writes a state file as `just up` does, changed by `tweak`.
-    pub fn write_state_with(&self, name: &str, tweak: impl FnOnce(&mut RunState)) -> PathBuf {
-        let path =
-            std::env::temp_dir().join(format!("loadtest-{name}-{}.json", std::process::id()));
+    /// Writes a state file as `just up` does, changed by `tweak`; removed
+    /// when the answer is dropped.
+    pub fn write_state_with(&self, name: &str, tweak: impl FnOnce(&mut RunState)) -> TempFile {
+        let path = TempFile::new(format!("loadtest-{name}-{}.json", std::process::id()));
         let state = RunState {
             discovery_url: self.discovery.url(),
             gateway_url: self.gateway.url(),

@@ -40,11 +40,12 @@ async fn a_closed_loop_through_the_gateway_is_clean_and_evenly_spread() {
     let l = &summary.latency_us;
     assert!(0 < l.p50 && l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max);
     // The JSON file says the same.
-    let path = std::env::temp_dir().join(format!("loadtest-summary-{}.json", std::process::id()));
+    let path =
+        testkit::tempdir::TempFile::new(format!("loadtest-summary-{}.json", std::process::id()));
     summary.write_json(&path).unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    std::fs::remove_file(&path).unwrap();
+    drop(path);
     assert_eq!(json["ok"], summary.ok);
     assert_eq!(json["passed"], true);
     assert_eq!(json["statuses"]["200"], summary.ok);

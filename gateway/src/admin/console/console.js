@@ -4,12 +4,21 @@
 // pooled connections and the watch stream's state. When the gateway cannot be
 // reached the last view stays, marked stale, until it answers again.
 //
+// Charts: the last 15 minutes per ring (requests/s, error rate, p99), one
+// line per instance, from /status/history (the gateway keeps a point per
+// instance every 5 s; fetched whole once, then only what is new) plus the
+// newest figures of each /status poll as the line's last point.
+//
 // Every value from the server is written as text (textContent, append of
 // strings): namespaces and upstream addresses come from registrations.
 "use strict";
 
 const POLL_MS = 1000;
 const FETCH_TIMEOUT_MS = 900;
+const HISTORY_MS = 5000;
+const SPAN_S = 15 * 60;
+// Rings with more instances than this start with their table folded.
+const OPEN_UP_TO = 20;
 
 const view = {
   status: null, // the last /status answer
@@ -21,7 +30,54 @@ const view = {
   previous: new Map(),
   rates: new Map(),
   busy: false,
+  // "namespace\nupstream" -> [[at_unix_ms, requests/s, errors/s, p99_ms|null], ...], oldest first.
+  history: new Map(),
+  historySince: 0, // the newest point's time: the next fetch asks for what came after
+  skewMs: 0, // the gateway's clock minus this browser's
+  historyBusy: false,
+  clients: null, // the previous poll's client counters, for byte rates
+  clientRates: null,
 };
+
+async function fetchHistory() {
+  if (view.historyBusy) return;
+  view.historyBusy = true;
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), 3000);
+  try {
+    const res = await fetch("/status/history?since=" + view.historySince, { cache: "no-store", signal: abort.signal });
+    if (!res.ok) return;
+    const answer = await res.json();
+    if (!answer || !Array.isArray(answer.namespaces)) return;
+    const now = Number(answer.now_unix_ms);
+    if (Number.isFinite(now)) view.skewMs = now - Date.now();
+    for (const ring of answer.namespaces) {
+      for (const member of Array.isArray(ring && ring.members) ? ring.members : []) {
+        const key = String(ring.namespace) + "\n" + String(member.upstream);
+        const points = view.history.get(key) || [];
+        for (const p of Array.isArray(member.points) ? member.points : []) {
+          if (!Array.isArray(p) || !Number.isFinite(Number(p[0]))) continue;
+          const at = Number(p[0]);
+          if (points.length && at <= points[points.length - 1][0]) continue;
+          points.push([at, Number(p[1]), Number(p[2]), p[3] === null ? null : Number(p[3])]);
+          if (at > view.historySince) view.historySince = at;
+        }
+        view.history.set(key, points);
+      }
+    }
+    // Keep a quarter hour: drop older points, and instances with none left.
+    const oldest = Date.now() + view.skewMs - SPAN_S * 1000;
+    for (const [key, points] of view.history) {
+      while (points.length && points[0][0] < oldest) points.shift();
+      if (!points.length) view.history.delete(key);
+    }
+  } catch (e) {
+    // The /status poll says whether the gateway is away; charts keep what they have.
+  } finally {
+    clearTimeout(timer);
+    view.historyBusy = false;
+  }
+}
 
 function seconds(s) {
   if (!Number.isFinite(s)) return "-";
@@ -58,6 +114,7 @@ async function poll() {
       throw new Error("/status answered without namespaces");
     }
     learnRates(status, performance.now());
+    learnClients(status.clients, performance.now());
     view.status = status;
     view.updatedAt = Date.now();
     view.updates += 1;
@@ -103,7 +160,85 @@ function learnRates(status, at) {
   }
 }
 
-function memberRow(namespace, member) {
+// Byte rates from the client counters of two successive polls.
+function learnClients(clients, at) {
+  if (!clients || typeof clients !== "object") {
+    view.clients = null;
+    view.clientRates = null;
+    return;
+  }
+  const now = { received: Number(clients.bytes_received), sent: Number(clients.bytes_sent), at };
+  const before = view.clients;
+  if (before && now.received >= before.received && now.sent >= before.sent && at > before.at) {
+    const span = (at - before.at) / 1000;
+    view.clientRates = { received: (now.received - before.received) / span, sent: (now.sent - before.sent) / span };
+  }
+  view.clients = now;
+}
+
+function clientsLine(clients) {
+  const line = document.getElementById("clients");
+  if (!clients || typeof clients !== "object") {
+    line.textContent = "";
+    return;
+  }
+  const open = Number(clients.connections);
+  const max = Number(clients.connections_max);
+  line.dataset.connections = String(open);
+  line.dataset.connectionsMax = String(max);
+  line.dataset.bytesReceived = String(Number(clients.bytes_received));
+  line.dataset.bytesSent = String(Number(clients.bytes_sent));
+  const rates = view.clientRates;
+  line.textContent =
+    "Client connections: " + open + " open, " + max + " at most since start. Bytes in " + bytes(Number(clients.bytes_received)) +
+    (rates ? " (" + bytes(rates.received) + "/s)" : "") + ", out " + bytes(Number(clients.bytes_sent)) +
+    (rates ? " (" + bytes(rates.sent) + "/s)" : "") + ".";
+}
+
+// A member's chart points: its history, then the /status window as the newest point.
+function memberSeries(namespace, member, pick) {
+  const key = String(namespace) + "\n" + String(member.upstream);
+  const now = Date.now() + view.skewMs;
+  const points = (view.history.get(key) || []).map((p) => [(now - p[0]) / 1000, pick(p[1], p[2], p[3])]);
+  const rps = figure(member, "requests_per_second");
+  const eps = figure(member, "errors_per_second");
+  if (rps !== null || eps !== null) points.push([0, pick(rps ?? 0, eps ?? 0, figure(member, "p99_ms"))]);
+  return points;
+}
+
+// The charts' time span: the history there is, from 2 to 15 minutes.
+function chartSpan() {
+  const now = Date.now() + view.skewMs;
+  let oldest = now;
+  for (const points of view.history.values()) if (points.length && points[0][0] < oldest) oldest = points[0][0];
+  return Math.min(SPAN_S, Math.max(120, ((now - oldest) / 1000) * 1.05));
+}
+
+// Error rate in percent: errors over answered tries (null without either).
+function errorShare(rps, eps) {
+  const all = Math.max(rps, eps);
+  return all > 0 ? (100 * eps) / all : null;
+}
+
+function ringCharts(namespace, members, colors) {
+  const charts = el("div", "charts");
+  const kinds = [
+    ["requests", "requests/s", (r) => r, (v) => v.toFixed(1)],
+    ["errors", "error rate", (r, e) => errorShare(r, e), (v) => v.toFixed(1) + "%"],
+    ["p99", "p99 latency", (r, e, p) => p, (v) => v.toFixed(1) + " ms"],
+  ];
+  for (const [name, title, pick, format] of kinds) {
+    const series = members.map((m) => ({
+      key: String(m.upstream),
+      color: colors.get(String(m.upstream)),
+      points: memberSeries(namespace, m, pick),
+    }));
+    charts.append(lineChart({ name, title: title, series, span: chartSpan(), format }));
+  }
+  return charts;
+}
+
+function memberRow(namespace, member, color) {
   const key = String(namespace) + "\n" + String(member.upstream);
   const rate = view.rates.get(key);
   const row = el("tr", "");
@@ -121,7 +256,7 @@ function memberRow(namespace, member) {
   const idle = figure(member, "pool_idle", "idle_connections", "idle");
   const requests = figure(member, "requests", "requests_total");
   row.append(
-    el("td", "", String(member.upstream)),
+    el("td", "", swatch(color), String(member.upstream)),
     el("td", "num", rate ? rate.requests.toFixed(1) : "-"),
     el("td", "num", rate && rate.errors !== null ? rate.errors.toFixed(1) : "-"),
     el("td", "num", rate && rate.share !== null ? (rate.share * 100).toFixed(1) + "%" : "-"),
@@ -161,11 +296,14 @@ function ringSection(ring, routes) {
   for (const title of ["upstream", "req/s", "errors/s", "error rate", "p50", "p99", "pool idle", "requests", "state"]) {
     head.append(el("th", "", title));
   }
+  const listed = members.filter((m) => m && typeof m === "object");
+  // Colours follow the upstreams' order, so an instance keeps its colour between polls.
+  const colors = new Map(listed.map((m) => String(m.upstream)).sort().map((u, i) => [u, seriesColor(i)]));
+  section.append(ringCharts(namespace, listed, colors));
   const body = el("tbody", "");
-  for (const member of members) {
-    if (member && typeof member === "object") body.append(memberRow(namespace, member));
-  }
-  section.append(el("table", "", el("thead", "", head), body));
+  for (const member of listed) body.append(memberRow(namespace, member, colors.get(String(member.upstream))));
+  const table = el("table", listed.length > OPEN_UP_TO ? "compact" : "", el("thead", "", head), body);
+  section.append(collapsible("ring\n" + namespace, listed.length + " instance(s)", listed.length <= OPEN_UP_TO, table));
   return section;
 }
 
@@ -178,8 +316,10 @@ function render() {
   const members = rings.reduce((n, r) => n + (Array.isArray(r.members) ? r.members.length : 0), 0);
   document.getElementById("summary").textContent =
     rings.length + " ring(s), " + members + " instance(s) in rotation; discovery at " + String(status.discovery_url ?? "-") + ".";
+  clientsLine(status.clients);
   document.getElementById("rings").replaceChildren(...rings.map((r) => ringSection(r, routes)));
 }
 
-poll();
+fetchHistory().then(poll);
 setInterval(poll, POLL_MS);
+setInterval(fetchHistory, HISTORY_MS);
