@@ -8,7 +8,7 @@
 //! minute per ttl, not one per request), so a record lives between its ttl
 //! and a minute more.
 
-use super::record::Record;
+use super::record::{Record, State};
 use super::store::{Store, StoreError, StoreFuture};
 use shared::etcd::client::{
     self, Client, Compare, DeleteRangeRequest, Op, PutRequest, RangeRequest, TxnRequest,
@@ -121,10 +121,13 @@ impl EtcdStore {
             }
             let value = res.ranged().next().map(|kv| kv.value.clone());
             if let Some(value) = value {
-                let found = serde_json::from_slice(&value).map_err(|e| {
+                let found: Record = serde_json::from_slice(&value).map_err(|e| {
                     StoreError(format!("unreadable record under {}: {e}", self.prefix))
                 })?;
-                return Ok(Some(found));
+                // Our own claim, applied by a member whose reply was lost
+                // (the client then asked the next member): it is ours to run.
+                let ours = found.state == State::InFlight && found.token == record.token;
+                return Ok((!ours).then_some(found));
             }
         }
         Err(StoreError(

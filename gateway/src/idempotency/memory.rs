@@ -176,6 +176,7 @@ mod tests {
             state: State::InFlight,
             since_ms: 0,
             request_id: "r".into(),
+            token: "t".into(),
             tries: Vec::new(),
         }
     }

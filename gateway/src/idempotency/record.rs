@@ -34,6 +34,12 @@ pub(crate) struct Record {
     pub(crate) since_ms: u64,
     /// The first request's id, for the log and operators.
     pub(crate) request_id: String,
+    /// Random, made by the claim: a claim retried after an answer that was
+    /// lost (etcd applied it, the reply timed out) knows its own record
+    /// from another gateway's, which the request id (a client may choose
+    /// it) could not tell.
+    #[serde(default)]
+    pub(crate) token: String,
     /// Each try the gateway made: `host:port outcome`.
     #[serde(default)]
     pub(crate) tries: Vec<String>,
@@ -215,6 +221,7 @@ mod tests {
             state,
             since_ms: 1_000,
             request_id: "r".into(),
+            token: "t".into(),
             tries: Vec::new(),
         };
         let ttl = Duration::from_secs(10);
@@ -245,6 +252,7 @@ mod tests {
             },
             since_ms: 7,
             request_id: "r".into(),
+            token: "t".into(),
             tries: vec!["127.0.0.1:1 answered".into()],
         };
         let json = serde_json::to_vec(&r).unwrap();

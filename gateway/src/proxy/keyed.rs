@@ -89,6 +89,7 @@ async fn serve_keyed(
         state: State::InFlight,
         since_ms: idem::now_ms(),
         request_id: ex.request_id.to_string(),
+        token: shared::logging::new_request_id(),
         tries: Vec::new(),
     };
     let store = &now.idempotency;

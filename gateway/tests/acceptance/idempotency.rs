@@ -59,6 +59,10 @@ impl Keyed {
     async fn add_gateway(&mut self, tweak: &impl Fn(&mut GatewayConfig)) -> &gateway::Handle {
         let mut config = gateway_config(&self.discovery.url());
         keyed_routes(&mut config, Duration::from_secs(3600));
+        // Room for a busy machine (the whole suite at once): only the
+        // timeout test wants a try to time out, and it says so.
+        config.upstream_timeout = Duration::from_secs(10);
+        config.request_deadline = Duration::from_secs(20);
         tweak(&mut config);
         let g = gateway::spawn(config).await.unwrap();
         let members: Vec<String> = self
@@ -183,7 +187,7 @@ async fn first_runs_a_repeat_is_replayed_byte_for_byte_and_another_body_is_422()
 
 #[async_std::test]
 async fn the_same_key_while_the_first_is_in_flight_is_409_with_retry_after() {
-    let k = Keyed::start(1, |c| c.upstream_timeout = Duration::from_secs(4)).await;
+    let k = Keyed::start(1, |_| {}).await;
     let knobs = format!("{}/chaos", k.apps[0].admin_url());
     let (status, _) = testkit::client::call("PUT", &knobs, Some(r#"{"delay_ms": 1500}"#)).await;
     assert_eq!(status, 200);
@@ -271,6 +275,7 @@ async fn a_key_runs_again_once_its_ttl_is_over() {
 async fn a_keyed_post_that_timed_out_is_run_once_and_then_refused() {
     let k = Keyed::start(2, |c| {
         c.upstream_timeout = Duration::from_millis(400);
+        c.request_deadline = Duration::from_secs(5);
         c.max_attempts = 2;
     })
     .await;
