@@ -21,7 +21,7 @@ use crate::balance::passive::{Fault, PassiveHealth, Policy};
 use crate::observe::causes::Skip;
 use crate::runtime::deadline::Deadline;
 use crate::runtime::net::{Stream, Unread};
-use crate::runtime::slots::PerWorker;
+use crate::runtime::slots::{Padded, PerWorker};
 use crate::runtime::{clock, Until};
 use shared::allowed::AllowedHosts;
 use shared::http1::{ReadBuf, ResponseHead};
@@ -86,8 +86,9 @@ pub(crate) struct Upstream {
     cooling_until: AtomicU64,
     pub(crate) opened: AtomicU64,
     /// Tries to it in progress now ([`Upstream::begin_try`]): what a
-    /// least-connections selection would compare.
-    in_flight: AtomicU64,
+    /// least-connections selection would compare. On a cache line of its
+    /// own: every worker writes it, and every pick reads the fields beside.
+    in_flight: Padded<AtomicU64>,
     /// Requests, errors and latency of the tries made to it (`/metrics`, `/status`).
     pub(crate) stats: Arc<crate::observe::stats::UpstreamStats>,
     /// What its answers got wrong ([`crate::balance::passive`]).
@@ -104,16 +105,16 @@ impl Upstream {
             limits,
             cooling_until: AtomicU64::new(0),
             opened: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
+            in_flight: Padded::new(AtomicU64::new(0)),
             stats: Arc::default(),
             health: Arc::default(),
         }
     }
 
     /// Counts a try to it as in flight until the guard is dropped.
-    pub(crate) fn begin_try(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn begin_try(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight(self)
     }
 
     /// Tries to it in progress now.
@@ -415,9 +416,9 @@ pub(crate) async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<Socket
 
 /// A try in flight to an instance; counted until dropped.
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<Upstream>);
+pub(crate) struct InFlight<'a>(&'a Upstream);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
