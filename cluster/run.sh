@@ -5,7 +5,10 @@
 #   discovery         replicas d1 http://127.0.0.1:8500 and d2 http://127.0.0.1:8510,
 #                     one registry in etcd under /cluster/
 #   gateways          two on 127.0.0.1:8000 (SO_REUSEPORT), admin :8001 and :8003,
-#                     each watching both replicas
+#                     each watching both replicas; Idempotency-Key records in
+#                     etcd under /idempotency/, so both dedupe together
+#   state file        target/cluster/state.json (`just loadtest --state
+#                     target/cluster/state.json --idempotency`)
 #   apps              127.0.0.1:8080 and :8081 register with d1, :8082 with d2
 #
 # Ctrl-C (or SIGTERM) stops every process and waits for them. Logs and data go
@@ -117,7 +120,8 @@ wait_http http://127.0.0.1:8510/health_check "discovery d2"
 for g in g1:8001 g2:8003; do
   IFS=: read -r id admin <<<"$g"
   start 2 "gateway-$id" "$bin/gateway" --config config/gateway.json --listen 127.0.0.1:8000 \
-    --admin-listen "127.0.0.1:$admin" --discovery-url "http://127.0.0.1:8500,http://127.0.0.1:8510"
+    --admin-listen "127.0.0.1:$admin" --discovery-url "http://127.0.0.1:8500,http://127.0.0.1:8510" \
+    --idempotency-store "etcd://$endpoints/idempotency"
 done
 
 for a in 8080:8500 8081:8500 8082:8510; do
@@ -128,13 +132,33 @@ done
 wait_http http://127.0.0.1:8001/health_check "gateway g1"
 wait_http http://127.0.0.1:8003/health_check "gateway g2"
 
+# Where the system is, for `loadtest --state target/cluster/state.json`
+# (the URLs only: Ctrl-C here stops the processes, not `just down`).
+cat >"$run/state.json" <<JSON
+{
+  "discovery_url": "http://127.0.0.1:8500",
+  "gateway_url": "http://127.0.0.1:8000",
+  "admin_url": "http://127.0.0.1:8001",
+  "gateway_admin_urls": ["http://127.0.0.1:8001", "http://127.0.0.1:8003"],
+  "cwd": "$PWD",
+  "processes": {},
+  "app_admin_urls": {
+    "127.0.0.1:8080": "http://127.0.0.1:8180",
+    "127.0.0.1:8081": "http://127.0.0.1:8181",
+    "127.0.0.1:8082": "http://127.0.0.1:8182"
+  }
+}
+JSON
+
 cat <<TXT
 
 cluster up:
   gateways   http://127.0.0.1:8000/   (two processes; status at :8001/status and :8003/status)
   discovery  http://127.0.0.1:8500/ and http://127.0.0.1:8510/   (dashboards, /metrics)
   etcd       $endpoints   (prefix /cluster/)
+  state      $run/state.json
 try: curl -X POST -d '{}' http://127.0.0.1:8000/
+     just loadtest --state $run/state.json --idempotency   (each key run once across both gateways)
      kill -9 one replica or etcd member (pids above): the others go on serving
 Ctrl-C stops everything.
 TXT

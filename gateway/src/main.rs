@@ -1,5 +1,5 @@
 //! `gateway [--config FILE] [--listen ADDR] [--admin-listen ADDR] [--discovery-url URL]
-//! [--check-config]`.
+//! [--idempotency-store URL] [--check-config]`.
 //!
 //! SIGHUP reloads the config file (see `gateway::reload`); SIGINT/SIGTERM drain and stop.
 
@@ -28,6 +28,9 @@ struct Flags {
     /// Log one request in N (0: failures only, 1: every request).
     #[arg(long)]
     access_log_sample: Option<u64>,
+    /// Where idempotency records live: memory or etcd://HOST:PORT[,...]/PREFIX (beats the file).
+    #[arg(long)]
+    idempotency_store: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -65,5 +68,9 @@ impl Flags {
         set(&mut config.discovery_url, self.discovery_url.clone());
         set(&mut config.access_log_sample, self.access_log_sample);
         set(&mut config.worker_threads, self.worker_threads);
+        set(
+            &mut config.idempotency_store,
+            self.idempotency_store.clone(),
+        );
     }
 }

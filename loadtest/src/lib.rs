@@ -6,7 +6,9 @@
 //! in-process: [`options`] says what to do, [`driver`] runs the connections
 //! (closed or open loop) on [`connection`]s with bodies from [`body`],
 //! [`chaos`] plays a fault beside them, and [`summary`] merges, prints and
-//! judges the result. [`http`] holds the URL handling and the few
+//! judges the result. [`idempotency`] is `--idempotency`'s run instead of
+//! the load: keyed POSTs sent several times, each key checked to run
+//! exactly once. [`http`] holds the URL handling and the few
 //! control-plane calls; [`progress`] the live bar.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -15,6 +17,7 @@ pub mod chaos;
 pub mod connection;
 pub mod driver;
 pub mod http;
+pub mod idempotency;
 pub mod options;
 pub mod progress;
 pub mod summary;

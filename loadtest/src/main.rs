@@ -1,6 +1,7 @@
 //! `loadtest [--duration 10s] [--connections 64 | --rate R] [--chaos kill|slow|discovery] ...`:
 //! POST load through the running system's gateway; exits non-zero if any
-//! request failed, so it can gate CI.
+//! request failed, so it can gate CI. `loadtest --idempotency`: each keyed
+//! POST sent several times, each key checked to run exactly once.
 
 use clap::Parser;
 use loadtest::options::Endpoints;
@@ -17,8 +18,9 @@ use std::time::Duration;
 #[command(
     version,
     after_help = "Exit status: 0 if every request was answered 200 with its exact echo, \
-                  1 if any failed or mismatched (or a chaos step did not work), 2 if the run \
-                  could not start."
+                  1 if any failed or mismatched (or a chaos step did not work; with \
+                  --idempotency: a key not run exactly once or a replay not identical), 2 if \
+                  the run could not start (with --idempotency: the route does not honour keys)."
 )]
 struct Flags {
     /// How long to send: 10s, 500ms, 2m or bare seconds.
@@ -39,7 +41,8 @@ struct Flags {
     /// Gateway URL (default: from the state file, else http://127.0.0.1:8000).
     #[arg(long)]
     url: Option<String>,
-    /// Gateway admin URL (default: from the state file, else http://127.0.0.1:8001).
+    /// Gateway admin URL (default: from the state file, else http://127.0.0.1:8001);
+    /// comma-separated, every gateway sharing the port (--idempotency checks each).
     #[arg(long)]
     admin_url: Option<String>,
     /// Discovery URL (default: from the state file, else http://127.0.0.1:8500).
@@ -72,6 +75,14 @@ struct Flags {
     /// How long the fault lasts (default: a third of the duration).
     #[arg(long, value_parser = parse_duration)]
     chaos_for: Option<Duration>,
+    /// Instead of load: send each keyed POST 3 times at once and 2 times after
+    /// the answer, and check that each key ran exactly once (the apps'
+    /// GET /executions) and every replay was identical.
+    #[arg(long)]
+    idempotency: bool,
+    /// Each app's admin URL, comma-separated, for --idempotency (default: from the state file).
+    #[arg(long, value_delimiter = ',')]
+    app_admin_urls: Vec<String>,
     /// How long requests in flight at the end may take before they count as timeouts.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -104,7 +115,33 @@ fn main() -> ExitCode {
         app_bin: None,
         drain_timeout: flags.drain_timeout,
         progress: !flags.no_progress && std::io::stderr().is_terminal(),
+        idempotency: flags.idempotency,
+        gateway_admin_urls: endpoints.gateway_admin_urls,
+        app_admin_urls: if flags.app_admin_urls.is_empty() {
+            endpoints.app_admin_urls
+        } else {
+            flags.app_admin_urls
+        },
     };
+    if options.idempotency {
+        let summary = match futures_lite::future::block_on(async_std::task::spawn(async move {
+            loadtest::idempotency::run(&options).await
+        })) {
+            Ok(summary) => summary,
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        print!("{summary}");
+        if let Some(path) = flags.json {
+            if let Err(e) = summary.write_json(&path) {
+                eprintln!("loadtest: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        return ExitCode::from(summary.exit_code());
+    }
     // The run is a task on the executor; this thread only waits (and so never
     // takes the I/O reactor away from the executor threads).
     let summary =

@@ -87,6 +87,15 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Show the live progress bar on stderr.
     pub progress: bool,
+    /// Idempotency-Key check instead of plain load: each keyed POST sent
+    /// several times, concurrently and after its answer (see [`crate::idempotency`]).
+    pub idempotency: bool,
+    /// Every gateway's admin URL (`just cluster` runs two on one port), for
+    /// the idempotency check's look at each route's rule and store.
+    pub gateway_admin_urls: Vec<String>,
+    /// Each app's admin URL, where the idempotency check reads the
+    /// executions per key (`GET /executions`).
+    pub app_admin_urls: Vec<String>,
 }
 
 impl Default for Options {
@@ -109,20 +118,30 @@ impl Default for Options {
             app_bin: None,
             drain_timeout: Duration::from_secs(10),
             progress: false,
+            idempotency: false,
+            gateway_admin_urls: Vec::new(),
+            app_admin_urls: Vec::new(),
         }
     }
 }
 
-/// The three addresses after flags, state file and defaults.
+/// The addresses after flags, state file and defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoints {
     pub url: String,
+    /// The first of `gateway_admin_urls`.
     pub admin_url: String,
     pub discovery_url: String,
+    /// Every gateway's admin URL: the flag's comma-separated list, else the
+    /// state file's `gateway_admin_urls`, else `admin_url` alone.
+    pub gateway_admin_urls: Vec<String>,
+    /// Each app's admin URL, from the state file.
+    pub app_admin_urls: Vec<String>,
 }
 
 impl Endpoints {
-    /// A flag beats the state file (if it can be read), which beats the fixed default.
+    /// A flag beats the state file (if it can be read), which beats the
+    /// fixed default. `admin_url` may list several gateways, comma-separated.
     pub fn resolve(
         url: Option<String>,
         admin_url: Option<String>,
@@ -134,18 +153,40 @@ impl Endpoints {
             flag.or_else(|| from_file.filter(|s| !s.is_empty()).cloned())
                 .unwrap_or_else(|| default.to_string())
         };
+        let listed = |text: &str| -> Vec<String> {
+            text.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let gateway_admin_urls = match (&admin_url, &file) {
+            (Some(flag), _) => listed(flag),
+            (None, Some(f)) if !f.gateway_admin_urls.is_empty() => f.gateway_admin_urls.clone(),
+            _ => Vec::new(),
+        };
+        let admin_url = pick(
+            gateway_admin_urls.first().cloned(),
+            file.as_ref().map(|s| &s.admin_url),
+            DEFAULT_ADMIN_URL,
+        );
+        let gateway_admin_urls = if gateway_admin_urls.is_empty() {
+            vec![admin_url.clone()]
+        } else {
+            gateway_admin_urls
+        };
         Endpoints {
             url: pick(url, file.as_ref().map(|s| &s.gateway_url), DEFAULT_URL),
-            admin_url: pick(
-                admin_url,
-                file.as_ref().map(|s| &s.admin_url),
-                DEFAULT_ADMIN_URL,
-            ),
+            admin_url,
             discovery_url: pick(
                 discovery_url,
                 file.as_ref().map(|s| &s.discovery_url),
                 DEFAULT_DISCOVERY_URL,
             ),
+            gateway_admin_urls,
+            app_admin_urls: file
+                .map(|f| f.app_admin_urls.into_values().collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -183,6 +224,12 @@ impl Options {
         }
         if !self.path.starts_with('/') {
             return Err("--path must start with '/'".into());
+        }
+        if self.idempotency && self.chaos.is_some() {
+            return Err("--idempotency does not combine with --chaos".into());
+        }
+        if self.idempotency && self.rate.is_some() {
+            return Err("--idempotency runs a closed loop: leave out --rate".into());
         }
         if self.chaos.is_some() {
             let (at, lasting) = self.chaos_window();
@@ -228,7 +275,23 @@ mod tests {
         let e = Endpoints::resolve(Some("http://h:1".into()), None, None, &path);
         assert_eq!(e.url, "http://h:1");
         assert_eq!(e.admin_url, "http://127.0.0.1:9001");
+        assert_eq!(e.gateway_admin_urls, ["http://127.0.0.1:9001"]);
         assert_eq!(e.discovery_url, "http://127.0.0.1:9500");
+        // Two gateways on one port: every admin URL, from the file or the flag.
+        RunState {
+            gateway_admin_urls: vec!["http://a:1".into(), "http://b:2".into()],
+            app_admin_urls: [("127.0.0.1:1".to_string(), "http://c:3".to_string())].into(),
+            ..state
+        }
+        .save(&path)
+        .unwrap();
+        let e = Endpoints::resolve(None, None, None, &path);
+        assert_eq!(e.admin_url, "http://a:1");
+        assert_eq!(e.gateway_admin_urls, ["http://a:1", "http://b:2"]);
+        assert_eq!(e.app_admin_urls, ["http://c:3"]);
+        let e = Endpoints::resolve(None, Some("http://x:1, http://y:2".into()), None, &path);
+        assert_eq!(e.admin_url, "http://x:1");
+        assert_eq!(e.gateway_admin_urls, ["http://x:1", "http://y:2"]);
     }
 
     #[test]

@@ -8,5 +8,7 @@
 mod chaos;
 #[path = "system/common.rs"]
 mod common;
+#[path = "system/idempotency.rs"]
+mod idempotency;
 #[path = "system/load.rs"]
 mod load;

@@ -21,6 +21,10 @@ pub struct RunState {
     pub cwd: PathBuf,
     /// By name: `discovery`, `gateway`, `app-8080`, ...
     pub processes: BTreeMap<String, Process>,
+    /// Every gateway's admin base URL when more than one serves
+    /// `gateway_url` (`just cluster`'s two on one port); empty: `admin_url` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_admin_urls: Vec<String>,
     /// Each app's admin base URL (`/chaos`, `/metrics`), by the `host:port` it
     /// is registered as: the chaos knobs are not on the business port.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -166,7 +166,8 @@ pub(crate) fn status(ctx: &Context) -> Value {
                 .iter()
                 .find(|b| b.namespace == r.namespace)
                 .map(|b| b.source.kind().as_str());
-            json!({"prefix": r.prefix, "namespace": r.namespace, "source": source})
+            json!({"prefix": r.prefix, "namespace": r.namespace, "source": source,
+                "idempotency": r.idempotency})
         })
         .collect();
     let open = ctx.metrics.client_connections.get();
