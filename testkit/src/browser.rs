@@ -80,6 +80,9 @@ impl Browser {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("profile")).unwrap();
+        // Chromium puts its singleton socket in a folder of its own under
+        // TMPDIR, which a killed browser leaves behind: keep it in ours.
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
         for fifo in ["in", "out"] {
             let made = Command::new("mkfifo").arg(dir.join(fifo)).status().unwrap();
             assert!(made.success(), "mkfifo {}", dir.join(fifo).display());
@@ -112,6 +115,7 @@ impl Browser {
             ])
             .arg(format!("--user-data-dir={}", dir.join("profile").display()))
             .arg("about:blank")
+            .env("TMPDIR", dir.join("tmp"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

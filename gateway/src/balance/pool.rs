@@ -431,33 +431,29 @@ pub(crate) mod tests {
 
     /// An instance at `127.0.0.1:port`, for the tests of rings and selections.
     pub(crate) fn upstream_at(port: u16) -> Arc<Upstream> {
-        let limits = Limits {
-            max_idle: 1,
-            idle_timeout: Duration::from_secs(1),
-            passive: crate::balance::passive::Policy {
-                failures: 3,
-                cooldown: Duration::from_secs(2),
-            },
-        };
         Arc::new(Upstream::new(
             format!("127.0.0.1:{port}"),
             Vec::new(),
-            limits,
+            limits(),
         ))
     }
 
-    fn upstream(addrs: &[&str]) -> Upstream {
-        let limits = Limits {
+    /// One idle connection kept a second; cooled down after 3 faults for 2 s.
+    fn limits() -> Limits {
+        Limits {
             max_idle: 1,
             idle_timeout: Duration::from_secs(1),
             passive: crate::balance::passive::Policy {
                 failures: 3,
                 cooldown: Duration::from_secs(2),
             },
-        };
+        }
+    }
+
+    fn upstream(addrs: &[&str]) -> Upstream {
         let addrs = addrs.iter().map(|a| a.parse().unwrap()).collect();
         let policy = AllowedHosts::parse_setting(Setting::GATEWAY, &default_ranges()).unwrap();
-        Upstream::new("instance:9".into(), addrs, limits).screened(&policy)
+        Upstream::new("instance:9".into(), addrs, limits()).screened(&policy)
     }
 
     #[test]

@@ -24,6 +24,15 @@ impl System {
     ) -> System {
         let discovery = testkit::discovery().await;
         let apps = apps(&discovery.url(), n).await;
+        Self::with_gateway(discovery, apps, tweak).await
+    }
+
+    /// A gateway (configured by `tweak`) in front of `apps`, once its ring holds them all.
+    async fn with_gateway(
+        discovery: discovery::Handle,
+        apps: Vec<app::Handle>,
+        tweak: impl FnOnce(&mut shared::config::GatewayConfig),
+    ) -> System {
         let mut config = gateway_config(&discovery.url());
         tweak(&mut config);
         let gateway = gateway::spawn(config).await.unwrap();
@@ -47,16 +56,7 @@ impl System {
         for weight in weights {
             apps.push(weighted_app(&discovery.url(), *weight).await);
         }
-        let mut config = gateway_config(&discovery.url());
-        tweak(&mut config);
-        let gateway = gateway::spawn(config).await.unwrap();
-        let members: Vec<String> = apps.iter().map(|a| a.served_by().to_string()).collect();
-        wait_ring(&gateway.admin_url(), &members, Duration::from_secs(5)).await;
-        System {
-            discovery,
-            apps,
-            gateway,
-        }
+        Self::with_gateway(discovery, apps, tweak).await
     }
 
     /// Starts one more app with `weight` and waits until the gateway's ring
@@ -117,6 +117,37 @@ pub async fn raw_system(
         .collect();
     wait_ring(&g.admin_url(), &members, Duration::from_secs(5)).await;
     (d, raws, g)
+}
+
+/// `clients` keep-alive clients at once, `each` echoed POSTs apiece to
+/// `gateway`: how many answers each instance served.
+pub async fn served_by_concurrent(
+    gateway: std::net::SocketAddr,
+    clients: usize,
+    each: usize,
+) -> HashMap<String, usize> {
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            async_std::task::spawn(async move {
+                let mut client = Client::new(gateway);
+                let mut seen = Vec::new();
+                for n in 0..each {
+                    let sent = body(c, n);
+                    let res = client.post("/", &sent).await.unwrap();
+                    assert_eq!((res.status, &res.body), (200, &sent));
+                    seen.push(res.header("x-served-by").unwrap().to_string());
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for t in tasks {
+        for by in t.await {
+            *counts.entry(by).or_default() += 1;
+        }
+    }
+    counts
 }
 
 /// A JSON body that says who sent it, so an echo can be checked exactly.

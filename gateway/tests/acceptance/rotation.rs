@@ -3,7 +3,7 @@
 //! at any `worker_threads`; smooth weighted round robin by registered
 //! weight; and slow start, an instance's share ramped up after it joins.
 
-use crate::common::{body, Client, System};
+use crate::common::{body, served_by_concurrent, Client, System};
 use shared::config::{Balance, GatewayConfig, RouteConfig};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -37,38 +37,11 @@ fn assert_strict_turns(served: &[String], k: usize) {
     }
 }
 
-/// `clients` keep-alive clients at once, `each` POSTs apiece: who served.
-async fn concurrent(sys: &System, clients: usize, each: usize) -> HashMap<String, usize> {
-    let addr = sys.gateway.addr();
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            async_std::task::spawn(async move {
-                let mut client = Client::new(addr);
-                let mut seen = Vec::new();
-                for n in 0..each {
-                    let sent = body(c, n);
-                    let res = client.post("/", &sent).await.unwrap();
-                    assert_eq!((res.status, &res.body), (200, &sent));
-                    seen.push(res.header("x-served-by").unwrap().to_string());
-                }
-                seen
-            })
-        })
-        .collect();
-    let mut counts = HashMap::new();
-    for t in tasks {
-        for by in t.await {
-            *counts.entry(by).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
 async fn rotation_is_exact_with(workers: usize) {
     let sys = System::start_with(3, |c| c.worker_threads = workers).await;
     let served = sequential_on_new_connections(&sys, 3 * 12).await;
     assert_strict_turns(&served, 3);
-    let counts = concurrent(&sys, 8, 30).await;
+    let counts = served_by_concurrent(sys.gateway.addr(), 8, 30).await;
     for app in &sys.apps {
         let n = counts.get(app.served_by()).copied().unwrap_or(0);
         assert!((79..=81).contains(&n), "8 x 30 over 3: {counts:?}");

@@ -3,41 +3,12 @@
 //! of N/k, and the workers' metric shards add up to every request on
 //! `/metrics`.
 
-use crate::common::{body, Client, System};
-use std::collections::HashMap;
+use crate::common::{body, served_by_concurrent, Client, System};
 use std::time::Duration;
 
 const WORKERS: usize = 4;
 const CLIENTS: usize = 40;
 const PER_CLIENT: usize = 30;
-
-/// `CLIENTS` keep-alive connections at once, `PER_CLIENT` echoed POSTs each;
-/// who served each answer.
-async fn traffic(sys: &System) -> HashMap<String, usize> {
-    let addr = sys.gateway.addr();
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            async_std::task::spawn(async move {
-                let mut client = Client::new(addr);
-                let mut seen = Vec::new();
-                for n in 0..PER_CLIENT {
-                    let sent = body(c, n);
-                    let res = client.post("/", &sent).await.unwrap();
-                    assert_eq!((res.status, &res.body), (200, &sent));
-                    seen.push(res.header("x-served-by").unwrap().to_string());
-                }
-                seen
-            })
-        })
-        .collect();
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for t in tasks {
-        for by in t.await {
-            *counts.entry(by).or_default() += 1;
-        }
-    }
-    counts
-}
 
 /// The sum of every sample of `/metrics` named `name` whose labels contain `with`.
 async fn summed(admin: &str, name: &str, with: &str) -> f64 {
@@ -57,7 +28,7 @@ async fn summed(admin: &str, name: &str, with: &str) -> f64 {
 #[async_std::test]
 async fn concurrent_clients_across_four_workers_get_an_even_spread() {
     let sys = System::start_with(3, |c| c.worker_threads = WORKERS).await;
-    let counts = traffic(&sys).await;
+    let counts = served_by_concurrent(sys.gateway.addr(), CLIENTS, PER_CLIENT).await;
     let total = CLIENTS * PER_CLIENT;
     assert_eq!(counts.values().sum::<usize>(), total);
     let fair = total / sys.apps.len();
@@ -75,7 +46,7 @@ async fn concurrent_clients_across_four_workers_get_an_even_spread() {
 #[async_std::test]
 async fn the_workers_counters_add_up_to_every_request_on_metrics() {
     let sys = System::start_with(3, |c| c.worker_threads = WORKERS).await;
-    traffic(&sys).await;
+    served_by_concurrent(sys.gateway.addr(), CLIENTS, PER_CLIENT).await;
     let total = (CLIENTS * PER_CLIENT) as f64;
     let admin = sys.admin();
     // A request is counted once its answer is written, so the last one can
