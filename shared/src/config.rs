@@ -1443,7 +1443,7 @@ mod unknown_key_tests {
         let err = parse::<GatewayConfig>(r#"{"routes": [{"prefix": "/", "zzz": 1}]}"#).unwrap_err();
         assert!(
             err.ends_with(
-                "; expected `prefix`, `namespace`, `verify_request_id`, `balance`, `slow_start`"
+                "; expected `prefix`, `namespace`, `verify_request_id`, `balance`, `slow_start`, `idempotency`"
             ),
             "{err}"
         );
