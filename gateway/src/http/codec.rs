@@ -319,6 +319,28 @@ pub(crate) struct ErrorFraming {
     pub(crate) close: bool,
     /// The request was HEAD: the head only, no body.
     pub(crate) head_request: bool,
+    /// `Retry-After` in seconds; `None`: 1 on a 503, none otherwise.
+    pub(crate) retry_after: Option<u32>,
+}
+
+impl ErrorFraming {
+    /// An error after which the connection closes, before any request was
+    /// understood (no HEAD to honour).
+    pub(crate) const CLOSING: ErrorFraming = ErrorFraming {
+        close: true,
+        head_request: false,
+        retry_after: None,
+    };
+
+    /// An error answering a request: the connection stays open only if the
+    /// request keeps it alive; a HEAD gets the head only.
+    pub(crate) fn answering(keep_alive: bool, head_request: bool) -> ErrorFraming {
+        ErrorFraming {
+            close: !keep_alive,
+            head_request,
+            retry_after: None,
+        }
+    }
 }
 
 /// Writes a whole error response made by the gateway itself into `out`.
@@ -335,18 +357,20 @@ pub(crate) fn error_response(
         .to_json();
     out.clear();
     // A 503 (no instance now, or over max_buffered_bytes) passes: say when to try again.
-    let retry_after = if status == 503 {
-        "retry-after: 1\r\n"
-    } else {
-        ""
-    };
+    let retry_after = framing.retry_after.or((status == 503).then_some(1));
     let _ = write!(
         out,
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n{retry_after}{}\r\n",
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n",
         shared::http1::reason(status),
         body.len(),
-        if framing.close { "connection: close\r\n" } else { "" },
     );
+    if let Some(seconds) = retry_after {
+        let _ = write!(out, "retry-after: {seconds}\r\n");
+    }
+    if framing.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
     if !framing.head_request {
         out.extend_from_slice(body.as_bytes());
     }
@@ -539,10 +563,7 @@ mod tests {
     #[test]
     fn error_body_is_json_with_the_request_id() {
         let mut out = Vec::new();
-        let close = ErrorFraming {
-            close: true,
-            head_request: false,
-        };
+        let close = ErrorFraming::CLOSING;
         error_response(&mut out, 503, "no_available_instance", "none", "rid", close);
         let text = String::from_utf8(out.clone()).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
@@ -552,10 +573,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"]["request_id"], "rid");
         assert_eq!(v["error"]["code"], "no_available_instance");
-        let head_only = ErrorFraming {
-            close: false,
-            head_request: true,
-        };
+        let head_only = ErrorFraming::answering(true, true);
         error_response(
             &mut out,
             503,
@@ -564,11 +582,20 @@ mod tests {
             "rid",
             head_only,
         );
-        let text = String::from_utf8(out).unwrap();
+        let text = String::from_utf8(out.clone()).unwrap();
         assert!(
             text.ends_with("\r\n\r\n") && text.contains("content-length: "),
             "{text}"
         );
+        // Retry-After only where asked for, or on a 503.
+        error_response(&mut out, 400, "bad", "no", "rid", head_only);
+        assert!(!String::from_utf8_lossy(&out).contains("retry-after"));
+        let later = ErrorFraming {
+            retry_after: Some(7),
+            ..head_only
+        };
+        error_response(&mut out, 409, "busy", "later", "rid", later);
+        assert!(String::from_utf8_lossy(&out).contains("\r\nretry-after: 7\r\n"));
     }
 
     #[test]

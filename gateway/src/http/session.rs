@@ -393,10 +393,7 @@ mod tests {
                 .unwrap();
             s.write_chunk(&[b'z'; 300], LIMIT).await.unwrap();
             s.write_last_chunk(b"", b"", LIMIT).await.unwrap();
-            let close = codec::ErrorFraming {
-                close: true,
-                head_request: false,
-            };
+            let close = codec::ErrorFraming::CLOSING;
             assert!(
                 s.write_error(404, "no_route", "none", "rid", close, LIMIT)
                     .await
@@ -430,10 +427,7 @@ mod tests {
                     break;
                 }
             }
-            let framing = codec::ErrorFraming {
-                close: true,
-                head_request: false,
-            };
+            let framing = codec::ErrorFraming::CLOSING;
             let written = s.write_error(502, "bad_gateway", "x", "rid", framing, LIMIT);
             (failed, written.await)
         });
@@ -493,10 +487,7 @@ mod tests {
         });
         on_worker(async move {
             let mut s = session(ours);
-            let framing = codec::ErrorFraming {
-                close: true,
-                head_request: false,
-            };
+            let framing = codec::ErrorFraming::CLOSING;
             let msg = "request body is larger than 1 bytes";
             assert!(
                 s.write_error(413, "payload_too_large", msg, "rid", framing, LIMIT)

@@ -474,10 +474,7 @@ impl<'a> Client<'a> {
     /// a request whose body was being read (else 0).
     async fn refuse(&mut self, refusal: &Refusal, request_id: &str, started: Option<Instant>) {
         log::info!(request_id = request_id, status = refusal.status; "refused: {}", refusal.message);
-        let close = codec::ErrorFraming {
-            close: true,
-            head_request: false,
-        };
+        let close = codec::ErrorFraming::CLOSING;
         let idle = self.config().idle_timeout;
         self.session
             .write_error(
@@ -504,10 +501,7 @@ async fn answer_no_route(
     limit: Duration,
 ) -> failover::Reply {
     let keep_alive = ex.keep_alive();
-    let framing = codec::ErrorFraming {
-        close: !keep_alive,
-        head_request: ex.head_request,
-    };
+    let framing = codec::ErrorFraming::answering(keep_alive, ex.head_request);
     let written = session
         .write_error(404, "no_route", NO_ROUTE, ex.request_id, framing, limit)
         .await;

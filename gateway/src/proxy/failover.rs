@@ -247,10 +247,7 @@ impl Tries<'_> {
         let (status, code, message) =
             self.failures
                 .verdict(self.ctx, self.balancer, ex.request_id, &self.give_up_at);
-        let framing = codec::ErrorFraming {
-            close: !ex.keep_alive(),
-            head_request: ex.head_request,
-        };
+        let framing = codec::ErrorFraming::answering(ex.keep_alive(), ex.head_request);
         let idle = self.ctx.config.idle_timeout;
         let written = session
             .write_error(status, code, &message, ex.request_id, framing, idle)

@@ -242,22 +242,13 @@ async fn refuse(
 ) -> Reply {
     log::info!(request_id = ex.request_id, status = status, code = code; "refused: {message}");
     let framing = ErrorFraming {
-        close: !ex.keep_alive(),
-        head_request: ex.head_request,
+        retry_after,
+        ..ErrorFraming::answering(ex.keep_alive(), ex.head_request)
     };
     let (id, idle) = (ex.request_id, now.config.idle_timeout);
-    let written = match retry_after {
-        Some(after) => {
-            session
-                .write_error_retry_after(status, code, message, id, framing, after, idle)
-                .await
-        }
-        None => {
-            session
-                .write_error(status, code, message, id, framing, idle)
-                .await
-        }
-    };
+    let written = session
+        .write_error(status, code, message, id, framing, idle)
+        .await;
     reply(status, written && !framing.close)
 }
 

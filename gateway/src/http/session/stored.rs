@@ -8,7 +8,7 @@
 //! keep-alive) by content length, with `idempotent-replayed: true`.
 
 use super::Session;
-use crate::http::codec::{self, AnswerTo};
+use crate::http::codec::AnswerTo;
 use serde::{Deserialize, Serialize};
 use shared::http1::{is_hop_by_hop, Framing, ResponseHead};
 use std::io::Write as _;
@@ -177,30 +177,6 @@ impl Session {
         }
         self.write_out(limit).await?;
         Ok(to.keep_alive)
-    }
-
-    /// [`Session::write_error`] with `Retry-After: seconds`: a refusal the
-    /// client may try again later (an idempotency key still in flight).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn write_error_retry_after(
-        &mut self,
-        status: u16,
-        code: &str,
-        message: &str,
-        request_id: &str,
-        framing: codec::ErrorFraming,
-        retry_after: u32,
-        limit: Duration,
-    ) -> bool {
-        codec::error_response(&mut self.out, status, code, message, request_id, framing);
-        // After the status line: every other field stays as the codec wrote it.
-        if status != 503 {
-            if let Some(at) = self.out.windows(2).position(|w| w == b"\r\n") {
-                let field = format!("retry-after: {retry_after}\r\n");
-                self.out.splice(at + 2..at + 2, field.into_bytes());
-            }
-        }
-        self.write_out(limit).await.is_ok()
     }
 }
 
