@@ -61,6 +61,19 @@ pub(crate) struct Tap {
 }
 
 impl Tap {
+    /// A tap that keeps at most `limit` body bytes.
+    fn new(limit: usize) -> Tap {
+        Tap {
+            limit,
+            status: 0,
+            head: Vec::new(),
+            framing: None,
+            body: Vec::new(),
+            body_bytes: 0,
+            ended: false,
+        }
+    }
+
     /// The instance's answer head, as kept: every field the client gets
     /// from the instance, none the gateway frames per connection.
     pub(super) fn head(&mut self, raw: &[u8], head: &ResponseHead) {
@@ -134,15 +147,7 @@ impl Session {
     /// Copies the next answer relayed to this client (its body up to
     /// `limit` bytes), until [`Session::take_tap`].
     pub(crate) fn start_tap(&mut self, limit: usize) {
-        self.tap = Some(Box::new(Tap {
-            limit,
-            status: 0,
-            head: Vec::new(),
-            framing: None,
-            body: Vec::new(),
-            body_bytes: 0,
-            ended: false,
-        }));
+        self.tap = Some(Box::new(Tap::new(limit)));
     }
 
     /// What the tap saw; the tap is removed.
@@ -208,15 +213,7 @@ mod tests {
     fn tapped(limit: usize, body: &[&[u8]]) -> Captured {
         let mut head = ResponseHead::default();
         assert!(parse_response(ANSWER, &mut head, 4096, false).unwrap());
-        let mut tap = Tap {
-            limit,
-            status: 0,
-            head: Vec::new(),
-            framing: None,
-            body: Vec::new(),
-            body_bytes: 0,
-            ended: false,
-        };
+        let mut tap = Tap::new(limit);
         tap.head(ANSWER, &head);
         for b in body {
             tap.body(b);
