@@ -5,7 +5,7 @@
 //! Served in the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]), which
 //! every scraper reads and a browser shows.
 
-use crate::balance::pool::Upstreams;
+use crate::balance::pool::{Upstream, Upstreams};
 use crate::balance::ring::{Balancer, Router, Tracked, WatchState};
 use crate::context::{Context, Live};
 use crate::http::budget::Budget;
@@ -107,6 +107,29 @@ impl State {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabel {
     upstream: String,
+}
+
+/// One family with a series per instance the pools know, as
+/// [`State::per_namespace`] has one per namespace.
+fn per_upstream(
+    encoder: &mut DescriptorEncoder,
+    upstreams: &[Arc<Upstream>],
+    (name, help): (&str, &str),
+    kind: MetricType,
+    value: impl Fn(&Upstream) -> i64,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for up in upstreams {
+        let labels = UpstreamLabel {
+            upstream: up.key.clone(),
+        };
+        let metric = family.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(value(up).max(0) as u64).encode(metric)?,
+            _ => ConstGauge::new(value(up)).encode(metric)?,
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -328,43 +351,36 @@ impl Collector for State {
             |b| b.watch.reconnects.load(Ordering::Relaxed) as i64,
         )?;
         let upstreams = self.upstreams.all();
-        let mut idle = encoder.encode_descriptor(
-            "pool_idle_connections",
-            "Idle keep-alive connections per instance",
-            None,
+        per_upstream(
+            &mut encoder,
+            &upstreams,
+            (
+                "pool_idle_connections",
+                "Idle keep-alive connections per instance",
+            ),
             MetricType::Gauge,
+            |up| up.idle_count() as i64,
         )?;
-        for up in &upstreams {
-            let labels = UpstreamLabel {
-                upstream: up.key.clone(),
-            };
-            ConstGauge::new(up.idle_count() as i64).encode(idle.encode_family(&labels)?)?;
-        }
-        let mut cooling = encoder.encode_descriptor(
-            "upstream_cooling_down",
-            "1 while an instance is skipped: it refused a connection, or passive health cooled it down",
-            None,
+        per_upstream(
+            &mut encoder,
+            &upstreams,
+            (
+                "upstream_cooling_down",
+                "1 while an instance is skipped: it refused a connection, or passive health cooled it down",
+            ),
             MetricType::Gauge,
+            |up| i64::from(up.is_cooling()),
         )?;
-        for up in &upstreams {
-            let labels = UpstreamLabel {
-                upstream: up.key.clone(),
-            };
-            ConstGauge::new(i64::from(up.is_cooling())).encode(cooling.encode_family(&labels)?)?;
-        }
-        let mut opened = encoder.encode_descriptor(
-            "upstream_connections_opened",
-            "Connections opened to each instance",
-            None,
+        per_upstream(
+            &mut encoder,
+            &upstreams,
+            (
+                "upstream_connections_opened",
+                "Connections opened to each instance",
+            ),
             MetricType::Counter,
+            |up| up.opened.load(Ordering::Relaxed) as i64,
         )?;
-        for up in &upstreams {
-            let labels = UpstreamLabel {
-                upstream: up.key.clone(),
-            };
-            ConstCounter::new(up.opened.load(Ordering::Relaxed))
-                .encode(opened.encode_family(&labels)?)?;
-        }
         Ok(())
     }
 }
