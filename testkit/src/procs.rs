@@ -188,6 +188,51 @@ impl Proc {
     }
 }
 
+/// The system started the way `just up` starts it: the `up` binary with the
+/// service binaries beside it and the shipped config files, on free ports
+/// (`--free-ports`), its state file and logs in a temporary folder.
+pub struct UpSystem {
+    /// `up` itself (killed on drop, before the folder goes).
+    pub up: Proc,
+    pub state_path: PathBuf,
+    /// The state `up` wrote once it said everything runs.
+    pub state: shared::runstate::RunState,
+    _dir: crate::tempdir::TempDir,
+}
+
+/// Starts [`UpSystem`] (its folder named after `tag`) and waits until `up`
+/// says everything runs.
+pub async fn up_system(tag: &str) -> UpSystem {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    for service in ["discovery", "app", "gateway"] {
+        bin(service);
+    }
+    let bin_dir = bin("up").parent().unwrap().to_path_buf();
+    let dir = crate::tempdir::TempDir::new(tag);
+    let state_path = dir.join("state.json");
+    let up = Proc::start(
+        "up",
+        &[
+            "--free-ports",
+            "--config-dir",
+            root.join("config").to_str().unwrap(),
+            "--bin-dir",
+            bin_dir.to_str().unwrap(),
+            "--state",
+            state_path.to_str().unwrap(),
+        ],
+    );
+    up.wait_for_line("Ctrl-C stops everything", Duration::from_secs(60))
+        .await;
+    let state = shared::runstate::RunState::load(&state_path).unwrap();
+    UpSystem {
+        up,
+        state_path,
+        state,
+        _dir: dir,
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -12,11 +12,10 @@ use shared::http1::client::{post, Connection};
 use shared::runstate::RunState;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use testkit::procs::{bin, Proc};
 
 /// How long discovery is killed over and over.
 const WINDOW: Duration = Duration::from_secs(30);
@@ -91,29 +90,10 @@ async fn ring_size(admin: &str) -> usize {
 
 #[async_std::test]
 async fn discovery_killed_every_two_seconds_fails_no_request() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    for service in ["discovery", "app", "gateway"] {
-        bin(service);
-    }
-    let bin_dir = bin("up").parent().unwrap().to_path_buf();
     // Removed when the test ends, with the logs in it.
-    let dir = testkit::tempdir::TempDir::new("up-crashes");
-    let state_path = dir.join("state.json");
-    let mut up = Proc::start(
-        "up",
-        &[
-            "--free-ports",
-            "--config-dir",
-            root.join("config").to_str().unwrap(),
-            "--bin-dir",
-            bin_dir.to_str().unwrap(),
-            "--state",
-            state_path.to_str().unwrap(),
-        ],
-    );
-    up.wait_for_line("Ctrl-C stops everything", Duration::from_secs(60))
-        .await;
-    let state = RunState::load(&state_path).unwrap();
+    let mut system = testkit::procs::up_system("up-crashes").await;
+    let (state_path, state) = (system.state_path.clone(), system.state.clone());
+    let up = &mut system.up;
     let addr: SocketAddr = state
         .gateway_url
         .strip_prefix("http://")

@@ -4,36 +4,15 @@
 //! SIGTERM as Ctrl-C would.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use shared::runstate::RunState;
 use std::path::PathBuf;
 use std::time::Duration;
-use testkit::procs::{bin, Proc};
 
 #[async_std::test]
 async fn the_system_as_just_up_runs_it_serves_load_without_an_error() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    for service in ["discovery", "app", "gateway"] {
-        bin(service);
-    }
-    let bin_dir = bin("up").parent().unwrap().to_path_buf();
     // Removed when the test ends, with the logs in it.
-    let dir = testkit::tempdir::TempDir::new("up-e2e");
-    let state_path = dir.join("state.json");
-    let mut up = Proc::start(
-        "up",
-        &[
-            "--free-ports",
-            "--config-dir",
-            root.join("config").to_str().unwrap(),
-            "--bin-dir",
-            bin_dir.to_str().unwrap(),
-            "--state",
-            state_path.to_str().unwrap(),
-        ],
-    );
-    up.wait_for_line("Ctrl-C stops everything", Duration::from_secs(60))
-        .await;
-    let state = RunState::load(&state_path).unwrap();
+    let mut system = testkit::procs::up_system("up-e2e").await;
+    let (state_path, state) = (system.state_path.clone(), system.state.clone());
+    let up = &mut system.up;
     assert_eq!(state.processes.len(), 5, "{:?}", state.processes.keys());
 
     let (status, echoed) = testkit::client::post(
