@@ -11,7 +11,7 @@ use crate::balance::selection::{Policy, Selection, Share};
 use crate::observe::stats::UpstreamStats;
 use crate::runtime::clock;
 use arc_swap::ArcSwap;
-use shared::config::RouteConfig;
+use shared::config::{IdempotencyConfig, IdempotencyMode, RouteConfig};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::RwLock;
 use std::sync::{Arc, Mutex};
@@ -342,9 +342,19 @@ pub(crate) struct Route(usize);
 #[derive(Debug)]
 pub(crate) struct Router {
     routes: Vec<(String, Arc<Balancer>)>,
-    /// Per route (same order): answers must carry the request's id.
-    verify_request_id: Vec<bool>,
+    /// Per route (same order): what it asks of its requests and answers.
+    rules: Vec<RouteRules>,
     balancers: Vec<Arc<Balancer>>,
+}
+
+/// What a route asks beyond its namespace, read once per request by the
+/// route's index rather than looked up in the config.
+#[derive(Debug)]
+struct RouteRules {
+    /// Answers must carry the request's id.
+    verify_request_id: bool,
+    /// Its `Idempotency-Key` rule, unless its mode is off.
+    idempotency: Option<IdempotencyConfig>,
 }
 
 impl Router {
@@ -382,15 +392,19 @@ impl Router {
                     b
                 }
             };
-            table.push((route.prefix.clone(), balancer, route.verify_request_id));
+            let rules = RouteRules {
+                verify_request_id: route.verify_request_id,
+                idempotency: (route.idempotency.mode != IdempotencyMode::Off)
+                    .then(|| route.idempotency.clone()),
+            };
+            table.push((route.prefix.clone(), balancer, rules));
         }
         table.sort_by_key(|(prefix, ..)| std::cmp::Reverse(prefix.len()));
-        let verify_request_id = table.iter().map(|(.., verify)| *verify).collect();
-        let routes = table.into_iter().map(|(p, b, _)| (p, b)).collect();
+        let (routes, rules) = table.into_iter().map(|(p, b, r)| ((p, b), r)).unzip();
         (
             Router {
                 routes,
-                verify_request_id,
+                rules,
                 balancers,
             },
             made,
@@ -408,10 +422,13 @@ impl Router {
 
     /// Whether a route this router chose requires answers to carry the request's id.
     pub(crate) fn verifies_request_id(&self, route: Route) -> bool {
-        self.verify_request_id
-            .get(route.0)
-            .copied()
-            .unwrap_or(false)
+        self.rules.get(route.0).is_some_and(|r| r.verify_request_id)
+    }
+
+    /// The `Idempotency-Key` rule of a route this router chose, unless its
+    /// mode is off.
+    pub(crate) fn idempotency(&self, route: Route) -> Option<&IdempotencyConfig> {
+        self.rules.get(route.0)?.idempotency.as_ref()
     }
 
     /// The path prefix of a route this router chose.
@@ -618,6 +635,34 @@ mod tests {
         assert_eq!(made[0].namespace, "c");
         assert!(Arc::ptr_eq(new.route(b"/c/x").unwrap(), &made[0]));
         assert_eq!(new.route(b"/b").unwrap().namespace, "a");
+    }
+
+    #[test]
+    fn each_route_keeps_its_own_rules() {
+        let keyed = shared::config::IdempotencyConfig {
+            mode: IdempotencyMode::Honor,
+            ..Default::default()
+        };
+        let routes = vec![
+            RouteConfig {
+                prefix: "/pay".into(),
+                namespace: "a".into(),
+                verify_request_id: true,
+                idempotency: keyed.clone(),
+                ..RouteConfig::default()
+            },
+            RouteConfig {
+                prefix: "/".into(),
+                namespace: "a".into(),
+                ..RouteConfig::default()
+            },
+        ];
+        let r = Router::new(&routes);
+        let pay = r.choose(b"/pay/1").unwrap();
+        let other = r.choose(b"/other").unwrap();
+        assert!(r.verifies_request_id(pay) && !r.verifies_request_id(other));
+        assert_eq!(r.idempotency(pay), Some(&keyed));
+        assert_eq!(r.idempotency(other), None, "mode off");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub(crate) mod store;
 
 use crate::observe::counters::Metrics;
 use record::Record;
-use shared::config::{GatewayConfig, IdempotencyConfig, IdempotencyMode, StoreUrl};
+use shared::config::{GatewayConfig, StoreUrl};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{Store, StoreError};
@@ -65,15 +65,6 @@ pub(crate) fn open(config: &GatewayConfig, metrics: Arc<Metrics>) -> std::io::Re
         fail_open: config.idempotency_fail_open,
         metrics,
     })
-}
-
-/// The rule of the route with `prefix`, if it honours keys.
-pub(crate) fn rule<'a>(config: &'a GatewayConfig, prefix: &str) -> Option<&'a IdempotencyConfig> {
-    config
-        .routes
-        .iter()
-        .find(|r| r.idempotency.mode != IdempotencyMode::Off && r.prefix == prefix)
-        .map(|r| &r.idempotency)
 }
 
 /// When an in-flight record is taken for its gateway gone.

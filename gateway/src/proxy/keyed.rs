@@ -30,7 +30,7 @@ pub(crate) struct Rule<'a> {
 /// The rule of `route` in the context `now`, if its mode is not off.
 pub(crate) fn rule_of(now: &Context, route: Route) -> Option<Rule<'_>> {
     let prefix = now.router.prefix(route)?;
-    let config = idem::rule(&now.config, prefix)?;
+    let config = now.router.idempotency(route)?;
     Some(Rule { prefix, config })
 }
 
