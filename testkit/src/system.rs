@@ -121,6 +121,24 @@ pub async fn metrics_text(admin_url: &str) -> String {
     text.as_str().unwrap_or_default().to_string()
 }
 
+/// `/metrics` once `settled` holds for its text (panics after 10 s). The
+/// gateway counts a try when the answer has been relayed, so a client can
+/// hold its whole answer a moment before the try shows in `/metrics`.
+pub async fn metrics_when(admin_url: &str, what: &str, settled: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics_text(admin_url).await;
+        if settled(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until /metrics shows {what}:\n{text}"
+        );
+        async_std::task::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Sends raw request bytes on a fresh connection and returns what came back
 /// until the server closed it (panics after `limit`: a refusal must close).
 pub async fn refused(addr: std::net::SocketAddr, request: &[u8], limit: Duration) -> String {

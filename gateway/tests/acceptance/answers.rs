@@ -7,7 +7,7 @@ use crate::common::raw_system;
 use shared::config::RouteConfig;
 use std::time::Duration;
 use testkit::raw::Script;
-use testkit::system::{metrics_text, refused};
+use testkit::system::{metrics_when, refused};
 
 /// One POST on a fresh connection that asks to close; everything the gateway sent back.
 async fn post_and_read_all(addr: std::net::SocketAddr, path: &str) -> String {
@@ -106,16 +106,20 @@ async fn f8_an_instance_in_two_namespaces_has_its_series_once() {
         let r = testkit::system::post_once(g.addr(), path, b"{}").await;
         assert_eq!(r.status, 200);
     }
-    let text = metrics_text(&g.admin_url()).await;
+    let expected = format!(
+        "gateway_upstream_requests_total{{namespace=\"service A,service B\",upstream=\"{member}\",code=\"200\"}} 2"
+    );
+    let text = metrics_when(&g.admin_url(), "both tries counted", |t| {
+        t.lines().any(|l| l == expected)
+    })
+    .await;
     let series: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("gateway_upstream_requests_total{"))
         .collect();
     assert_eq!(
         series,
-        [format!(
-            "gateway_upstream_requests_total{{namespace=\"service A,service B\",upstream=\"{member}\",code=\"200\"}} 2"
-        )],
+        [expected],
         "one series for the one instance, counting both requests"
     );
     g.shutdown().await;

@@ -5,7 +5,7 @@ use super::common::{load, raw_system, System};
 use prometheus_parse::{Scrape, Value};
 use std::time::{Duration, Instant};
 use testkit::raw::Script;
-use testkit::system::exchange_raw;
+use testkit::system::{exchange_raw, metrics_when};
 
 /// GETs `path` on the admin port: the status, content type and body.
 async fn admin_get(system: &System, path: &str) -> (u16, String, String) {
@@ -33,6 +33,17 @@ async fn metrics_parse_and_per_upstream_series_are_present_after_traffic() {
     )
     .await;
     assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    let counted = |t: &str| -> usize {
+        t.lines()
+            .filter(|l| l.starts_with("gateway_upstream_requests_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>() as usize
+    };
+    // The last answers are counted just after they reach the client.
+    metrics_when(&system.admin(), "every answer counted", |t| {
+        counted(t) >= tally.ok
+    })
+    .await;
 
     let (status, content_type, text) = admin_get(&system, "/metrics").await;
     assert_eq!(status, 200);
