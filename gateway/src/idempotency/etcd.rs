@@ -8,7 +8,7 @@
 //! minute per ttl, not one per request), so a record lives between its ttl
 //! and a minute more.
 
-use super::record::{Record, State};
+use super::record::{Digest, Record, State};
 use super::store::{Store, StoreError, StoreFuture};
 use shared::etcd::client::{
     self, Client, Compare, DeleteRangeRequest, Op, PutRequest, RangeRequest, TxnRequest,
@@ -43,8 +43,8 @@ impl EtcdStore {
         })
     }
 
-    fn key(&self, id: &str) -> Vec<u8> {
-        format!("{}{id}", self.prefix).into_bytes()
+    fn key(&self, id: &Digest) -> Vec<u8> {
+        format!("{}{}", self.prefix, id.hex()).into_bytes()
     }
 
     /// The lease for a record of `ttl` written now.
@@ -92,12 +92,17 @@ impl EtcdStore {
 
     async fn claim_in(
         &self,
-        id: &str,
+        id: &Digest,
         record: &Record,
         ttl: Duration,
     ) -> Result<Option<Record>, StoreError> {
         let key = self.key(id);
-        let value = serde_json::to_vec(record).map_err(|e| StoreError(e.to_string()))?;
+        let token = shared::logging::new_request_id();
+        let mine = Record {
+            token: token.clone(),
+            ..record.clone()
+        };
+        let value = serde_json::to_vec(&mine).map_err(|e| StoreError(e.to_string()))?;
         // A record deleted between the compare and the read: try again.
         for _ in 0..3 {
             let txn = |lease| {
@@ -126,7 +131,7 @@ impl EtcdStore {
                 })?;
                 // Our own claim, applied by a member whose reply was lost
                 // (the client then asked the next member): it is ours to run.
-                let ours = found.state == State::InFlight && found.token == record.token;
+                let ours = found.state == State::InFlight && found.token == token;
                 return Ok((!ours).then_some(found));
             }
         }
@@ -135,9 +140,14 @@ impl EtcdStore {
         ))
     }
 
-    async fn settle_in(&self, id: &str, record: &Record, ttl: Duration) -> Result<(), StoreError> {
+    async fn settle_in(
+        &self,
+        id: &Digest,
+        record: Record,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         let key = self.key(id);
-        let value = serde_json::to_vec(record).map_err(|e| StoreError(e.to_string()))?;
+        let value = serde_json::to_vec(&record).map_err(|e| StoreError(e.to_string()))?;
         let put = |lease| {
             let req = PutRequest {
                 key: key.clone(),
@@ -150,7 +160,7 @@ impl EtcdStore {
         Ok(())
     }
 
-    async fn release_in(&self, id: &str) -> Result<(), StoreError> {
+    async fn release_in(&self, id: &Digest) -> Result<(), StoreError> {
         let req = DeleteRangeRequest {
             key: self.key(id),
             ..DeleteRangeRequest::default()
@@ -168,18 +178,18 @@ fn failed(op: &'static str) -> impl Fn(client::Error) -> StoreError {
 impl Store for EtcdStore {
     fn claim<'a>(
         &'a self,
-        id: &'a str,
+        id: &'a Digest,
         record: &'a Record,
         ttl: Duration,
     ) -> StoreFuture<'a, Option<Record>> {
-        Box::pin(self.claim_in(id, record, ttl))
+        StoreFuture::pending(self.claim_in(id, record, ttl))
     }
 
-    fn settle<'a>(&'a self, id: &'a str, record: &'a Record, ttl: Duration) -> StoreFuture<'a, ()> {
-        Box::pin(self.settle_in(id, record, ttl))
+    fn settle<'a>(&'a self, id: &'a Digest, record: Record, ttl: Duration) -> StoreFuture<'a, ()> {
+        StoreFuture::pending(self.settle_in(id, record, ttl))
     }
 
-    fn release<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
-        Box::pin(self.release_in(id))
+    fn release<'a>(&'a self, id: &'a Digest) -> StoreFuture<'a, ()> {
+        StoreFuture::pending(self.release_in(id))
     }
 }

@@ -5,10 +5,11 @@
 //! A gateway restart forgets every record; two gateways on one port each
 //! keep their own. Both are what the etcd store is for.
 
-use super::record::Record;
+use super::record::{Digest, Record};
 use super::store::{Store, StoreFuture};
 use crate::observe::counters::Metrics;
-use std::collections::{BTreeMap, HashMap};
+use crate::runtime;
+use hashlink::LinkedHashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,17 +17,15 @@ use std::time::{Duration, Instant};
 struct Entry {
     record: Record,
     expires: Instant,
-    /// Its place in [`Inner::lru`].
-    used: u64,
     size: usize,
 }
 
+/// The records in use order, least recently used first. A linked hash map
+/// keeps the order in the entries themselves and reuses the nodes of
+/// removed ones, so a claim and its settle allocate no bookkeeping.
 #[derive(Debug, Default)]
 struct Inner {
-    map: HashMap<String, Entry>,
-    /// Use order: oldest first.
-    lru: BTreeMap<u64, String>,
-    next_use: u64,
+    map: LinkedHashMap<Digest, Entry>,
     bytes: usize,
 }
 
@@ -52,52 +51,42 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn claim_now(&self, id: &str, record: &Record, ttl: Duration) -> Option<Record> {
-        let now = Instant::now();
+    fn claim_now(&self, id: &Digest, record: &Record, ttl: Duration) -> Option<Record> {
+        let now = runtime::now();
         let mut inner = self.lock();
         if let Some(found) = inner.live(id, now, &self.metrics) {
             return Some(found);
         }
-        self.put(&mut inner, id, record.clone(), now + ttl);
+        inner.put(id, record.in_flight(), now + ttl);
+        self.bound(&mut inner, id);
         None
     }
 
-    fn settle_now(&self, id: &str, record: &Record, ttl: Duration) {
+    /// Puts the settled record in its entry's place (in again if it was
+    /// evicted while in flight): the record is moved, not copied.
+    fn settle_now(&self, id: &Digest, record: Record, ttl: Duration) {
         let mut inner = self.lock();
-        inner.remove(id);
-        self.put(&mut inner, id, record.clone(), Instant::now() + ttl);
+        inner.put(id, record, runtime::now() + ttl);
+        self.bound(&mut inner, id);
     }
 
-    /// Inserts, then evicts the least recently used until within bounds
-    /// (never the record just put).
-    fn put(&self, inner: &mut Inner, id: &str, record: Record, expires: Instant) {
-        let size = id.len() + record.size();
-        let used = inner.touch(id);
-        inner.bytes += size;
-        inner.map.insert(
-            id.to_string(),
-            Entry {
-                record,
-                expires,
-                used,
-                size,
-            },
-        );
-        let now = Instant::now();
+    /// Evicts the least recently used until within bounds (never `keep`,
+    /// the record just put), counting each; then the gauges.
+    fn bound(&self, inner: &mut Inner, keep: &Digest) {
+        let now = runtime::now();
         while inner.map.len() > self.max_entries || inner.bytes > self.max_bytes {
-            let Some((_, oldest)) = inner.lru.pop_first() else {
+            match inner.map.front() {
+                Some((oldest, _)) if oldest != keep => {}
+                _ => break,
+            }
+            let Some((_, gone)) = inner.map.pop_front() else {
                 break;
             };
-            if oldest == id {
-                inner.lru.insert(used, oldest);
-                break;
-            }
-            if let Some(gone) = inner.take(&oldest) {
-                if gone.expires <= now {
-                    self.metrics.idempotency.expirations.inc();
-                } else {
-                    self.metrics.idempotency.evictions.inc();
-                }
+            inner.bytes -= gone.size;
+            if gone.expires <= now {
+                self.metrics.idempotency.expirations.inc();
+            } else {
+                self.metrics.idempotency.evictions.inc();
             }
         }
         self.metrics.idempotency.entries.set(inner.map.len() as i64);
@@ -108,37 +97,35 @@ impl MemoryStore {
 impl Inner {
     /// The record under `id` unless its ttl is over (then it is dropped),
     /// marked used.
-    fn live(&mut self, id: &str, now: Instant, metrics: &Metrics) -> Option<Record> {
+    fn live(&mut self, id: &Digest, now: Instant, metrics: &Metrics) -> Option<Record> {
         let expired = self.map.get(id)?.expires <= now;
         if expired {
             self.remove(id);
             metrics.idempotency.expirations.inc();
             return None;
         }
-        let used = self.touch(id);
-        let entry = self.map.get_mut(id)?;
-        self.lru.remove(&entry.used);
-        entry.used = used;
-        Some(entry.record.clone())
+        self.map.to_back(id);
+        self.map.get(id).map(|entry| entry.record.clone())
     }
 
-    /// A new place at the young end of the use order for `id`.
-    fn touch(&mut self, id: &str) -> u64 {
-        self.next_use += 1;
-        self.lru.insert(self.next_use, id.to_string());
-        self.next_use
+    /// Sets `id`'s record, at the young end of the use order.
+    fn put(&mut self, id: &Digest, record: Record, expires: Instant) {
+        let size = std::mem::size_of::<Digest>() + record.size();
+        let entry = Entry {
+            record,
+            expires,
+            size,
+        };
+        self.bytes += size;
+        // insert, not replace: an entry put again moves to the young end.
+        if let Some(old) = self.map.insert(*id, entry) {
+            self.bytes -= old.size;
+        }
     }
 
-    /// Removes `id` from the map only (its use order entry is the caller's).
-    fn take(&mut self, id: &str) -> Option<Entry> {
-        let entry = self.map.remove(id)?;
-        self.bytes -= entry.size;
-        Some(entry)
-    }
-
-    fn remove(&mut self, id: &str) {
-        if let Some(entry) = self.take(id) {
-            self.lru.remove(&entry.used);
+    fn remove(&mut self, id: &Digest) {
+        if let Some(entry) = self.map.remove(id) {
+            self.bytes -= entry.size;
         }
     }
 }
@@ -146,22 +133,21 @@ impl Inner {
 impl Store for MemoryStore {
     fn claim<'a>(
         &'a self,
-        id: &'a str,
+        id: &'a Digest,
         record: &'a Record,
         ttl: Duration,
     ) -> StoreFuture<'a, Option<Record>> {
-        let found = self.claim_now(id, record, ttl);
-        Box::pin(std::future::ready(Ok(found)))
+        StoreFuture::ready(Ok(self.claim_now(id, record, ttl)))
     }
 
-    fn settle<'a>(&'a self, id: &'a str, record: &'a Record, ttl: Duration) -> StoreFuture<'a, ()> {
+    fn settle<'a>(&'a self, id: &'a Digest, record: Record, ttl: Duration) -> StoreFuture<'a, ()> {
         self.settle_now(id, record, ttl);
-        Box::pin(std::future::ready(Ok(())))
+        StoreFuture::ready(Ok(()))
     }
 
-    fn release<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+    fn release<'a>(&'a self, id: &'a Digest) -> StoreFuture<'a, ()> {
         self.lock().remove(id);
-        Box::pin(std::future::ready(Ok(())))
+        StoreFuture::ready(Ok(()))
     }
 }
 
@@ -170,13 +156,20 @@ mod tests {
     use super::*;
     use crate::idempotency::record::State;
 
+    /// A digest named by a short string, for reading the tests.
+    fn id(name: &str) -> Digest {
+        let mut d = [0u8; 32];
+        d[..name.len()].copy_from_slice(name.as_bytes());
+        Digest(d)
+    }
+
     fn record(fingerprint: &str) -> Record {
         Record {
-            fingerprint: fingerprint.into(),
+            fingerprint: id(fingerprint),
             state: State::InFlight,
             since_ms: 0,
             request_id: "r".into(),
-            token: "t".into(),
+            token: String::new(),
             tries: Vec::new(),
         }
     }
@@ -186,16 +179,21 @@ mod tests {
     #[test]
     fn the_first_claim_wins_and_the_next_sees_its_record() {
         let store = MemoryStore::new(10, 1 << 20, Arc::new(Metrics::new()));
-        assert_eq!(store.claim_now("k", &record("a"), DAY), None);
-        assert_eq!(store.claim_now("k", &record("b"), DAY), Some(record("a")));
+        assert_eq!(store.claim_now(&id("k"), &record("a"), DAY), None);
+        let first = store.claim_now(&id("k"), &record("b"), DAY);
+        assert_eq!(first, Some(record("a").in_flight()));
+        assert_eq!(first.map(|r| r.fingerprint), Some(id("a")));
     }
 
     #[test]
     fn a_record_past_its_ttl_is_gone() {
         let metrics = Arc::new(Metrics::new());
         let store = MemoryStore::new(10, 1 << 20, metrics.clone());
-        assert_eq!(store.claim_now("k", &record("a"), Duration::ZERO), None);
-        assert_eq!(store.claim_now("k", &record("b"), DAY), None);
+        assert_eq!(
+            store.claim_now(&id("k"), &record("a"), Duration::ZERO),
+            None
+        );
+        assert_eq!(store.claim_now(&id("k"), &record("b"), DAY), None);
         assert_eq!(metrics.idempotency.expirations.get(), 1);
     }
 
@@ -204,15 +202,15 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let store = MemoryStore::new(3, 1 << 20, metrics.clone());
         for k in ["a", "b", "c"] {
-            store.claim_now(k, &record(k), DAY);
+            store.claim_now(&id(k), &record(k), DAY);
         }
         // "a" used again: "b" is now the oldest.
-        assert!(store.claim_now("a", &record("x"), DAY).is_some());
-        store.claim_now("d", &record("d"), DAY);
+        assert!(store.claim_now(&id("a"), &record("x"), DAY).is_some());
+        store.claim_now(&id("d"), &record("d"), DAY);
         assert_eq!(metrics.idempotency.evictions.get(), 1);
-        assert!(store.claim_now("a", &record("x"), DAY).is_some());
+        assert!(store.claim_now(&id("a"), &record("x"), DAY).is_some());
         assert_eq!(
-            store.claim_now("b", &record("b"), DAY),
+            store.claim_now(&id("b"), &record("b"), DAY),
             None,
             "b was evicted"
         );
@@ -220,16 +218,45 @@ mod tests {
     }
 
     #[test]
+    fn a_settle_replaces_the_claim_in_place_and_counts_its_bytes_once() {
+        let store = MemoryStore::new(10, 1 << 20, Arc::new(Metrics::new()));
+        store.claim_now(&id("k"), &record("a"), DAY);
+        let done = Record {
+            state: State::Unknown {
+                why: "x".repeat(100),
+            },
+            ..record("a")
+        };
+        store.settle_now(&id("k"), done.clone(), DAY);
+        assert_eq!(
+            store.claim_now(&id("k"), &record("a"), DAY),
+            Some(done.clone())
+        );
+        let inner = store.lock();
+        assert_eq!(inner.map.len(), 1);
+        assert_eq!(inner.bytes, std::mem::size_of::<Digest>() + done.size());
+    }
+
+    #[test]
+    fn a_record_evicted_in_flight_is_settled_anew() {
+        let store = MemoryStore::new(1, 1 << 20, Arc::new(Metrics::new()));
+        store.claim_now(&id("a"), &record("a"), DAY);
+        store.claim_now(&id("b"), &record("b"), DAY);
+        store.settle_now(&id("a"), record("a"), DAY);
+        assert!(store.claim_now(&id("a"), &record("a"), DAY).is_some());
+        assert_eq!(store.lock().map.len(), 1, "b made room");
+    }
+
+    #[test]
     fn the_byte_bound_holds() {
         let metrics = Arc::new(Metrics::new());
-        let one = "k0".len() + record("f").size();
+        let one = std::mem::size_of::<Digest>() + record("f").size();
         let store = MemoryStore::new(1000, one * 5, metrics.clone());
         for i in 0..50 {
-            store.claim_now(&format!("k{}", i % 10), &record("f"), DAY);
+            store.claim_now(&id(&format!("k{}", i % 10)), &record("f"), DAY);
         }
         let inner = store.lock();
         assert!(inner.bytes <= one * 5, "{}", inner.bytes);
-        assert_eq!(inner.map.len(), inner.lru.len());
         assert!(metrics.idempotency.evictions.get() > 0);
     }
 }

@@ -20,7 +20,8 @@ pub(crate) mod record;
 pub(crate) mod store;
 
 use crate::observe::counters::Metrics;
-use record::Record;
+use crate::runtime;
+use record::{Digest, Record};
 use shared::config::{GatewayConfig, StoreUrl};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,11 +84,11 @@ impl Idempotency {
     /// [`Store::claim`], timed and counted.
     pub(crate) async fn claim(
         &self,
-        id: &str,
+        id: &Digest,
         record: &Record,
         ttl: Duration,
     ) -> Result<Option<Record>, StoreError> {
-        let started = Instant::now();
+        let started = runtime::now();
         let got = self.store.claim(id, record, ttl).await;
         self.timed("claim", started, got.is_err());
         got
@@ -96,11 +97,11 @@ impl Idempotency {
     /// [`Store::settle`] (a state to keep) or [`Store::release`] (`None`), timed and counted.
     pub(crate) async fn finish(
         &self,
-        id: &str,
-        record: Option<&Record>,
+        id: &Digest,
+        record: Option<Record>,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let started = Instant::now();
+        let started = runtime::now();
         let (op, done) = match record {
             Some(record) => ("settle", self.store.settle(id, record, ttl).await),
             None => ("release", self.store.release(id).await),
@@ -109,8 +110,12 @@ impl Idempotency {
         done
     }
 
+    /// On the worker's clock (read once per turn of its event loop): an
+    /// etcd call is timed to the turn, a memory one reads as 0.
     fn timed(&self, op: &'static str, started: Instant, failed: bool) {
-        let seconds = started.elapsed().as_secs_f64();
+        let seconds = runtime::now()
+            .saturating_duration_since(started)
+            .as_secs_f64();
         self.metrics.idempotency.store_call(op, seconds, failed);
     }
 }

@@ -24,21 +24,66 @@ pub(crate) enum State {
     Unknown { why: String },
 }
 
+/// A SHA-256 digest: a record's id or a request's fingerprint. Kept as its
+/// 32 bytes (no allocation, a cheap hash and compare in the memory store);
+/// written as 64 lower-case hex digits in etcd's keys and JSON.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub(crate) struct Digest(pub(crate) [u8; 32]);
+
+impl Digest {
+    pub(crate) fn hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    fn from_hex(text: &str) -> Option<Digest> {
+        let digit = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+        let bytes = text.as_bytes();
+        let mut out = [0u8; 32];
+        if bytes.len() != 64 {
+            return None;
+        }
+        for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *o = digit(pair[0])? << 4 | digit(pair[1])?;
+        }
+        Some(Digest(out))
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Digest::from_hex(&text).ok_or_else(|| serde::de::Error::custom("a digest is 64 hex digits"))
+    }
+}
+
 /// A key's record, as every store keeps it (JSON in etcd).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Record {
-    pub(crate) fingerprint: String,
+    pub(crate) fingerprint: Digest,
     #[serde(flatten)]
     pub(crate) state: State,
     /// When it was claimed, milliseconds since the epoch.
     pub(crate) since_ms: u64,
     /// The first request's id, for the log and operators.
     pub(crate) request_id: String,
-    /// Random, made by the claim: a claim retried after an answer that was
-    /// lost (etcd applied it, the reply timed out) knows its own record
-    /// from another gateway's, which the request id (a client may choose
-    /// it) could not tell.
-    #[serde(default)]
+    /// Random, made by the etcd store's claim: a claim retried after an
+    /// answer that was lost (etcd applied it, the reply timed out) knows its
+    /// own record from another gateway's, which the request id (a client may
+    /// choose it) could not tell. Empty in the memory store, whose claim
+    /// cannot be lost.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub(crate) token: String,
     /// Each try the gateway made: `host:port outcome`.
     #[serde(default)]
@@ -46,6 +91,20 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    /// What a repeat reads of a record in flight (its fingerprint, state and
+    /// age), without what only the settled record keeps for operators (the
+    /// request id, the tries): the memory store keeps this until the settle.
+    pub(crate) fn in_flight(&self) -> Record {
+        Record {
+            fingerprint: self.fingerprint,
+            state: State::InFlight,
+            since_ms: self.since_ms,
+            request_id: String::new(),
+            token: String::new(),
+            tries: Vec::new(),
+        }
+    }
+
     /// Bytes it holds, roughly, as the memory store bounds them.
     pub(crate) fn size(&self) -> usize {
         let state = match &self.state {
@@ -54,7 +113,7 @@ impl Record {
             State::InFlight | State::NotStored { .. } => 0,
         };
         let tries: usize = self.tries.iter().map(|t| t.len() + 24).sum();
-        128 + self.fingerprint.len() + self.request_id.len() + state + tries
+        128 + self.request_id.len() + self.token.len() + state + tries
     }
 }
 
@@ -77,8 +136,13 @@ pub(crate) enum Seen {
 /// What `record` means to a request with `fingerprint`, at `now_ms`. An
 /// in-flight record older than `stale_after` lost its gateway mid-request
 /// (a crash, or a settle the store refused): its outcome is unknown.
-pub(crate) fn seen(record: Record, fingerprint: &str, now_ms: u64, stale_after: Duration) -> Seen {
-    if record.fingerprint != fingerprint {
+pub(crate) fn seen(
+    record: Record,
+    fingerprint: &Digest,
+    now_ms: u64,
+    stale_after: Duration,
+) -> Seen {
+    if record.fingerprint != *fingerprint {
         return Seen::Mismatch;
     }
     match record.state {
@@ -158,12 +222,22 @@ mod tests {
         assert_eq!(hex(&[]), "");
     }
 
+    #[test]
+    fn a_digest_reads_back_from_its_hex_and_nothing_else_does() {
+        let d = Digest([0x0f; 32]);
+        assert_eq!(Digest::from_hex(&d.hex()), Some(d));
+        assert_eq!(
+            Digest::from_hex(&"0F".repeat(32)),
+            Some(d),
+            "upper case too"
+        );
+        assert_eq!(Digest::from_hex(&"0f".repeat(31)), None);
+        assert_eq!(Digest::from_hex(&"zz".repeat(32)), None);
+        assert_eq!(Digest::from_hex(&"é".repeat(32)), None);
+    }
+
     fn answer(status: u16) -> StoredAnswer {
-        StoredAnswer {
-            status,
-            head: format!("HTTP/1.1 {status} X\r\n").into_bytes(),
-            body: b"{}".to_vec(),
-        }
+        StoredAnswer::new(status, format!("HTTP/1.1 {status} X\r\n").as_bytes(), b"{}")
     }
 
     fn captured(status: u16, complete: bool, over_limit: bool) -> Captured {
@@ -224,8 +298,9 @@ mod tests {
 
     #[test]
     fn a_repeat_sees_mismatch_first_and_a_stale_flight_as_unknown() {
+        let (f, g) = (Digest([1; 32]), Digest([2; 32]));
         let record = |state| Record {
-            fingerprint: "f".into(),
+            fingerprint: f,
             state,
             since_ms: 1_000,
             request_id: "r".into(),
@@ -234,27 +309,27 @@ mod tests {
         };
         let ttl = Duration::from_secs(10);
         assert_eq!(
-            seen(record(State::InFlight), "g", 1_000, ttl),
+            seen(record(State::InFlight), &g, 1_000, ttl),
             Seen::Mismatch
         );
         assert_eq!(
-            seen(record(State::InFlight), "f", 5_000, ttl),
+            seen(record(State::InFlight), &f, 5_000, ttl),
             Seen::InFlight
         );
         assert!(matches!(
-            seen(record(State::InFlight), "f", 20_000, ttl),
+            seen(record(State::InFlight), &f, 20_000, ttl),
             Seen::Unknown(_)
         ));
         let done = record(State::Completed {
             answer: answer(201),
         });
-        assert_eq!(seen(done, "f", 20_000, ttl), Seen::Replay(answer(201)));
+        assert_eq!(seen(done, &f, 20_000, ttl), Seen::Replay(answer(201)));
     }
 
     #[test]
     fn a_record_reads_back_from_its_json() {
         let r = Record {
-            fingerprint: "f".into(),
+            fingerprint: Digest([0xa5; 32]),
             state: State::Completed {
                 answer: answer(201),
             },

@@ -70,7 +70,8 @@ pub(crate) async fn serve(
         }
         KeyRead::Keyed(keyed) => {
             counts.count(rule.prefix, Event::Keyed);
-            Box::pin(serve_keyed(now, rule, balancer, ex, session, &keyed)).await
+            // Not boxed again: the connection boxes this whole future.
+            serve_keyed(now, rule, balancer, ex, session, &keyed).await
         }
     }
 }
@@ -84,17 +85,17 @@ async fn serve_keyed(
     session: &mut Session,
     keyed: &Keyed,
 ) -> Reply {
-    let mut record = Record {
-        fingerprint: keyed.fingerprint.clone(),
+    let record = Record {
+        fingerprint: keyed.fingerprint,
         state: State::InFlight,
         since_ms: idem::now_ms(),
         request_id: ex.request_id.to_string(),
-        token: shared::logging::new_request_id(),
+        token: String::new(),
         tries: Vec::new(),
     };
     let store = &now.idempotency;
     match store.claim(&keyed.id, &record, rule.config.ttl).await {
-        Ok(None) => execute(now, rule, balancer, ex, session, keyed, &mut record).await,
+        Ok(None) => execute(now, rule, balancer, ex, session, keyed, record).await,
         Ok(Some(found)) => {
             let seen = record::seen(
                 found,
@@ -138,7 +139,7 @@ async fn execute(
     ex: &Exchange<'_>,
     session: &mut Session,
     keyed: &Keyed,
-    record: &mut Record,
+    mut record: Record,
 ) -> Reply {
     now.metrics.idempotency.count(rule.prefix, Event::Executed);
     let ex = Exchange {
@@ -157,10 +158,7 @@ async fn execute(
         log::info!(request_id = ex.request_id, route = rule.prefix, body_bytes = *body_bytes; "answer over max_stored_body: the key is kept as executed, not replayable");
     }
     record.tries = std::mem::take(&mut reply.tries);
-    let kept = settled.map(|state| {
-        record.state = state;
-        &*record
-    });
+    let kept = settled.map(|state| Record { state, ..record });
     if let Err(e) = now
         .idempotency
         .finish(&keyed.id, kept, rule.config.ttl)

@@ -14,22 +14,67 @@ use shared::http1::{is_hop_by_hop, Framing, ResponseHead};
 use std::io::Write as _;
 use std::time::Duration;
 
-/// An instance's answer as stored: replayed byte for byte.
+/// An instance's answer as stored: replayed byte for byte. Head and body
+/// share one buffer (one allocation per stored answer, one to free when it
+/// is evicted); in the etcd store's JSON they are two base64 strings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "AnswerJson", try_from = "AnswerJson")]
 pub(crate) struct StoredAnswer {
     pub(crate) status: u16,
     /// The status line and the end-to-end field lines, each ending CRLF
-    /// (no framing, connection or request id fields, no blank line).
-    #[serde(with = "base64_bytes")]
-    pub(crate) head: Vec<u8>,
-    #[serde(with = "base64_bytes")]
-    pub(crate) body: Vec<u8>,
+    /// (no framing, connection or request id fields, no blank line), then
+    /// the body.
+    bytes: Vec<u8>,
+    head_len: usize,
 }
 
 impl StoredAnswer {
+    pub(crate) fn new(status: u16, head: &[u8], body: &[u8]) -> StoredAnswer {
+        StoredAnswer {
+            status,
+            bytes: [head, body].concat(),
+            head_len: head.len(),
+        }
+    }
+
+    pub(crate) fn head(&self) -> &[u8] {
+        &self.bytes[..self.head_len]
+    }
+
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.bytes[self.head_len..]
+    }
+
     /// Bytes it holds, as the memory store counts them.
     pub(crate) fn size(&self) -> usize {
-        self.head.len() + self.body.len()
+        self.bytes.len()
+    }
+}
+
+/// A stored answer in the etcd store's JSON.
+#[derive(Serialize, Deserialize)]
+struct AnswerJson {
+    status: u16,
+    #[serde(with = "base64_bytes")]
+    head: Vec<u8>,
+    #[serde(with = "base64_bytes")]
+    body: Vec<u8>,
+}
+
+impl From<StoredAnswer> for AnswerJson {
+    fn from(a: StoredAnswer) -> AnswerJson {
+        let (head, body) = (a.head().to_vec(), a.body().to_vec());
+        AnswerJson {
+            status: a.status,
+            head,
+            body,
+        }
+    }
+}
+
+impl From<AnswerJson> for StoredAnswer {
+    fn from(j: AnswerJson) -> StoredAnswer {
+        StoredAnswer::new(j.status, &j.head, &j.body)
     }
 }
 
@@ -53,9 +98,10 @@ pub(crate) struct Captured {
 pub(crate) struct Tap {
     limit: usize,
     status: u16,
-    head: Vec<u8>,
+    /// The head as kept, then the body kept so far.
+    bytes: Vec<u8>,
+    head_len: usize,
     framing: Option<Framing>,
-    body: Vec<u8>,
     body_bytes: u64,
     ended: bool,
 }
@@ -66,9 +112,9 @@ impl Tap {
         Tap {
             limit,
             status: 0,
-            head: Vec::new(),
+            bytes: Vec::new(),
+            head_len: 0,
             framing: None,
-            body: Vec::new(),
             body_bytes: 0,
             ended: false,
         }
@@ -79,15 +125,21 @@ impl Tap {
     pub(super) fn head(&mut self, raw: &[u8], head: &ResponseHead) {
         self.status = head.status;
         self.framing = Some(head.framing);
-        self.head.clear();
-        let _ = write!(self.head, "HTTP/1.1 {} ", head.status);
+        // One allocation: at most the instance's head, then a body of the
+        // length it declares, if that is within the limit.
+        let body = match head.framing {
+            Framing::Length(n) if n <= self.limit as u64 => n as usize,
+            _ => 0,
+        };
+        let out = &mut self.bytes;
+        out.clear();
+        out.reserve(head.len + body);
+        let _ = write!(out, "HTTP/1.1 {} ", head.status);
         match &raw[head.reason.clone()] {
-            b"" => self
-                .head
-                .extend_from_slice(shared::http1::reason(head.status).as_bytes()),
-            reason => self.head.extend_from_slice(reason),
+            b"" => out.extend_from_slice(shared::http1::reason(head.status).as_bytes()),
+            reason => out.extend_from_slice(reason),
         }
-        self.head.extend_from_slice(b"\r\n");
+        out.extend_from_slice(b"\r\n");
         for h in &head.headers {
             let name = &raw[h.name.clone()];
             if is_hop_by_hop(name)
@@ -97,18 +149,19 @@ impl Tap {
             {
                 continue;
             }
-            self.head.extend_from_slice(name);
-            self.head.extend_from_slice(b": ");
-            self.head.extend_from_slice(&raw[h.value.clone()]);
-            self.head.extend_from_slice(b"\r\n");
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&raw[h.value.clone()]);
+            out.extend_from_slice(b"\r\n");
         }
+        self.head_len = out.len();
     }
 
     /// Body bytes on their way to the client; kept while within the limit.
     pub(super) fn body(&mut self, data: &[u8]) {
         self.body_bytes += data.len() as u64;
         if self.body_bytes <= self.limit as u64 {
-            self.body.extend_from_slice(data);
+            self.bytes.extend_from_slice(data);
         }
     }
 
@@ -127,8 +180,8 @@ impl Tap {
         let over_limit = self.body_bytes > self.limit as u64;
         let answer = (self.framing.is_some() && !over_limit).then_some(StoredAnswer {
             status: self.status,
-            head: self.head,
-            body: self.body,
+            bytes: self.bytes,
+            head_len: self.head_len,
         });
         Captured {
             answer,
@@ -164,12 +217,12 @@ impl Session {
         limit: Duration,
     ) -> std::io::Result<bool> {
         self.out.clear();
-        self.out.extend_from_slice(&stored.head);
+        self.out.extend_from_slice(stored.head());
         self.out.extend_from_slice(REPLAYED);
         let _ = write!(self.out, "x-request-id: {}\r\n", to.request_id);
         let bodiless = stored.status < 200 || stored.status == 204 || stored.status == 304;
         if !bodiless {
-            let _ = write!(self.out, "content-length: {}\r\n", stored.body.len());
+            let _ = write!(self.out, "content-length: {}\r\n", stored.body().len());
         }
         if !to.keep_alive {
             self.out.extend_from_slice(b"connection: close\r\n");
@@ -178,7 +231,7 @@ impl Session {
         }
         self.out.extend_from_slice(b"\r\n");
         if !to.head_request && !bodiless {
-            self.out.extend_from_slice(&stored.body);
+            self.out.extend_from_slice(stored.body());
         }
         self.write_out(limit).await?;
         Ok(to.keep_alive)
@@ -228,10 +281,10 @@ mod tests {
         let a = c.answer.unwrap();
         assert_eq!(a.status, 201);
         assert_eq!(
-            String::from_utf8(a.head).unwrap(),
+            String::from_utf8(a.head().to_vec()).unwrap(),
             "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\nx-served-by: a:1\r\n"
         );
-        assert_eq!(a.body, b"{}{}");
+        assert_eq!(a.body(), b"{}{}");
     }
 
     #[test]
@@ -244,11 +297,11 @@ mod tests {
 
     #[test]
     fn a_replay_is_framed_for_its_client_and_marked() {
-        let stored = StoredAnswer {
-            status: 201,
-            head: b"HTTP/1.1 201 Created\r\nx-served-by: a:1\r\n".to_vec(),
-            body: b"{\"ok\":1}".to_vec(),
-        };
+        let stored = StoredAnswer::new(
+            201,
+            b"HTTP/1.1 201 Created\r\nx-served-by: a:1\r\n",
+            b"{\"ok\":1}",
+        );
         let (ours, mut peer) = socket_pair();
         let reader = std::thread::spawn(move || read_to_end(&mut peer));
         on_worker(async move {
