@@ -7,6 +7,12 @@ use clap::Parser;
 use shared::cli::{set, Common};
 use std::process::ExitCode;
 
+/// mimalloc, not glibc's malloc: a keyed request's records are freed cold,
+/// at eviction, where glibc's free lists cost a keyed POST 0.87x the
+/// unkeyed throughput against 0.94x with mimalloc (bench/results-idempotency.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Round-robin HTTP/1.1 gateway fed by discovery's pushed instance sets.
 #[derive(Parser)]
 #[command(version)]

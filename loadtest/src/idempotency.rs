@@ -15,7 +15,9 @@
 //! - a 409 (`idempotency_key_in_flight`) only for copies sent at once. A copy
 //!   sent after the answer can still find the record in flight for a moment:
 //!   the gateway settles the record after it has relayed the answer's last
-//!   byte (with etcd, one more round trip). Such a 409 is counted apart
+//!   byte (with etcd, one more round trip), and waits up to 100 ms for that
+//!   before a 409; a settle slower than that (etcd under load) still gives
+//!   one. Such a 409 is counted apart
 //!   (`late_conflicts`) and the copy sent again after a pause, as its
 //!   `Retry-After` asks, until it gets the replay (at most [`SETTLE_WAIT`]).
 //!

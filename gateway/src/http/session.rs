@@ -82,6 +82,11 @@ impl Session {
         &self.deadline
     }
 
+    /// Waits `d` on this connection's timer, with nothing read or written.
+    pub(crate) async fn pause(&self, d: Duration) {
+        let _ = self.deadline.within(d, std::future::pending::<()>()).await;
+    }
+
     /// What the client sent that no request has consumed yet.
     pub(crate) fn input(&self) -> &[u8] {
         self.input.data()

@@ -14,11 +14,13 @@ use crate::http::codec::{AnswerTo, ErrorFraming};
 use crate::http::session::Session;
 use crate::idempotency::key::{self, KeyRead, Keyed};
 use crate::idempotency::record::{self, Record, Seen, State};
+use crate::idempotency::store::StoreError;
 use crate::idempotency::{self as idem};
 use crate::observe::idempotency::Event;
 use crate::proxy::failover::{self, Reply};
 use crate::proxy::forward::Exchange;
 use shared::config::IdempotencyConfig;
+use std::time::Duration;
 
 /// The idempotency rule of a route, if it honours keys.
 #[derive(Clone, Copy, Debug)]
@@ -94,17 +96,9 @@ async fn serve_keyed(
         tries: Vec::new(),
     };
     let store = &now.idempotency;
-    match store.claim(&keyed.id, &record, rule.config.ttl).await {
+    match claim(now, rule, keyed, &record, session).await {
         Ok(None) => execute(now, rule, balancer, ex, session, keyed, record).await,
-        Ok(Some(found)) => {
-            let seen = record::seen(
-                found,
-                &keyed.fingerprint,
-                record.since_ms,
-                idem::stale_after(&now.config),
-            );
-            answer_repeat(now, rule, ex, session, seen).await
-        }
+        Ok(Some(seen)) => answer_repeat(now, rule, ex, session, seen).await,
         Err(e) if store.fail_open => {
             log::warn!(request_id = ex.request_id, route = rule.prefix; "idempotency store unavailable, forwarding without the at-most-once guarantee (idempotency_fail_open): {e}");
             now.metrics
@@ -126,6 +120,42 @@ async fn serve_keyed(
                 None,
             )
             .await
+        }
+    }
+}
+
+/// Pauses before a repeat that found its key in flight asks again, then a
+/// 409. The first request's record settles just after the last byte of its
+/// answer went out, so a client that repeats the moment it has the answer
+/// would otherwise get a 409 where the replay is a few microseconds away.
+const IN_FLIGHT_GRACE: [Duration; 4] = [
+    Duration::from_millis(5),
+    Duration::from_millis(15),
+    Duration::from_millis(30),
+    Duration::from_millis(50),
+];
+
+/// Claims the key: `None` when this request is the one to run, else what
+/// the record means to it (asked again after each [`IN_FLIGHT_GRACE`]
+/// pause while it is in flight).
+async fn claim(
+    now: &Context,
+    rule: Rule<'_>,
+    keyed: &Keyed,
+    record: &Record,
+    session: &Session,
+) -> Result<Option<Seen>, StoreError> {
+    let stale = idem::stale_after(&now.config);
+    let mut pauses = IN_FLIGHT_GRACE.iter();
+    loop {
+        let claimed = now.idempotency.claim(&keyed.id, record, rule.config.ttl);
+        let Some(found) = claimed.await? else {
+            return Ok(None);
+        };
+        let seen = record::seen(found, &keyed.fingerprint, idem::now_ms(), stale);
+        match pauses.next() {
+            Some(pause) if seen == Seen::InFlight => session.pause(*pause).await,
+            _ => return Ok(Some(seen)),
         }
     }
 }

@@ -212,6 +212,27 @@ async fn the_same_key_while_the_first_is_in_flight_is_409_with_retry_after() {
 }
 
 #[async_std::test]
+async fn a_repeat_sent_the_moment_the_answer_arrives_is_replayed_not_409() {
+    let k = Keyed::start(2, |_| {}).await;
+    for i in 0..40 {
+        let (key, body) = (format!("k-at-once-{i}"), format!("{{\"n\": {i}}}"));
+        let first = send_keyed(k.addr(), "/pay", &key, body.as_bytes()).await;
+        assert_eq!(first.status, 200);
+        // The record settles just after the answer's last byte went out.
+        let again = send_keyed(k.addr(), "/pay", &key, body.as_bytes()).await;
+        let got = (again.status, again.header("idempotent-replayed"));
+        assert_eq!(
+            got,
+            (200, Some("true")),
+            "{}",
+            String::from_utf8_lossy(&again.body)
+        );
+    }
+    assert_eq!(metric(&k.admin(), &event("conflict")).await, 0.0);
+    k.stop().await;
+}
+
+#[async_std::test]
 async fn require_refuses_a_listed_method_without_a_key_and_honour_lets_it_pass() {
     let k = Keyed::start(1, |_| {}).await;
     let refused = send(k.addr(), "/req/pay", "", b"{}").await;

@@ -134,7 +134,10 @@ impl Tap {
         let out = &mut self.bytes;
         out.clear();
         out.reserve(head.len + body);
-        let _ = write!(out, "HTTP/1.1 {} ", head.status);
+        // The status is three digits (the parser takes no other).
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(&status_digits(head.status));
+        out.push(b' ');
         match &raw[head.reason.clone()] {
             b"" => out.extend_from_slice(shared::http1::reason(head.status).as_bytes()),
             reason => out.extend_from_slice(reason),
@@ -191,6 +194,12 @@ impl Tap {
             over_limit,
         }
     }
+}
+
+/// `status` (100..=999) as its three ASCII digits.
+fn status_digits(status: u16) -> [u8; 3] {
+    let digit = |n: u16| b'0' + (n % 10) as u8;
+    [digit(status / 100), digit(status / 10), digit(status)]
 }
 
 /// The header that marks a replayed answer.
