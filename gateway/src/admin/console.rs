@@ -1,7 +1,8 @@
 //! `GET /` on the admin port: the gateway's console. Its script polls
 //! `/status` every second and draws each route's ring with per-instance rates
-//! and latencies, keeping its last view, marked stale, while the gateway is
-//! away. Served by [`shared::console`], which explains the safety rules.
+//! and latencies, and per route that honours `Idempotency-Key` what happened
+//! to keyed requests, keeping its last view, marked stale, while the gateway
+//! is away. Served by [`shared::console`], which explains the safety rules.
 
 use shared::console::Assets;
 

@@ -9,8 +9,12 @@
 // instance every 5 s; fetched whole once, then only what is new) plus the
 // newest figures of each /status poll as the line's last point.
 //
+// Idempotency keys: the store's figures, and per route that honours keys
+// each event's count (executed, replayed, 409, 422, ...), from /status.
+//
 // Every value from the server is written as text (textContent, append of
-// strings): namespaces and upstream addresses come from registrations.
+// strings): namespaces and upstream addresses come from registrations,
+// route prefixes and methods from the config.
 "use strict";
 
 const POLL_MS = 1000;
@@ -307,6 +311,101 @@ function ringSection(ring, routes) {
   return section;
 }
 
+// The Idempotency-Key panel (docs/idempotency.md), from /status "idempotency"
+// and each route's rule in /status "routes". Columns: [event, title, whether a
+// non-zero count is trouble an operator should look at].
+const KEY_EVENTS = [
+  ["keyed", "keyed", false],
+  ["executed", "executed", false],
+  ["replayed", "replayed", false],
+  ["conflict", "409 in flight", false],
+  ["mismatch", "422 mismatch", true],
+  ["outcome_unknown", "outcome unknown", true],
+  ["not_stored", "not stored", true],
+  ["missing_key", "missing key", false],
+  ["invalid_key", "invalid key", false],
+  ["store_failed_open", "store failed open", true],
+  ["store_failed_closed", "store failed closed", true],
+];
+
+// A count from /status as text: "-" when it is not a number.
+function count(value) {
+  const n = Number(value);
+  return value === undefined || value === null || !Number.isFinite(n) ? "-" : String(n);
+}
+
+// "Store: memory, fail-closed ... 2 record(s), 1.2 kB, ...": the memory figures only
+// for the memory store (etcd keeps its records, and drops them, itself).
+function keyStoreLine(idem) {
+  const kind = String(idem.store ?? "-");
+  const open = idem.fail_open === true;
+  const line = el("p", "");
+  line.id = "idempotency-store";
+  for (const [name, key] of [["entries", "entries"], ["stored_bytes", "storedBytes"], ["evictions", "evictions"], ["expirations", "expirations"], ["store_errors", "storeErrors"]]) {
+    line.dataset[key] = count(idem[name]);
+  }
+  line.dataset.store = kind;
+  line.dataset.failOpen = String(open);
+  line.append("Store: " + kind + ", " + (open ? "fail-open (keyed requests are forwarded without the guarantee when it fails)" : "fail-closed (keyed requests are refused 503 when it fails)") + ". ");
+  if (kind === "memory") {
+    line.append(count(idem.entries) + " record(s), " + bytes(Number(idem.stored_bytes)) + ", " + count(idem.evictions) + " evicted before their ttl, " + count(idem.expirations) + " expired. ");
+  }
+  const errors = el("span", Number(idem.store_errors) > 0 ? "warn" : "", count(idem.store_errors) + " store error(s).");
+  line.append(errors);
+  return line;
+}
+
+// The routes to list, in config order: each one whose rule honours keys, then
+// any prefix with counts but no such rule now (a reload turned it off or
+// removed it; its counts stay). [prefix, rule text].
+function keyRoutes(routes, counted) {
+  const listed = new Map();
+  for (const r of routes) {
+    const rule = r && r.idempotency && typeof r.idempotency === "object" ? r.idempotency : null;
+    const mode = rule ? String(rule.mode ?? "off") : "off";
+    if (mode === "off" || listed.has(String(r.prefix))) continue;
+    const methods = Array.isArray(rule.methods) ? rule.methods.map(String).join(", ") : "";
+    listed.set(String(r.prefix), mode + (methods ? ": " + methods : ""));
+  }
+  for (const prefix of Object.keys(counted)) if (!listed.has(prefix)) listed.set(prefix, "off now");
+  return [...listed];
+}
+
+function keyRow(prefix, rule, counts) {
+  const row = el("tr", "");
+  row.dataset.route = prefix;
+  row.append(el("td", "", prefix), el("td", "nowrap", rule));
+  for (const [event, , trouble] of KEY_EVENTS) {
+    const cell = el("td", trouble && Number(counts[event]) > 0 ? "num warn" : "num", count(counts[event] ?? 0));
+    cell.dataset.event = event;
+    row.append(cell);
+  }
+  return row;
+}
+
+// Fills #idempotency; hidden when /status has no "idempotency" (an older gateway).
+function keyPanel(status, routes) {
+  const panel = document.getElementById("idempotency");
+  const idem = status.idempotency && typeof status.idempotency === "object" ? status.idempotency : null;
+  panel.hidden = !idem;
+  if (!idem) return;
+  const counted = idem.routes && typeof idem.routes === "object" ? idem.routes : {};
+  const listed = keyRoutes(routes, counted);
+  const title = el("h2", "", "Idempotency keys");
+  if (!listed.length) {
+    panel.replaceChildren(title, el("p", "muted", "No route honours Idempotency-Key."));
+    return;
+  }
+  const head = el("tr", "", el("th", "", "route"), el("th", "", "rule"));
+  for (const [, heading] of KEY_EVENTS) head.append(el("th", "", heading));
+  const body = el("tbody", "");
+  for (const [prefix, rule] of listed) {
+    const counts = counted[prefix] && typeof counted[prefix] === "object" ? counted[prefix] : {};
+    body.append(keyRow(prefix, rule, counts));
+  }
+  panel.replaceChildren(title, keyStoreLine(idem), el("table", "", el("thead", "", head), body));
+}
+
 function render() {
   showLiveness(view, view.status !== null, "The gateway", (ms) => seconds(ms / 1000));
   if (!view.status) return;
@@ -318,6 +417,7 @@ function render() {
     rings.length + " ring(s), " + members + " instance(s) in rotation; discovery at " + String(status.discovery_url ?? "-") + ".";
   clientsLine(status.clients);
   document.getElementById("rings").replaceChildren(...rings.map((r) => ringSection(r, routes)));
+  keyPanel(status, routes);
 }
 
 fetchHistory().then(poll);
