@@ -7,9 +7,10 @@ use clap::Parser;
 use shared::cli::{set, Common};
 use std::process::ExitCode;
 
-/// mimalloc, not glibc's malloc: a keyed request's records are freed cold,
-/// at eviction, where glibc's free lists cost a keyed POST 0.87x the
-/// unkeyed throughput against 0.94x with mimalloc (bench/results-idempotency.md).
+/// mimalloc, not glibc's malloc: a keyed request's record is freed cold, at
+/// eviction, where glibc's free lists cost most: keyed POSTs ran at 0.83x the
+/// unkeyed throughput with glibc, 0.98x with mimalloc, which costs unkeyed
+/// POSTs nothing (bench/results-idempotency.md, bench/results-allocator.md).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
