@@ -8,6 +8,7 @@
 use crate::balance::pool::Upstreams;
 use crate::balance::ring::{Balancer, Router};
 use crate::http::budget::Budget;
+use crate::http::tls::Tls;
 use crate::idempotency::Idempotency;
 use crate::observe::counters::Metrics;
 use crate::runtime::deadline::Watchdog;
@@ -50,6 +51,9 @@ pub struct Context {
     pub(crate) gate: Arc<Gate>,
     /// Idempotency records (`idempotency_store`), kept across reloads.
     pub(crate) idempotency: Arc<Idempotency>,
+    /// The TLS port's server (`tls`), kept across reloads, which swap its
+    /// certificates; `None` without a `tls` key at start.
+    pub(crate) tls: Option<Arc<Tls>>,
 }
 
 impl Context {
@@ -72,6 +76,7 @@ impl Context {
             live: self.live.clone(),
             gate: self.gate.clone(),
             idempotency: self.idempotency.clone(),
+            tls: self.tls.clone(),
         }
     }
 

@@ -54,6 +54,8 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct Handle {
     addr: SocketAddr,
+    /// The TLS port's address, with a `tls` key.
+    tls_addr: Option<SocketAddr>,
     ctx: Arc<Context>,
     workers: proxy::workers::Workers,
     connections: Tracker,
@@ -69,6 +71,11 @@ impl Handle {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Where HTTPS clients connect (`tls.listen`), if the gateway has a TLS port.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Where `/metrics` and `/status` are.
@@ -136,16 +143,35 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    let listeners = runtime::listen::bind_all(
-        &config.listen,
-        config.reuse_port,
-        runtime::slots::count(config.worker_threads),
-    )?;
+    // Certificates first: a bad one stops the start, naming its file.
+    let tls = match &config.tls {
+        None => None,
+        Some(t) => {
+            let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+            let certificates = http::tls::Certificates::load(t).map_err(invalid)?;
+            Some(Arc::new(
+                http::tls::Tls::new(certificates).map_err(invalid)?,
+            ))
+        }
+    };
+    let workers = runtime::slots::count(config.worker_threads);
+    let listeners = runtime::listen::bind_all(&config.listen, config.reuse_port, workers)?;
     let addr = match listeners.first() {
         Some(l) => l.local_addr()?,
         None => return Err(std::io::Error::other("no listener bound")),
     };
-    let gate = Arc::new(runtime::listen::Gate::new(&listeners, addr)?);
+    let tls_listeners = match &config.tls {
+        Some(t) => runtime::listen::bind_all(&t.listen, config.reuse_port, workers)?,
+        None => Vec::new(),
+    };
+    let tls_addr = tls_listeners
+        .first()
+        .map(runtime::listen::Bound::local_addr)
+        .transpose()?;
+    let gate = Arc::new(runtime::listen::Gate::new(
+        listeners.iter().chain(&tls_listeners),
+        addr,
+    )?);
     let router = Arc::new(balance::ring::Router::new(&config.routes));
     let setting = shared::allowed::Setting::GATEWAY;
     let allowed = shared::allowed::AllowedHosts::parse_setting(setting, &config.allowed_upstreams)
@@ -193,6 +219,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         live,
         gate,
         idempotency,
+        tls,
     });
     ctx.live.start(&ctx);
     // Every loop restarts if it panics: a ring must keep following discovery,
@@ -235,7 +262,15 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         }
         ctx.metrics.ready.set(1);
     }
+    let mut tls_listeners = tls_listeners.into_iter();
+    let listeners = listeners
+        .into_iter()
+        .map(|plain| (plain, tls_listeners.next()))
+        .collect();
     let workers = proxy::workers::spawn(&ctx, listeners, &connections)?;
+    if let Some(tls_addr) = tls_addr {
+        log::info!(addr:% = tls_addr; "gateway TLS port on https://{tls_addr}, opened with the client port");
+    }
     log::info!(addr:% = admin.addr(); "gateway admin listening on http://{}", admin.addr());
     if !ctx.config.ready_timeout.is_zero() {
         log::info!(addr:% = addr; "gateway bound to {addr}; it listens once every route has an available instance, or after ready_timeout ({})",
@@ -249,6 +284,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     }
     Ok(Handle {
         addr,
+        tls_addr,
         ctx,
         workers,
         connections,

@@ -64,6 +64,8 @@ mod stability;
 mod streaming;
 #[path = "acceptance/timeouts.rs"]
 mod timeouts;
+#[path = "acceptance/tls.rs"]
+mod tls;
 #[path = "acceptance/warming.rs"]
 mod warming;
 #[path = "acceptance/workers.rs"]

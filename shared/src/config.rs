@@ -47,7 +47,7 @@ pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, Con
 /// file ignores the flag), then checked with fstat on what was opened, not
 /// on the path, which could be swapped in between. At most `cap + 1` bytes
 /// are read, so a file growing after the check is refused, not read whole.
-fn read_regular(path: &Path, cap: u64) -> Result<String, String> {
+pub fn read_regular(path: &Path, cap: u64) -> Result<String, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
@@ -62,7 +62,7 @@ fn read_regular(path: &Path, cap: u64) -> Result<String, String> {
             file_kind(&meta.file_type())
         ));
     }
-    let too_big = || format!("larger than {cap} bytes; a config file is at most that");
+    let too_big = || format!("larger than {cap} bytes, the most that is read");
     if meta.len() > cap {
         return Err(too_big());
     }
@@ -811,6 +811,78 @@ pub struct GatewayConfig {
     /// When the store cannot be reached: forward the request without the
     /// guarantee (true), or refuse it 503 (false, the default).
     pub idempotency_fail_open: bool,
+    /// A TLS listener beside `listen` (docs/tls.md); none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The gateway's `"tls"`: a second client port where clients speak HTTPS.
+/// Certificates are PEM files; `cert` and `key` name one, `certificates`
+/// several, chosen by the name the client asks for (SNI) among each one's
+/// subject alternative names. The first one listed is the default.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Where HTTPS clients connect (`ip:port`).
+    pub listen: String,
+    /// A PEM certificate chain, the server's own certificate first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// The PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Several certificates, chosen by SNI; after `cert` if both are given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateConfig>,
+    /// A TLS handshake must be over within this, or the connection closes.
+    #[serde(default = "default_handshake_timeout", with = "duration")]
+    pub handshake_timeout: Duration,
+}
+
+/// One certificate chain and its key (PEM files).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub cert: String,
+    pub key: String,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl TlsConfig {
+    /// Every certificate, in order: `cert`/`key` first, then `certificates`.
+    pub fn pairs(&self) -> Vec<CertificateConfig> {
+        let single = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(CertificateConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        single
+            .into_iter()
+            .chain(self.certificates.iter().cloned())
+            .collect()
+    }
+
+    fn errors(&self) -> Vec<&'static str> {
+        let mut errors = Vec::new();
+        if self.listen.trim().is_empty() {
+            errors.push("tls.listen must name an address");
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            errors.push("tls.cert and tls.key go together");
+        }
+        if self.pairs().is_empty() {
+            errors.push("tls needs a certificate: cert and key, or certificates");
+        }
+        if self.handshake_timeout.is_zero() {
+            errors.push("tls.handshake_timeout must be above zero");
+        }
+        errors
+    }
 }
 
 impl Default for GatewayConfig {
@@ -856,6 +928,7 @@ impl Default for GatewayConfig {
             idempotency_max_entries: 100_000,
             idempotency_max_bytes: 64 * 1024 * 1024,
             idempotency_fail_open: false,
+            tls: None,
         }
     }
 }
@@ -891,6 +964,7 @@ impl GatewayConfig {
             errors.push("max_attempts must be at least 1");
         }
         errors.extend(self.idempotency_errors());
+        errors.extend(self.tls.iter().flat_map(TlsConfig::errors));
         if self.passive_health_failures == 0 {
             errors.push("passive_health_failures must be at least 1");
         }

@@ -13,6 +13,12 @@
 //! namespace no longer routed keeps its watch running and is reused if it
 //! is routed again.
 //!
+//! TLS certificates (`tls`) are read again and checked before anything is
+//! swapped: one that is missing, unreadable, expired or whose key does not
+//! match refuses the whole reload, and the old certificates stay. Good ones
+//! serve every handshake after the swap; open connections keep theirs.
+//! The TLS port itself (`tls.listen`, and whether there is one) needs a restart.
+//!
 //! What cannot change without a restart (`listen`, `admin_listen`,
 //! `worker_threads`, `reuse_port`, the idempotency store and its bounds,
 //! and the pool and buffer sizes that
@@ -53,6 +59,17 @@ pub async fn apply(ctx: &Context, next: Result<GatewayConfig, String>) -> Result
         }
     };
     let kept = keep_restart_only(&old.config, &mut next);
+    let certificates = match (&old.tls, &next.tls) {
+        (Some(_), Some(tls)) => match crate::http::tls::Certificates::load(tls) {
+            Ok(certificates) => Some(certificates),
+            Err(why) => {
+                old.metrics.reload("error");
+                log::error!(error = why.as_str(); "configuration refused, the old one and its certificates stay in force: {why}");
+                return Err(why);
+            }
+        },
+        _ => None,
+    };
     if !kept.is_empty() {
         log::warn!(settings = kept.join(", ").as_str();
             "configuration: {} changed but cannot change without a restart; ignored", kept.join(", "));
@@ -75,6 +92,9 @@ pub async fn apply(ctx: &Context, next: Result<GatewayConfig, String>) -> Result
         }
         lock(&live.tasks).extend(tasks);
         first_rings(&made).await;
+    }
+    if let (Some(tls), Some(certificates)) = (&new.tls, certificates) {
+        tls.replace(certificates);
     }
     live.router.store(Some(new.router.clone()));
     live.current.store(Some(new.clone()));
@@ -117,6 +137,17 @@ fn keep_restart_only(old: &GatewayConfig, next: &mut GatewayConfig) -> Vec<&'sta
         idempotency_max_bytes,
         idempotency_fail_open
     );
+    match (&old.tls, &mut next.tls) {
+        (Some(old), Some(next)) if next.listen != old.listen => {
+            kept.push("tls.listen");
+            next.listen = old.listen.clone();
+        }
+        (old, next) if old.is_some() != next.is_some() => {
+            kept.push("tls");
+            next.clone_from(old);
+        }
+        _ => {}
+    }
     kept
 }
 

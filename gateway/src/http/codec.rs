@@ -3,6 +3,8 @@
 //! Requests: the target is normalized ([`crate::http::target`]) and a `Host` that
 //! is not `host[:port]` refused; hop-by-hop headers (and those the client named in `Connection`)
 //! are dropped, `X-Forwarded-For` gets the client's address appended,
+//! `X-Forwarded-Proto` is the gateway's own (`https` when the client came
+//! over TLS, `http` otherwise; a client's is dropped, never trusted),
 //! `X-Request-Id` is kept or generated, the body is re-framed with a
 //! Content-Length (the gateway buffers it, so a retry can send it again), and
 //! `Host`, `Idempotency-Key` and everything else pass through untouched.
@@ -62,7 +64,7 @@ pub(crate) fn is_idempotent(method: &[u8]) -> bool {
 /// `MAX_HEADERS` (100) fields and answers 431 beyond (tide never sees the
 /// head; async-h1's own server, which would take 128, is not used). The
 /// gateway reads client heads with that same parser and limit, then drops
-/// some fields and adds its own (`x-forwarded-for`, `x-request-id`, a
+/// some fields and adds its own (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`, a
 /// `host` or `content-length`), so it counts the head it forwards against
 /// this and answers 431 itself, with the request id, rather than forward a
 /// head an instance would refuse.
@@ -75,11 +77,12 @@ pub(crate) const MAX_FORWARDED_FIELDS: usize = shared::http1::MAX_HEADERS;
 /// rewritten whatever the tokens say, and `idempotency-key` is promised to
 /// pass through untouched, since dropping it would make a retried payment
 /// look new to an instance that dedupes by it.
-const NOT_CONNECTION_TOKENS: [&[u8]; 6] = [
+const NOT_CONNECTION_TOKENS: [&[u8]; 7] = [
     b"host",
     b"content-length",
     b"transfer-encoding",
     b"x-forwarded-for",
+    b"x-forwarded-proto",
     b"x-request-id",
     b"idempotency-key",
 ];
@@ -98,6 +101,7 @@ fn skip_request_header(raw: &[u8], head: &RequestHead, name: &[u8]) -> bool {
         || name.eq_ignore_ascii_case(b"content-length")
         || name.eq_ignore_ascii_case(b"expect")
         || name.eq_ignore_ascii_case(b"x-forwarded-for")
+        || name.eq_ignore_ascii_case(b"x-forwarded-proto")
         || name.eq_ignore_ascii_case(b"x-request-id")
 }
 
@@ -113,6 +117,7 @@ pub(crate) fn upstream_head(
     raw: &[u8],
     head: &RequestHead,
     client_ip: &str,
+    proto: &str,
     request_id: &str,
     default_host: &str,
 ) -> Result<usize, Refused> {
@@ -129,8 +134,8 @@ pub(crate) fn upstream_head(
     crate::http::target::normalize_into(out, target)?;
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut has_host = false;
-    // x-forwarded-for and x-request-id, written below.
-    let mut fields = 2;
+    // x-forwarded-for, x-forwarded-proto and x-request-id, written below.
+    let mut fields = 3;
     if let Some(authority) = authority {
         if !crate::http::target::valid_host(authority) {
             return Err(Refused("the request target's authority is not host[:port]"));
@@ -174,6 +179,8 @@ pub(crate) fn upstream_head(
         }
     }
     out.extend_from_slice(client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(proto.as_bytes());
     out.extend_from_slice(b"\r\nx-request-id: ");
     out.extend_from_slice(request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -387,7 +394,8 @@ mod tests {
         let mut head = RequestHead::default();
         assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
         let mut out = Vec::new();
-        let fields = upstream_head(&mut out, raw, &head, "127.0.0.9", "rid", "gw:1").unwrap();
+        let fields =
+            upstream_head(&mut out, raw, &head, "127.0.0.9", "http", "rid", "gw:1").unwrap();
         end_upstream_head(&mut out, 2);
         assert_eq!(fields, field_lines(&out), "the count is what is forwarded");
         out.extend_from_slice(b"{}");
@@ -395,7 +403,7 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
-            "POST /a?b HTTP/1.1\r\nHost: gw\r\nIdempotency-Key: k1\r\nx-forwarded-for: 10.0.0.1, 127.0.0.9\r\nx-request-id: rid\r\ncontent-length: 2\r\n\r\n{}"
+            "POST /a?b HTTP/1.1\r\nHost: gw\r\nIdempotency-Key: k1\r\nx-forwarded-for: 10.0.0.1, 127.0.0.9\r\nx-forwarded-proto: http\r\nx-request-id: rid\r\ncontent-length: 2\r\n\r\n{}"
         );
     }
 
@@ -411,7 +419,8 @@ mod tests {
         let mut head = RequestHead::default();
         assert_eq!(parse_request(raw, &mut head, 64 * 1024), Ok(true));
         let mut out = Vec::new();
-        let fields = upstream_head(&mut out, raw, &head, "127.0.0.9", "rid", "gw:1").unwrap();
+        let fields =
+            upstream_head(&mut out, raw, &head, "127.0.0.9", "http", "rid", "gw:1").unwrap();
         end_upstream_head(&mut out, body_len);
         (fields, String::from_utf8(out).unwrap())
     }
@@ -437,6 +446,25 @@ mod tests {
     }
 
     #[test]
+    fn x_forwarded_proto_is_the_gateways_own_never_the_clients() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\nx-forwarded-proto: ftp\r\nConnection: x-forwarded-proto\r\n\r\n";
+        let mut head = RequestHead::default();
+        assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
+        for proto in ["http", "https"] {
+            let mut out = Vec::new();
+            let fields = upstream_head(&mut out, raw, &head, "1.2.3.4", proto, "r", "gw").unwrap();
+            end_upstream_head(&mut out, 0);
+            let text = String::from_utf8(out).unwrap();
+            let sent: Vec<&str> = text
+                .split("\r\n")
+                .filter(|l| l.to_ascii_lowercase().starts_with("x-forwarded-proto:"))
+                .collect();
+            assert_eq!(sent, [format!("x-forwarded-proto: {proto}")], "{text}");
+            assert_eq!(fields, field_lines(text.as_bytes()), "{text}");
+        }
+    }
+
+    #[test]
     fn connection_cannot_name_host_framing_or_the_gateways_own_headers() {
         let raw = b"POST / HTTP/1.1\r\nHost: shop.example\r\nConnection: host, Content-Length, transfer-encoding, X-Request-Id, x-forwarded-for, idempotency-key, x-secret\r\nIdempotency-Key: k1\r\nX-Secret: s\r\nX-Request-Id: client-id\r\nContent-Length: 2\r\n\r\n";
         let (fields, text) = forwarded(raw, 2);
@@ -459,7 +487,7 @@ mod tests {
         let mut head = RequestHead::default();
         assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
         let mut out = Vec::new();
-        assert!(upstream_head(&mut out, raw, &head, "1.2.3.4", "r", "gw").is_err());
+        assert!(upstream_head(&mut out, raw, &head, "1.2.3.4", "http", "r", "gw").is_err());
     }
 
     #[test]
@@ -468,11 +496,11 @@ mod tests {
         let mut head = RequestHead::default();
         assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
         let mut out = Vec::new();
-        upstream_head(&mut out, raw, &head, "1.2.3.4", "r", "gw").unwrap();
+        upstream_head(&mut out, raw, &head, "1.2.3.4", "http", "r", "gw").unwrap();
         assert_eq!(target_of(&out), b"/x/y~?q=/../");
         let raw = b"GET /api HTTP/1.1\r\nHost: x/chaos?\r\n\r\n";
         assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
-        assert!(upstream_head(&mut out, raw, &head, "1.2.3.4", "r", "gw").is_err());
+        assert!(upstream_head(&mut out, raw, &head, "1.2.3.4", "http", "r", "gw").is_err());
     }
 
     #[test]
@@ -481,14 +509,14 @@ mod tests {
         let mut head = RequestHead::default();
         assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
         let mut out = Vec::new();
-        upstream_head(&mut out, raw, &head, "1.2.3.4", "r", "gw").unwrap();
+        upstream_head(&mut out, raw, &head, "1.2.3.4", "http", "r", "gw").unwrap();
         assert_eq!(target_of(&out), b"/x?q");
         let text = String::from_utf8(out.clone()).unwrap();
         assert!(text.contains("host: gw.example:8000\r\n"), "{text}");
         assert!(!text.contains("other"), "{text}");
         let raw = b"GET http://h?q HTTP/1.1\r\nHost: h\r\n\r\n";
         assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
-        upstream_head(&mut out, raw, &head, "1.2.3.4", "r", "gw").unwrap();
+        upstream_head(&mut out, raw, &head, "1.2.3.4", "http", "r", "gw").unwrap();
         assert_eq!(target_of(&out), b"/?q");
     }
 
@@ -498,7 +526,7 @@ mod tests {
         let mut head = RequestHead::default();
         assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
         let mut out = Vec::new();
-        upstream_head(&mut out, raw, &head, "1.2.3.4", "r", "gw:1").unwrap();
+        upstream_head(&mut out, raw, &head, "1.2.3.4", "http", "r", "gw:1").unwrap();
         end_upstream_head(&mut out, 0);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("GET / HTTP/1.1\r\nhost: gw:1\r\n"));
@@ -604,7 +632,7 @@ mod tests {
         let mut head = RequestHead::default();
         assert_eq!(parse_request(raw, &mut head, 4096), Ok(true));
         let mut out = Vec::new();
-        upstream_head(&mut out, raw, &head, "127.0.0.9", "r", "gw").unwrap();
+        upstream_head(&mut out, raw, &head, "127.0.0.9", "http", "r", "gw").unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("x-forwarded-for: 10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.9\r\n"),

@@ -1,7 +1,8 @@
 //! HTTP/1.1 on the client side: the parser and writer ([`codec`]), the
 //! normalized request target ([`target`]), a client connection's socket,
 //! input and deadline ([`session`]: the one writer of bytes to the client),
-//! and the bound on request bytes held across connections ([`budget`]).
+//! the bound on request bytes held across connections ([`budget`]), and TLS
+//! on the client port with the stream a session reads ([`tls`]).
 
 pub(crate) mod budget;
 pub(crate) mod codec;
@@ -9,3 +10,4 @@ pub(crate) mod session;
 pub(crate) mod target;
 #[cfg(test)]
 pub(crate) mod test_support;
+pub(crate) mod tls;

@@ -10,10 +10,10 @@
 //! be a second session beside this one.
 
 use crate::http::codec::{self, AnswerTo, ClientFraming};
+use crate::http::tls::ClientStream;
 use crate::observe::traffic::ClientTraffic;
 use crate::runtime::buffers;
 use crate::runtime::deadline::{Deadline, Interrupted};
-use crate::runtime::net::Stream;
 use futures_lite::AsyncWriteExt;
 use shared::http1::{ReadBuf, ResponseHead};
 use shared::shutdown::Trigger;
@@ -28,12 +28,19 @@ pub(crate) mod stored;
 /// or why it was cut short.
 pub(crate) type Read = Result<io::Result<usize>, Interrupted>;
 
+/// Writes all of `bytes`, then flushes: over TLS a write may leave records
+/// in rustls when the socket's buffer is full (a plain flush does nothing).
+async fn write_all(stream: &mut ClientStream, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
 /// How long a refused client may go on sending before the connection closes.
 const LINGER: Duration = Duration::from_secs(1);
 
 /// A client connection's socket, input, output buffer and deadline.
 pub(crate) struct Session {
-    stream: Stream,
+    stream: ClientStream,
     deadline: Arc<Deadline>,
     /// What the client sent that no request has consumed yet.
     input: ReadBuf,
@@ -46,7 +53,12 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(stream: Stream, deadline: Arc<Deadline>, buffer: usize) -> Self {
+    pub(crate) fn new(
+        stream: impl Into<ClientStream>,
+        deadline: Arc<Deadline>,
+        buffer: usize,
+    ) -> Self {
+        let stream = stream.into();
         let _ = stream.set_nodelay(true);
         Session {
             stream,
@@ -107,11 +119,16 @@ impl Session {
         self.input.take_into(n, into)
     }
 
+    /// Whether the client connected over TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
     /// Writes `bytes` to the client within `limit`.
     async fn write(&mut self, bytes: &[u8], limit: Duration) -> io::Result<()> {
         let written = self
             .deadline
-            .within(limit, self.stream.write_all(bytes))
+            .within(limit, write_all(&mut self.stream, bytes))
             .await?;
         self.count_written(&written, bytes.len());
         written
@@ -121,7 +138,7 @@ impl Session {
     async fn write_out(&mut self, limit: Duration) -> io::Result<()> {
         let written = self
             .deadline
-            .within(limit, self.stream.write_all(&self.out))
+            .within(limit, write_all(&mut self.stream, &self.out))
             .await?;
         self.count_written(&written, self.out.len());
         written
@@ -259,21 +276,22 @@ impl Session {
     /// `idle`. It connected before the gateway stopped, so once `stop` fires
     /// its first request still gets `grace`. Peeks: nothing is read, no buffer held.
     pub(crate) async fn first_bytes(
-        &self,
+        &mut self,
         idle: Duration,
         stop: &Trigger,
         grace: Duration,
     ) -> bool {
-        let sent = || async {
-            let mut byte = [0u8; 1];
-            matches!(self.stream.peek(&mut byte).await, Ok(n) if n > 0)
-        };
-        match self.deadline.within_or_stop(idle, stop, sent()).await {
+        let (deadline, stream) = (&self.deadline, &mut self.stream);
+        match deadline
+            .within_or_stop(idle, stop, stream.sent_something())
+            .await
+        {
             Ok(sent) => sent,
             Err(Interrupted::Elapsed) => false,
-            Err(Interrupted::Stopping) => {
-                self.deadline.within(grace, sent()).await.unwrap_or(false)
-            }
+            Err(Interrupted::Stopping) => deadline
+                .within(grace, stream.sent_something())
+                .await
+                .unwrap_or(false),
         }
     }
 
@@ -331,7 +349,8 @@ impl Session {
     /// would reset the connection and could destroy the answer before the
     /// client reads it.
     pub(crate) async fn close_after_refusal(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let shutdown = self.stream.shutdown_write();
+        let _ = self.deadline.within(LINGER, shutdown).await;
         let (input, stream) = (&mut self.input, &mut self.stream);
         let linger = async {
             while let Ok(n) = input.fill(stream).await {

@@ -234,6 +234,7 @@ pub(crate) struct Metrics {
     pub(crate) local_shortages: Counter,
     lookups: Family<Outcome, Counter>,
     reloads: Family<ReloadResult, Counter>,
+    tls_handshakes: Family<ReloadResult, Counter>,
     pub(crate) client_connections: Gauge,
     /// Client bytes and the most connections at once ([`crate::observe::traffic`]).
     pub(crate) traffic: Arc<crate::observe::traffic::ClientTraffic>,
@@ -256,6 +257,7 @@ impl Metrics {
         let lookups = Family::<Outcome, Counter>::default();
         let client_connections = Gauge::default();
         let reloads = Family::<ReloadResult, Counter>::default();
+        let tls_handshakes = Family::<ReloadResult, Counter>::default();
         let skipped = Family::<Reason, Counter>::default();
         let ready = Gauge::default();
         let idempotency = IdempotencyMetrics::default();
@@ -274,6 +276,11 @@ impl Metrics {
             "config_reloads",
             "Configuration reloads (SIGHUP) by result: ok, or error (the old config was kept)",
             reloads.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on the tls port by result: ok, failed (not TLS, no common version or cipher, a closed connection), or timeout (not over within tls.handshake_timeout)",
+            tls_handshakes.clone(),
         );
         registry.register_collector(Box::new(RequestsCollector(requests.clone())));
         registry.register(
@@ -314,6 +321,7 @@ impl Metrics {
             local_shortages,
             lookups,
             reloads,
+            tls_handshakes,
             client_connections,
             skipped,
             skips_logged: std::sync::Mutex::default(),
@@ -341,6 +349,13 @@ impl Metrics {
     /// Counts one reload: `"ok"` or `"error"`.
     pub(crate) fn reload(&self, result: &'static str) {
         self.reloads.get_or_create(&ReloadResult { result }).inc();
+    }
+
+    /// Counts one TLS handshake: `"ok"`, `"failed"` or `"timeout"`.
+    pub(crate) fn tls_handshake(&self, result: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&ReloadResult { result })
+            .inc();
     }
 
     /// Counts one answered request, in the calling worker's shard.

@@ -47,8 +47,8 @@ use std::time::Duration;
 
 /// The accept loop of one worker: waits for the gate to open, runs until it
 /// closes, then serves what is left in its socket's queue; connection tasks
-/// go on this worker.
-pub(crate) async fn accept(ctx: &Arc<Context>, bound: Bound, connections: &Tracker) {
+/// go on this worker. `tls`: the socket is the TLS port's.
+pub(crate) async fn accept(ctx: &Arc<Context>, bound: Bound, tls: bool, connections: &Tracker) {
     let gate = &ctx.gate;
     if !gate.opens().await {
         return; // stopped before it was ready: never listened
@@ -69,7 +69,7 @@ pub(crate) async fn accept(ctx: &Arc<Context>, bound: Bound, connections: &Track
             })
             .await;
         match accepted {
-            Ok((stream, peer)) => spawn_connection(ctx, stream, peer, connections),
+            Ok((stream, peer)) => spawn_connection(ctx, stream, peer, tls, connections),
             Err(_) if gate.is_closed() => break,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -78,7 +78,7 @@ pub(crate) async fn accept(ctx: &Arc<Context>, bound: Bound, connections: &Track
             }
         }
     }
-    let queued = drain_queue(ctx, &listener, connections);
+    let queued = drain_queue(ctx, &listener, tls, connections);
     drop(listener);
     if queued > 0 {
         log::info!(connections = queued; "stopped accepting; served {queued} connections left in the accept queue");
@@ -86,14 +86,19 @@ pub(crate) async fn accept(ctx: &Arc<Context>, bound: Bound, connections: &Track
 }
 
 /// Takes every connection already in the socket's accept queue; how many.
-fn drain_queue(ctx: &Arc<Context>, listener: &net::Listener, connections: &Tracker) -> usize {
+fn drain_queue(
+    ctx: &Arc<Context>,
+    listener: &net::Listener,
+    tls: bool,
+    connections: &Tracker,
+) -> usize {
     let mut queued = 0;
     loop {
         match listener.try_accept() {
             Ok(Some((stream, peer))) => match net::Stream::from_std(stream) {
                 Ok(stream) => {
                     queued += 1;
-                    spawn_connection(ctx, stream, peer, connections);
+                    spawn_connection(ctx, stream, peer, tls, connections);
                 }
                 Err(e) => log::warn!("cannot serve a queued connection: {e}"),
             },
@@ -111,6 +116,7 @@ fn spawn_connection(
     ctx: &Arc<Context>,
     stream: net::Stream,
     peer: SocketAddr,
+    tls: bool,
     connections: &Tracker,
 ) {
     let tracked = connections.enter();
@@ -121,7 +127,8 @@ fn spawn_connection(
         // Ends soon after the drain time runs out: every wait it makes is
         // bounded by the connection's deadline, which ends them all then.
         // A panic ends this connection only (logged and counted).
-        let serve = connection::serve_connection(&ctx, stream, peer);
+        let tls = ctx.tls.as_deref().filter(|_| tls);
+        let serve = connection::serve_connection(&ctx, stream, peer, tls);
         shared::panics::guard(&ctx.panics, "connection", serve).await;
         ctx.metrics.client_connections.dec();
         drop(tracked);
@@ -163,7 +170,7 @@ mod tests {
         ctx.gate.close();
         let connections = Tracker::default();
         let left = on_worker(async move {
-            accept(&ctx, bound, &connections).await;
+            accept(&ctx, bound, false, &connections).await;
             connections.drained(PATIENCE).await;
             connections.live()
         });

@@ -13,6 +13,7 @@ use crate::context::Context;
 use crate::http::budget::Reservation;
 use crate::http::codec;
 use crate::http::session::Session;
+use crate::http::tls::{ClientStream, Tls};
 use crate::proxy::failover;
 use crate::proxy::forward::Exchange;
 use crate::proxy::keyed;
@@ -89,13 +90,46 @@ fn drain_window(config: &GatewayConfig) -> Duration {
     DRAIN_WINDOW.min(config.drain_timeout)
 }
 
-/// Serves a client connection until it closes, idles out, or the gateway stops.
-pub(crate) async fn serve_connection(ctx: &Context, stream: Stream, peer: SocketAddr) {
+/// Serves a client connection until it closes, idles out, or the gateway
+/// stops; over TLS (`tls`) after a handshake within `tls.handshake_timeout`.
+pub(crate) async fn serve_connection(
+    ctx: &Context,
+    stream: Stream,
+    peer: SocketAddr,
+    tls: Option<&Tls>,
+) {
+    let deadline = ctx.watchdog.deadline();
+    let stream = match tls {
+        None => ClientStream::Plain(stream),
+        Some(tls) => {
+            let now = ctx.live.current();
+            let config = now.as_ref().map_or(&ctx.config, |c| &c.config);
+            let limit = config
+                .tls
+                .as_ref()
+                .map_or(DEFAULT_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout);
+            match deadline.within(limit, tls.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    ctx.metrics.tls_handshake("failed");
+                    log::debug!(peer:% = peer; "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    ctx.metrics.tls_handshake("timeout");
+                    log::debug!(peer:% = peer; "TLS handshake not over within {limit:?}; closed");
+                    return;
+                }
+            }
+        }
+    };
+    if tls.is_some() {
+        ctx.metrics.tls_handshake("ok");
+    }
     let mut c = Client {
         ctx,
         now: ctx.live.current(),
-        session: Session::new(stream, ctx.watchdog.deadline(), BUFFER)
-            .counted(ctx.metrics.traffic.clone()),
+        session: Session::new(stream, deadline, BUFFER).counted(ctx.metrics.traffic.clone()),
         client_ip: peer.ip().to_canonical().to_string(),
         head: RequestHead::default(),
         upstream: Vec::new(),
@@ -109,6 +143,10 @@ pub(crate) async fn serve_connection(ctx: &Context, stream: Stream, peer: Socket
         c.shrink();
     }
 }
+
+/// The handshake's limit when the config in force has no `tls` (it always
+/// has: the TLS port exists only with one).
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a request no route takes is answered 404, body pending or not.
 const NO_ROUTE: &str = "no route matches this path";
@@ -187,6 +225,11 @@ impl<'a> Client<'a> {
             raw,
             head,
             &self.client_ip,
+            if self.session.is_tls() {
+                "https"
+            } else {
+                "http"
+            },
             &request.id,
             &self.ctx.default_host,
         );
@@ -521,7 +564,7 @@ fn too_many_fields(fields: usize) -> Refusal {
         "header_too_large",
         format!(
             "request head has too many header fields: {fields} with the gateway's own \
-             (x-forwarded-for, x-request-id), more than the {} instances take",
+             (x-forwarded-for, x-forwarded-proto, x-request-id), more than the {} instances take",
             codec::MAX_FORWARDED_FIELDS
         ),
     )
@@ -606,7 +649,7 @@ mod tests {
         let ctx = ctx.clone();
         on_worker(async move {
             let stream = Stream::from_std(ours).unwrap();
-            serve_connection(&ctx, stream, addr).await;
+            serve_connection(&ctx, stream, addr, None).await;
         });
         talking.join().unwrap()
     }

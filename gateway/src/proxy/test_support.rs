@@ -68,6 +68,7 @@ pub(crate) fn context(config: GatewayConfig, members: &[SocketAddr]) -> Arc<Cont
         budget: Arc::new(Budget::new(config.max_buffered_bytes)),
         live: Arc::new(Live::default()),
         gate: Arc::new(gate),
+        tls: None,
         config,
     })
 }

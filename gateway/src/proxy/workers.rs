@@ -50,17 +50,18 @@ impl Workers {
     }
 }
 
-/// Starts one worker per listener, each on its own thread with its own runtime.
+/// Starts one worker per listener, each on its own thread with its own
+/// runtime; a worker given a TLS port's socket too accepts on both.
 pub(crate) fn spawn(
     ctx: &Arc<Context>,
-    listeners: Vec<Bound>,
+    listeners: Vec<(Bound, Option<Bound>)>,
     connections: &Tracker,
 ) -> std::io::Result<Workers> {
     let count = listeners.len();
     let (done, stopped) = async_channel::bounded(count.max(1));
     let finished = Trigger::new();
     let mut threads = Vec::with_capacity(count);
-    for (i, bound) in listeners.into_iter().enumerate() {
+    for (i, (bound, tls)) in listeners.into_iter().enumerate() {
         let (ctx, connections, done, finished) = (
             ctx.clone(),
             connections.clone(),
@@ -73,7 +74,14 @@ pub(crate) fn spawn(
             .spawn(move || {
                 slots::enter(slot);
                 let run = async move {
-                    accept::accept(&ctx, bound, &connections).await;
+                    let plain = accept::accept(&ctx, bound, false, &connections);
+                    match tls {
+                        None => plain.await,
+                        Some(tls) => {
+                            let tls = accept::accept(&ctx, tls, true, &connections);
+                            futures_lite::future::zip(plain, tls).await;
+                        }
+                    }
                     let _ = done.send(()).await;
                     // Keep serving this worker's connections until they are over.
                     finished.wait().await;

@@ -141,9 +141,14 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
-    pub(crate) fn new(bound: &[Bound], addr: SocketAddr) -> std::io::Result<Gate> {
+    /// A gate on every socket in `bound` (the client port's, and the TLS
+    /// port's if there is one); `addr` is the client port's address.
+    pub(crate) fn new<'a>(
+        bound: impl IntoIterator<Item = &'a Bound>,
+        addr: SocketAddr,
+    ) -> std::io::Result<Gate> {
         let pending = bound
-            .iter()
+            .into_iter()
             .map(Bound::try_clone)
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot share {addr}: {e}")))?;

@@ -404,10 +404,11 @@ fn with_fields(fill: usize, request_id: &str) -> Vec<u8> {
 async fn f6_a_head_the_gateways_own_fields_would_take_past_the_apps_limit_is_refused_431() {
     let sys = System::start(1).await;
     // The app takes `MAX_HEADERS` fields (its front parses with the gateway's
-    // parser). Forwarded: Host, the fill, x-forwarded-for, x-request-id and
-    // content-length; the client's X-Request-Id and Content-Length are replaced.
+    // parser). Forwarded: Host, the fill, x-forwarded-for, x-forwarded-proto,
+    // x-request-id and content-length; the client's X-Request-Id and
+    // Content-Length are replaced.
     let limit = shared::http1::MAX_HEADERS;
-    let fits = limit - 4;
+    let fits = limit - 5;
     let res = exchange_raw(sys.gateway.addr(), &with_fields(fits, "f6-fits")).await;
     assert_eq!(
         (res.status, res.body.as_slice()),

@@ -1,0 +1,557 @@
+//! HTTPS on the gateway's TLS port (`"tls"`, docs/tls.md): certificates
+//! made in the test (a CA signing ECDSA P-256 server certificates), real
+//! clients (curl, openssl s_client, rustls), real discovery and instances.
+
+use super::common::raw_system;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use nix::sys::signal::Signal;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde_json::json;
+use shared::config::{CertificateConfig, GatewayConfig, TlsConfig};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use testkit::procs::Proc;
+use testkit::raw::Script;
+use testkit::tempdir::TempDir;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A test CA and the server certificates it signs, as PEM files in a temp dir.
+struct Pki {
+    dir: TempDir,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+/// A server certificate: its files and its DER.
+#[derive(Clone)]
+struct Issued {
+    cert: String,
+    key: String,
+    der: CertificateDer<'static>,
+}
+
+fn p256() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = TempDir::new(&format!("gateway-tls-{name}"));
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "gateway test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = p256();
+        let ca = params.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    fn ca_file(&self) -> String {
+        self.dir.join("ca.pem").display().to_string()
+    }
+
+    fn ca_der(&self) -> CertificateDer<'static> {
+        self.ca.der().clone()
+    }
+
+    /// A certificate for `names` (the first also its common name), signed
+    /// by the CA, written to `{file}.crt` and `{file}.key` (replacing them
+    /// whole, as a deploy tool does).
+    fn issue(&self, file: &str, names: &[&str]) -> Issued {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = p256();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        Issued {
+            cert: self.write(&format!("{file}.crt"), &cert.pem()),
+            key: self.write(&format!("{file}.key"), &key.serialize_pem()),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// Writes `text` to `name` in the dir, whole (write, then rename).
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path.display().to_string()
+    }
+}
+
+fn tls_config(certs: &[&Issued], handshake_timeout: Duration) -> TlsConfig {
+    TlsConfig {
+        listen: "127.0.0.1:0".into(),
+        cert: None,
+        key: None,
+        certificates: certs
+            .iter()
+            .map(|c| CertificateConfig {
+                cert: c.cert.clone(),
+                key: c.key.clone(),
+            })
+            .collect(),
+        handshake_timeout,
+    }
+}
+
+type Tls = futures_rustls::client::TlsStream<async_std::net::TcpStream>;
+
+/// A TLS connection to `addr` asking for `name`, trusting only `ca`.
+async fn connect(addr: SocketAddr, name: &str, ca: &CertificateDer<'static>) -> Tls {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connecting = async {
+        let tcp = async_std::net::TcpStream::connect(addr).await?;
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        futures_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+    };
+    async_std::future::timeout(LIMIT, connecting)
+        .await
+        .expect("the handshake ends")
+        .expect("the handshake succeeds")
+}
+
+/// The server's certificate on `tls`.
+fn leaf(tls: &Tls) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+/// POSTs `body` on `tls` (keep-alive); the status line and the body.
+async fn post(tls: &mut Tls, body: &str) -> (String, String) {
+    let exchange = async {
+        let req = format!(
+            "POST /api/tls HTTP/1.1\r\nHost: gw.test\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(req.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (n, v) = l.split_once(':')?;
+                        n.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().unwrap())
+                    })
+                    .unwrap();
+                if got.len() >= end + 4 + len {
+                    let body = String::from_utf8_lossy(&got[end + 4..end + 4 + len]).to_string();
+                    let status = head.lines().next().unwrap().to_string();
+                    return (status, body);
+                }
+            }
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed mid-answer: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    async_std::future::timeout(LIMIT, exchange)
+        .await
+        .expect("answered")
+}
+
+/// Runs `program` with `args` (stdin empty) under a time limit; its stdout
+/// and stderr together.
+async fn run(program: &str, args: Vec<String>) -> String {
+    let program = program.to_string();
+    async_std::task::spawn_blocking(move || {
+        let out = std::process::Command::new("timeout")
+            .arg("20")
+            .arg(&program)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+    .await
+}
+
+/// `openssl s_client` to `addr`, SNI `name` (none: no SNI), with `extra` flags.
+async fn s_client(addr: SocketAddr, ca: &str, name: Option<&str>, extra: &[&str]) -> String {
+    let mut args: Vec<String> = ["s_client", "-connect", &addr.to_string(), "-CAfile", ca]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    match name {
+        Some(name) => args.extend(["-servername".into(), name.into()]),
+        None => args.push("-noservername".into()),
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run("openssl", args).await
+}
+
+#[async_std::test]
+async fn tls_curl_gets_the_echo_and_the_instance_sees_x_forwarded_proto_https() {
+    let pki = Pki::new("curl");
+    let server = pki.issue("server", &["gw.test"]);
+    let tls = tls_config(&[&server], Duration::from_secs(10));
+    let (d, raws, g) = raw_system(vec![Script::Echo], |c| c.tls = Some(tls)).await;
+    let port = g.tls_addr().unwrap().port();
+    let body = r#"{"hello": "tls", "n": 1.0}"#;
+    let out = run(
+        "curl",
+        vec![
+            "-sS".into(),
+            "--max-time".into(),
+            "10".into(),
+            "--cacert".into(),
+            pki.ca_file(),
+            "--resolve".into(),
+            format!("gw.test:{port}:127.0.0.1"),
+            "-H".into(),
+            "X-Forwarded-Proto: ftp".into(),
+            "-d".into(),
+            body.into(),
+            format!("https://gw.test:{port}/api/echo"),
+        ],
+    )
+    .await;
+    assert_eq!(out, body, "curl over https");
+    let seen = raws[0].received().pop().unwrap();
+    let protos: Vec<&str> = seen
+        .head
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("x-forwarded-proto:"))
+        .collect();
+    assert_eq!(protos, ["x-forwarded-proto: https"], "{}", seen.head);
+
+    // The plain port: `http`, whatever the client claims.
+    let mut conn = shared::http1::client::Connection::connect(g.addr())
+        .await
+        .unwrap();
+    let req = "POST /api/echo HTTP/1.1\r\nHost: gw\r\nX-Forwarded-Proto: https\r\nContent-Length: 2\r\n\r\n{}";
+    let res = conn.exchange(req.as_bytes()).await.unwrap();
+    assert_eq!((res.status, res.body.as_slice()), (200, &b"{}"[..]));
+    let seen = raws[0].received().pop().unwrap();
+    assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(
+        seen.head
+            .to_ascii_lowercase()
+            .matches("x-forwarded-proto")
+            .count(),
+        1
+    );
+    g.shutdown().await;
+    d.shutdown().await;
+}
+
+#[async_std::test]
+async fn tls_s_client_negotiates_tls13_and_tls12_with_alpn_http11() {
+    let pki = Pki::new("versions");
+    let server = pki.issue("server", &["gw.test"]);
+    let tls = tls_config(&[&server], Duration::from_secs(10));
+    let (d, _raws, g) = raw_system(vec![Script::Echo], |c| c.tls = Some(tls)).await;
+    let addr = g.tls_addr().unwrap();
+    for (flag, version) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
+        let flags = [
+            flag,
+            "-alpn",
+            "http/1.1",
+            "-verify_return_error",
+            "-verify_hostname",
+            "gw.test",
+        ];
+        let out = s_client(addr, &pki.ca_file(), Some("gw.test"), &flags).await;
+        assert!(out.contains(&format!("New, {version}, Cipher is")), "{out}");
+        assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
+        assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    }
+    // A client that offers only h2 gets no protocol it can use.
+    let out = s_client(addr, &pki.ca_file(), Some("gw.test"), &["-alpn", "h2"]).await;
+    assert!(!out.contains("ALPN protocol: h2"), "{out}");
+    // And the rustls client: TLS 1.3 and http/1.1, an echo on it.
+    let mut tls = connect(addr, "gw.test", &pki.ca_der()).await;
+    let conn = tls.get_ref().1;
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (status, body) = post(&mut tls, r#"{"a":1}"#).await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", r#"{"a":1}"#)
+    );
+    g.shutdown().await;
+    d.shutdown().await;
+}
+
+/// The subject's common name `s_client` printed, spaces removed.
+fn subject(out: &str) -> String {
+    out.lines()
+        .find(|l| l.starts_with("subject="))
+        .unwrap_or_else(|| panic!("no subject: {out}"))
+        .replace(' ', "")
+}
+
+#[async_std::test]
+async fn tls_each_sni_name_gets_its_own_certificate_and_others_the_first() {
+    let pki = Pki::new("sni");
+    let a = pki.issue("a", &["a.test"]);
+    let b = pki.issue("b", &["b.test", "*.b.test"]);
+    let tls = tls_config(&[&a, &b], Duration::from_secs(10));
+    let (d, _raws, g) = raw_system(vec![Script::Echo], |c| c.tls = Some(tls)).await;
+    let addr = g.tls_addr().unwrap();
+    for (name, want) in [("a.test", &a), ("b.test", &b), ("x.b.test", &b)] {
+        let mut tls = connect(addr, name, &pki.ca_der()).await;
+        assert!(leaf(&tls) == want.der, "{name} got another certificate");
+        let (status, _) = post(&mut tls, "{}").await;
+        assert_eq!(status, "HTTP/1.1 200 OK", "{name}");
+    }
+    let ca = pki.ca_file();
+    let unknown = s_client(addr, &ca, Some("other.test"), &[]).await;
+    assert_eq!(subject(&unknown), "subject=CN=a.test", "{unknown}");
+    let without = s_client(addr, &ca, None, &[]).await;
+    assert_eq!(subject(&without), "subject=CN=a.test", "{without}");
+    let named = s_client(addr, &ca, Some("b.test"), &[]).await;
+    assert_eq!(subject(&named), "subject=CN=b.test", "{named}");
+    g.shutdown().await;
+    d.shutdown().await;
+}
+
+/// Connects to `addr`, sends `bytes`, and reads until the gateway closes:
+/// what it sent and how long that took (`None`: still open after `LIMIT`).
+async fn sent_then_closed(addr: SocketAddr, bytes: Vec<u8>) -> (Vec<u8>, Option<Duration>) {
+    async_std::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        let started = Instant::now();
+        let _ = s.write_all(&bytes);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return (got, Some(started.elapsed())),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return (got, None),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return (got, None),
+                // Reset: closed with unread input.
+                Err(_) => return (got, Some(started.elapsed())),
+            }
+        }
+    })
+    .await
+}
+
+#[async_std::test]
+async fn tls_plain_http_is_closed_at_once_and_a_silent_client_at_the_handshake_timeout() {
+    let pki = Pki::new("hostile");
+    let server = pki.issue("server", &["gw.test"]);
+    let timeout = Duration::from_secs(3);
+    let tls = tls_config(&[&server], timeout);
+    let (d, _raws, g) = raw_system(vec![Script::Echo], |c| c.tls = Some(tls)).await;
+    let addr = g.tls_addr().unwrap();
+    let admin = g.admin_url();
+
+    let silent = async_std::task::spawn(sent_then_closed(addr, Vec::new()));
+    // A record header promising a ClientHello that never comes.
+    let partial = async_std::task::spawn(sent_then_closed(addr, vec![0x16, 3, 1, 0, 200, 1]));
+
+    let plain = b"GET / HTTP/1.1\r\nHost: gw.test\r\n\r\n".to_vec();
+    // A handshake record far over TLS's 16 KiB (plus expansion) limit.
+    let mut oversized = vec![0x16, 3, 1, 0xff, 0xff];
+    oversized.extend(std::iter::repeat_n(0u8, 70_000));
+    for (what, bytes) in [("plain HTTP", plain), ("an oversized record", oversized)] {
+        let (got, took) = sent_then_closed(addr, bytes).await;
+        let took = took.unwrap_or_else(|| panic!("{what}: still open"));
+        assert!(took < timeout, "{what}: closed after {took:?}, not at once");
+        assert!(
+            got.is_empty() || got[0] == 0x15,
+            "{what}: nothing but a TLS alert: {got:?}"
+        );
+        assert!(!String::from_utf8_lossy(&got).contains("HTTP/"), "{what}");
+    }
+    for (what, waiting) in [("silent", silent), ("partial", partial)] {
+        let (got, took) = waiting.await;
+        let took = took.unwrap_or_else(|| panic!("{what}: still open"));
+        // Deadlines keep the worker's clock, read once per turn.
+        assert!(
+            took >= timeout - Duration::from_millis(100) && took < LIMIT,
+            "{what}: closed after {took:?}"
+        );
+        assert!(got.is_empty() || got[0] == 0x15, "{what}: {got:?}");
+    }
+    let count = |result: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let sample = format!("gateway_tls_handshakes_total{{result=\"{result}\"}}");
+            testkit::system::metric(&admin, &sample).await
+        }
+    };
+    // Counted as the connection ends, which its client may see first.
+    testkit::wait_until("2 timeouts and 2 failures counted", LIMIT, || async {
+        (count("timeout").await, count("failed").await) == (2.0, 2.0)
+    })
+    .await;
+    assert_eq!(count("ok").await, 0.0);
+    g.shutdown().await;
+    d.shutdown().await;
+}
+
+/// A config file for the gateway binary with a TLS port on `server`.
+fn file_config(discovery_url: &str, server: &Issued) -> String {
+    json!({
+        "listen": "127.0.0.1:0",
+        "admin_listen": "127.0.0.1:0",
+        "discovery_url": discovery_url,
+        "ready_timeout": 0,
+        "drain_timeout": "2s",
+        "tls": {"listen": "127.0.0.1:0", "cert": server.cert, "key": server.key},
+    })
+    .to_string()
+}
+
+/// The TLS port the gateway binary logged.
+async fn tls_port(proc: &Proc) -> SocketAddr {
+    let needle = "gateway TLS port on https://";
+    let line = proc.wait_for_line(needle, LIMIT).await;
+    let rest = &line[line.find(needle).unwrap() + needle.len()..];
+    let addr: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | ':'))
+        .collect();
+    addr.parse().unwrap()
+}
+
+#[async_std::test]
+async fn tls_sighup_serves_a_new_certificate_to_new_connections_and_refuses_a_broken_one() {
+    let discovery = testkit::discovery().await;
+    let apps = testkit::system::apps(&discovery.url(), 1).await;
+    let pki = Pki::new("reload");
+    let first = pki.issue("server", &["gw.test"]);
+    let config = pki.write("gateway.json", &file_config(&discovery.url(), &first));
+    let proc = Proc::start("gateway", &["--config", &config]);
+    let admin = format!("http://{}", proc.listening("gateway admin").await);
+    proc.listening("gateway").await;
+    let addr = tls_port(&proc).await;
+    let ca = pki.ca_der();
+
+    let mut kept = connect(addr, "gw.test", &ca).await;
+    assert!(leaf(&kept) == first.der);
+    assert_eq!(post(&mut kept, "{\"n\":1}").await.1, "{\"n\":1}");
+
+    // A new certificate in the same files, then SIGHUP.
+    let second = pki.issue("server", &["gw.test"]);
+    assert!(second.der != first.der);
+    proc.signal(Signal::SIGHUP);
+    let reloads = |result: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let sample = format!("gateway_config_reloads_total{{result=\"{result}\"}}");
+            testkit::system::metric(&admin, &sample).await
+        }
+    };
+    testkit::wait_until("the reload", LIMIT, || async { reloads("ok").await == 1.0 }).await;
+    let mut fresh = connect(addr, "gw.test", &ca).await;
+    assert!(
+        leaf(&fresh) == second.der,
+        "a new connection: the new certificate"
+    );
+    assert_eq!(post(&mut fresh, "{\"n\":2}").await.1, "{\"n\":2}");
+    // The connection opened before goes on, on its certificate.
+    assert_eq!(post(&mut kept, "{\"n\":3}").await.1, "{\"n\":3}");
+    assert!(leaf(&kept) == first.der);
+
+    // A key that is not the certificate's: refused, the second one stays.
+    let stranger = p256().serialize_pem();
+    let key = pki.write("server.key", &stranger);
+    proc.signal(Signal::SIGHUP);
+    testkit::wait_until("the refusal", LIMIT, || async {
+        reloads("error").await == 1.0
+    })
+    .await;
+    let line = proc.wait_for_line("configuration refused", LIMIT).await;
+    assert!(
+        line.contains("does not match") && line.contains(&key),
+        "{line}"
+    );
+    let mut after = connect(addr, "gw.test", &ca).await;
+    assert!(
+        leaf(&after) == second.der,
+        "the old certificate is still served"
+    );
+    assert_eq!(post(&mut after, "{\"n\":4}").await.1, "{\"n\":4}");
+    assert_eq!(post(&mut kept, "{\"n\":5}").await.1, "{\"n\":5}");
+    drop(proc);
+    for a in apps {
+        a.shutdown().await;
+    }
+    discovery.shutdown().await;
+}
+
+#[async_std::test]
+async fn tls_a_missing_or_expired_certificate_stops_the_start_naming_the_file() {
+    let pki = Pki::new("start");
+    let good = pki.issue("good", &["gw.test"]);
+    let missing = Issued {
+        cert: pki.dir.join("missing.crt").display().to_string(),
+        ..good.clone()
+    };
+    let expired = {
+        let mut params = rcgen::CertificateParams::new(vec!["gw.test".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        let key = p256();
+        let cert = params.signed_by(&key, &pki.ca, &pki.ca_key).unwrap();
+        Issued {
+            cert: pki.write("expired.crt", &cert.pem()),
+            key: pki.write("expired.key", &key.serialize_pem()),
+            der: cert.der().clone(),
+        }
+    };
+    for (server, says) in [
+        (&missing, "cannot read certificate"),
+        (&expired, "expired on 2020-01-01"),
+    ] {
+        let config = pki.write("gateway.json", &file_config("http://127.0.0.1:9", server));
+        let mut proc = Proc::start("gateway", &["--config", &config]);
+        let status = proc.exited(LIMIT).await;
+        let out = proc.output();
+        assert!(!status.success(), "{out}");
+        assert!(out.contains(says) && out.contains(&server.cert), "{out}");
+    }
+    // In process: the same refusal, as an error.
+    let config = GatewayConfig {
+        tls: Some(tls_config(&[&expired], Duration::from_secs(1))),
+        ..testkit::system::gateway_config("http://127.0.0.1:9")
+    };
+    let err = gateway::spawn(config).await.unwrap_err().to_string();
+    assert!(err.contains(&expired.cert), "{err}");
+}
