@@ -328,90 +328,21 @@ struct Validity {
     not_after_text: String,
 }
 
-/// The end of `cert`'s validity period, read from its DER (RFC 5280
-/// section 4.1: `TBSCertificate` holds `version`, `serialNumber`,
-/// `signature`, `issuer`, then `validity`). `None` if it does not parse.
+/// The end of `cert`'s validity period, read by x509-parser. `None` if it
+/// does not parse.
 fn validity(cert: &[u8]) -> Option<Validity> {
-    let (certificate, _) = der(cert, 0x30)?;
-    let (mut tbs, _) = der(certificate, 0x30)?;
-    if tbs.first() == Some(&0xa0) {
-        tbs = der(tbs, 0xa0)?.1; // [0] version
-    }
-    let rest = der(tbs, 0x02)?.1; // serialNumber
-    let rest = der(rest, 0x30)?.1; // signature
-    let rest = der(rest, 0x30)?.1; // issuer
-    let (validity, _) = der(rest, 0x30)?;
-    let not_before = validity.first().copied()?;
-    let rest = der(validity, not_before)?.1;
-    let tag = rest.first().copied()?;
-    let (time, _) = der(rest, tag)?;
-    let digits = std::str::from_utf8(time).ok()?.strip_suffix('Z')?;
-    let (year, rest) = match tag {
-        // UTCTime: YYMMDDHHMMSSZ, years 1950 to 2049.
-        0x17 if digits.len() == 12 => {
-            let yy: i64 = digits.get(..2)?.parse().ok()?;
-            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &digits[2..])
-        }
-        // GeneralizedTime: YYYYMMDDHHMMSSZ.
-        0x18 if digits.len() == 14 => (digits.get(..4)?.parse().ok()?, &digits[4..]),
-        _ => return None,
-    };
-    if !rest.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let field = |i: usize| rest.get(i..i + 2).and_then(|s| s.parse::<i64>().ok());
-    let (month, day) = (field(0)?, field(2)?);
-    let (hour, minute, second) = (field(4)?, field(6)?, field(8)?);
-    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
-    let not_after = if secs >= 0 {
-        UNIX_EPOCH + Duration::from_secs(secs as u64)
-    } else {
-        UNIX_EPOCH
-    };
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let end = parsed.validity().not_after;
+    let secs = u64::try_from(end.timestamp()).unwrap_or(0);
+    let at = end.to_datetime();
+    let (year, month, day) = (at.year(), u8::from(at.month()), at.day());
+    let (hour, minute, second) = (at.hour(), at.minute(), at.second());
     Some(Validity {
-        not_after,
+        not_after: UNIX_EPOCH + Duration::from_secs(secs),
         not_after_text: format!(
             "{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02} UTC"
         ),
     })
-}
-
-/// One DER element tagged `tag` at the start of `input`: its contents and
-/// what follows it.
-fn der(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&first, rest) = input.split_first()?;
-    if first != tag {
-        return None;
-    }
-    let (&len, rest) = rest.split_first()?;
-    let (len, rest) = if len < 0x80 {
-        (usize::from(len), rest)
-    } else {
-        let n = usize::from(len & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some(rest.split_at(len))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -454,18 +385,19 @@ mod tests {
     }
 
     #[test]
-    fn days_and_validity_are_read_from_the_der() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+    fn the_validity_is_read_from_the_der() {
+        let mut ends = Vec::new();
         for year in [2030, 2051] {
             // 2051: GeneralizedTime.
             let (pem, _) = certificate(&["a.test"], year);
             let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
             let v = validity(&der).unwrap();
             assert_eq!(v.not_after_text, format!("{year}-06-30 00:00:00 UTC"));
-            let secs = days_from_civil(year.into(), 6, 30) as u64 * 86_400;
-            assert_eq!(v.not_after, UNIX_EPOCH + Duration::from_secs(secs));
+            ends.push(v.not_after);
         }
+        let year_2030 = UNIX_EPOCH + Duration::from_secs(1_909_008_000); // 2030-06-30
+        assert_eq!(ends[0], year_2030);
+        assert!(ends[1] > ends[0]);
         assert!(validity(b"\x30\x03\x02\x01\x01").is_none());
         assert!(validity(&[]).is_none());
     }
