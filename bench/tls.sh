@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# HTTPS on the client side: the gateway, nginx and HAProxy each ending TLS in front of the
+# same cheap upstreams (bench/conf/upstream-nginx.conf), with the same certificate (ECDSA
+# P-256, made here by openssl) and the same TLS 1.3 suite (TLS_AES_256_GCM_SHA384), in the
+# same run, interleaved rounds.
+#
+#   keep-alive   wrk -t1 -c64 over HTTPS, one handshake per connection: requests per second
+#                and the proxy's CPU time per request (utime + stime from /proc).
+#   handshakes   the same with `Connection: close`: every request on a new connection, so
+#                each is a full handshake (wrk does not resume sessions): handshakes per
+#                second and CPU per handshake.
+#   memory       N keep-alive TLS clients held open (wrk -cN): the proxy's RSS after them
+#                minus its RSS before, per connection.
+#
+# Layout "pinned" on a 2-core machine: each proxy has core 0 and one worker (nginx
+# worker_processes 1, HAProxy nbthread 1, gateway worker_threads 1); wrk and the upstreams
+# share core 1. CPU per request is the figure a busy machine disturbs least.
+#
+#   cargo build --profile perf -p gateway -p discovery
+#   bash bench/tls.sh [BIN_DIR]       (default target/perf; results: bench/results-tls.md)
+#
+# Settings (environment): TLS_ROUNDS (3), TLS_SECONDS per run (5), TLS_CONNECTIONS (64),
+# TLS_CLIENTS for the memory part (9000; 0 skips it: with a hard limit of 20,000 descriptors a
+# process, as on this machine, 9,000 clients leave each proxy room for its upstream side and
+# HAProxy's maxconn 9500), TLS_OUT (bench/results-tls.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BIN=${1:-target/perf}
+ROUNDS=${TLS_ROUNDS:-3}
+SECS=${TLS_SECONDS:-5}
+CONNS=${TLS_CONNECTIONS:-64}
+CLIENTS=${TLS_CLIENTS:-9000}
+OUT=${TLS_OUT:-$ROOT/bench/results-tls.md}
+TMP=$ROOT/bench/tmp/tls
+UP1=19581 UP2=19582 UP3=19583 DISCOVERY=19780 GW=19743 GWA=19744 GWP=19745 NGINX=19746 HAPROXY=19747
+TICKS=$(getconf CLK_TCK)
+for b in gateway discovery; do
+  [ -x "$BIN/$b" ] || { echo "$BIN/$b is missing: cargo build --profile perf -p gateway -p discovery" >&2; exit 1; }
+done
+for tool in wrk nginx haproxy openssl curl taskset; do
+  command -v $tool >/dev/null || { echo "$tool is not installed (Debian: apt-get install $tool)" >&2; exit 1; }
+done
+
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for f in upstream.pid nginx.pid haproxy.pid; do
+    [ -f "$TMP/$f" ] && kill "$(cat "$TMP/$f")" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+wait_for() { for _ in $(seq 1 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "timed out: $*" >&2; exit 1; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+
+rm -rf "$TMP" && mkdir -p "$TMP"
+# One CA and one server certificate for localhost (ECDSA P-256), used by all three.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj '/CN=bench CA' \
+  -keyout "$TMP/ca.key" -out "$TMP/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj '/CN=localhost' \
+  -keyout "$TMP/server.key" -out "$TMP/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$TMP/ext"
+openssl x509 -req -in "$TMP/server.csr" -CA "$TMP/ca.crt" -CAkey "$TMP/ca.key" -CAcreateserial \
+  -days 2 -extfile "$TMP/ext" -out "$TMP/server.crt" 2>/dev/null
+cat "$TMP/server.crt" "$TMP/server.key" > "$TMP/server.pem"
+
+sed -e "s|@TMP@|$TMP|g" -e "s|@UP1@|$UP1|g" -e "s|@UP2@|$UP2|g" -e "s|@UP3@|$UP3|g" \
+  bench/conf/upstream-nginx.conf > "$TMP/upstream.conf"
+nginx -c "$TMP/upstream.conf"
+echo '{"health_check_time_interval": "1s", "timeout_threshold": "500ms"}' > "$TMP/discovery.json"
+"$BIN/discovery" --config "$TMP/discovery.json" --listen 127.0.0.1:$DISCOVERY --log-level warn > "$TMP/discovery.log" 2>&1 &
+PIDS+=($!)
+wait_for curl -sf "http://127.0.0.1:$DISCOVERY/health_check"
+for port in $UP1 $UP2 $UP3; do
+  curl -sf "http://127.0.0.1:$DISCOVERY/api/register" -d "{\"namespace\": \"cheap\", \"port\": $port}" >/dev/null
+done
+
+cat > "$TMP/gateway.json" <<JSON
+{
+  "routes": [{"prefix": "/cheap", "namespace": "cheap"}],
+  "upstream_timeout": "2s",
+  "ready_timeout": "0s",
+  "tls": {"listen": "127.0.0.1:$GW", "cert": "$TMP/server.crt", "key": "$TMP/server.key"}
+}
+JSON
+"$BIN/gateway" --config "$TMP/gateway.json" --listen 127.0.0.1:$GWP --admin-listen 127.0.0.1:$GWA \
+  --discovery-url "http://127.0.0.1:$DISCOVERY" --log-level warn --worker-threads 1 > "$TMP/gateway.log" 2>&1 &
+GATEWAY_PID=$!; PIDS+=($!)
+
+cat > "$TMP/nginx.conf" <<CONF
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx-error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  upstream cheap { server 127.0.0.1:$UP1; server 127.0.0.1:$UP2; server 127.0.0.1:$UP3; keepalive 256; }
+  server {
+    listen 127.0.0.1:$NGINX ssl;
+    ssl_certificate $TMP/server.crt;
+    ssl_certificate_key $TMP/server.key;
+    ssl_protocols TLSv1.3;
+    ssl_conf_command Ciphersuites TLS_AES_256_GCM_SHA384;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    location /cheap { proxy_pass http://cheap; }
+  }
+}
+CONF
+nginx -c "$TMP/nginx.conf"
+
+cat > "$TMP/haproxy.cfg" <<CONF
+global
+  maxconn 9500
+  nbthread 1
+  pidfile $TMP/haproxy.pid
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+  ssl-default-bind-ciphersuites TLS_AES_256_GCM_SHA384
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 120s
+  timeout server 2s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAPROXY ssl crt $TMP/server.pem alpn http/1.1
+  default_backend cheap
+backend cheap
+  balance roundrobin
+  option forwardfor
+  server a 127.0.0.1:$UP1
+  server b 127.0.0.1:$UP2
+  server c 127.0.0.1:$UP3
+CONF
+haproxy -D -f "$TMP/haproxy.cfg" 2>"$TMP/haproxy.log"
+
+declare -A PORT PID
+PORT[gateway]=$GW PORT[nginx]=$NGINX PORT[haproxy]=$HAPROXY
+for p in gateway nginx haproxy; do
+  wait_for curl -sf --cacert "$TMP/ca.crt" "https://localhost:${PORT[$p]}/cheap"
+done
+PID[gateway]=$GATEWAY_PID
+PID[nginx]=$(pgrep -P "$(cat "$TMP/nginx.pid")" | head -1)
+PID[haproxy]=$(cat "$TMP/haproxy.pid")
+# What each negotiated, for the record: it must be the same suite.
+SUITES=""
+for p in gateway nginx haproxy; do
+  s=$(openssl s_client -connect "127.0.0.1:${PORT[$p]}" -servername localhost -CAfile "$TMP/ca.crt" </dev/null 2>/dev/null \
+    | awk '/^New, / { print $2, $5 }' | tr -d ,)
+  SUITES+="$p: $s; "
+done
+
+# Pinned: each proxy on core 0, everything else on core 1.
+for p in gateway nginx haproxy; do taskset -apc 0 "${PID[$p]}" >/dev/null; done
+for pid in "${PIDS[@]}" "$(cat "$TMP/upstream.pid")"; do
+  [ "$pid" = "$GATEWAY_PID" ] || taskset -apc 1 "$pid" >/dev/null 2>&1 || true
+done
+for pid in $(pgrep -P "$(cat "$TMP/upstream.pid")"); do taskset -apc 1 "$pid" >/dev/null; done
+
+run() { # proxy kind(keepalive|handshake) -> "requests cpu_us_per_request req_per_s errors"
+  local pid=${PID[$1]} t0 t1 out reqs errs header=()
+  [ "$2" = handshake ] && header=(-H "Connection: close")
+  t0=$(cpu_ticks "$pid")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$SECS"s "${header[@]}" "https://127.0.0.1:${PORT[$1]}/cheap" 2>&1)
+  t1=$(cpu_ticks "$pid")
+  reqs=$(echo "$out" | awk '/requests in/ { print $1 }')
+  errs=$(echo "$out" | awk '/Socket errors/ { gsub(",", ""); print $4 + $6 + $8 + $10 } /Non-2xx/ { print $NF }' | paste -sd+ | bc 2>/dev/null || echo 0)
+  awk -v r="$reqs" -v t=$((t1 - t0)) -v hz="$TICKS" -v s="$SECS" -v e="${errs:-0}" \
+    'BEGIN { printf "%d %.2f %.0f %d\n", r, t / hz * 1e6 / r, r / s, e }'
+}
+for p in gateway nginx haproxy; do for k in keepalive handshake; do run $p $k >/dev/null; : > "$TMP/$p-$k.txt"; done; done
+for r in $(seq 1 "$ROUNDS"); do
+  for k in keepalive handshake; do
+    for p in gateway nginx haproxy; do
+      run $p $k >> "$TMP/$p-$k.txt"
+      echo "round $r $k $p: $(tail -1 "$TMP/$p-$k.txt")" >&2
+    done
+  done
+done
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+col() { cut -d' ' -f"$2" "$TMP/$1.txt" | median; }
+
+memory() { # proxy -> "rss_before_kib rss_during_kib bytes_per_connection"
+  local pid=${PID[$1]} before during
+  before=$(rss_kib "$pid")
+  taskset -c 1 wrk -t2 -c"$CLIENTS" -d8s --timeout 10s "https://127.0.0.1:${PORT[$1]}/cheap" > "$TMP/$1-memory.txt" 2>&1 &
+  local w=$!
+  sleep 5
+  during=$(rss_kib "$pid")
+  wait $w || true
+  echo "$before $during $(( (during - before) * 1024 / CLIENTS ))"
+}
+declare -A MEM
+if [ "$CLIENTS" -gt 0 ]; then
+  for p in gateway nginx haproxy; do MEM[$p]=$(memory $p); sleep 2; done
+fi
+
+{
+  echo "# HTTPS: the gateway, nginx and HAProxy ending TLS"
+  echo
+  echo "Written by \`bash bench/tls.sh $BIN\` on $(date -u +%Y-%m-%d), $(nproc) cores ($(uname -m)),"
+  echo "after \`cargo build --profile perf -p gateway -p discovery\`. $(nginx -v 2>&1 | sed 's|nginx version: ||'), $(haproxy -v | head -1 | awk '{ print "HAProxy " $3 }'), $(openssl version | awk '{ print "OpenSSL " $2 }') (nginx, HAProxy and wrk), rustls (the gateway)."
+  echo "Pinned: each proxy on core 0 with one worker, wrk and the cheap nginx upstream on core 1."
+  echo "One certificate (ECDSA P-256) for all three; negotiated: $SUITES"
+  echo "wrk -t1 -c$CONNS, ${SECS} s runs, $ROUNDS interleaved rounds, GET /cheap (a 11-byte JSON answer)."
+  echo "**keep-alive**: one handshake per connection. **handshake**: \`Connection: close\` on every request,"
+  echo "so each request is a new TCP connection and a full TLS 1.3 handshake (wrk does not resume sessions)."
+  echo "CPU is the proxy process's utime + stime over the run, divided by the requests it served."
+  echo
+  echo "| proxy | keep-alive req/s | keep-alive CPU µs per request | handshakes/s | CPU µs per handshake | errors |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+  for p in gateway nginx haproxy; do
+    echo "| $p | $(col $p-keepalive 3) | $(col $p-keepalive 2) | $(col $p-handshake 3) | $(col $p-handshake 2) | $(( $(col $p-keepalive 4) + $(col $p-handshake 4) )) |"
+  done
+  echo
+  best() { # kind column -> the better of nginx and HAProxy (higher req/s)
+    local n h; n=$(col nginx-$1 3); h=$(col haproxy-$1 3)
+    awk -v n="$n" -v h="$h" 'BEGIN { print (n > h) ? n : h }'
+  }
+  for k in keepalive handshake; do
+    awk -v g="$(col gateway-$k 3)" -v b="$(best $k)" -v k="$k" \
+      'BEGIN { printf "- **%s**: gateway / the better of nginx and HAProxy, req/s: **%.3fx**\n", k, g / b }'
+  done
+  if [ "$CLIENTS" -gt 0 ]; then
+    echo
+    echo "Memory: $CLIENTS keep-alive TLS clients (wrk -t2 -c$CLIENTS, 8 s), the proxy's RSS before and 5 s in:"
+    echo
+    echo "| proxy | RSS before KiB | RSS with the clients KiB | bytes per TLS connection |"
+    echo "| --- | ---: | ---: | ---: |"
+    for p in gateway nginx haproxy; do
+      read -r b d per <<<"${MEM[$p]}"
+      echo "| $p | $b | $d | $per |"
+    done
+  fi
+  echo
+  echo "Every round (requests, CPU µs per request, req/s, errors):"
+  echo
+  for p in gateway nginx haproxy; do
+    for k in keepalive handshake; do echo "- $p $k: $(paste -sd';' "$TMP/$p-$k.txt")"; done
+  done
+} > "$OUT"
+cat "$OUT"
