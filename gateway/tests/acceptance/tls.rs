@@ -555,3 +555,83 @@ async fn tls_a_missing_or_expired_certificate_stops_the_start_naming_the_file() 
     let err = gateway::spawn(config).await.unwrap_err().to_string();
     assert!(err.contains(&expired.cert), "{err}");
 }
+
+/// A real client's first flight (its ClientHello) for `name`.
+fn client_hello(name: &str, ca: &CertificateDer<'static>) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(name.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    hello
+}
+
+#[async_std::test]
+async fn tls_a_flood_of_client_hellos_never_finished_leaves_real_clients_served() {
+    const FLOOD: usize = 300;
+    let pki = Pki::new("flood");
+    let server = pki.issue("server", &["gw.test"]);
+    let timeout = Duration::from_secs(2);
+    let tls = tls_config(&[&server], timeout);
+    let (d, _raws, g) = raw_system(vec![Script::Echo], |c| c.tls = Some(tls)).await;
+    let addr = g.tls_addr().unwrap();
+    let hello = client_hello("gw.test", &pki.ca_der());
+    // Each sends a whole ClientHello (the gateway answers it: key exchange
+    // and signature done), then never finishes the handshake.
+    let mut flood = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(&hello).unwrap();
+        flood.push(s);
+    }
+    let started = Instant::now();
+    let mut real = connect(addr, "gw.test", &pki.ca_der()).await;
+    let (status, body) = post(&mut real, r#"{"during": "flood"}"#).await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", r#"{"during": "flood"}"#)
+    );
+    assert!(
+        started.elapsed() < timeout,
+        "a real client waited {:?} behind the flood",
+        started.elapsed()
+    );
+    // Every flooding connection is closed at the handshake timeout.
+    let closed = async_std::task::spawn_blocking(move || {
+        flood
+            .into_iter()
+            .filter(|s| {
+                let mut s = s;
+                s.set_read_timeout(Some(LIMIT)).unwrap();
+                let mut sink = Vec::new();
+                // EOF (Ok) or a reset: closed; a read timeout: still open.
+                !matches!(s.read_to_end(&mut sink), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut)
+            })
+            .count()
+    })
+    .await;
+    assert_eq!(closed, FLOOD, "flooding connections left open");
+    let admin = g.admin_url();
+    let sample = "gateway_tls_handshakes_total{result=\"timeout\"}";
+    testkit::wait_until(
+        "every flooding handshake counted as timed out",
+        LIMIT,
+        || {
+            let admin = admin.clone();
+            async move { testkit::system::metric(&admin, sample).await == FLOOD as f64 }
+        },
+    )
+    .await;
+    // And the real client's keep-alive connection still works.
+    let (status, _) = post(&mut real, "{}").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    g.shutdown().await;
+    d.shutdown().await;
+}
