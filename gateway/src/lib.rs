@@ -154,6 +154,8 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
             ))
         }
     };
+    let upstream_tls = http::upstream_tls::load_all(&config.routes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let workers = runtime::slots::count(config.worker_threads);
     let listeners = runtime::listen::bind_all(&config.listen, config.reuse_port, workers)?;
     let addr = match listeners.first() {
@@ -185,6 +187,9 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         },
     };
     let upstreams = Arc::new(balance::pool::Upstreams::new(limits, allowed));
+    for (namespace, tls) in upstream_tls {
+        upstreams.set_tls(&namespace, tls);
+    }
     // Bound before the discovery client is built: every watch stream names
     // this gateway by its admin URL (`x-gateway-id`), which discovery's
     // console shows beside the stream's address.

@@ -644,6 +644,28 @@ pub struct RouteConfig {
     /// off by default.
     #[serde(default)]
     pub idempotency: IdempotencyConfig,
+    /// TLS to this namespace's instances (docs/tls.md, "Instances over
+    /// TLS"); plain HTTP without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTlsConfig>,
+}
+
+/// A route's `"upstream_tls"`: the gateway connects to the namespace's
+/// instances over TLS, verifying their certificates against `ca` only.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM file of the CA certificates an instance's certificate must chain to.
+    pub ca: String,
+    /// A PEM client certificate chain (mTLS), with `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// The PEM private key of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The name sent as SNI and verified; the instance's registered host if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 /// A route's `"idempotency"`: whether and how `Idempotency-Key` is honoured.
@@ -949,6 +971,29 @@ impl GatewayConfig {
             })
         }) {
             errors.push("routes to one namespace share its rotation: give them the same balance and slow_start");
+        }
+        if self.routes.iter().enumerate().any(|(i, r)| {
+            self.routes[..i]
+                .iter()
+                .any(|o| o.namespace == r.namespace && o.upstream_tls != r.upstream_tls)
+        }) {
+            errors.push(
+                "routes to one namespace share its instances: give them the same upstream_tls",
+            );
+        }
+        if self.routes.iter().any(|r| {
+            r.upstream_tls
+                .as_ref()
+                .is_some_and(|t| t.cert.is_some() != t.key.is_some())
+        }) {
+            errors.push("upstream_tls.cert and upstream_tls.key go together");
+        }
+        if self.routes.iter().any(|r| {
+            r.upstream_tls
+                .as_ref()
+                .is_some_and(|t| t.ca.trim().is_empty())
+        }) {
+            errors.push("upstream_tls.ca must name a CA file");
         }
         if self.routes.iter().any(|r| !r.prefix.starts_with('/')) {
             errors.push("every route prefix must start with '/'");
@@ -1514,16 +1559,55 @@ mod unknown_key_tests {
         );
         assert!(!err.contains("register_interval"), "{err}");
         // A small section lists its few keys.
-        let err = parse::<GatewayConfig>(r#"{"routes": [{"prefix": "/", "zzz": 1}]}"#).unwrap_err();
+        let err = parse::<GatewayConfig>(
+            r#"{"routes": [{"prefix": "/", "upstream_tls": {"ca": "c", "zzz": 1}}]}"#,
+        )
+        .unwrap_err();
         assert!(
-            err.ends_with(
-                "; expected `prefix`, `namespace`, `verify_request_id`, `balance`, `slow_start`, `idempotency`"
-            ),
+            err.ends_with("; expected `ca`, `cert`, `key`, `server_name`"),
             "{err}"
         );
         // Other errors keep serde's words, with the path.
         let err = parse::<DiscoveryConfig>(r#"{"listen": 5}"#).unwrap_err();
         assert!(err.starts_with("listen: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn upstream_tls_is_read_and_routes_to_one_namespace_must_agree_on_it() {
+        let config = parse::<GatewayConfig>(
+            r#"{"routes": [
+                {"prefix": "/a", "namespace": "n", "upstream_tls": {"ca": "/ca.pem", "server_name": "x.test"}},
+                {"prefix": "/b", "namespace": "n", "upstream_tls": {"ca": "/ca.pem", "server_name": "x.test"}}
+            ]}"#,
+        )
+        .unwrap();
+        assert!(config.validate().is_ok());
+        let tls = config.routes[0].upstream_tls.clone().unwrap();
+        assert_eq!(
+            (tls.ca.as_str(), tls.server_name.as_deref()),
+            ("/ca.pem", Some("x.test"))
+        );
+        let mut differ = config.clone();
+        differ.routes[1].upstream_tls = None;
+        let err = differ.validate().unwrap_err().to_string();
+        assert!(err.contains("same upstream_tls"), "{err}");
+        let mut half = config.clone();
+        for r in &mut half.routes {
+            r.upstream_tls.as_mut().unwrap().cert = Some("/c.pem".into());
+        }
+        let err = half.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("upstream_tls.cert and upstream_tls.key go together"),
+            "{err}"
+        );
+        let err = parse::<GatewayConfig>(
+            r#"{"routes": [{"prefix": "/", "namespace": "n", "upstream_tls": {"ca": "/ca.pem", "server_nme": "x"}}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.ends_with("did you mean `routes[0].upstream_tls.server_name`?"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -70,6 +70,34 @@ pub async fn apply(ctx: &Context, next: Result<GatewayConfig, String>) -> Result
         },
         _ => None,
     };
+    let upstream_tls = match crate::http::upstream_tls::load_all(&next.routes) {
+        Ok(loaded) => loaded,
+        Err(why) => {
+            old.metrics.reload("error");
+            log::error!(error = why.as_str(); "configuration refused, the old one and its upstream_tls files stay in force: {why}");
+            return Err(why);
+        }
+    };
+    let mut kept = kept;
+    {
+        let known = lock(&live.known);
+        let routed = |ns: &str| known.iter().any(|b| b.namespace == ns);
+        let wanted: Vec<&str> = upstream_tls.iter().map(|(ns, _)| ns.as_str()).collect();
+        // Whether a namespace's instances speak TLS is fixed when they are
+        // first made: turning it on or off needs a restart.
+        let toggled = next.routes.iter().any(|r| {
+            routed(&r.namespace)
+                && old.upstreams.has_tls(&r.namespace) != wanted.contains(&r.namespace.as_str())
+        });
+        if toggled {
+            kept.push("upstream_tls (on or off for a namespace already routed)");
+        }
+        for (namespace, tls) in upstream_tls {
+            if old.upstreams.has_tls(&namespace) || !routed(&namespace) {
+                old.upstreams.set_tls(&namespace, tls);
+            }
+        }
+    }
     if !kept.is_empty() {
         log::warn!(settings = kept.join(", ").as_str();
             "configuration: {} changed but cannot change without a restart; ignored", kept.join(", "));

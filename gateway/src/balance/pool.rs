@@ -16,13 +16,20 @@
 //! it idles (seen at checkout, and by the reaper every second), close it;
 //! bytes blame the instance ([`crate::balance::passive`]). Checkout asks the kernel
 //! (one peek per reuse): the worker may not have seen the event yet.
+//!
+//! An instance of a namespace with `upstream_tls` is its own [`Upstream`]
+//! (even at a `host:port` a plain namespace lists too), whose connections are
+//! TLS ([`UpstreamStream`]); a pooled one is handed out only under the TLS
+//! settings it was made with (a reload that reads new files retires it).
 
 use crate::balance::passive::{Fault, PassiveHealth, Policy};
+use crate::http::upstream_tls::{UpstreamStream, UpstreamTls};
 use crate::observe::causes::Skip;
 use crate::runtime::deadline::Deadline;
 use crate::runtime::net::{Stream, Unread};
 use crate::runtime::slots::{Padded, PerWorker};
 use crate::runtime::{clock, Until};
+use arc_swap::ArcSwap;
 use shared::allowed::AllowedHosts;
 use shared::http1::{ReadBuf, ResponseHead};
 use std::collections::HashMap;
@@ -37,8 +44,10 @@ const CONN_BUFFER: usize = 4 * 1024;
 /// A connection to an instance, with its read buffer and response head scratch.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    pub(crate) stream: Stream,
+    pub(crate) stream: UpstreamStream,
     pub(crate) buf: ReadBuf,
+    /// The [`UpstreamTls::generation`] it was made under; 0 for plain.
+    tls_generation: u64,
     pub(crate) head: ResponseHead,
     /// Came from the pool: the instance may have closed it meanwhile.
     pub(crate) reused: bool,
@@ -93,6 +102,8 @@ pub(crate) struct Upstream {
     pub(crate) stats: Arc<crate::observe::stats::UpstreamStats>,
     /// What its answers got wrong ([`crate::balance::passive`]).
     pub(crate) health: Arc<PassiveHealth>,
+    /// Its namespace's `upstream_tls`, swapped in place by a reload; `None`: plain.
+    tls: Option<Arc<ArcSwap<UpstreamTls>>>,
 }
 
 impl Upstream {
@@ -108,7 +119,13 @@ impl Upstream {
             in_flight: Padded::new(AtomicU64::new(0)),
             stats: Arc::default(),
             health: Arc::default(),
+            tls: None,
         }
+    }
+
+    /// Whether its connections are TLS (`upstream_tls`).
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Counts a try to it as in flight until the guard is dropped.
@@ -167,18 +184,29 @@ impl Upstream {
     /// the instance is blamed), and the next one looked at.
     pub(crate) fn checkout(&self) -> Option<Conn> {
         let mut idle = self.lock();
-        while let Some(entry) = idle.pop() {
-            if entry.idled(clock()) < self.limits.idle_timeout && self.still_empty(&entry.conn) {
+        while let Some(mut entry) = idle.pop() {
+            if entry.idled(clock()) < self.limits.idle_timeout
+                && self.same_tls(&entry.conn)
+                && self.still_empty(&mut entry.conn)
+            {
                 return Some(entry.conn);
             }
         }
         None
     }
 
+    /// Whether `conn` was made under the TLS settings in force (always, for plain).
+    fn same_tls(&self, conn: &Conn) -> bool {
+        match &self.tls {
+            None => true,
+            Some(tls) => tls.load().generation == conn.tls_generation,
+        }
+    }
+
     /// Whether nothing arrived on an idle connection (one peek). The end of
     /// the stream means the instance closed it; bytes are a stray answer,
     /// and the instance is blamed. Either way the caller drops it.
-    fn still_empty(&self, conn: &Conn) -> bool {
+    fn still_empty(&self, conn: &mut Conn) -> bool {
         match conn.stream.unread() {
             Unread::Nothing => true,
             Unread::Closed => false,
@@ -263,6 +291,28 @@ impl Upstream {
             match deadline.within(left, Stream::connect(*addr)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
+                    let (stream, tls_generation) = match &self.tls {
+                        None => (UpstreamStream::Plain(stream), 0),
+                        Some(tls) => {
+                            let tls = tls.load_full();
+                            let shake = tls.connect(&self.key, stream);
+                            match deadline.within(until.left(), shake).await {
+                                Ok(Ok(stream)) => (stream, tls.generation),
+                                Ok(Err(e)) => {
+                                    last = Handshake::error(format!(
+                                        "TLS handshake with {addr} failed: {e}"
+                                    ));
+                                    continue;
+                                }
+                                Err(_) => {
+                                    last = Handshake::error(format!(
+                                        "TLS handshake with {addr} timed out"
+                                    ));
+                                    continue;
+                                }
+                            }
+                        }
+                    };
                     self.opened.fetch_add(1, Ordering::Relaxed);
                     return Ok(Conn {
                         stream,
@@ -270,6 +320,7 @@ impl Upstream {
                         head: ResponseHead::default(),
                         reused: false,
                         answering: false,
+                        tls_generation,
                     });
                 }
                 Ok(Err(e)) => last = e,
@@ -307,7 +358,7 @@ impl Upstream {
         let timeout = self.limits.idle_timeout;
         for list in self.idle.iter() {
             let now = clock();
-            lock(list).retain(|i| self.still_empty(&i.conn) && i.idled(now) < timeout);
+            lock(list).retain_mut(|i| self.still_empty(&mut i.conn) && i.idled(now) < timeout);
         }
     }
 }
@@ -343,6 +394,31 @@ impl std::fmt::Display for Skipped {
 
 impl std::error::Error for Skipped {}
 
+/// A TLS handshake with an instance that failed (or was refused by the
+/// instance before any answer): nothing of the request reached it.
+#[derive(Debug)]
+pub(crate) struct Handshake(String);
+
+impl Handshake {
+    pub(crate) fn error(message: String) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, Handshake(message))
+    }
+}
+
+impl std::fmt::Display for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Handshake {}
+
+/// Whether a failed connect was a failed TLS handshake.
+pub(crate) fn handshake_failed(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<Handshake>().is_some())
+}
+
 /// Why a failed connect was [`Skipped`], if it was.
 pub(crate) fn skipped(e: &std::io::Error) -> Option<Skip> {
     e.get_ref()
@@ -354,6 +430,8 @@ pub(crate) fn skipped(e: &std::io::Error) -> Option<Skip> {
 #[derive(Debug)]
 pub(crate) struct Upstreams {
     map: Mutex<HashMap<String, Arc<Upstream>>>,
+    /// Each namespace's `upstream_tls` in force, by namespace.
+    tls: Mutex<HashMap<String, Arc<ArcSwap<UpstreamTls>>>>,
     limits: Limits,
     /// `allowed_upstreams`: every instance made here is screened by it.
     allowed: AllowedHosts,
@@ -363,6 +441,7 @@ impl Upstreams {
     pub(crate) fn new(limits: Limits, allowed: AllowedHosts) -> Self {
         Upstreams {
             map: Mutex::new(HashMap::new()),
+            tls: Mutex::new(HashMap::new()),
             limits,
             allowed,
         }
@@ -372,16 +451,40 @@ impl Upstreams {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The instance for `key`, created with `addrs` (those `allowed_upstreams`
-    /// allows) if new.
-    pub(crate) fn get(&self, key: &str, addrs: Vec<SocketAddr>) -> Arc<Upstream> {
+    /// The instance for `key` in `namespace`, created with `addrs` (those
+    /// `allowed_upstreams` allows) if new. A namespace with `upstream_tls`
+    /// has instances of its own, whose connections are TLS.
+    pub(crate) fn get(&self, key: &str, addrs: Vec<SocketAddr>, namespace: &str) -> Arc<Upstream> {
+        let tls = lock(&self.tls).get(namespace).cloned();
+        let entry = match &tls {
+            None => key.to_string(),
+            Some(_) => format!("{key} tls:{namespace}"),
+        };
         self.lock()
-            .entry(key.to_string())
+            .entry(entry)
             .or_insert_with(|| {
-                let made = Upstream::new(key.to_string(), addrs, self.limits);
+                let mut made = Upstream::new(key.to_string(), addrs, self.limits);
+                made.tls = tls;
                 Arc::new(made.screened(&self.allowed))
             })
             .clone()
+    }
+
+    /// Whether `namespace` has `upstream_tls` settings in force.
+    pub(crate) fn has_tls(&self, namespace: &str) -> bool {
+        lock(&self.tls).contains_key(namespace)
+    }
+
+    /// Puts `tls` in force for `namespace`'s instances: new connections use
+    /// it, connections pooled under older settings are not reused.
+    pub(crate) fn set_tls(&self, namespace: &str, tls: UpstreamTls) {
+        let mut all = lock(&self.tls);
+        match all.get(namespace) {
+            Some(slot) => slot.store(Arc::new(tls)),
+            None => {
+                all.insert(namespace.to_string(), Arc::new(ArcSwap::from_pointee(tls)));
+            }
+        }
     }
 
     /// Expires idle connections, and forgets instances no ring or request holds any more.

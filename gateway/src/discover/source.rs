@@ -228,7 +228,7 @@ async fn ask(
     // without addresses, its try fails at once as a skipped connect, is
     // counted and logged once, and the next lookup excludes it.
     let addrs = resolve(&host, found.port.0).await.unwrap_or_default();
-    Ok(ctx.upstreams.get(&key, addrs))
+    Ok(ctx.upstreams.get(&key, addrs, &balancer.namespace))
 }
 
 #[cfg(test)]

@@ -450,7 +450,7 @@ async fn build(
         let key = instance.authority();
         match resolve(&instance.host, instance.port.0).await {
             Ok(addrs) if !addrs.is_empty() => {
-                members.push(ctx.upstreams.get(&key, addrs));
+                members.push(ctx.upstreams.get(&key, addrs, &snapshot.namespace));
                 weights.push(instance.weight);
             }
             Ok(_) | Err(_) => {

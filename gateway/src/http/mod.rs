@@ -11,3 +11,4 @@ pub(crate) mod target;
 #[cfg(test)]
 pub(crate) mod test_support;
 pub(crate) mod tls;
+pub(crate) mod upstream_tls;

@@ -80,7 +80,7 @@ fn provider() -> CryptoProvider {
 }
 
 /// One certificate chain and its key, checked.
-fn load_pair(
+pub(crate) fn load_pair(
     pair: &CertificateConfig,
     provider: &CryptoProvider,
     now: SystemTime,

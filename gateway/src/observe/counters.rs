@@ -235,6 +235,7 @@ pub(crate) struct Metrics {
     lookups: Family<Outcome, Counter>,
     reloads: Family<ReloadResult, Counter>,
     tls_handshakes: Family<ReloadResult, Counter>,
+    upstream_tls_handshakes: Family<ReloadResult, Counter>,
     pub(crate) client_connections: Gauge,
     /// Client bytes and the most connections at once ([`crate::observe::traffic`]).
     pub(crate) traffic: Arc<crate::observe::traffic::ClientTraffic>,
@@ -258,6 +259,7 @@ impl Metrics {
         let client_connections = Gauge::default();
         let reloads = Family::<ReloadResult, Counter>::default();
         let tls_handshakes = Family::<ReloadResult, Counter>::default();
+        let upstream_tls_handshakes = Family::<ReloadResult, Counter>::default();
         let skipped = Family::<Reason, Counter>::default();
         let ready = Gauge::default();
         let idempotency = IdempotencyMetrics::default();
@@ -281,6 +283,11 @@ impl Metrics {
             "tls_handshakes",
             "TLS handshakes on the tls port by result: ok, failed (not TLS, no common version or cipher, a closed connection), or timeout (not over within tls.handshake_timeout)",
             tls_handshakes.clone(),
+        );
+        registry.register(
+            "upstream_tls_handshakes",
+            "TLS handshakes with instances of routes with upstream_tls, by result: ok, failed (the handshake failed or timed out: wrong CA, name mismatch, no common version), or refused (the instance refused it by an alert before answering, as a TLS 1.3 instance does after checking the client certificate; such a handshake was counted ok first)",
+            upstream_tls_handshakes.clone(),
         );
         registry.register_collector(Box::new(RequestsCollector(requests.clone())));
         registry.register(
@@ -322,6 +329,7 @@ impl Metrics {
             lookups,
             reloads,
             tls_handshakes,
+            upstream_tls_handshakes,
             client_connections,
             skipped,
             skips_logged: std::sync::Mutex::default(),
@@ -354,6 +362,13 @@ impl Metrics {
     /// Counts one TLS handshake: `"ok"`, `"failed"` or `"timeout"`.
     pub(crate) fn tls_handshake(&self, result: &'static str) {
         self.tls_handshakes
+            .get_or_create(&ReloadResult { result })
+            .inc();
+    }
+
+    /// Counts one TLS handshake with an instance: `"ok"`, `"failed"` or `"refused"`.
+    pub(crate) fn upstream_tls_handshake(&self, result: &'static str) {
+        self.upstream_tls_handshakes
             .get_or_create(&ReloadResult { result })
             .inc();
     }

@@ -6,9 +6,10 @@
 //! how the client learns the answer is incomplete.
 
 use crate::balance::passive::Fault;
-use crate::balance::pool::{Conn, Upstream};
+use crate::balance::pool::{self, Conn, Upstream};
 use crate::http::codec::{AnswerTo, ClientFraming};
 use crate::http::session::Session;
+use crate::http::upstream_tls::refused_by_alert;
 use crate::observe::causes::Failover;
 use crate::observe::counters::Metrics;
 use crate::runtime::deadline::Interrupted;
@@ -113,6 +114,10 @@ enum HeadFailure {
     ClosedEarly(String),
     /// Some of an answer arrived, and it was wrong.
     Bad(Fault, String),
+    /// A new TLS connection the instance refused by an alert before any
+    /// answer (a TLS 1.3 instance checks the client's certificate after the
+    /// client's side of the handshake is over): the request never reached it.
+    Refused(Error),
 }
 
 /// Interim (1xx) answers taken before the final one; more is an instance
@@ -157,7 +162,7 @@ async fn send_and_relay(
     metrics: &Metrics,
 ) -> Try {
     let until = Until::after(client.limits.head);
-    let mut conn = match open(up, client).await {
+    let mut conn = match open(up, client, metrics).await {
         Ok(conn) => conn,
         Err(tried) => return tried,
     };
@@ -173,15 +178,29 @@ async fn send_and_relay(
 }
 
 /// A pooled connection to `up`, or a new one within the connect deadline.
-async fn open(up: &Upstream, client: &ClientSide<'_>) -> Result<Conn, Try> {
+async fn open(up: &Upstream, client: &ClientSide<'_>, metrics: &Metrics) -> Result<Conn, Try> {
     if let Some(conn) = up.checkout() {
         return Ok(conn);
     }
     let deadline = client.session.deadline();
-    match up.connect(deadline, client.limits.connect).await {
+    let connected = up.connect(deadline, client.limits.connect).await;
+    count_handshake(up, &connected, metrics);
+    match connected {
         Ok(conn) => Ok(conn),
         Err(e) if shared::local_trouble::is_local_trouble(&e) => Err(Try::ShortOfResources(e)),
         Err(e) => Err(Try::ConnectFailed(e)),
+    }
+}
+
+/// Counts the TLS handshake of a new connection to `up`, if it is TLS.
+fn count_handshake(up: &Upstream, connected: &std::io::Result<Conn>, metrics: &Metrics) {
+    if !up.is_tls() {
+        return;
+    }
+    match connected {
+        Ok(_) => metrics.upstream_tls_handshake("ok"),
+        Err(e) if pool::handshake_failed(e) => metrics.upstream_tls_handshake("failed"),
+        Err(_) => {}
     }
 }
 
@@ -198,6 +217,7 @@ async fn await_answer_head(
     metrics: &Metrics,
 ) -> Result<(), Try> {
     let deadline = client.session.deadline();
+    let mut reconnected = false;
     loop {
         let sent = deadline
             .within(until.left(), send_and_read_head(conn, ex))
@@ -213,7 +233,10 @@ async fn await_answer_head(
             Ok(Err(HeadFailure::ClosedEarly(why))) if conn.reused && ex.replayable => {
                 metrics.keepalive_retries.inc();
                 let connect = client.limits.connect.min(until.left());
-                *conn = match up.connect(deadline, connect).await {
+                let connected = up.connect(deadline, connect).await;
+                count_handshake(up, &connected, metrics);
+                reconnected = true;
+                *conn = match connected {
                     Ok(conn) => conn,
                     // Not "never sent": the first write may have reached the instance.
                     Err(e) => {
@@ -224,6 +247,12 @@ async fn await_answer_head(
             }
             Ok(Err(HeadFailure::ClosedEarly(why))) => return Err(Try::ClosedBeforeAnswer(why)),
             Ok(Err(HeadFailure::Bad(fault, why))) => return Err(bad(up, fault, why)),
+            Ok(Err(HeadFailure::Refused(e))) if !reconnected => {
+                metrics.upstream_tls_handshake("refused");
+                let why = format!("TLS handshake with {} refused by the instance: {e}", up.key);
+                return Err(Try::ConnectFailed(pool::Handshake::error(why)));
+            }
+            Ok(Err(HeadFailure::Refused(e))) => return Err(Try::ClosedBeforeAnswer(e.to_string())),
         }
     }
 }
@@ -307,6 +336,9 @@ async fn send_and_read_head(conn: &mut Conn, ex: &Exchange<'_>) -> Result<(), He
             }
             Ok(0) => return Err(cut_short("closed in the middle of the answer's head")),
             Ok(_) => conn.answering = true,
+            Err(e) if !conn.answering && !conn.reused && refused_by_alert(&e) => {
+                return Err(HeadFailure::Refused(e))
+            }
             Err(e) if !conn.answering => return Err(HeadFailure::ClosedEarly(e.to_string())),
             Err(e) => return Err(cut_short(&e.to_string())),
         }

@@ -49,7 +49,7 @@ pub(crate) fn context(config: GatewayConfig, members: &[SocketAddr]) -> Arc<Cont
     let router = Arc::new(Router::new(&config.routes));
     let ring: Vec<Arc<Upstream>> = members
         .iter()
-        .map(|addr| upstreams.get(&addr.to_string(), vec![*addr]))
+        .map(|addr| upstreams.get(&addr.to_string(), vec![*addr], ""))
         .collect();
     router.balancers()[0].replace(Ring::new(ring, Vec::new(), 1, 0));
     let gate = Gate::new(&[], "127.0.0.1:0".parse().unwrap()).unwrap();
@@ -80,7 +80,7 @@ pub(crate) fn balancer(ctx: &Context) -> &Balancer {
 
 /// The pooled instance at `addr` (made if new).
 pub(crate) fn upstream(ctx: &Context, addr: SocketAddr) -> Arc<Upstream> {
-    ctx.upstreams.get(&addr.to_string(), vec![addr])
+    ctx.upstreams.get(&addr.to_string(), vec![addr], "")
 }
 
 /// An address on 127.0.0.1 where nothing listens: connects are refused.

@@ -1,0 +1,330 @@
+//! TLS to instances (a route's `"upstream_tls"`, docs/tls.md "Instances
+//! over TLS"): the client side of the handshake, and [`UpstreamStream`], a
+//! connection to an instance plain or encrypted, which the pool keeps and
+//! [`crate::proxy::forward`] reads and writes.
+//!
+//! rustls (TLS 1.2 and 1.3, the ring provider) through futures-rustls over
+//! the worker's own sockets, as on the client port. An instance's
+//! certificate is verified against the route's CA file only, never the
+//! system's roots.
+
+use crate::runtime::net::{Stream, Unread};
+use futures_lite::{AsyncRead, AsyncWrite};
+use futures_rustls::client::TlsStream;
+use futures_rustls::TlsConnector;
+use rustls::client::ResolvesClientCert;
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use shared::config::{CertificateConfig, UpstreamTlsConfig};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// Largest CA file read.
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+/// Numbers each loaded setting, so a pooled connection made under older
+/// settings (before a reload) is told apart.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+/// One namespace's TLS settings towards its instances, files read and checked.
+pub(crate) struct UpstreamTls {
+    connector: TlsConnector,
+    /// `server_name`: sent as SNI and verified instead of the instance's host.
+    server_name: Option<ServerName<'static>>,
+    /// Which load this is (see [`GENERATIONS`]); never 0.
+    pub(crate) generation: u64,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The client certificate, whenever an instance asks for one.
+#[derive(Debug)]
+struct ClientCert(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for ClientCert {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl UpstreamTls {
+    /// Reads and checks the files `config` names: the CA file must hold at
+    /// least one certificate, a client certificate must be valid and match
+    /// its key. The error names the file.
+    pub(crate) fn load(config: &UpstreamTlsConfig) -> Result<UpstreamTls, String> {
+        let ca = &config.ca;
+        let pem = shared::config::read_regular(std::path::Path::new(ca), MAX_PEM_BYTES)
+            .map_err(|why| format!("upstream_tls: cannot read CA file {ca}: {why}"))?;
+        let mut roots = RootCertStore::empty();
+        for der in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let der = der.map_err(|e| format!("upstream_tls: CA file {ca} is not PEM: {e}"))?;
+            roots.add(der).map_err(|e| {
+                format!("upstream_tls: CA file {ca} holds a certificate that cannot be used: {e}")
+            })?;
+        }
+        if roots.is_empty() {
+            return Err(format!(
+                "upstream_tls: CA file {ca} holds no CERTIFICATE block"
+            ));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| format!("upstream_tls: {e}"))?
+            .with_root_certificates(roots);
+        let mut client = match (&config.cert, &config.key) {
+            (Some(cert), Some(key)) => {
+                let pair = CertificateConfig {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                };
+                let certified =
+                    super::tls::load_pair(&pair, &provider, std::time::SystemTime::now())
+                        .map_err(|e| format!("upstream_tls: {}", e.trim_start_matches("tls: ")))?;
+                builder.with_client_cert_resolver(Arc::new(ClientCert(Arc::new(certified))))
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let server_name = match &config.server_name {
+            None => None,
+            Some(name) => Some(ServerName::try_from(name.clone()).map_err(|e| {
+                format!("upstream_tls: server_name {name:?} is not a DNS name or IP address: {e}")
+            })?),
+        };
+        Ok(UpstreamTls {
+            connector: TlsConnector::from(Arc::new(client)),
+            server_name,
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// The client side of the handshake on `stream` to the instance
+    /// registered as `key` (`host:port`): SNI and the name verified are
+    /// `server_name`, else the host (an IP address verified as an IP SAN).
+    /// Unbounded here; the caller bounds it with the connect deadline.
+    pub(crate) async fn connect(&self, key: &str, stream: Stream) -> io::Result<UpstreamStream> {
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => host_name(key)?,
+        };
+        let tls = self.connector.connect(name, stream).await?;
+        Ok(UpstreamStream::Tls(Box::new(tls)))
+    }
+}
+
+/// Every namespace's settings in `routes` (routes to one namespace agree
+/// on them: the config's validation checks it), files read and checked.
+pub(crate) fn load_all(
+    routes: &[shared::config::RouteConfig],
+) -> Result<Vec<(String, UpstreamTls)>, String> {
+    let mut loaded: Vec<(String, UpstreamTls)> = Vec::new();
+    for route in routes {
+        let Some(config) = &route.upstream_tls else {
+            continue;
+        };
+        if loaded.iter().any(|(ns, _)| *ns == route.namespace) {
+            continue;
+        }
+        let tls = UpstreamTls::load(config)
+            .map_err(|e| format!("route {} ({}): {e}", route.prefix, route.namespace))?;
+        loaded.push((route.namespace.clone(), tls));
+    }
+    Ok(loaded)
+}
+
+/// The name to verify for an instance registered as `key` (`host:port`,
+/// `[v6]:port`).
+fn host_name(key: &str) -> io::Result<ServerName<'static>> {
+    let host = key.rsplit_once(':').map_or(key, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("TLS: the instance's host {host:?} is not a name to verify: {e}"),
+        )
+    })
+}
+
+/// Whether `e` is the instance refusing the handshake by an alert (with
+/// TLS 1.3 the client's side is over before the instance has checked the
+/// client's certificate, so its refusal arrives on the first read).
+pub(crate) fn refused_by_alert(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)))
+}
+
+/// A connection to an instance: the socket as it is, or TLS over it.
+#[derive(Debug)]
+pub(crate) enum UpstreamStream {
+    Plain(Stream),
+    Tls(Box<TlsStream<Stream>>),
+}
+
+impl From<Stream> for UpstreamStream {
+    fn from(stream: Stream) -> Self {
+        UpstreamStream::Plain(stream)
+    }
+}
+
+impl UpstreamStream {
+    fn socket(&self) -> &Stream {
+        match self {
+            UpstreamStream::Plain(s) => s,
+            UpstreamStream::Tls(t) => t.get_ref().0,
+        }
+    }
+
+    /// Whether TLS holds input already decrypted (or the instance's
+    /// close_notify, or an error a read will report).
+    fn decrypted(&mut self) -> bool {
+        match self {
+            UpstreamStream::Plain(_) => false,
+            UpstreamStream::Tls(t) => match t.get_mut().1.process_new_packets() {
+                Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
+                Err(_) => true,
+            },
+        }
+    }
+
+    /// Whether a read is worth trying now (no waiting, no system call).
+    pub(crate) fn is_readable_now(&mut self) -> bool {
+        self.decrypted() || self.socket().is_readable_now()
+    }
+
+    /// What arrived on a connection nobody was reading (see
+    /// [`Stream::unread`]). Over TLS, input already decrypted is bytes;
+    /// records on the socket are taken as the end: without decrypting them
+    /// a close_notify cannot be told from a stray answer, so the connection
+    /// is dropped without blaming the instance.
+    pub(crate) fn unread(&mut self) -> Unread {
+        match self {
+            UpstreamStream::Plain(s) => s.unread(),
+            UpstreamStream::Tls(t) => {
+                let (socket, tls) = t.get_mut();
+                match tls.process_new_packets() {
+                    Ok(state) if state.plaintext_bytes_to_read() > 0 => return Unread::Bytes,
+                    Ok(state) if !state.peer_has_closed() => {}
+                    _ => return Unread::Closed,
+                }
+                match socket.unread() {
+                    Unread::Nothing => Unread::Nothing,
+                    Unread::Closed | Unread::Bytes => Unread::Closed,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    /// Over TLS, sends what rustls still holds.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_close(cx),
+            UpstreamStream::Tls(t) => Pin::new(t.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_verified_is_the_registered_host_an_ip_as_an_ip() {
+        assert!(matches!(
+            host_name("127.0.0.1:8080").unwrap(),
+            ServerName::IpAddress(_)
+        ));
+        assert!(matches!(
+            host_name("[::1]:8080").unwrap(),
+            ServerName::IpAddress(_)
+        ));
+        assert!(matches!(
+            host_name("app.test:80").unwrap(),
+            ServerName::DnsName(_)
+        ));
+    }
+
+    #[test]
+    fn a_missing_or_empty_ca_file_is_named() {
+        let dir = testkit::tempdir::TempDir::new("upstream-tls-load");
+        let missing = dir.path().join("none.pem").display().to_string();
+        let config = |ca: &str| UpstreamTlsConfig {
+            ca: ca.into(),
+            ..UpstreamTlsConfig::default()
+        };
+        let err = UpstreamTls::load(&config(&missing)).unwrap_err();
+        assert!(
+            err.contains(&missing) && err.contains("cannot read CA file"),
+            "{err}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let empty = empty.display().to_string();
+        let err = UpstreamTls::load(&config(&empty)).unwrap_err();
+        assert!(
+            err.contains(&empty) && err.contains("no CERTIFICATE"),
+            "{err}"
+        );
+    }
+}

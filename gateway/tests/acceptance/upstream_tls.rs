@@ -1,0 +1,286 @@
+//! TLS from the gateway to instances (a route's `"upstream_tls"`,
+//! docs/tls.md "Instances over TLS"): a TLS echo instance in the test
+//! (futures-rustls over async-std), certificates made with rcgen.
+
+use async_std::net::TcpListener;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use shared::config::{GatewayConfig, RouteConfig, UpstreamTlsConfig};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use testkit::system::{gateway_config, post_once, wait_ring};
+use testkit::tempdir::TempDir;
+
+fn p256() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+}
+
+/// A CA: its certificate file, and what signs with it.
+struct Ca {
+    file: String,
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+fn make_ca(dir: &TempDir, name: &str) -> Ca {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let key = p256();
+    let cert = params.self_signed(&key).unwrap();
+    let file = dir.join(format!("{name}.pem")).display().to_string();
+    std::fs::write(&file, cert.pem()).unwrap();
+    Ca { file, cert, key }
+}
+
+/// A certificate for `names` signed by `ca`: (chain, key) in PEM.
+fn issue(ca: &Ca, names: &[&str]) -> (String, String) {
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let key = p256();
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn write(dir: &TempDir, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// What the TLS instance saw.
+#[derive(Default)]
+struct Seen {
+    tls_connections: AtomicUsize,
+    requests: AtomicUsize,
+}
+
+/// An instance on 127.0.0.1 speaking TLS with `server` (a certificate for
+/// 127.0.0.1), requiring a client certificate signed by `client_ca` if
+/// given. Plain connections (discovery's health checks: TLS for those is
+/// not built) get 200. Answers each request with its body.
+async fn tls_instance(server: (String, String), client_ca: Option<&Ca>) -> (u16, Arc<Seen>) {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(server.0.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(server.1.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.cert.der().clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(chain, key).unwrap();
+    let acceptor = futures_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Seen::default());
+    let counts = seen.clone();
+    async_std::task::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, seen) = (acceptor.clone(), counts.clone());
+            async_std::task::spawn(async move {
+                let mut first = [0u8; 1];
+                if stream.peek(&mut first).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                if first[0] != 0x16 {
+                    let mut plain = stream;
+                    let mut buf = [0u8; 4096];
+                    let _ = plain.read(&mut buf).await;
+                    let _ = plain
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    return;
+                }
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                seen.tls_connections.fetch_add(1, Ordering::SeqCst);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < end + 4 + length {
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: Vec<u8> = buf.drain(..end + 4 + length).skip(end + 4).collect();
+                    seen.requests.fetch_add(1, Ordering::SeqCst);
+                    let mut answer =
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len())
+                            .into_bytes();
+                    answer.extend_from_slice(&body);
+                    if tls.write_all(&answer).await.is_err() || tls.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// Discovery, the instance registered in "service A", and a gateway routing
+/// `/` there with `tls`.
+async fn system(port: u16, tls: UpstreamTlsConfig) -> (discovery::Handle, gateway::Handle) {
+    let d = testkit::discovery().await;
+    testkit::client::register(&d.url(), "service A", port).await;
+    let mut config = gateway_config(&d.url());
+    // One worker: each worker pools its own connections.
+    config.worker_threads = 1;
+    config.routes = vec![RouteConfig {
+        prefix: "/".into(),
+        namespace: "service A".into(),
+        upstream_tls: Some(tls),
+        ..RouteConfig::default()
+    }];
+    let g = gateway::spawn(config).await.unwrap();
+    wait_ring(
+        &g.admin_url(),
+        &[format!("127.0.0.1:{port}")],
+        Duration::from_secs(5),
+    )
+    .await;
+    (d, g)
+}
+
+async fn handshakes(admin: &str, result: &str) -> f64 {
+    let sample = format!("gateway_upstream_tls_handshakes_total{{result=\"{result}\"}}");
+    testkit::system::metric(admin, &sample).await
+}
+
+#[async_std::test]
+async fn upstream_tls_requests_reach_the_instance_over_tls_on_one_pooled_connection() {
+    let dir = TempDir::new("upstream-tls-ok");
+    let ca = make_ca(&dir, "instances");
+    let (port, seen) = tls_instance(issue(&ca, &["127.0.0.1"]), None).await;
+    let tls = UpstreamTlsConfig {
+        ca: ca.file.clone(),
+        ..UpstreamTlsConfig::default()
+    };
+    let (d, g) = system(port, tls).await;
+    for n in 0..5 {
+        let body = format!("{{\"n\":{n}}}");
+        let res = post_once(g.addr(), "/api/x", body.as_bytes()).await;
+        assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+        assert_eq!(res.body, body.as_bytes());
+    }
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        seen.tls_connections.load(Ordering::SeqCst),
+        1,
+        "one pooled TLS connection"
+    );
+    assert_eq!(handshakes(&g.admin_url(), "ok").await, 1.0);
+    g.shutdown().await;
+    d.shutdown().await;
+}
+
+#[async_std::test]
+async fn upstream_tls_with_a_wrong_ca_is_a_502_and_the_instance_sees_no_request() {
+    let dir = TempDir::new("upstream-tls-wrong-ca");
+    let right = make_ca(&dir, "right");
+    let wrong = make_ca(&dir, "wrong");
+    let (port, seen) = tls_instance(issue(&right, &["127.0.0.1"]), None).await;
+    let tls = UpstreamTlsConfig {
+        ca: wrong.file.clone(),
+        ..UpstreamTlsConfig::default()
+    };
+    let (d, g) = system(port, tls).await;
+    let res = post_once(g.addr(), "/api/x", b"{}").await;
+    assert_eq!(res.status, 502, "{}", String::from_utf8_lossy(&res.body));
+    let json: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+    assert!(json.is_object(), "{json}");
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(seen.tls_connections.load(Ordering::SeqCst), 0);
+    assert!(handshakes(&g.admin_url(), "failed").await >= 1.0);
+    g.shutdown().await;
+    d.shutdown().await;
+}
+
+#[async_std::test]
+async fn upstream_tls_mtls_works_with_a_client_certificate_and_is_a_502_without() {
+    let dir = TempDir::new("upstream-tls-mtls");
+    let ca = make_ca(&dir, "instances");
+    let clients = make_ca(&dir, "clients");
+    let (port, seen) = tls_instance(issue(&ca, &["127.0.0.1"]), Some(&clients)).await;
+    let (cert, key) = issue(&clients, &["gateway.test"]);
+    let with = UpstreamTlsConfig {
+        ca: ca.file.clone(),
+        cert: Some(write(&dir, "client.crt", &cert)),
+        key: Some(write(&dir, "client.key", &key)),
+        server_name: None,
+    };
+    let (d, g) = system(port, with).await;
+    let res = post_once(g.addr(), "/api/x", b"{\"m\":1}").await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    assert_eq!(res.body, b"{\"m\":1}");
+    g.shutdown().await;
+    d.shutdown().await;
+
+    let without = UpstreamTlsConfig {
+        ca: ca.file.clone(),
+        ..UpstreamTlsConfig::default()
+    };
+    let (d, g) = system(port, without).await;
+    let res = post_once(g.addr(), "/api/x", b"{\"m\":2}").await;
+    assert_eq!(res.status, 502, "{}", String::from_utf8_lossy(&res.body));
+    let json: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+    assert!(json.is_object(), "{json}");
+    assert_eq!(
+        seen.requests.load(Ordering::SeqCst),
+        1,
+        "only the first gateway's"
+    );
+    g.shutdown().await;
+    d.shutdown().await;
+}
+
+#[async_std::test]
+async fn upstream_tls_a_missing_ca_file_stops_the_start_naming_it() {
+    let dir = TempDir::new("upstream-tls-missing");
+    let missing = dir.join("none.pem").display().to_string();
+    let mut config: GatewayConfig = gateway_config("http://127.0.0.1:1");
+    config.routes[0].upstream_tls = Some(UpstreamTlsConfig {
+        ca: missing.clone(),
+        ..UpstreamTlsConfig::default()
+    });
+    let err = gateway::spawn(config).await.unwrap_err().to_string();
+    assert!(err.contains(&missing) && err.contains("CA file"), "{err}");
+}
