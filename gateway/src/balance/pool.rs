@@ -292,7 +292,7 @@ impl Upstream {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     let (stream, tls_generation) = match &self.tls {
-                        None => (UpstreamStream::Plain(stream), 0),
+                        None => (UpstreamStream::from(stream), 0),
                         Some(tls) => {
                             let tls = tls.load_full();
                             let shake = tls.connect(&self.key, stream);

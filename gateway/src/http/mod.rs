@@ -1,11 +1,13 @@
 //! HTTP/1.1 on the client side: the parser and writer ([`codec`]), the
 //! normalized request target ([`target`]), a client connection's socket,
 //! input and deadline ([`session`]: the one writer of bytes to the client),
-//! the bound on request bytes held across connections ([`budget`]), and TLS
-//! on the client port with the stream a session reads ([`tls`]).
+//! the bound on request bytes held across connections ([`budget`]), and TLS:
+//! on the client port ([`tls`]), to instances ([`upstream_tls`]), and the
+//! socket plain or under TLS that both read and write ([`maybe_tls`]).
 
 pub(crate) mod budget;
 pub(crate) mod codec;
+pub(crate) mod maybe_tls;
 pub(crate) mod session;
 pub(crate) mod target;
 #[cfg(test)]

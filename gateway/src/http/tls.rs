@@ -8,9 +8,10 @@
 //! gateway, so its session tickets survive reloads; a reload swaps the
 //! certificates it resolves ([`Tls::replace`]), which only new handshakes see.
 
+use crate::http::maybe_tls::MaybeTls;
 use crate::runtime::net::Stream;
 use arc_swap::ArcSwap;
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use futures_rustls::server::TlsStream;
 use futures_rustls::TlsAcceptor;
 use rustls::crypto::CryptoProvider;
@@ -19,11 +20,9 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use shared::config::{CertificateConfig, TlsConfig};
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::Shutdown;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The protocols offered by ALPN, in order of preference (`h2` would go first).
@@ -188,47 +187,17 @@ impl Tls {
     /// caller bounds it (`tls.handshake_timeout`).
     pub(crate) async fn accept(&self, stream: Stream) -> io::Result<ClientStream> {
         let tls = self.acceptor.accept(stream).await?;
-        Ok(ClientStream::Tls(Box::new(tls)))
+        Ok(MaybeTls::Tls(Box::new(tls)))
     }
 }
 
 /// A client's connection: its socket as it is, or TLS over it.
-#[derive(Debug)]
-pub(crate) enum ClientStream {
-    Plain(Stream),
-    Tls(Box<TlsStream<Stream>>),
-}
-
-impl From<Stream> for ClientStream {
-    fn from(stream: Stream) -> Self {
-        ClientStream::Plain(stream)
-    }
-}
+pub(crate) type ClientStream = MaybeTls<TlsStream<Stream>>;
 
 impl ClientStream {
-    fn socket(&self) -> &Stream {
-        match self {
-            ClientStream::Plain(s) => s,
-            ClientStream::Tls(t) => t.get_ref().0,
-        }
-    }
-
-    /// Whether TLS holds input already decrypted (or the client's
-    /// close_notify, or an error a read will report): a read returns at
-    /// once, whatever the socket says.
-    fn decrypted(&mut self) -> bool {
-        match self {
-            ClientStream::Plain(_) => false,
-            ClientStream::Tls(t) => match t.get_mut().1.process_new_packets() {
-                Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
-                Err(_) => true,
-            },
-        }
-    }
-
     /// Whether this connection is TLS.
     pub(crate) fn is_tls(&self) -> bool {
-        matches!(self, ClientStream::Tls(_))
+        matches!(self, MaybeTls::Tls(_))
     }
 
     /// Waits until a read may find something: input TLS already holds, or
@@ -262,61 +231,8 @@ impl ClientStream {
     /// Ends the sending side: over TLS a close_notify first.
     pub(crate) async fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
-            ClientStream::Plain(s) => s.shutdown(Shutdown::Write),
-            ClientStream::Tls(t) => t.close().await,
-        }
-    }
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientStream::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    /// Over TLS, sends what rustls still holds: a write may leave records
-    /// there when the socket's buffer was full.
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_close(cx),
-            ClientStream::Tls(t) => Pin::new(t.as_mut()).poll_close(cx),
+            MaybeTls::Plain(s) => s.shutdown(Shutdown::Write),
+            MaybeTls::Tls(t) => t.close().await,
         }
     }
 }

@@ -8,8 +8,8 @@
 //! certificate is verified against the route's CA file only, never the
 //! system's roots.
 
+use crate::http::maybe_tls::MaybeTls;
 use crate::runtime::net::{Stream, Unread};
-use futures_lite::{AsyncRead, AsyncWrite};
 use futures_rustls::client::TlsStream;
 use futures_rustls::TlsConnector;
 use rustls::client::ResolvesClientCert;
@@ -18,11 +18,9 @@ use rustls::{ClientConfig, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use shared::config::{CertificateConfig, UpstreamTlsConfig};
-use std::io::{self, IoSlice};
-use std::pin::Pin;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 /// Largest CA file read.
 const MAX_PEM_BYTES: u64 = 1024 * 1024;
@@ -125,7 +123,7 @@ impl UpstreamTls {
             None => host_name(key)?,
         };
         let tls = self.connector.connect(name, stream).await?;
-        Ok(UpstreamStream::Tls(Box::new(tls)))
+        Ok(MaybeTls::Tls(Box::new(tls)))
     }
 }
 
@@ -172,38 +170,9 @@ pub(crate) fn refused_by_alert(e: &io::Error) -> bool {
 }
 
 /// A connection to an instance: the socket as it is, or TLS over it.
-#[derive(Debug)]
-pub(crate) enum UpstreamStream {
-    Plain(Stream),
-    Tls(Box<TlsStream<Stream>>),
-}
-
-impl From<Stream> for UpstreamStream {
-    fn from(stream: Stream) -> Self {
-        UpstreamStream::Plain(stream)
-    }
-}
+pub(crate) type UpstreamStream = MaybeTls<TlsStream<Stream>>;
 
 impl UpstreamStream {
-    fn socket(&self) -> &Stream {
-        match self {
-            UpstreamStream::Plain(s) => s,
-            UpstreamStream::Tls(t) => t.get_ref().0,
-        }
-    }
-
-    /// Whether TLS holds input already decrypted (or the instance's
-    /// close_notify, or an error a read will report).
-    fn decrypted(&mut self) -> bool {
-        match self {
-            UpstreamStream::Plain(_) => false,
-            UpstreamStream::Tls(t) => match t.get_mut().1.process_new_packets() {
-                Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
-                Err(_) => true,
-            },
-        }
-    }
-
     /// Whether a read is worth trying now (no waiting, no system call).
     pub(crate) fn is_readable_now(&mut self) -> bool {
         self.decrypted() || self.socket().is_readable_now()
@@ -216,8 +185,8 @@ impl UpstreamStream {
     /// is dropped without blaming the instance.
     pub(crate) fn unread(&mut self) -> Unread {
         match self {
-            UpstreamStream::Plain(s) => s.unread(),
-            UpstreamStream::Tls(t) => {
+            MaybeTls::Plain(s) => s.unread(),
+            MaybeTls::Tls(t) => {
                 let (socket, tls) = t.get_mut();
                 match tls.process_new_packets() {
                     Ok(state) if state.plaintext_bytes_to_read() > 0 => return Unread::Bytes,
@@ -229,58 +198,6 @@ impl UpstreamStream {
                     Unread::Closed | Unread::Bytes => Unread::Closed,
                 }
             }
-        }
-    }
-}
-
-impl AsyncRead for UpstreamStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamStream::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamStream::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamStream::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    /// Over TLS, sends what rustls still holds.
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamStream::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_close(cx),
-            UpstreamStream::Tls(t) => Pin::new(t.as_mut()).poll_close(cx),
         }
     }
 }

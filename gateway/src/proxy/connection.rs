@@ -100,7 +100,7 @@ pub(crate) async fn serve_connection(
 ) {
     let deadline = ctx.watchdog.deadline();
     let stream = match tls {
-        None => ClientStream::Plain(stream),
+        None => ClientStream::from(stream),
         Some(tls) => {
             let now = ctx.live.current();
             let config = now.as_ref().map_or(&ctx.config, |c| &c.config);
