@@ -138,6 +138,17 @@ pub fn init_runtime() {
     async_global_executor::init_with_config(config);
 }
 
+/// Reads and checks the files `config` names (the TLS port's certificates
+/// and keys, each route's `upstream_tls` CA and client certificate) as a
+/// start would, binding and contacting nothing: `--check-config` calls it.
+pub fn check_files(config: &GatewayConfig) -> Result<(), String> {
+    if let Some(t) = &config.tls {
+        http::tls::Certificates::load(t)?;
+    }
+    http::upstream_tls::load_all(&config.routes)?;
+    Ok(())
+}
+
 /// Starts the gateway on `config.listen` and its admin port on `config.admin_listen`.
 pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     config

@@ -319,3 +319,34 @@ fn an_invalid_value_is_named_and_exits_two() {
     assert_eq!(code, Some(2), "{text}");
     assert_eq!(text.matches("namespace must be").count(), 1, "{text}");
 }
+
+#[test]
+fn the_gateway_check_reads_the_tls_files_the_config_names() {
+    let absent =
+        std::env::temp_dir().join(format!("check-config-{}-absent.pem", std::process::id()));
+    let absent = absent.to_str().unwrap();
+    let tls = File::new(
+        "gateway-tls",
+        &format!(
+            r#"{{"tls": {{"listen": "127.0.0.1:0", "cert": "{absent}", "key": "{absent}"}}}}"#
+        ),
+    );
+    let run = refused(
+        "gateway",
+        &["--config", tls.path(), "--check-config"],
+        "tls: cannot read certificate",
+    );
+    assert!(run.stderr.contains(absent), "{run}");
+    let upstream = File::new(
+        "gateway-upstream-tls",
+        &format!(
+            r#"{{"routes": [{{"prefix": "/", "namespace": "a", "upstream_tls": {{"ca": "{absent}"}}}}]}}"#
+        ),
+    );
+    let run = refused(
+        "gateway",
+        &["--config", upstream.path(), "--check-config"],
+        "upstream_tls: cannot read CA file",
+    );
+    assert!(run.stderr.contains(absent), "{run}");
+}
