@@ -217,6 +217,26 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Writes `HTTP/1.1 NNN reason\r\n` for an instance's answer `head`: its
+/// own reason phrase, or the standard one when it sent none.
+pub(crate) fn status_line(out: &mut Vec<u8>, raw: &[u8], head: &ResponseHead) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&status_digits(head.status));
+    out.push(b' ');
+    match &raw[head.reason.clone()] {
+        b"" => out.extend_from_slice(shared::http1::reason(head.status).as_bytes()),
+        reason => out.extend_from_slice(reason),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `status` (100..=999: the parser takes three digits, none below 100) as
+/// its three ASCII digits.
+fn status_digits(status: u16) -> [u8; 3] {
+    let digit = |n: u16| b'0' + (n % 10) as u8;
+    [digit(status / 100), digit(status / 10), digit(status)]
+}
+
 /// Writes the client's response head into `out`; says how the body follows
 /// and whether the client connection stays open after it.
 pub(crate) fn client_response_head(
@@ -232,12 +252,7 @@ pub(crate) fn client_response_head(
         head_request,
     } = to;
     out.clear();
-    let _ = write!(out, "HTTP/1.1 {} ", head.status);
-    match &raw[head.reason.clone()] {
-        b"" => out.extend_from_slice(shared::http1::reason(head.status).as_bytes()),
-        reason => out.extend_from_slice(reason),
-    }
-    out.extend_from_slice(b"\r\n");
+    status_line(out, raw, head);
     for h in &head.headers {
         let name = &raw[h.name.clone()];
         let keep_length = head_request && name.eq_ignore_ascii_case(b"content-length");

@@ -45,37 +45,22 @@ pub(crate) async fn serve(
     session: &mut Session,
 ) -> Reply {
     let counts = &now.metrics.idempotency;
-    match key::read(ex.request, rule.prefix, rule.config) {
-        KeyRead::Pass => failover::serve_request(now, balancer, ex, session).await,
-        KeyRead::Missing => {
-            counts.count(rule.prefix, Event::Missing);
-            let why = "this route requires an Idempotency-Key header on this method: send a unique key (a UUID, say) and the same key again when retrying";
-            refuse(
-                now,
-                ex,
-                session,
-                (400, "idempotency_key_missing", why),
-                None,
-            )
-            .await
-        }
-        KeyRead::Invalid(why) => {
-            counts.count(rule.prefix, Event::Invalid);
-            refuse(
-                now,
-                ex,
-                session,
-                (400, "idempotency_key_invalid", why),
-                None,
-            )
-            .await
-        }
+    let (event, code, why) = match key::read(ex.request, rule.prefix, rule.config) {
+        KeyRead::Pass => return failover::serve_request(now, balancer, ex, session).await,
         KeyRead::Keyed(keyed) => {
             counts.count(rule.prefix, Event::Keyed);
             // Not boxed again: the connection boxes this whole future.
-            serve_keyed(now, rule, balancer, ex, session, &keyed).await
+            return serve_keyed(now, rule, balancer, ex, session, &keyed).await;
         }
-    }
+        KeyRead::Missing => (
+            Event::Missing,
+            "idempotency_key_missing",
+            "this route requires an Idempotency-Key header on this method: send a unique key (a UUID, say) and the same key again when retrying",
+        ),
+        KeyRead::Invalid(why) => (Event::Invalid, "idempotency_key_invalid", why),
+    };
+    counts.count(rule.prefix, event);
+    refuse(now, ex, session, (400, code, why), None).await
 }
 
 /// Claims the key, then runs the request or answers from the record.

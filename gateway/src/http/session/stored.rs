@@ -8,7 +8,7 @@
 //! keep-alive) by content length, with `idempotent-replayed: true`.
 
 use super::Session;
-use crate::http::codec::AnswerTo;
+use crate::http::codec::{self, AnswerTo};
 use serde::{Deserialize, Serialize};
 use shared::http1::{is_hop_by_hop, Framing, ResponseHead};
 use std::io::Write as _;
@@ -134,15 +134,7 @@ impl Tap {
         let out = &mut self.bytes;
         out.clear();
         out.reserve(head.len + body);
-        // The status is three digits (the parser takes no other).
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(&status_digits(head.status));
-        out.push(b' ');
-        match &raw[head.reason.clone()] {
-            b"" => out.extend_from_slice(shared::http1::reason(head.status).as_bytes()),
-            reason => out.extend_from_slice(reason),
-        }
-        out.extend_from_slice(b"\r\n");
+        codec::status_line(out, raw, head);
         for h in &head.headers {
             let name = &raw[h.name.clone()];
             if is_hop_by_hop(name)
@@ -194,12 +186,6 @@ impl Tap {
             over_limit,
         }
     }
-}
-
-/// `status` (100..=999) as its three ASCII digits.
-fn status_digits(status: u16) -> [u8; 3] {
-    let digit = |n: u16| b'0' + (n % 10) as u8;
-    [digit(status / 100), digit(status / 10), digit(status)]
 }
 
 /// The header that marks a replayed answer.
