@@ -143,7 +143,7 @@ pub fn init_runtime() {
 /// start would, binding and contacting nothing: `--check-config` calls it.
 pub fn check_files(config: &GatewayConfig) -> Result<(), String> {
     if let Some(t) = &config.tls {
-        http::tls::Certificates::load(t)?;
+        http::tls::load_certificates(t)?;
     }
     http::upstream_tls::load_all(&config.routes)?;
     Ok(())
@@ -159,7 +159,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         None => None,
         Some(t) => {
             let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-            let certificates = http::tls::Certificates::load(t).map_err(invalid)?;
+            let certificates = http::tls::load_certificates(t).map_err(invalid)?;
             Some(Arc::new(
                 http::tls::Tls::new(certificates).map_err(invalid)?,
             ))

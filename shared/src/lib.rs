@@ -19,4 +19,5 @@ pub mod runstate;
 pub mod serve;
 pub mod shutdown;
 pub mod sse;
+pub mod tls;
 pub mod wire;

@@ -60,7 +60,7 @@ pub async fn apply(ctx: &Context, next: Result<GatewayConfig, String>) -> Result
     };
     let kept = keep_restart_only(&old.config, &mut next);
     let certificates = match (&old.tls, &next.tls) {
-        (Some(_), Some(tls)) => match crate::http::tls::Certificates::load(tls) {
+        (Some(_), Some(tls)) => match crate::http::tls::load_certificates(tls) {
             Ok(certificates) => Some(certificates),
             Err(why) => {
                 old.metrics.reload("error");

@@ -12,18 +12,11 @@ use crate::http::maybe_tls::MaybeTls;
 use crate::runtime::net::{Stream, Unread};
 use futures_rustls::client::TlsStream;
 use futures_rustls::TlsConnector;
-use rustls::client::ResolvesClientCert;
-use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use shared::config::{CertificateConfig, UpstreamTlsConfig};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-/// Largest CA file read.
-const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
 /// Numbers each loaded setting, so a pooled connection made under older
 /// settings (before a reload) is told apart.
@@ -47,59 +40,19 @@ impl std::fmt::Debug for UpstreamTls {
     }
 }
 
-/// The client certificate, whenever an instance asks for one.
-#[derive(Debug)]
-struct ClientCert(Arc<CertifiedKey>);
-
-impl ResolvesClientCert for ClientCert {
-    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
 impl UpstreamTls {
-    /// Reads and checks the files `config` names: the CA file must hold at
-    /// least one certificate, a client certificate must be valid and match
-    /// its key. The error names the file.
+    /// Reads and checks the files `config` names (see
+    /// [`shared::tls::client_config`]). The error names the file.
     pub(crate) fn load(config: &UpstreamTlsConfig) -> Result<UpstreamTls, String> {
-        let ca = &config.ca;
-        let pem = shared::config::read_regular(std::path::Path::new(ca), MAX_PEM_BYTES)
-            .map_err(|why| format!("upstream_tls: cannot read CA file {ca}: {why}"))?;
-        let mut roots = RootCertStore::empty();
-        for der in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            let der = der.map_err(|e| format!("upstream_tls: CA file {ca} is not PEM: {e}"))?;
-            roots.add(der).map_err(|e| {
-                format!("upstream_tls: CA file {ca} holds a certificate that cannot be used: {e}")
-            })?;
-        }
-        if roots.is_empty() {
-            return Err(format!(
-                "upstream_tls: CA file {ca} holds no CERTIFICATE block"
-            ));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| format!("upstream_tls: {e}"))?
-            .with_root_certificates(roots);
-        let mut client = match (&config.cert, &config.key) {
-            (Some(cert), Some(key)) => {
-                let pair = CertificateConfig {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                };
-                let certified =
-                    super::tls::load_pair(&pair, &provider, std::time::SystemTime::now())
-                        .map_err(|e| format!("upstream_tls: {}", e.trim_start_matches("tls: ")))?;
-                builder.with_client_cert_resolver(Arc::new(ClientCert(Arc::new(certified))))
-            }
-            _ => builder.with_no_client_auth(),
+        let cert = match (&config.cert, &config.key) {
+            (Some(cert), Some(key)) => Some(CertificateConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
         };
-        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let client = shared::tls::client_config(&config.ca, cert.as_ref())
+            .map_err(|e| format!("upstream_tls: {e}"))?;
         let server_name = match &config.server_name {
             None => None,
             Some(name) => Some(ServerName::try_from(name.clone()).map_err(|e| {
