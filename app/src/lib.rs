@@ -152,6 +152,7 @@ pub async fn spawn(config: AppConfig) -> std::io::Result<Handle> {
         Options {
             limits: admin::limits(),
             panics: panics.clone(),
+            tls: None,
         },
     )?;
     let served = shared::serve::serve_with(
@@ -160,6 +161,7 @@ pub async fn spawn(config: AppConfig) -> std::io::Result<Handle> {
         Options {
             limits,
             panics: panics.clone(),
+            tls: None,
         },
     )?;
     log::info!(addr:% = served.addr(), served_by = &*served_by, chaos = config.chaos;

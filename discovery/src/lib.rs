@@ -209,6 +209,7 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         Options {
             limits,
             panics: panics.clone(),
+            tls: None,
         },
     )?;
     let checker = {

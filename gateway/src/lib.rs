@@ -267,6 +267,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         shared::serve::Options {
             limits: shared::serve::Limits::default(),
             panics: ctx.panics.clone(),
+            tls: None,
         },
     )?;
     let connections = Tracker::default();
