@@ -25,5 +25,7 @@ mod metrics;
 mod register;
 #[path = "acceptance/store_records.rs"]
 mod store_records;
+#[path = "acceptance/tls.rs"]
+mod tls;
 #[path = "acceptance/watch.rs"]
 mod watch;
