@@ -121,6 +121,13 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 /// it grow to, and its stream stops producing at once.
 const SEND_BUFFER: usize = 64 * 1024;
 
+/// Reads and checks the files `config` names (each `upstream_tls` CA and
+/// client certificate) as a start would, binding and contacting nothing:
+/// `--check-config` calls it.
+pub fn check_files(config: &DiscoveryConfig) -> Result<(), String> {
+    probe::load_all(&config.upstream_tls).map(drop)
+}
+
 /// Starts discovery on `config.listen` (port 0 picks a free port).
 ///
 /// Client connections and health checks share the descriptor limit as
@@ -129,6 +136,8 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
     config.validate().map_err(|e| invalid(e.to_string()))?;
     let allowed = Arc::new(AllowedHosts::parse(&config.allowed_hosts).map_err(invalid)?);
+    // The TLS files first: a missing or bad one stops the start, naming it.
+    let tls = Arc::new(probe::load_all(&config.upstream_tls).map_err(invalid)?);
     let config = Arc::new(config);
     let budget = budget::plan(config.max_connections, config.max_concurrent_checks);
     // Warming from now: the registry starts empty (memory) until the apps re-register.
@@ -169,6 +178,7 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         slots: Arc::new(async_lock::Semaphore::new(budget.checks)),
         panics: panics.clone(),
         not_made: Arc::new(health::Throttle::new(health::NOT_MADE_LOG_EVERY)),
+        tls,
     };
     let stop = Trigger::new();
     {

@@ -5,7 +5,7 @@
 //! file's `registration_token`: a secret is better kept out of files.
 
 use clap::Parser;
-use shared::cli::{set, Common};
+use shared::cli::{set, Check, Common};
 use std::process::ExitCode;
 
 /// Service registry with health checks, round-robin lookup and a watch stream.
@@ -29,6 +29,12 @@ fn main() -> ExitCode {
     if let Some(token) = std::env::var_os("DISCOVERY_REGISTRATION_TOKEN") {
         if !token.is_empty() {
             config.registration_token = Some(token.to_string_lossy().into_owned());
+        }
+    }
+    // The files the config names, read as a start would read them.
+    if flags.common.check_config && config.check().is_ok() {
+        if let Err(why) = discovery::check_files(&config) {
+            return shared::cli::fail(&format!("invalid configuration: {why}"));
         }
     }
     if let Some(code) = flags.common.check(&config) {

@@ -4,11 +4,23 @@
 //! [`MAX_HEAD`]), never the body, so an instance cannot make a check read or
 //! hold more than that. Connects to resolved addresses only: no URL is ever
 //! built from what a registrant sent.
+//!
+//! For a namespace in `upstream_tls` ([`Tls`]) the exchange runs over TLS
+//! (rustls through futures-rustls): the instance's certificate must chain to
+//! the namespace's CA and cover `server_name`, else the registered host.
+//! A handshake that fails, or an instance that refuses ours, is an unhealthy
+//! check saying why.
 
 use async_std::net::TcpStream;
+use futures_lite::{AsyncRead, AsyncWrite};
+use futures_rustls::TlsConnector;
+use rustls_pki_types::ServerName;
+use shared::config::{CertificateConfig, UpstreamTlsConfig};
 use shared::http1::client::Connection;
 use shared::local_trouble::is_local_trouble;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// Largest response head a check reads.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -34,13 +46,82 @@ pub fn request(authority: &str, path: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// One namespace's TLS settings for its checks, files read and checked.
+pub struct Tls {
+    connector: TlsConnector,
+    /// Sent as SNI and verified instead of the registered host.
+    server_name: Option<ServerName<'static>>,
+}
+
+impl Tls {
+    /// Reads and checks the files `config` names (see
+    /// [`shared::tls::client_config`]); the error names the file.
+    pub fn load(config: &UpstreamTlsConfig) -> Result<Tls, String> {
+        let cert = match (&config.cert, &config.key) {
+            (Some(cert), Some(key)) => Some(CertificateConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        let client = shared::tls::client_config(&config.ca, cert.as_ref())?;
+        let server_name = match &config.server_name {
+            None => None,
+            Some(name) => Some(ServerName::try_from(name.clone()).map_err(|e| {
+                format!("server_name {name:?} is not a DNS name or IP address: {e}")
+            })?),
+        };
+        Ok(Tls {
+            connector: TlsConnector::from(Arc::new(client)),
+            server_name,
+        })
+    }
+}
+
+/// The name sent and verified for an instance registered as `host`:
+/// `server_name` if set, else the host (an IP address is verified as an IP
+/// address SAN).
+fn name_for(
+    server_name: Option<&ServerName<'static>>,
+    host: &str,
+) -> Result<ServerName<'static>, String> {
+    if let Some(name) = server_name {
+        return Ok(name.clone());
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).map_err(|e| {
+        format!("TLS: the registered host {host:?} is not a name to verify ({e}); set server_name")
+    })
+}
+
+/// Every namespace's settings in `upstream_tls`, files read and checked;
+/// the error names the namespace and the file.
+pub fn load_all(
+    config: &BTreeMap<String, UpstreamTlsConfig>,
+) -> Result<HashMap<String, Tls>, String> {
+    config
+        .iter()
+        .map(|(namespace, tls)| {
+            Tls::load(tls)
+                .map(|loaded| (namespace.clone(), loaded))
+                .map_err(|e| format!("upstream_tls[{namespace:?}]: {e}"))
+        })
+        .collect()
+}
+
 /// Tries the addresses in order until one accepts, then makes the exchange
-/// there. The caller bounds the whole of it with `timeout_threshold`.
-pub async fn probe(addrs: &[SocketAddr], request: &[u8]) -> Probe {
+/// there, over TLS when `tls` says so (with the instance's registered
+/// host). The caller bounds the whole of it with `timeout_threshold`.
+pub async fn probe(addrs: &[SocketAddr], request: &[u8], tls: Option<(&Tls, &str)>) -> Probe {
     let mut refused = Vec::new();
     for addr in addrs {
         match TcpStream::connect(addr).await {
-            Ok(stream) => return exchange(stream, request).await,
+            Ok(stream) => {
+                return match tls {
+                    None => exchange(Connection::from_stream(stream), request).await,
+                    Some((tls, host)) => over_tls(stream, tls, host, request).await,
+                }
+            }
             Err(e) if is_local_trouble(&e) => {
                 return Probe::NotMade(format!("cannot open a connection to {addr}: {e}"))
             }
@@ -50,14 +131,64 @@ pub async fn probe(addrs: &[SocketAddr], request: &[u8]) -> Probe {
     Probe::Unhealthy(format!("cannot connect: {}", refused.join("; ")))
 }
 
-async fn exchange(stream: TcpStream, request: &[u8]) -> Probe {
-    let mut conn = Connection::from_stream(stream);
+/// The client side of the handshake, then the exchange over it.
+async fn over_tls(stream: TcpStream, tls: &Tls, host: &str, request: &[u8]) -> Probe {
+    let name = match name_for(tls.server_name.as_ref(), host) {
+        Ok(name) => name,
+        Err(why) => return Probe::Unhealthy(why),
+    };
+    let _ = stream.set_nodelay(true);
+    match tls.connector.connect(name, stream).await {
+        Ok(stream) => exchange(Connection::over(stream), request).await,
+        Err(e) if is_local_trouble(&e) => {
+            Probe::NotMade(format!("cannot make the TLS handshake: {e}"))
+        }
+        Err(e) => Probe::Unhealthy(format!("TLS handshake failed: {}", tls_error(&e))),
+    }
+}
+
+/// What rustls said, and a hint when it is what a plain-HTTP server answers.
+fn tls_error(e: &std::io::Error) -> String {
+    let plain = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            )
+        });
+    if plain {
+        format!("{e} (is the instance speaking plain HTTP?)")
+    } else {
+        e.to_string()
+    }
+}
+
+/// Whether `e` is the instance refusing the TLS connection by an alert: with
+/// TLS 1.3 it checks the client's certificate after our side of the
+/// handshake is over, so its refusal arrives on the first read.
+fn refused_by_alert(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)))
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: Connection<S>,
+    request: &[u8],
+) -> Probe {
+    let refused = |e: &std::io::Error| format!("the instance refused the TLS connection: {e}");
     if let Err(e) = conn.send(request).await {
+        if refused_by_alert(&e) {
+            return Probe::Unhealthy(refused(&e));
+        }
         return Probe::Unhealthy(format!("cannot send the check: {e}"));
     }
     match conn.read_status(MAX_HEAD).await {
         Ok((200, _)) => Probe::Healthy,
         Ok((status, minor)) => Probe::Unhealthy(format!("answered HTTP/1.{minor} {status}")),
+        Err(e) if refused_by_alert(&e) => Probe::Unhealthy(refused(&e)),
         Err(e) => Probe::Unhealthy(format!("no valid HTTP/1 answer: {e}")),
     }
 }
@@ -107,7 +238,7 @@ mod tests {
             ),
         ] {
             let (addr, task) = server(answer).await;
-            let got = probe(&[addr], &request("app.local:80", "/health_check")).await;
+            let got = probe(&[addr], &request("app.local:80", "/health_check"), None).await;
             assert_eq!(got, want, "{}", String::from_utf8_lossy(answer));
             let sent = String::from_utf8(task.await).unwrap();
             assert!(
@@ -119,16 +250,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_name_verified_is_server_name_else_the_registered_host_an_ip_as_an_ip() {
+        let ip = |n: &ServerName| matches!(n, ServerName::IpAddress(_));
+        assert!(ip(&name_for(None, "127.0.0.1").unwrap()));
+        assert!(ip(&name_for(None, "::1").unwrap()));
+        assert!(ip(&name_for(None, "[::1]").unwrap()));
+        assert_eq!(
+            name_for(None, "app.test").unwrap(),
+            ServerName::try_from("app.test").unwrap()
+        );
+        let set = ServerName::try_from("payments.internal").unwrap();
+        assert_eq!(name_for(Some(&set), "127.0.0.1").unwrap(), set);
+        let err = name_for(None, "not a name").unwrap_err();
+        assert!(err.contains("set server_name"), "{err}");
+    }
+
     #[async_std::test]
     async fn garbage_and_silence_are_unhealthy() {
         let (addr, _task) = server(b"SSH-2.0-OpenSSH\r\n\r\n").await;
         assert!(matches!(
-            probe(&[addr], &request("a:1", "/")).await,
+            probe(&[addr], &request("a:1", "/"), None).await,
             Probe::Unhealthy(_)
         ));
         let (addr, _task) = server(b"").await;
         assert!(matches!(
-            probe(&[addr], &request("a:1", "/")).await,
+            probe(&[addr], &request("a:1", "/"), None).await,
             Probe::Unhealthy(_)
         ));
         let closed = TcpListener::bind("127.0.0.1:0")
@@ -136,7 +283,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let got = probe(&[closed], &request("a:1", "/")).await;
+        let got = probe(&[closed], &request("a:1", "/"), None).await;
         assert!(
             matches!(got, Probe::Unhealthy(ref m) if m.starts_with("cannot connect")),
             "{got:?}"

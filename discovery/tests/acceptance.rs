@@ -25,5 +25,7 @@ mod metrics;
 mod register;
 #[path = "acceptance/store_records.rs"]
 mod store_records;
+#[path = "acceptance/upstream_tls.rs"]
+mod upstream_tls;
 #[path = "acceptance/watch.rs"]
 mod watch;
