@@ -14,13 +14,12 @@
 use async_std::net::TcpStream;
 use futures_lite::{AsyncRead, AsyncWrite};
 use futures_rustls::TlsConnector;
-use rustls_pki_types::ServerName;
-use shared::config::{CertificateConfig, UpstreamTlsConfig};
+use shared::config::UpstreamTlsConfig;
 use shared::http1::client::Connection;
 use shared::local_trouble::is_local_trouble;
+use shared::tls::Upstream;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 /// Largest response head a check reads.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -49,49 +48,19 @@ pub fn request(authority: &str, path: &str) -> Vec<u8> {
 /// One namespace's TLS settings for its checks, files read and checked.
 pub struct Tls {
     connector: TlsConnector,
-    /// Sent as SNI and verified instead of the registered host.
-    server_name: Option<ServerName<'static>>,
+    upstream: Upstream,
 }
 
 impl Tls {
     /// Reads and checks the files `config` names (see
-    /// [`shared::tls::client_config`]); the error names the file.
+    /// [`shared::tls::Upstream::load`]); the error names the file.
     pub fn load(config: &UpstreamTlsConfig) -> Result<Tls, String> {
-        let cert = match (&config.cert, &config.key) {
-            (Some(cert), Some(key)) => Some(CertificateConfig {
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
-            _ => None,
-        };
-        let client = shared::tls::client_config(&config.ca, cert.as_ref())?;
-        let server_name = match &config.server_name {
-            None => None,
-            Some(name) => Some(ServerName::try_from(name.clone()).map_err(|e| {
-                format!("server_name {name:?} is not a DNS name or IP address: {e}")
-            })?),
-        };
+        let upstream = Upstream::load(config)?;
         Ok(Tls {
-            connector: TlsConnector::from(Arc::new(client)),
-            server_name,
+            connector: TlsConnector::from(upstream.config.clone()),
+            upstream,
         })
     }
-}
-
-/// The name sent and verified for an instance registered as `host`:
-/// `server_name` if set, else the host (an IP address is verified as an IP
-/// address SAN).
-fn name_for(
-    server_name: Option<&ServerName<'static>>,
-    host: &str,
-) -> Result<ServerName<'static>, String> {
-    if let Some(name) = server_name {
-        return Ok(name.clone());
-    }
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(host.to_string()).map_err(|e| {
-        format!("TLS: the registered host {host:?} is not a name to verify ({e}); set server_name")
-    })
 }
 
 /// Every namespace's settings in `upstream_tls`, files read and checked;
@@ -133,7 +102,7 @@ pub async fn probe(addrs: &[SocketAddr], request: &[u8], tls: Option<(&Tls, &str
 
 /// The client side of the handshake, then the exchange over it.
 async fn over_tls(stream: TcpStream, tls: &Tls, host: &str, request: &[u8]) -> Probe {
-    let name = match name_for(tls.server_name.as_ref(), host) {
+    let name = match tls.upstream.name_for(host) {
         Ok(name) => name,
         Err(why) => return Probe::Unhealthy(why),
     };
@@ -248,22 +217,6 @@ mod tests {
                 "{sent}"
             );
         }
-    }
-
-    #[test]
-    fn the_name_verified_is_server_name_else_the_registered_host_an_ip_as_an_ip() {
-        let ip = |n: &ServerName| matches!(n, ServerName::IpAddress(_));
-        assert!(ip(&name_for(None, "127.0.0.1").unwrap()));
-        assert!(ip(&name_for(None, "::1").unwrap()));
-        assert!(ip(&name_for(None, "[::1]").unwrap()));
-        assert_eq!(
-            name_for(None, "app.test").unwrap(),
-            ServerName::try_from("app.test").unwrap()
-        );
-        let set = ServerName::try_from("payments.internal").unwrap();
-        assert_eq!(name_for(Some(&set), "127.0.0.1").unwrap(), set);
-        let err = name_for(None, "not a name").unwrap_err();
-        assert!(err.contains("set server_name"), "{err}");
     }
 
     #[async_std::test]
