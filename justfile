@@ -7,7 +7,7 @@ default:
 build:
     cargo build --release --workspace --bins
 
-# Build in release and run everything: discovery :8500, apps :8080-8082, gateway :8000 (console and admin :8001). Ctrl-C stops it all. Arguments pass on, e.g. `just up --apps 5 --gateway-port 9000`, or `just up --free-ports` for any free ports (`just up --help`).
+# Build in release and run everything: discovery :8500, apps :8080-8082, gateway :8000 (console and admin :8001). Ctrl-C stops it all. Arguments pass on, e.g. `just up --apps 5 --gateway-port 9000`, or `just up --free-ports` for any free ports, or `just up --tls` for HTTPS with a local CA (`just up --help`).
 up *ARGS: build
     target/release/up {{ARGS}}
 

@@ -9,20 +9,28 @@
 #   handshakes   the same with `Connection: close`: every request on a new connection, so
 #                each is a full handshake (wrk does not resume sessions): handshakes per
 #                second and CPU per handshake.
-#   memory       N keep-alive TLS clients held open (wrk -cN): the proxy's RSS after them
-#                minus its RSS before, per connection.
+#   memory       N keep-alive TLS clients held open, each served one request
+#                (bench/tls_hold.py): the proxy's RSS with them minus its RSS before, per
+#                connection.
 #
-# Layout "pinned" on a 2-core machine: each proxy has core 0 and one worker (nginx
-# worker_processes 1, HAProxy nbthread 1, gateway worker_threads 1); wrk and the upstreams
-# share core 1. CPU per request is the figure a busy machine disturbs least.
+# Every proxy has core 0 and one worker (nginx worker_processes 1, HAProxy nbthread 1,
+# gateway worker_threads 1); wrk and the upstreams share core 1. Two layouts, interleaved:
+#
+#   open     the proxy may use all of core 0. On 2 cores this is bound by core 1 (wrk's own
+#            TLS and the upstream), so the three come out close whatever they cost.
+#   capped   the proxy's process gets the same CPU share, TLS_CPU_SHARE of one core (0.5),
+#            by a CFS quota (a cgroup, v1 or v2): the proxy, not wrk, bounds the rate, and
+#            req/s is what each makes of the same CPU. This is the throughput comparison.
+#
+# CPU per request is the figure a busy machine disturbs least.
 #
 #   cargo build --profile perf -p gateway -p discovery
 #   bash bench/tls.sh [BIN_DIR]       (default target/perf; results: bench/results-tls.md)
 #
 # Settings (environment): TLS_ROUNDS (3), TLS_SECONDS per run (5), TLS_CONNECTIONS (64),
-# TLS_CLIENTS for the memory part (9000; 0 skips it: with a hard limit of 20,000 descriptors a
-# process, as on this machine, 9,000 clients leave each proxy room for its upstream side and
-# HAProxy's maxconn 9500), TLS_OUT (bench/results-tls.md).
+# TLS_CLIENTS for the memory part (10000, HAProxy at most 9,800: its maxconn reserves two
+# descriptors a connection and this machine allows 20,000 a process; 0 skips it), TLS_CPU_SHARE (0.5), TLS_OUT
+# (bench/results-tls.md). Needs python3 (the memory part) and a writable cpu cgroup (root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -30,7 +38,8 @@ BIN=${1:-target/perf}
 ROUNDS=${TLS_ROUNDS:-3}
 SECS=${TLS_SECONDS:-5}
 CONNS=${TLS_CONNECTIONS:-64}
-CLIENTS=${TLS_CLIENTS:-9000}
+CLIENTS=${TLS_CLIENTS:-10000}
+SHARE=${TLS_CPU_SHARE:-0.5}
 OUT=${TLS_OUT:-$ROOT/bench/results-tls.md}
 TMP=$ROOT/bench/tmp/tls
 UP1=19581 UP2=19582 UP3=19583 DISCOVERY=19780 GW=19743 GWA=19744 GWP=19745 NGINX=19746 HAPROXY=19747
@@ -38,7 +47,7 @@ TICKS=$(getconf CLK_TCK)
 for b in gateway discovery; do
   [ -x "$BIN/$b" ] || { echo "$BIN/$b is missing: cargo build --profile perf -p gateway -p discovery" >&2; exit 1; }
 done
-for tool in wrk nginx haproxy openssl curl taskset; do
+for tool in wrk nginx haproxy openssl curl taskset python3; do
   command -v $tool >/dev/null || { echo "$tool is not installed (Debian: apt-get install $tool)" >&2; exit 1; }
 done
 
@@ -49,7 +58,9 @@ cleanup() {
     [ -f "$TMP/$f" ] && kill "$(cat "$TMP/$f")" 2>/dev/null || true
   done
   wait 2>/dev/null || true
+  for g in "${GROUPS_MADE[@]}"; do rmdir "$g" 2>/dev/null || true; done
 }
+GROUPS_MADE=()
 trap cleanup EXIT
 wait_for() { for _ in $(seq 1 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "timed out: $*" >&2; exit 1; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -117,7 +128,7 @@ nginx -c "$TMP/nginx.conf"
 
 cat > "$TMP/haproxy.cfg" <<CONF
 global
-  maxconn 9500
+  maxconn 9890
   nbthread 1
   pidfile $TMP/haproxy.pid
   ssl-default-bind-options ssl-min-ver TLSv1.3
@@ -164,6 +175,32 @@ for pid in "${PIDS[@]}" "$(cat "$TMP/upstream.pid")"; do
 done
 for pid in $(pgrep -P "$(cat "$TMP/upstream.pid")"); do taskset -apc 1 "$pid" >/dev/null; done
 
+# A cpu cgroup per proxy, so its CPU can be capped (cgroup v2 if mounted so, else v1).
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  CG=/sys/fs/cgroup
+  echo +cpu > $CG/cgroup.subtree_control 2>/dev/null || true
+else
+  CG=/sys/fs/cgroup/cpu
+fi
+declare -A GROUP
+for p in gateway nginx haproxy; do
+  GROUP[$p]=$CG/bench-tls-$p-$$
+  mkdir "${GROUP[$p]}" || { echo "cannot make a cpu cgroup under $CG (run as root)" >&2; exit 1; }
+  GROUPS_MADE+=("${GROUP[$p]}")
+  echo "${PID[$p]}" > "${GROUP[$p]}/cgroup.procs"
+done
+PERIOD_US=10000
+QUOTA_US=$(awk -v s="$SHARE" -v p=$PERIOD_US 'BEGIN { printf "%d", s * p }')
+cap() { # proxy on|off
+  local g=${GROUP[$1]}
+  if [ -f "$g/cpu.max" ]; then
+    if [ "$2" = on ]; then echo "$QUOTA_US $PERIOD_US" > "$g/cpu.max"; else echo "max $PERIOD_US" > "$g/cpu.max"; fi
+  else
+    echo $PERIOD_US > "$g/cpu.cfs_period_us"
+    if [ "$2" = on ]; then echo "$QUOTA_US" > "$g/cpu.cfs_quota_us"; else echo -1 > "$g/cpu.cfs_quota_us"; fi
+  fi
+}
+
 run() { # proxy kind(keepalive|handshake) -> "requests cpu_us_per_request req_per_s errors"
   local pid=${PID[$1]} t0 t1 out reqs errs header=()
   [ "$2" = handshake ] && header=(-H "Connection: close")
@@ -175,75 +212,96 @@ run() { # proxy kind(keepalive|handshake) -> "requests cpu_us_per_request req_pe
   awk -v r="$reqs" -v t=$((t1 - t0)) -v hz="$TICKS" -v s="$SECS" -v e="${errs:-0}" \
     'BEGIN { printf "%d %.2f %.0f %d\n", r, t / hz * 1e6 / r, r / s, e }'
 }
-for p in gateway nginx haproxy; do for k in keepalive handshake; do run $p $k >/dev/null; : > "$TMP/$p-$k.txt"; done; done
-for r in $(seq 1 "$ROUNDS"); do
+LAYOUTS="open capped"
+for p in gateway nginx haproxy; do
   for k in keepalive handshake; do
-    for p in gateway nginx haproxy; do
-      run $p $k >> "$TMP/$p-$k.txt"
-      echo "round $r $k $p: $(tail -1 "$TMP/$p-$k.txt")" >&2
+    run $p $k >/dev/null
+    for l in $LAYOUTS; do : > "$TMP/$p-$k-$l.txt"; done
+  done
+done
+for r in $(seq 1 "$ROUNDS"); do
+  for l in $LAYOUTS; do
+    for p in gateway nginx haproxy; do cap $p "$([ $l = capped ] && echo on || echo off)"; done
+    for k in keepalive handshake; do
+      for p in gateway nginx haproxy; do
+        run $p $k >> "$TMP/$p-$k-$l.txt"
+        echo "round $r $l $k $p: $(tail -1 "$TMP/$p-$k-$l.txt")" >&2
+      done
     done
   done
 done
+for p in gateway nginx haproxy; do cap $p off; done
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-col() { cut -d' ' -f"$2" "$TMP/$1.txt" | median; }
+col() { cut -d' ' -f"$2" "$TMP/$1.txt" | median; }  # file (proxy-kind-layout) column
 
-memory() { # proxy -> "rss_before_kib rss_during_kib bytes_per_connection"
-  local pid=${PID[$1]} before during
+memory() { # proxy -> "rss_before_kib rss_during_kib bytes_per_connection connections_held"
+  local pid=${PID[$1]} n=$CLIENTS before during ready held
+  # HAProxy reserves two descriptors per maxconn: 9,890 is the most under a limit of 20,000.
+  [ "$1" = haproxy ] && [ "$n" -gt 9800 ] && n=9800
   before=$(rss_kib "$pid")
-  taskset -c 1 wrk -t2 -c"$CLIENTS" -d8s --timeout 10s "https://127.0.0.1:${PORT[$1]}/cheap" > "$TMP/$1-memory.txt" 2>&1 &
-  local w=$!
-  sleep 5
+  coproc HOLD { taskset -c 1 python3 bench/tls_hold.py 127.0.0.1 "${PORT[$1]}" "$TMP/ca.crt" "$n" 2>"$TMP/$1-memory.txt"; }
+  read -r ready held _ <&"${HOLD[0]}"
   during=$(rss_kib "$pid")
-  wait $w || true
-  echo "$before $during $(( (during - before) * 1024 / CLIENTS ))"
+  exec {HOLD[1]}>&-
+  wait "$HOLD_PID" || true
+  [ "$ready" = READY ] || { echo "$1: the clients did not all connect: $(cat "$TMP/$1-memory.txt")" >&2; exit 1; }
+  echo "$before $during $(( (during - before) * 1024 / held )) $held"
 }
 declare -A MEM
 if [ "$CLIENTS" -gt 0 ]; then
   for p in gateway nginx haproxy; do MEM[$p]=$(memory $p); sleep 2; done
 fi
 
+best() { # kind layout -> the better of nginx and HAProxy (higher req/s)
+  local n h; n=$(col nginx-$1-$2 3); h=$(col haproxy-$1-$2 3)
+  awk -v n="$n" -v h="$h" 'BEGIN { print (n > h) ? n : h }'
+}
 {
   echo "# HTTPS: the gateway, nginx and HAProxy ending TLS"
   echo
   echo "Written by \`bash bench/tls.sh $BIN\` on $(date -u +%Y-%m-%d), $(nproc) cores ($(uname -m)),"
   echo "after \`cargo build --profile perf -p gateway -p discovery\`. $(nginx -v 2>&1 | sed 's|nginx version: ||'), $(haproxy -v | head -1 | awk '{ print "HAProxy " $3 }'), $(openssl version | awk '{ print "OpenSSL " $2 }') (nginx, HAProxy and wrk), rustls (the gateway)."
-  echo "Pinned: each proxy on core 0 with one worker, wrk and the cheap nginx upstream on core 1."
+  echo "Each proxy on core 0 with one worker, wrk and the cheap nginx upstream on core 1."
+  echo "**open**: the proxy may use all of core 0 (on 2 cores, core 1 then bounds all three)."
+  echo "**capped**: each proxy's process is held to the same $SHARE of a core (CFS quota ${QUOTA_US} µs per ${PERIOD_US} µs), so the proxy bounds the rate."
   echo "One certificate (ECDSA P-256) for all three; negotiated: $SUITES"
   echo "wrk -t1 -c$CONNS, ${SECS} s runs, $ROUNDS interleaved rounds, GET /cheap (a 11-byte JSON answer)."
   echo "**keep-alive**: one handshake per connection. **handshake**: \`Connection: close\` on every request,"
   echo "so each request is a new TCP connection and a full TLS 1.3 handshake (wrk does not resume sessions)."
   echo "CPU is the proxy process's utime + stime over the run, divided by the requests it served."
-  echo
-  echo "| proxy | keep-alive req/s | keep-alive CPU µs per request | handshakes/s | CPU µs per handshake | errors |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-  for p in gateway nginx haproxy; do
-    echo "| $p | $(col $p-keepalive 3) | $(col $p-keepalive 2) | $(col $p-handshake 3) | $(col $p-handshake 2) | $(( $(col $p-keepalive 4) + $(col $p-handshake 4) )) |"
-  done
-  echo
-  best() { # kind column -> the better of nginx and HAProxy (higher req/s)
-    local n h; n=$(col nginx-$1 3); h=$(col haproxy-$1 3)
-    awk -v n="$n" -v h="$h" 'BEGIN { print (n > h) ? n : h }'
-  }
-  for k in keepalive handshake; do
-    awk -v g="$(col gateway-$k 3)" -v b="$(best $k)" -v k="$k" \
-      'BEGIN { printf "- **%s**: gateway / the better of nginx and HAProxy, req/s: **%.3fx**\n", k, g / b }'
+  for l in $LAYOUTS; do
+    echo
+    echo "### $l"
+    echo
+    echo "| proxy | keep-alive req/s | keep-alive CPU µs per request | handshakes/s | CPU µs per handshake | errors |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    for p in gateway nginx haproxy; do
+      echo "| $p | $(col $p-keepalive-$l 3) | $(col $p-keepalive-$l 2) | $(col $p-handshake-$l 3) | $(col $p-handshake-$l 2) | $(( $(col $p-keepalive-$l 4) + $(col $p-handshake-$l 4) )) |"
+    done
+    echo
+    for k in keepalive handshake; do
+      awk -v g="$(col gateway-$k-$l 3)" -v b="$(best $k $l)" -v k="$k" -v l="$l" \
+        'BEGIN { printf "- **%s, %s**: gateway / the better of nginx and HAProxy, req/s: **%.3fx**\n", k, l, g / b }'
+    done
   done
   if [ "$CLIENTS" -gt 0 ]; then
     echo
-    echo "Memory: $CLIENTS keep-alive TLS clients (wrk -t2 -c$CLIENTS, 8 s), the proxy's RSS before and 5 s in:"
+    echo "Memory: $CLIENTS keep-alive TLS clients held open, each served one GET (bench/tls_hold.py), the proxy's RSS before and with them:"
     echo
-    echo "| proxy | RSS before KiB | RSS with the clients KiB | bytes per TLS connection |"
-    echo "| --- | ---: | ---: | ---: |"
+    echo "| proxy | clients held | RSS before KiB | RSS with the clients KiB | bytes per TLS connection |"
+    echo "| --- | ---: | ---: | ---: | ---: |"
     for p in gateway nginx haproxy; do
-      read -r b d per <<<"${MEM[$p]}"
-      echo "| $p | $b | $d | $per |"
+      read -r b d per held <<<"${MEM[$p]}"
+      echo "| $p | $held | $b | $d | $per |"
     done
   fi
   echo
   echo "Every round (requests, CPU µs per request, req/s, errors):"
   echo
-  for p in gateway nginx haproxy; do
-    for k in keepalive handshake; do echo "- $p $k: $(paste -sd';' "$TMP/$p-$k.txt")"; done
+  for l in $LAYOUTS; do
+    for p in gateway nginx haproxy; do
+      for k in keepalive handshake; do echo "- $l $p $k: $(paste -sd';' "$TMP/$p-$k-$l.txt")"; done
+    done
   done
 } > "$OUT"
 cat "$OUT"

@@ -23,6 +23,7 @@ use futures_lite::FutureExt;
 use shared::config::format_duration;
 use shared::panics::{guard, Panics};
 use shared::shutdown::Trigger;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,8 @@ pub struct Checker {
     pub slots: Arc<Semaphore>,
     pub panics: Panics,
     pub not_made: Arc<Throttle>,
+    /// The namespaces checked over TLS (`upstream_tls`), their files read.
+    pub tls: Arc<HashMap<String, probe::Tls>>,
 }
 
 /// What became of one check.
@@ -197,7 +200,11 @@ impl Checker {
             return failed(format!("not checked: {why}"), "refused");
         }
         let request = probe::request(&target.authority(), &target.path);
-        match probe::probe(&addrs, &request).await {
+        let tls = self
+            .tls
+            .get(&target.namespace)
+            .map(|tls| (tls, target.host.as_str()));
+        match probe::probe(&addrs, &request, tls).await {
             Probe::Healthy => Outcome::Made(
                 CheckResult {
                     latency: started.elapsed(),

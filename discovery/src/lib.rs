@@ -184,13 +184,15 @@ fn peers_tls(config: &DiscoveryConfig) -> Result<Option<Arc<ClientTls>>, String>
 }
 
 /// Reads and checks the files `config` names (the listener's certificates
-/// and keys, its client CA, `discovery_ca`) as a start would, binding and
-/// contacting nothing: `--check-config` calls it.
+/// and keys, its client CA, `discovery_ca`, each `upstream_tls` CA and
+/// client certificate) as a start would, binding and contacting nothing:
+/// `--check-config` calls it.
 pub fn check_files(config: &DiscoveryConfig) -> Result<(), String> {
     if let Some(tls) = &config.tls {
         server_tls(tls)?;
     }
     peers_tls(config)?;
+    probe::load_all(&config.upstream_tls)?;
     Ok(())
 }
 
@@ -210,7 +212,8 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
     config.validate().map_err(|e| invalid(e.to_string()))?;
     let allowed = Arc::new(AllowedHosts::parse(&config.allowed_hosts).map_err(invalid)?);
-    // Certificates first: a bad one stops the start, naming its file.
+    // The TLS files first: a missing or bad one stops the start, naming it.
+    let check_tls = Arc::new(probe::load_all(&config.upstream_tls).map_err(invalid)?);
     let tls = match &config.tls {
         Some(t) => Some((
             Arc::new(server_tls(t).map_err(invalid)?),
@@ -271,6 +274,7 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         slots: Arc::new(async_lock::Semaphore::new(budget.checks)),
         panics: panics.clone(),
         not_made: Arc::new(health::Throttle::new(health::NOT_MADE_LOG_EVERY)),
+        tls: check_tls,
     };
     let stop = Trigger::new();
     {

@@ -9,7 +9,7 @@
 //! file's `registration_token`: a secret is better kept out of files.
 
 use clap::Parser;
-use shared::cli::{set, Common};
+use shared::cli::{set, Check, Common};
 use std::process::ExitCode;
 
 /// Service registry with health checks, round-robin lookup and a watch stream.
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         }
     }
     // The files the config names, read as a start would read them.
-    if flags.common.check_config && shared::cli::Check::check(&config).is_ok() {
+    if flags.common.check_config && config.check().is_ok() {
         if let Err(why) = discovery::check_files(&config) {
             return shared::cli::fail(&format!("invalid configuration: {why}"));
         }

@@ -27,5 +27,7 @@ mod register;
 mod store_records;
 #[path = "acceptance/tls.rs"]
 mod tls;
+#[path = "acceptance/upstream_tls.rs"]
+mod upstream_tls;
 #[path = "acceptance/watch.rs"]
 mod watch;

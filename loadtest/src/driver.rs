@@ -13,7 +13,7 @@
 //! (coordinated omission corrected).
 
 use crate::body::Request;
-use crate::connection::{Answer, Connection};
+use crate::connection::{Answer, Connection, Plain, Stream, Tls, TlsDialer};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::io::ErrorKind;
@@ -33,6 +33,8 @@ const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
 #[derive(Debug)]
 pub struct Plan {
     pub addr: SocketAddr,
+    /// TLS to the target (an `https://` URL); `None` for plain HTTP.
+    pub tls: Option<TlsDialer>,
     /// `Host` header.
     pub host: String,
     /// Request target.
@@ -177,6 +179,10 @@ pub struct Tally {
     /// µs since start of every failed request (up to a cap).
     pub failure_times: Vec<u64>,
     pub samples: Vec<(u64, String)>,
+    /// Connections opened (over TLS: full handshakes made).
+    pub opened: u64,
+    /// Over TLS: the version and cipher suite of the first connection.
+    pub tls_params: Option<String>,
 }
 
 impl Default for Tally {
@@ -197,6 +203,8 @@ impl Default for Tally {
             served_by: Vec::new(),
             failure_times: Vec::new(),
             samples: Vec::new(),
+            opened: 0,
+            tls_params: None,
         }
     }
 }
@@ -223,6 +231,10 @@ impl Tally {
         }
         self.failure_times.extend_from_slice(&other.failure_times);
         self.samples.extend(other.samples.iter().cloned());
+        self.opened += other.opened;
+        if self.tls_params.is_none() {
+            self.tls_params.clone_from(&other.tls_params);
+        }
     }
 
     fn fail(&mut self, live: &Live, at_us: u64, what: impl FnOnce() -> String) {
@@ -326,7 +338,11 @@ pub async fn drive(plan: Arc<Plan>, board: Arc<Board>, drain: Duration) -> Vec<T
                 index: i,
                 sink: sink.clone(),
             };
-            async_std::task::spawn(connection(outbox))
+            // Plain or TLS, chosen here once for the connection's whole life.
+            match &plan.tls {
+                None => async_std::task::spawn(connection::<Plain>(outbox, ())),
+                Some(tls) => async_std::task::spawn(connection::<Tls>(outbox, tls.clone())),
+            }
         })
         .collect();
     let deadline = plan.end + drain;
@@ -348,14 +364,15 @@ pub async fn drive(plan: Arc<Plan>, board: Arc<Board>, drain: Duration) -> Vec<T
     all
 }
 
-/// One connection's loop.
-async fn connection(mut out: Outbox) {
+/// One connection's loop, over plain TCP or TLS (`S`); a connection closed
+/// (by the server, an error or a fault) is opened again, with a new handshake.
+async fn connection<S: Stream>(mut out: Outbox, dialer: S::Dialer) {
     let plan = out.plan.clone();
     let board = out.live.clone();
     let live = &board.lives[out.index];
     let mut request = Request::new(&plan.host, &plan.target, out.index, plan.body_size);
     let mut res = Answer::default();
-    let mut conn: Option<Connection> = None;
+    let mut conn: Option<Connection<S>> = None;
     let mut seq: u64 = 0;
     // When the last answer arrived: the closed loop's next request goes out now.
     let mut answered_at: Option<Instant> = None;
@@ -386,8 +403,12 @@ async fn connection(mut out: Outbox) {
         out.in_flight = true;
         let mut sent_at = due;
         if conn.is_none() {
-            match Connection::connect(plan.addr).await {
+            match Connection::<S>::open(plan.addr, &dialer).await {
                 Ok(c) => {
+                    out.tally.opened += 1;
+                    if out.tally.tls_params.is_none() {
+                        out.tally.tls_params = c.tls_params();
+                    }
                     conn = Some(c);
                     // Closed loop: latency from the write, the connect not included.
                     if plan.rate.is_none() {

@@ -10,9 +10,11 @@ use std::time::Duration;
 /// How long a control-plane call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An `http://authority/path` URL, split.
+/// An `http://` or `https://authority/path` URL, split.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Url {
+    /// `https://`: TLS to the target.
+    pub tls: bool,
     /// `host:port`, sent as `Host` and resolved to connect.
     pub authority: String,
     /// The path, without a trailing `/` (empty for the root).
@@ -20,11 +22,17 @@ pub struct Url {
 }
 
 impl Url {
-    /// Only plain `http://` (the gateway speaks no TLS); the port defaults to 80.
+    /// `http://` (the port defaults to 80) or `https://` (443).
     pub fn parse(text: &str) -> Result<Url, String> {
-        let rest = text
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{text:?}: only http:// URLs are supported"))?;
+        let (tls, rest) = if let Some(rest) = text.strip_prefix("http://") {
+            (false, rest)
+        } else if let Some(rest) = text.strip_prefix("https://") {
+            (true, rest)
+        } else {
+            return Err(format!(
+                "{text:?}: only http:// and https:// URLs are supported"
+            ));
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
@@ -33,14 +41,36 @@ impl Url {
             return Err(format!("{text:?}: no host"));
         }
         let authority = if authority.ends_with(']') || !authority.contains(':') {
-            format!("{authority}:80")
+            format!("{authority}:{}", if tls { 443 } else { 80 })
         } else {
             authority.to_string()
         };
         Ok(Url {
+            tls,
             authority,
             path: path.trim_end_matches('/').to_string(),
         })
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The host without the port (an IPv6 address without its brackets):
+    /// the name a server's certificate must be for.
+    pub fn host(&self) -> &str {
+        let host = match self.authority.rfind(':') {
+            Some(i) => &self.authority[..i],
+            None => &self.authority,
+        };
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
     }
 
     /// The request target for `path` under this URL's path.
@@ -59,9 +89,15 @@ impl Url {
 }
 
 /// `method url` with an optional JSON body; the status and the answer as JSON
-/// (a string if it is not JSON).
+/// (a string if it is not JSON). Plain HTTP only: the control-plane calls go
+/// to admin ports and discovery's plain port.
 pub async fn call(method: &str, url: &str, body: Option<&str>) -> Result<(u16, Value), String> {
     let parsed = Url::parse(url)?;
+    if parsed.tls {
+        return Err(format!(
+            "{method} {url}: https:// is not supported for this call"
+        ));
+    }
     let target = if parsed.path.is_empty() {
         "/".to_string()
     } else {
@@ -115,7 +151,22 @@ mod tests {
         let u = Url::parse("http://[::1]:9000/").unwrap();
         assert_eq!(u.authority, "[::1]:9000");
         assert_eq!(u.target("/"), "/");
-        assert!(Url::parse("https://example.com").is_err());
+        assert!(!u.tls);
+        assert_eq!(u.host(), "::1");
+        let u = Url::parse("https://localhost:8443/api").unwrap();
+        assert!(u.tls);
+        assert_eq!(
+            (u.authority.as_str(), u.host()),
+            ("localhost:8443", "localhost")
+        );
+        assert_eq!(u.scheme(), "https");
+        let u = Url::parse("https://127.0.0.1").unwrap();
+        assert_eq!(
+            (u.authority.as_str(), u.host()),
+            ("127.0.0.1:443", "127.0.0.1")
+        );
+        assert!(Url::parse("ftp://example.com").is_err());
         assert!(Url::parse("http:///x").is_err());
+        assert!(Url::parse("https:///x").is_err());
     }
 }

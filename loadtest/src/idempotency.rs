@@ -160,6 +160,12 @@ pub async fn run(options: &Options) -> Result<IdempotencySummary, String> {
         return Err("--idempotency reads each app's executions at its admin port (GET /executions): run it against `just up` or `just cluster` (their state files list the apps), or name them with --app-admin-urls".into());
     }
     let url = Url::parse(&options.url)?;
+    if url.tls {
+        return Err(format!(
+            "--idempotency speaks plain HTTP only: give it the gateway's http:// port (--url), not {}",
+            options.url
+        ));
+    }
     let target = url.target(&options.path);
     let gateways = check_gateways(&options.gateway_admin_urls, &target).await?;
     let untracked_before = untracked(&options.app_admin_urls).await?;

@@ -39,6 +39,15 @@ pub async fn run(options: Options) -> Result<Summary, String> {
     let url = http::Url::parse(&options.url)?;
     let addr = url.resolve()?;
     let target = url.target(&options.path);
+    let tls = match (url.tls, &options.cacert) {
+        (true, Some(ca)) => Some(connection::TlsDialer::new(
+            &ca.display().to_string(),
+            url.host(),
+        )?),
+        // `validate` refuses https without a CA.
+        (true, None) => return Err("an https:// URL needs --cacert".into()),
+        (false, _) => None,
+    };
     let mut fault = match options.chaos {
         Some(kind) => Some(chaos::prepare(kind, &options).await?),
         None => None,
@@ -48,6 +57,7 @@ pub async fn run(options: Options) -> Result<Summary, String> {
     let end = start + options.duration;
     let plan = Arc::new(Plan {
         addr,
+        tls,
         host: url.authority.clone(),
         target: target.clone(),
         body_size: options.body_size,
@@ -80,7 +90,8 @@ pub async fn run(options: Options) -> Result<Summary, String> {
         None => None,
     };
     let facts = summary::RunFacts {
-        target: format!("POST http://{}{target}", url.authority),
+        target: format!("POST {}://{}{target}", url.scheme(), url.authority),
+        cacert: options.cacert.clone().filter(|_| url.tls),
         connections: options.connections,
         rate: options.rate,
         duration: options.duration,

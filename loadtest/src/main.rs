@@ -38,9 +38,14 @@ struct Flags {
     /// Request path.
     #[arg(long, default_value = "/")]
     path: String,
-    /// Gateway URL (default: from the state file, else http://127.0.0.1:8000).
+    /// Gateway URL, http:// or https:// (default: from the state file, else http://127.0.0.1:8000).
     #[arg(long)]
     url: Option<String>,
+    /// For an https:// URL: the PEM file of the CA the gateway's certificate
+    /// chains to; the system's roots are not used (default: the state file's
+    /// CA when the URL is the state file's, as `just up --tls` writes).
+    #[arg(long)]
+    cacert: Option<PathBuf>,
     /// Gateway admin URL (default: from the state file, else http://127.0.0.1:8001);
     /// comma-separated, every gateway sharing the port (--idempotency checks each).
     #[arg(long)]
@@ -91,14 +96,24 @@ struct Flags {
 fn main() -> ExitCode {
     let flags: Flags = shared::cli::parse();
     init_executor(flags.threads);
-    let endpoints = Endpoints::resolve(
+    let cacert_flag = flags.cacert.is_some();
+    let endpoints = Endpoints::resolve_with_ca(
         flags.url,
+        flags.cacert,
         flags.admin_url,
         flags.discovery_url,
         &flags.state,
     );
+    if cacert_flag && !endpoints.url.starts_with("https://") {
+        eprintln!(
+            "loadtest: --cacert is for an https:// gateway, and {} is not one",
+            endpoints.url
+        );
+        return ExitCode::from(2);
+    }
     let options = Options {
         url: endpoints.url,
+        cacert: endpoints.cacert,
         admin_url: endpoints.admin_url,
         discovery_url: endpoints.discovery_url,
         path: flags.path,

@@ -53,8 +53,12 @@ impl fmt::Display for Chaos {
 /// Everything a run needs; `main` fills it from the flags, tests build it directly.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Gateway base URL: `http://host:port`, optionally with a path prefix.
+    /// Gateway base URL: `http://host:port` or `https://host:port`,
+    /// optionally with a path prefix.
     pub url: String,
+    /// The PEM file of the CA an `https://` gateway's certificate must chain
+    /// to (`--cacert`); the system's roots are never used.
+    pub cacert: Option<PathBuf>,
     /// Request path, appended to the URL's path.
     pub path: String,
     pub duration: Duration,
@@ -102,6 +106,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             url: DEFAULT_URL.into(),
+            cacert: None,
             path: "/".into(),
             duration: Duration::from_secs(10),
             connections: 64,
@@ -129,6 +134,9 @@ impl Default for Options {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoints {
     pub url: String,
+    /// The CA to trust for an `https://` URL: the flag's, else the state
+    /// file's when the URL is the state file's too (`up --tls`).
+    pub cacert: Option<PathBuf>,
     /// The first of `gateway_admin_urls`.
     pub admin_url: String,
     pub discovery_url: String,
@@ -144,6 +152,17 @@ impl Endpoints {
     /// fixed default. `admin_url` may list several gateways, comma-separated.
     pub fn resolve(
         url: Option<String>,
+        admin_url: Option<String>,
+        discovery_url: Option<String>,
+        state: &Path,
+    ) -> Endpoints {
+        Endpoints::resolve_with_ca(url, None, admin_url, discovery_url, state)
+    }
+
+    /// [`Endpoints::resolve`] with the `--cacert` flag.
+    pub fn resolve_with_ca(
+        url: Option<String>,
+        cacert: Option<PathBuf>,
         admin_url: Option<String>,
         discovery_url: Option<String>,
         state: &Path,
@@ -175,8 +194,15 @@ impl Endpoints {
         } else {
             gateway_admin_urls
         };
+        let url_from_file = url.is_none();
+        let cacert = cacert.or_else(|| {
+            file.as_ref()
+                .filter(|_| url_from_file)
+                .and_then(|f| f.ca_file.clone())
+        });
         Endpoints {
             url: pick(url, file.as_ref().map(|s| &s.gateway_url), DEFAULT_URL),
+            cacert,
             admin_url,
             discovery_url: pick(
                 discovery_url,
@@ -224,6 +250,13 @@ impl Options {
         }
         if !self.path.starts_with('/') {
             return Err("--path must start with '/'".into());
+        }
+        if self.url.starts_with("https://") && self.cacert.is_none() {
+            return Err(format!(
+                "{} is https: name the CA its certificate chains to with --cacert PATH \
+                 (the system's roots are not used; `just up --tls` writes it to target/up/tls/ca.crt)",
+                self.url
+            ));
         }
         if self.idempotency && self.chaos.is_some() {
             return Err("--idempotency does not combine with --chaos".into());
@@ -292,6 +325,40 @@ mod tests {
         let e = Endpoints::resolve(None, Some("http://x:1, http://y:2".into()), None, &path);
         assert_eq!(e.admin_url, "http://x:1");
         assert_eq!(e.gateway_admin_urls, ["http://x:1", "http://y:2"]);
+    }
+
+    #[test]
+    fn the_state_files_ca_goes_with_the_state_files_url_and_https_needs_one() {
+        let dir = testkit::tempdir::TempDir::new("loadtest-ca");
+        let path = dir.join("state.json");
+        RunState {
+            gateway_url: "https://localhost:8443".into(),
+            ca_file: Some("/run/ca.crt".into()),
+            ..RunState::default()
+        }
+        .save(&path)
+        .unwrap();
+        let e = Endpoints::resolve(None, None, None, &path);
+        assert_eq!(e.url, "https://localhost:8443");
+        assert_eq!(e.cacert, Some(PathBuf::from("/run/ca.crt")));
+        // Another URL: not the file's CA, the flag's if any.
+        let e = Endpoints::resolve(Some("https://h:1".into()), None, None, &path);
+        assert_eq!(e.cacert, None);
+        let e = Endpoints::resolve_with_ca(
+            Some("https://h:1".into()),
+            Some("/mine.crt".into()),
+            None,
+            None,
+            &path,
+        );
+        assert_eq!(e.cacert, Some(PathBuf::from("/mine.crt")));
+        let mut o = Options {
+            url: "https://h:1".into(),
+            ..Options::default()
+        };
+        assert!(o.validate().unwrap_err().contains("--cacert"));
+        o.cacert = Some("/mine.crt".into());
+        assert!(o.validate().is_ok());
     }
 
     #[test]

@@ -76,6 +76,18 @@ pub struct TransportErrors {
     pub total: u64,
 }
 
+/// How the run used TLS (an `https://` target).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct TlsUse {
+    /// The version and cipher suite negotiated (the first connection's).
+    pub negotiated: String,
+    /// Full handshakes made: one per connection opened, including those
+    /// opened again after the server or a fault closed one.
+    pub handshakes: u64,
+    /// The CA file trusted.
+    pub ca: String,
+}
+
 /// Everything a run measured.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Summary {
@@ -92,6 +104,9 @@ pub struct Summary {
     pub body_size: usize,
     /// Whether echoes were compared and `x-served-by` required.
     pub verified: bool,
+    /// Over TLS (`https://`): what was negotiated and how many handshakes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsUse>,
     /// Requests attempted, those without an answer included.
     pub requests: u64,
     pub answered: u64,
@@ -132,6 +147,8 @@ pub struct RunFacts {
     pub elapsed: Duration,
     pub body_size: usize,
     pub verified: bool,
+    /// The CA trusted, for an `https://` target; `None` for plain HTTP.
+    pub cacert: Option<std::path::PathBuf>,
 }
 
 impl Summary {
@@ -198,6 +215,11 @@ impl Summary {
             elapsed_s,
             body_size: facts.body_size,
             verified: facts.verified,
+            tls: facts.cacert.map(|ca| TlsUse {
+                negotiated: all.tls_params.clone().unwrap_or_else(|| "none".into()),
+                handshakes: all.opened,
+                ca: ca.display().to_string(),
+            }),
             requests: all.sent,
             answered: all.answered,
             ok: all.ok,
@@ -272,6 +294,13 @@ impl fmt::Display for Summary {
             "{} for {:.1} s, {mode}, {}-byte JSON bodies",
             self.target, self.duration_s, self.body_size
         )?;
+        if let Some(tls) = &self.tls {
+            writeln!(
+                f,
+                "tls          {}, {} handshakes, trusting {}",
+                tls.negotiated, tls.handshakes, tls.ca
+            )?;
+        }
         if !self.verified {
             writeln!(
                 f,
@@ -436,6 +465,7 @@ mod tests {
             elapsed: Duration::from_secs(1),
             body_size: 256,
             verified: true,
+            cacert: None,
         }
     }
 

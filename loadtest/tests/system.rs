@@ -12,3 +12,5 @@ mod common;
 mod idempotency;
 #[path = "system/load.rs"]
 mod load;
+#[path = "system/tls.rs"]
+mod tls;

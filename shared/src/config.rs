@@ -6,6 +6,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -323,6 +324,11 @@ pub struct DiscoveryConfig {
     pub deregister_after: Duration,
     /// Path checked when a registration names none.
     pub health_check_path: String,
+    /// Namespaces whose instances are checked over TLS, each with the CA
+    /// their certificates chain to (docs/tls.md, "Instances over TLS");
+    /// others are checked in plain HTTP.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstream_tls: BTreeMap<String, UpstreamTlsConfig>,
     /// Interval of `: keep-alive` comments on idle watch streams. Short, so a
     /// gateway notices a frozen replica (SIGSTOP, a stalled host: the socket
     /// stays open but nothing comes) within its `watch_idle_timeout`, which
@@ -401,6 +407,7 @@ impl Default for DiscoveryConfig {
             healthy_threshold: 1,
             deregister_after: Duration::from_secs(60),
             health_check_path: "/health_check".into(),
+            upstream_tls: BTreeMap::new(),
             watch_keepalive: Duration::from_secs(2),
             warmup: None,
             drain_timeout: Duration::from_secs(5),
@@ -526,8 +533,35 @@ impl DiscoveryConfig {
         {
             errors.push("discovery_ca must name a CA file");
         }
+        owned.extend(self.upstream_tls_errors());
         errors.extend(owned.iter().map(String::as_str));
         joined(errors)
+    }
+
+    /// What is wrong in `upstream_tls`, each namespace named.
+    fn upstream_tls_errors(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for (namespace, tls) in &self.upstream_tls {
+            let mut wrong =
+                |what: &str| errors.push(format!("upstream_tls[{namespace:?}]: {what}"));
+            if let Err(why) = crate::wire::validate_namespace(namespace) {
+                wrong(&why);
+            }
+            if tls.ca.trim().is_empty() {
+                wrong("ca must name a CA file");
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                wrong("cert and key go together");
+            }
+            if tls
+                .server_name
+                .as_deref()
+                .is_some_and(|name| rustls_pki_types::ServerName::try_from(name).is_err())
+            {
+                wrong("server_name must be a DNS name or an IP address");
+            }
+        }
+        errors
     }
 }
 
@@ -1549,6 +1583,58 @@ mod tests {
         DiscoveryConfig::default().validate().unwrap();
         GatewayConfig::default().validate().unwrap();
         AppConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn discovery_upstream_tls_maps_namespaces_to_checked_tls_settings() {
+        let c: DiscoveryConfig = parse(
+            r#"{"upstream_tls": {"payments": {"ca": "/etc/ca.pem", "cert": "/etc/c.pem",
+                "key": "/etc/k.pem", "server_name": "payments.internal"},
+                "service A": {"ca": "/etc/ca.pem"}}}"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.upstream_tls.len(), 2);
+        assert_eq!(
+            c.upstream_tls["payments"].server_name.as_deref(),
+            Some("payments.internal")
+        );
+        assert_eq!(c.upstream_tls["service A"].cert, None);
+        // Absent: empty, and not written back.
+        let d = DiscoveryConfig::default();
+        assert!(d.upstream_tls.is_empty());
+        assert!(!serde_json::to_string(&d).unwrap().contains("upstream_tls"));
+        // A typo inside a namespace's settings is refused by name.
+        let err = parse::<DiscoveryConfig>(r#"{"upstream_tls": {"p": {"ca": "x", "certt": "y"}}}"#)
+            .unwrap_err();
+        assert!(err.contains("certt"), "{err}");
+        assert!(parse::<DiscoveryConfig>(r#"{"upstream_tls": {"p": {"cert": "y"}}}"#).is_err());
+        for (json, want) in [
+            (r#"{"": {"ca": "/ca"}}"#, "namespace must not be empty"),
+            (r#"{"p": {"ca": " "}}"#, "ca must name a CA file"),
+            (
+                r#"{"p": {"ca": "/ca", "cert": "/c"}}"#,
+                "cert and key go together",
+            ),
+            (
+                r#"{"p": {"ca": "/ca", "key": "/k"}}"#,
+                "cert and key go together",
+            ),
+            (
+                r#"{"p": {"ca": "/ca", "server_name": "not a name"}}"#,
+                "server_name must be a DNS name or an IP address",
+            ),
+        ] {
+            let c: DiscoveryConfig = parse(&format!(r#"{{"upstream_tls": {json}}}"#)).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("upstream_tls[") && err.contains(want),
+                "{json}: {err}"
+            );
+        }
+        let ip: DiscoveryConfig =
+            parse(r#"{"upstream_tls": {"p": {"ca": "/ca", "server_name": "10.0.0.1"}}}"#).unwrap();
+        ip.validate().unwrap();
     }
 
     #[test]

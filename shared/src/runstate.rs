@@ -33,6 +33,10 @@ pub struct RunState {
     /// (`loadtest --chaos kill`) can register too. The file is private (0600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration_token: Option<String>,
+    /// With `up --tls`: the PEM file of the CA that signed every certificate
+    /// of the run, which `loadtest` trusts for an `https://` gateway URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// The pid of the `up` supervisor itself, which `up down` signals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub up_pid: Option<u32>,

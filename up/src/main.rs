@@ -18,6 +18,7 @@ mod plan;
 mod ports;
 mod stop;
 mod supervise;
+mod tls;
 
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -89,6 +90,14 @@ struct Flags {
     /// The token apps register with (default: a random one for this run, kept in the state file).
     #[arg(long)]
     registration_token: Option<String>,
+    /// Over TLS: a local CA and certificates for localhost in the state folder
+    /// (tls/, reused while valid), the gateway's HTTPS port (--tls-port, 8443)
+    /// beside its plain one; `just loadtest` then loads it over HTTPS.
+    #[arg(long)]
+    tls: bool,
+    /// The gateway's HTTPS port with --tls.
+    #[arg(long, requires = "tls")]
+    tls_port: Option<u16>,
     /// Seconds to wait for the gateway to route to every app.
     #[arg(long, default_value_t = 30)]
     ready_within: u64,
@@ -143,6 +152,8 @@ fn start(flags: Flags) -> ExitCode {
         admin_port: flags.admin_port,
         chaos: !flags.no_chaos,
         registration_token,
+        tls: flags.tls,
+        tls_port: flags.tls_port,
     }) {
         Ok(plan) => plan,
         Err(e) => return fail(&e),

@@ -6,6 +6,8 @@
 //! "... listening on http://ADDR" log line (`--free-ports`). `up` never picks
 //! a number for a child, so no other process can take it in between.
 
+use crate::tls;
+use serde_json::Value;
 use shared::config::{DiscoveryConfig, GatewayConfig};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -88,13 +90,32 @@ impl Service {
     }
 }
 
+/// `up --tls`: the certificates, and the configs written with their keys.
+#[derive(Clone, Debug)]
+pub struct TlsPlan {
+    pub files: tls::Files,
+    /// Everything over TLS, or the gateway's client port only ([`tls::EVERYTHING`]).
+    pub everything: bool,
+    /// Where the configs with the TLS keys go.
+    pub config_dir: PathBuf,
+    /// The shipped configs they are written from.
+    discovery: Value,
+    app: Value,
+    gateway: Value,
+    /// The routes' namespaces (discovery checks their instances over TLS).
+    namespaces: Vec<String>,
+}
+
 /// The whole system.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub services: Vec<Service>,
     /// Empty while the port is still to be learned.
     pub discovery_url: String,
+    /// The URL clients use: with `--tls`, the gateway's HTTPS port.
     pub gateway_url: String,
+    /// The gateway's plain HTTP port (the same as `gateway_url` without `--tls`).
+    pub plain_url: String,
     pub admin_url: String,
     /// The apps whose business port is known.
     pub apps: Vec<SocketAddr>,
@@ -103,6 +124,7 @@ pub struct Plan {
     pub state: PathBuf,
     pub dir: PathBuf,
     pub registration_token: String,
+    pub tls: Option<TlsPlan>,
 }
 
 /// What to start, from `up`'s flags.
@@ -121,7 +143,14 @@ pub struct Options<'a> {
     /// Apps run with `--chaos` (the fault knobs `loadtest --chaos` turns).
     pub chaos: bool,
     pub registration_token: String,
+    /// `--tls`: the gateway's HTTPS port (and, see [`tls::EVERYTHING`], the rest).
+    pub tls: bool,
+    /// The gateway's HTTPS port (default 8443, or any free one with `free`).
+    pub tls_port: Option<u16>,
 }
+
+/// The gateway's HTTPS port with `--tls` when no flag names one.
+pub const TLS_PORT: u16 = 8443;
 
 /// The folder of the running executable, where cargo puts its sibling binaries.
 pub fn own_dir() -> Option<PathBuf> {
@@ -140,13 +169,19 @@ fn path_arg(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// `http://ADDR`, or empty while the port is still to be learned.
-fn url(at: SocketAddr) -> String {
-    if at.port() == 0 {
-        String::new()
-    } else {
-        format!("http://{at}")
+/// `http://ADDR` (`https://` with `tls`), or empty while the port is still to be learned.
+fn url(at: SocketAddr, tls: bool) -> String {
+    match (at.port(), tls) {
+        (0, _) => String::new(),
+        (_, false) => format!("http://{at}"),
+        (_, true) => format!("https://{at}"),
     }
+}
+
+fn read_json(path: &Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 impl Plan {
@@ -192,6 +227,35 @@ impl Plan {
         );
         let token = o.registration_token.clone();
         let dir = state.parent().map(Path::to_path_buf).unwrap_or_default();
+        let tls = if o.tls {
+            let files = tls::Files::under(&dir);
+            let config_dir = files
+                .dir
+                .parent()
+                .map_or_else(|| dir.join("config"), |d| d.join("config"));
+            let mut namespaces: Vec<String> =
+                gateway.routes.iter().map(|r| r.namespace.clone()).collect();
+            namespaces.sort();
+            namespaces.dedup();
+            Some(TlsPlan {
+                files,
+                everything: tls::EVERYTHING,
+                config_dir,
+                discovery: read_json(&discovery_file)?,
+                app: read_json(&app_file)?,
+                gateway: read_json(&gateway_file)?,
+                namespaces,
+            })
+        } else {
+            None
+        };
+        // With --tls, a service whose config takes TLS keys runs from the copy with them.
+        let config_of = |name: &str, shipped: &Path, written: bool| match &tls {
+            Some(t) if written => path_arg(&t.config_dir.join(format!("{name}.json"))),
+            _ => path_arg(shipped),
+        };
+        let everything = tls.as_ref().is_some_and(|t| t.everything);
+        let tls_addr = pick(SocketAddr::new(gateway_addr.ip(), TLS_PORT), o.tls_port);
         let bin = |name: &str| path_arg(&bin_dir.join(name));
         let log = |name: &str| dir.join(format!("{name}.log"));
         // A port learned from the log needs the info-level "listening on" line.
@@ -203,7 +267,7 @@ impl Plan {
             name: "discovery".into(),
             kind: Kind::Discovery,
             program: bin("discovery"),
-            config: path_arg(&discovery_file),
+            config: config_of("discovery", &discovery_file, everything),
             binds: vec![Bind {
                 what: "discovery",
                 addr: discovery_addr,
@@ -234,7 +298,7 @@ impl Plan {
             services.push(Service {
                 kind: Kind::App(o.chaos),
                 program: bin("app"),
-                config: path_arg(&app_file),
+                config: config_of("app", &app_file, everything),
                 binds: vec![
                     Bind {
                         what: "app",
@@ -255,23 +319,32 @@ impl Plan {
                     .collect(),
             });
         }
+        let mut gateway_binds = vec![
+            Bind {
+                what: "gateway",
+                addr: gateway_addr,
+                flag: "--gateway-port",
+            },
+            Bind {
+                what: "gateway admin",
+                addr: admin_addr,
+                flag: "--admin-port",
+            },
+        ];
+        if tls.is_some() {
+            // Logged as "gateway TLS port on https://ADDR".
+            gateway_binds.push(Bind {
+                what: "gateway TLS port",
+                addr: tls_addr,
+                flag: "--tls-port",
+            });
+        }
         services.push(Service {
             name: "gateway".into(),
             kind: Kind::Gateway,
             program: bin("gateway"),
-            config: path_arg(&gateway_file),
-            binds: vec![
-                Bind {
-                    what: "gateway",
-                    addr: gateway_addr,
-                    flag: "--gateway-port",
-                },
-                Bind {
-                    what: "gateway admin",
-                    addr: admin_addr,
-                    flag: "--admin-port",
-                },
-            ],
+            config: config_of("gateway", &gateway_file, true),
+            binds: gateway_binds,
             log: log("gateway"),
             env: learn_env,
         });
@@ -279,33 +352,45 @@ impl Plan {
             services,
             discovery_url: String::new(),
             gateway_url: String::new(),
+            plain_url: String::new(),
             admin_url: String::new(),
             apps: Vec::new(),
             app_admins: BTreeMap::new(),
             state: state.to_path_buf(),
             dir,
             registration_token: token,
+            tls,
         };
         plan.refresh();
         Ok(plan)
+    }
+
+    /// Whether discovery and the apps serve HTTPS (`--tls` with everything).
+    pub fn services_tls(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.everything)
     }
 
     /// The URLs and app lists from the services' addresses as they stand.
     fn refresh(&mut self) {
         self.apps.clear();
         self.app_admins.clear();
+        let services_tls = self.services_tls();
         for s in &self.services {
             let at = |i: usize| s.binds.get(i).map(|b| b.addr);
             match (s.kind, at(0), at(1)) {
-                (Kind::Discovery, Some(a), _) => self.discovery_url = url(a),
+                (Kind::Discovery, Some(a), _) => self.discovery_url = url(a, services_tls),
                 (Kind::Gateway, Some(a), Some(admin)) => {
-                    self.gateway_url = url(a);
-                    self.admin_url = url(admin);
+                    self.plain_url = url(a, false);
+                    self.gateway_url = match at(2) {
+                        Some(tls) => url(tls, true),
+                        None => self.plain_url.clone(),
+                    };
+                    self.admin_url = url(admin, false);
                 }
                 (Kind::App(_), Some(a), Some(admin)) if a.port() != 0 => {
                     self.apps.push(a);
                     if admin.port() != 0 {
-                        self.app_admins.insert(a.to_string(), url(admin));
+                        self.app_admins.insert(a.to_string(), url(admin, false));
                     }
                 }
                 _ => {}
@@ -330,6 +415,43 @@ impl Plan {
         }
         self.refresh();
         moved
+    }
+
+    /// With `--tls`: writes the configs with the TLS keys from the shipped
+    /// ones, the gateway's TLS port as it stands (written again once a port 0
+    /// is learned, so a restart binds the same port).
+    pub fn write_configs(&self) -> Result<(), String> {
+        let Some(t) = &self.tls else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(&t.config_dir)
+            .map_err(|e| format!("cannot create {}: {e}", t.config_dir.display()))?;
+        let keys = tls::Keys {
+            files: &t.files,
+            everything: t.everything,
+        };
+        let tls_listen = self
+            .services
+            .iter()
+            .find(|s| s.kind == Kind::Gateway)
+            .and_then(|s| s.binds.get(2))
+            .map(|b| b.addr.to_string())
+            .unwrap_or_default();
+        let mut gateway = t.gateway.clone();
+        keys.gateway(&mut gateway, &tls_listen);
+        let mut written = vec![("gateway", gateway)];
+        if t.everything {
+            let (mut discovery, mut app) = (t.discovery.clone(), t.app.clone());
+            keys.discovery(&mut discovery, &t.namespaces);
+            keys.app(&mut app);
+            written.push(("discovery", discovery));
+            written.push(("app", app));
+        }
+        for (name, config) in written {
+            let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
+            tls::write(&t.config_dir.join(format!("{name}.json")), &text, 0o644)?;
+        }
+        Ok(())
     }
 
     /// Refuses to start when `up` already runs or a fixed port is taken, naming which.
@@ -424,6 +546,8 @@ mod tests {
             admin_port: None,
             chaos: true,
             registration_token: "t".into(),
+            tls: false,
+            tls_port: None,
         }
     }
 
@@ -487,6 +611,48 @@ mod tests {
         assert_eq!(plan.discovery_url, "http://127.0.0.1:8500");
         assert_eq!(plan.services[2].name, "app-8081");
         assert!(!plan.services.iter().any(super::Service::unresolved));
+    }
+
+    #[test]
+    fn with_tls_the_gateway_runs_from_a_config_with_its_https_port() {
+        let config = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let tmp = testkit::tempdir::TempDir::new("up-plan-tls");
+        let state = tmp.join("state.json");
+        let mut o = options(&config, &state, false);
+        o.tls = true;
+        let plan = super::Plan::new(&o).unwrap();
+        let gateway = plan.services.last().unwrap();
+        assert_eq!(gateway.binds[2].addr, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(plan.gateway_url, "https://127.0.0.1:8443");
+        assert_eq!(plan.plain_url, "http://127.0.0.1:9000");
+        let written = tmp.join("config/gateway.json");
+        assert_eq!(gateway.config, written.display().to_string());
+        plan.write_configs().unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&written).unwrap()).unwrap();
+        assert_eq!(json["tls"]["listen"], "127.0.0.1:8443");
+        assert_eq!(json["routes"][0]["namespace"], "service A");
+        // Discovery and the apps: the shipped files until everything goes over TLS.
+        let shipped = config.join("discovery.json").display().to_string();
+        assert_eq!(plan.services[0].config == shipped, !super::tls::EVERYTHING);
+        assert_eq!(plan.services_tls(), super::tls::EVERYTHING);
+        // A free TLS port is learned and written back for restarts.
+        o.free = true;
+        let mut plan = super::Plan::new(&o).unwrap();
+        let last = plan.services.len() - 1;
+        plan.learned(
+            last,
+            &[
+                "127.0.0.1:9000".parse().unwrap(),
+                "127.0.0.1:41001".parse().unwrap(),
+                "127.0.0.1:41002".parse().unwrap(),
+            ],
+        );
+        plan.write_configs().unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&written).unwrap()).unwrap();
+        assert_eq!(json["tls"]["listen"], "127.0.0.1:41002");
+        assert_eq!(plan.gateway_url, "https://127.0.0.1:41002");
     }
 
     #[test]

@@ -10,10 +10,17 @@ use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-/// `ADDR` from a `<what> listening on http://ADDR` line (JSON or pretty log).
+/// `ADDR` from a `<what> listening on http://ADDR` line (JSON or pretty log),
+/// or `https://ADDR` (a service serving TLS), or the gateway's `gateway TLS
+/// port on https://ADDR`.
 pub fn listening_addr(line: &str, what: &str) -> Option<SocketAddr> {
-    let needle = format!("{what} listening on http://");
-    let rest = &line[line.find(&needle)? + needle.len()..];
+    let rest = [
+        format!("{what} listening on http://"),
+        format!("{what} listening on https://"),
+        format!("{what} on https://"),
+    ]
+    .iter()
+    .find_map(|needle| Some(&line[line.find(needle.as_str())? + needle.len()..]))?;
     let addr: String = rest
         .chars()
         .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
@@ -87,6 +94,17 @@ mod tests {
         assert_eq!(
             listening_addr(pretty, "gateway admin"),
             Some("127.0.0.1:5".parse().unwrap())
+        );
+        let tls = "01:02:03.004 INFO  gateway gateway TLS port on https://127.0.0.1:6, opened with the client port";
+        assert_eq!(
+            listening_addr(tls, "gateway TLS port"),
+            Some("127.0.0.1:6".parse().unwrap())
+        );
+        assert_eq!(listening_addr(tls, "gateway"), None);
+        let https = "discovery listening on https://127.0.0.1:7";
+        assert_eq!(
+            listening_addr(https, "discovery"),
+            Some("127.0.0.1:7".parse().unwrap())
         );
     }
 

@@ -111,6 +111,14 @@ struct Supervisor {
 pub fn run(plan: Plan, ready_within: Duration) -> Result<(), String> {
     std::fs::create_dir_all(&plan.dir)
         .map_err(|e| format!("cannot create {}: {e}", plan.dir.display()))?;
+    let made = match &plan.tls {
+        Some(t) => {
+            let made = crate::tls::ensure(&t.files)?;
+            plan.write_configs()?;
+            Some(made)
+        }
+        None => None,
+    };
     let signalled = Arc::new(AtomicUsize::new(0));
     for signal in [
         signal_hook::consts::SIGINT,
@@ -125,6 +133,7 @@ pub fn run(plan: Plan, ready_within: Duration) -> Result<(), String> {
         state: RunState {
             cwd: std::env::current_dir().unwrap_or_default(),
             registration_token: Some(plan.registration_token.clone()),
+            ca_file: plan.tls.as_ref().map(|t| t.files.ca.clone()),
             up_pid: Some(std::process::id()),
             ..RunState::default()
         },
@@ -140,7 +149,7 @@ pub fn run(plan: Plan, ready_within: Duration) -> Result<(), String> {
         sup.stop_all();
         return Err(e);
     }
-    announce(&sup.plan, &mut sup.out);
+    announce(&sup.plan, made.as_ref(), &mut sup.out);
     let why = sup.watch();
     sup.out.line(format_args!(
         "\nup: stopping ({why}): the gateway, then the apps, then discovery"
@@ -241,6 +250,8 @@ impl Supervisor {
     fn learned(&mut self, i: usize, addrs: &[SocketAddr]) -> Result<(), String> {
         let old_name = self.plan.services[i].name.clone();
         let moved = self.plan.learned(i, addrs);
+        // The gateway's TLS port is in its config: a restart must bind the one learned.
+        self.plan.write_configs()?;
         let service = self.plan.services[i].clone();
         if let Some(old) = moved {
             // The child keeps writing to the same file under its new name.
@@ -317,6 +328,7 @@ impl Supervisor {
         file.gateway_url = self.state.gateway_url.clone();
         file.admin_url = self.state.admin_url.clone();
         file.app_admin_urls = self.state.app_admin_urls.clone();
+        file.ca_file.clone_from(&self.state.ca_file);
         file.processes.insert(name.to_string(), process);
         file.save(&self.plan.state)?;
         self.written = true;
@@ -482,8 +494,13 @@ fn get(base: &str, path: &str) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
-fn announce(plan: &Plan, out: &mut Out) {
-    let apps: Vec<String> = plan.apps.iter().map(|a| format!("http://{a}")).collect();
+fn announce(plan: &Plan, made: Option<&crate::tls::Made>, out: &mut Out) {
+    let scheme = if plan.services_tls() { "https" } else { "http" };
+    let apps: Vec<String> = plan
+        .apps
+        .iter()
+        .map(|a| format!("{scheme}://{a}"))
+        .collect();
     let admins: Vec<String> = plan
         .apps
         .iter()
@@ -504,12 +521,45 @@ fn announce(plan: &Plan, out: &mut Out) {
         "  gateway    {}        console: {}/   admin: {}/status  {}/metrics",
         plan.gateway_url, plan.admin_url, plan.admin_url, plan.admin_url
     ));
-    out.line("");
-    out.line(format_args!(
-        "  try:  curl -s {}/api/example -d '{{\"hello\": \"world\"}}'",
-        plan.gateway_url
-    ));
-    out.line("  load: just loadtest");
+    match &plan.tls {
+        Some(t) => {
+            out.line(format_args!(
+                "             plain HTTP too: {} (the gateway always has its plain port)",
+                plan.plain_url
+            ));
+            out.line("");
+            let port = plan.gateway_url.rsplit(':').next().unwrap_or_default();
+            out.line(format_args!(
+                "  try:  curl -s --cacert {} https://localhost:{port}/api/example -d '{{\"hello\": \"tls\"}}'",
+                t.files.ca.display()
+            ));
+            out.line("  load: just loadtest   (over HTTPS: the state file names the https URL and the CA)");
+            out.line("");
+            let how = match made {
+                Some(crate::tls::Made::Reused) => "reused from an earlier run".to_string(),
+                Some(crate::tls::Made::Replaced(why)) => format!("made anew ({why})"),
+                Some(crate::tls::Made::New) | None => "made for this run".to_string(),
+            };
+            out.line(format_args!(
+                "  TLS: a local CA and certificates for {} in {}, {how}",
+                crate::tls::NAMES.join(", "),
+                t.files.dir.display()
+            ));
+            out.line(if t.everything {
+                "       everything over TLS: the gateway's client port, gateway to apps, apps and gateway to discovery, discovery's checks"
+            } else {
+                "       over TLS: the gateway's client port; discovery and the apps still speak plain HTTP (up/src/tls.rs, EVERYTHING)"
+            });
+        }
+        None => {
+            out.line("");
+            out.line(format_args!(
+                "  try:  curl -s {}/api/example -d '{{\"hello\": \"world\"}}'",
+                plan.gateway_url
+            ));
+            out.line("  load: just loadtest");
+        }
+    }
     out.line("");
     out.line(format_args!(
         "  registration token: generated for this run, in {} (registration_token)",

@@ -12,11 +12,10 @@ use crate::http::maybe_tls::MaybeTls;
 use crate::runtime::net::{Stream, Unread};
 use futures_rustls::client::TlsStream;
 use futures_rustls::TlsConnector;
-use rustls_pki_types::ServerName;
-use shared::config::{CertificateConfig, UpstreamTlsConfig};
+use shared::config::UpstreamTlsConfig;
+use shared::tls::Upstream;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 /// Numbers each loaded setting, so a pooled connection made under older
 /// settings (before a reload) is told apart.
@@ -25,8 +24,7 @@ static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 /// One namespace's TLS settings towards its instances, files read and checked.
 pub(crate) struct UpstreamTls {
     connector: TlsConnector,
-    /// `server_name`: sent as SNI and verified instead of the instance's host.
-    server_name: Option<ServerName<'static>>,
+    upstream: Upstream,
     /// Which load this is (see [`GENERATIONS`]); never 0.
     pub(crate) generation: u64,
 }
@@ -34,7 +32,7 @@ pub(crate) struct UpstreamTls {
 impl std::fmt::Debug for UpstreamTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamTls")
-            .field("server_name", &self.server_name)
+            .field("upstream", &self.upstream)
             .field("generation", &self.generation)
             .finish_non_exhaustive()
     }
@@ -42,26 +40,12 @@ impl std::fmt::Debug for UpstreamTls {
 
 impl UpstreamTls {
     /// Reads and checks the files `config` names (see
-    /// [`shared::tls::client_config`]). The error names the file.
+    /// [`shared::tls::Upstream::load`]). The error names the file.
     pub(crate) fn load(config: &UpstreamTlsConfig) -> Result<UpstreamTls, String> {
-        let cert = match (&config.cert, &config.key) {
-            (Some(cert), Some(key)) => Some(CertificateConfig {
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
-            _ => None,
-        };
-        let client = shared::tls::client_config(&config.ca, cert.as_ref())
-            .map_err(|e| format!("upstream_tls: {e}"))?;
-        let server_name = match &config.server_name {
-            None => None,
-            Some(name) => Some(ServerName::try_from(name.clone()).map_err(|e| {
-                format!("upstream_tls: server_name {name:?} is not a DNS name or IP address: {e}")
-            })?),
-        };
+        let upstream = Upstream::load(config).map_err(|e| format!("upstream_tls: {e}"))?;
         Ok(UpstreamTls {
-            connector: TlsConnector::from(Arc::new(client)),
-            server_name,
+            connector: TlsConnector::from(upstream.config.clone()),
+            upstream,
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
         })
     }
@@ -71,10 +55,11 @@ impl UpstreamTls {
     /// `server_name`, else the host (an IP address verified as an IP SAN).
     /// Unbounded here; the caller bounds it with the connect deadline.
     pub(crate) async fn connect(&self, key: &str, stream: Stream) -> io::Result<UpstreamStream> {
-        let name = match &self.server_name {
-            Some(name) => name.clone(),
-            None => host_name(key)?,
-        };
+        let host = key.rsplit_once(':').map_or(key, |(host, _)| host);
+        let name = self
+            .upstream
+            .name_for(host)
+            .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
         let tls = self.connector.connect(name, stream).await?;
         Ok(MaybeTls::Tls(Box::new(tls)))
     }
@@ -98,19 +83,6 @@ pub(crate) fn load_all(
         loaded.push((route.namespace.clone(), tls));
     }
     Ok(loaded)
-}
-
-/// The name to verify for an instance registered as `key` (`host:port`,
-/// `[v6]:port`).
-fn host_name(key: &str) -> io::Result<ServerName<'static>> {
-    let host = key.rsplit_once(':').map_or(key, |(host, _)| host);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(host.to_string()).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("TLS: the instance's host {host:?} is not a name to verify: {e}"),
-        )
-    })
 }
 
 /// Whether `e` is the instance refusing the handshake by an alert (with
@@ -158,22 +130,6 @@ impl UpstreamStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_name_verified_is_the_registered_host_an_ip_as_an_ip() {
-        assert!(matches!(
-            host_name("127.0.0.1:8080").unwrap(),
-            ServerName::IpAddress(_)
-        ));
-        assert!(matches!(
-            host_name("[::1]:8080").unwrap(),
-            ServerName::IpAddress(_)
-        ));
-        assert!(matches!(
-            host_name("app.test:80").unwrap(),
-            ServerName::DnsName(_)
-        ));
-    }
 
     #[test]
     fn a_missing_or_empty_ca_file_is_named() {

@@ -60,8 +60,9 @@ struct Seen {
 
 /// An instance on 127.0.0.1 speaking TLS with `server` (a certificate for
 /// 127.0.0.1), requiring a client certificate signed by `client_ca` if
-/// given. Plain connections (discovery's health checks: TLS for those is
-/// not built) get 200. Answers each request with its body.
+/// given. Plain connections (discovery's health checks: the discovery
+/// here has no `upstream_tls`, so it checks in plain HTTP) get 200.
+/// Answers each request with its body.
 async fn tls_instance(server: (String, String), client_ca: Option<&Ca>) -> (u16, Arc<Seen>) {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};

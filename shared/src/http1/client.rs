@@ -1,10 +1,11 @@
 //! A keep-alive HTTP/1.1 client connection on the same codec: for the load
-//! generator (which must not be the bottleneck) and for tests that need to
-//! see exact bytes.
+//! generator (which must not be the bottleneck), discovery's health checks
+//! (over TLS too: any stream, a TCP one by default) and for tests that need
+//! to see exact bytes.
 
 use super::{parse_response, ChunkedDecoder, Framing, ReadBuf, ResponseHead};
 use async_std::net::{TcpStream, ToSocketAddrs};
-use futures_lite::AsyncWriteExt;
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use std::io::{Error, ErrorKind};
 
 /// Largest response head accepted.
@@ -31,10 +32,11 @@ impl Response {
     }
 }
 
-/// A client connection; requests go out one at a time or pipelined.
+/// A client connection; requests go out one at a time or pipelined. Over a
+/// TCP stream unless made with [`Connection::over`] (a TLS one, say).
 #[derive(Debug)]
-pub struct Connection {
-    stream: TcpStream,
+pub struct Connection<S = TcpStream> {
+    stream: S,
     buf: ReadBuf,
 }
 
@@ -43,9 +45,16 @@ impl Connection {
         Ok(Connection::from_stream(TcpStream::connect(addr).await?))
     }
 
-    /// Wraps a connected stream.
+    /// Wraps a connected stream (with Nagle's algorithm off).
     pub fn from_stream(stream: TcpStream) -> Connection {
         let _ = stream.set_nodelay(true);
+        Connection::over(stream)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Wraps any connected stream as it is.
+    pub fn over(stream: S) -> Connection<S> {
         Connection {
             stream,
             buf: ReadBuf::with_capacity(16 * 1024),
@@ -53,8 +62,10 @@ impl Connection {
     }
 
     /// Writes raw request bytes (one request, several, or part of one).
+    /// Flushed, so a stream that buffers (TLS) sends them now.
     pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes).await
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
     /// Reads the next complete response into `res`, reusing its buffers.

@@ -12,7 +12,7 @@ pub mod client;
 pub mod files;
 pub mod server;
 
-pub use client::client_config;
+pub use client::{client_config, Upstream};
 pub use files::{load_pair, load_roots};
 pub use server::{Certificates, ServerTls};
 

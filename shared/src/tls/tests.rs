@@ -1,10 +1,12 @@
 //! The certificate files and their choice by name, on certificates made here.
 
 use super::files::validity;
-use super::Certificates;
+use super::{Certificates, Upstream};
 use crate::config::CertificateConfig;
+use crate::config::UpstreamTlsConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use rustls_pki_types::ServerName;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// A fresh folder under the system's temporary one, removed on drop.
@@ -150,4 +152,41 @@ fn missing_mismatched_expired_and_garbled_files_are_named() {
     };
     let err = load(vec![dir_as_cert]).unwrap_err();
     assert!(err.contains("not a regular file"), "{err}");
+}
+
+#[test]
+fn the_name_an_instance_proves_is_server_name_else_its_host_an_ip_as_an_ip() {
+    let dir = TempDir::new("tls-upstream");
+    let ca = pair(dir.path(), "ca", &certificate(&["ca.test"], 2090));
+    let load = |server_name: Option<&str>| {
+        Upstream::load(&UpstreamTlsConfig {
+            ca: ca.cert.clone(),
+            server_name: server_name.map(str::to_string),
+            ..UpstreamTlsConfig::default()
+        })
+        .unwrap()
+    };
+    let by_host = load(None);
+    let ip = |n: &ServerName| matches!(n, ServerName::IpAddress(_));
+    assert!(ip(&by_host.name_for("127.0.0.1").unwrap()));
+    assert!(ip(&by_host.name_for("::1").unwrap()));
+    assert!(ip(&by_host.name_for("[::1]").unwrap()));
+    assert_eq!(
+        by_host.name_for("app.test").unwrap(),
+        ServerName::try_from("app.test").unwrap()
+    );
+    let err = by_host.name_for("not a name").unwrap_err();
+    assert!(err.contains("set server_name"), "{err}");
+    let named = load(Some("payments.internal"));
+    assert_eq!(
+        named.name_for("127.0.0.1").unwrap(),
+        ServerName::try_from("payments.internal").unwrap()
+    );
+    let err = Upstream::load(&UpstreamTlsConfig {
+        ca: ca.cert.clone(),
+        server_name: Some("not a name".into()),
+        ..UpstreamTlsConfig::default()
+    })
+    .unwrap_err();
+    assert!(err.contains("server_name"), "{err}");
 }
