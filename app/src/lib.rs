@@ -79,7 +79,7 @@ impl Handle {
         let result = self
             .tls
             .as_ref()
-            .map(|(_, config)| load_certificates(config))
+            .map(|(_, config)| Certificates::from_config(config))
             .transpose()
             .and_then(|certificates| {
                 self.registration.reload_tls()?;
@@ -129,28 +129,13 @@ impl Handle {
     }
 }
 
-/// The serving port's certificates, read and checked; the error names the file.
-fn load_certificates(tls: &ServerTlsConfig) -> Result<Certificates, String> {
-    Certificates::load(&tls.pairs()).map_err(|e| format!("tls: {e}"))
-}
-
-/// The serving port's TLS settings from `tls` (certificates and client CA).
-fn server_tls(tls: &ServerTlsConfig) -> Result<ServerTls, String> {
-    let certificates = load_certificates(tls)?;
-    let client_ca = match &tls.client_ca {
-        Some(ca) => Some(shared::tls::load_roots(ca).map_err(|e| format!("tls.client_ca: {e}"))?),
-        None => None,
-    };
-    ServerTls::new(certificates, client_ca).map_err(|e| format!("tls: {e}"))
-}
-
 /// Reads and checks the files `config` names (the serving port's
 /// certificates, keys and client CA; `discovery_ca`, `discovery_cert` and
 /// `discovery_key`) as a start would, binding and contacting nothing:
 /// `--check-config` calls it.
 pub fn check_files(config: &AppConfig) -> Result<(), String> {
     if let Some(tls) = &config.tls {
-        server_tls(tls)?;
+        ServerTls::from_config(tls)?;
     }
     registration::client_tls(config)?;
     Ok(())
@@ -166,7 +151,7 @@ pub async fn spawn(config: AppConfig) -> std::io::Result<Handle> {
     let tls = match &config.tls {
         Some(t) => Some((
             Arc::new(
-                server_tls(t)
+                ServerTls::from_config(t)
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
             ),
             t.clone(),

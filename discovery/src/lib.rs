@@ -53,7 +53,7 @@ use counters::Counters;
 use mirror::{Mirror, Policy};
 use registry::Registry;
 use shared::api::json_response;
-use shared::config::{DiscoveryConfig, ServerTlsConfig, StoreUrl};
+use shared::config::{DiscoveryConfig, StoreUrl};
 use shared::https::ClientTls;
 use shared::panics::{supervise, Panics};
 use shared::serve::{Limits, Options, Served};
@@ -147,7 +147,7 @@ fn reload_files(
     peers: Option<&ClientTls>,
 ) -> Result<(), String> {
     let certificates = match (server, &config.tls) {
-        (Some(_), Some(tls)) => Some(load_certificates(tls)?),
+        (Some(_), Some(tls)) => Some(Certificates::from_config(tls)?),
         _ => None,
     };
     if let Some(peers) = peers {
@@ -157,21 +157,6 @@ fn reload_files(
         server.replace(certificates);
     }
     Ok(())
-}
-
-/// The listener's certificates, read and checked; the error names the file.
-fn load_certificates(tls: &ServerTlsConfig) -> Result<Certificates, String> {
-    Certificates::load(&tls.pairs()).map_err(|e| format!("tls: {e}"))
-}
-
-/// The listener's TLS settings from `tls` (certificates and client CA).
-fn server_tls(tls: &ServerTlsConfig) -> Result<ServerTls, String> {
-    let certificates = load_certificates(tls)?;
-    let client_ca = match &tls.client_ca {
-        Some(ca) => Some(shared::tls::load_roots(ca).map_err(|e| format!("tls.client_ca: {e}"))?),
-        None => None,
-    };
-    ServerTls::new(certificates, client_ca).map_err(|e| format!("tls: {e}"))
 }
 
 /// The CA file peer replicas are verified against, read.
@@ -189,7 +174,7 @@ fn peers_tls(config: &DiscoveryConfig) -> Result<Option<Arc<ClientTls>>, String>
 /// `--check-config` calls it.
 pub fn check_files(config: &DiscoveryConfig) -> Result<(), String> {
     if let Some(tls) = &config.tls {
-        server_tls(tls)?;
+        ServerTls::from_config(tls)?;
     }
     peers_tls(config)?;
     probe::load_all(&config.upstream_tls)?;
@@ -216,7 +201,7 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
     let check_tls = Arc::new(probe::load_all(&config.upstream_tls).map_err(invalid)?);
     let tls = match &config.tls {
         Some(t) => Some((
-            Arc::new(server_tls(t).map_err(invalid)?),
+            Arc::new(ServerTls::from_config(t).map_err(invalid)?),
             t.handshake_timeout,
         )),
         None => None,

@@ -5,7 +5,7 @@
 //! handshakes see.
 
 use super::{files::load_pair, provider, ALPN, VERSIONS};
-use crate::config::CertificateConfig;
+use crate::config::{CertificateConfig, ServerTlsConfig};
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -33,6 +33,11 @@ impl Certificates {
             return Err("no certificate configured".into());
         }
         Ok(Certificates { keys })
+    }
+
+    /// The certificates a listener's `tls` names (see [`Certificates::load`]).
+    pub fn from_config(tls: &ServerTlsConfig) -> Result<Certificates, String> {
+        Certificates::load(&tls.pairs()).map_err(|e| format!("tls: {e}"))
     }
 
     /// How many there are.
@@ -127,6 +132,17 @@ impl ServerTls {
             config: Arc::new(config),
             resolver,
         })
+    }
+
+    /// A listener's `tls`: its certificates, and its `client_ca` if any; the
+    /// error names the key and the file.
+    pub fn from_config(tls: &ServerTlsConfig) -> Result<ServerTls, String> {
+        let certificates = Certificates::from_config(tls)?;
+        let client_ca = match &tls.client_ca {
+            Some(ca) => Some(super::load_roots(ca).map_err(|e| format!("tls.client_ca: {e}"))?),
+            None => None,
+        };
+        ServerTls::new(certificates, client_ca).map_err(|e| format!("tls: {e}"))
     }
 
     /// The settings a handshake runs under (`futures_rustls::TlsAcceptor::from`).
