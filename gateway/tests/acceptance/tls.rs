@@ -371,7 +371,8 @@ async fn sent_then_closed(addr: SocketAddr, bytes: Vec<u8>) -> (Vec<u8>, Option<
 }
 
 #[async_std::test]
-async fn tls_plain_http_is_closed_at_once_and_a_silent_client_at_the_handshake_timeout() {
+async fn tls_plain_http_and_oversized_hellos_are_closed_at_once_and_a_silent_client_at_the_handshake_timeout(
+) {
     let pki = Pki::new("hostile");
     let server = pki.issue("server", &["gw.test"]);
     let timeout = Duration::from_secs(3);
@@ -388,7 +389,24 @@ async fn tls_plain_http_is_closed_at_once_and_a_silent_client_at_the_handshake_t
     // A handshake record far over TLS's 16 KiB (plus expansion) limit.
     let mut oversized = vec![0x16, 3, 1, 0xff, 0xff];
     oversized.extend(std::iter::repeat_n(0u8, 70_000));
-    for (what, bytes) in [("plain HTTP", plain), ("an oversized record", oversized)] {
+    // A ClientHello claiming 16 MiB, in records of the largest lawful size:
+    // refused at its header (rustls takes handshake messages up to 64 KiB),
+    // not buffered until the rest comes.
+    let mut huge_hello = Vec::new();
+    for i in 0..4 {
+        huge_hello.extend([0x16, 3, 1, 0x40, 0x00]);
+        let mut record = vec![0u8; 0x4000];
+        if i == 0 {
+            record[..4].copy_from_slice(&[1, 0xff, 0xff, 0xff]);
+        }
+        huge_hello.extend(record);
+    }
+    let cases = [
+        ("plain HTTP", plain),
+        ("an oversized record", oversized),
+        ("an oversized ClientHello", huge_hello),
+    ];
+    for (what, bytes) in cases {
         let (got, took) = sent_then_closed(addr, bytes).await;
         let took = took.unwrap_or_else(|| panic!("{what}: still open"));
         assert!(took < timeout, "{what}: closed after {took:?}, not at once");
@@ -416,8 +434,8 @@ async fn tls_plain_http_is_closed_at_once_and_a_silent_client_at_the_handshake_t
         }
     };
     // Counted as the connection ends, which its client may see first.
-    testkit::wait_until("2 timeouts and 2 failures counted", LIMIT, || async {
-        (count("timeout").await, count("failed").await) == (2.0, 2.0)
+    testkit::wait_until("2 timeouts and 3 failures counted", LIMIT, || async {
+        (count("timeout").await, count("failed").await) == (2.0, 3.0)
     })
     .await;
     assert_eq!(count("ok").await, 0.0);
