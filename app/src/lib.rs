@@ -18,9 +18,10 @@ mod health;
 mod registration;
 
 use async_std::net::TcpListener;
-use shared::config::AppConfig;
+use shared::config::{AppConfig, ServerTlsConfig};
 use shared::panics::Panics;
-use shared::serve::{Limits, Options, Served};
+use shared::serve::{Limits, Options, Served, TlsOptions};
+use shared::tls::{Certificates, ServerTls};
 use shared::wire::Port;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub struct Handle {
     served_by: Arc<str>,
     drain_timeout: Duration,
     panics: Panics,
+    /// The serving port's certificates and where they come from, when it speaks TLS.
+    tls: Option<(Arc<ServerTls>, ServerTlsConfig)>,
 }
 
 impl Handle {
@@ -60,9 +63,37 @@ impl Handle {
         self.served.addr()
     }
 
-    /// `http://addr`, the base URL clients and tests use.
+    /// `http://addr` (`https://` when the port speaks TLS), the base URL
+    /// clients and tests use.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr())
+    }
+
+    /// SIGHUP: reads the serving port's certificate files (`tls`) and the
+    /// ones discovery is reached with (`discovery_ca`, `discovery_cert`)
+    /// again, as named at start. Good ones serve every handshake after
+    /// this; a bad one is logged with its name and the ones in force stay.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        // Every file read first, then swapped: a bad one changes nothing.
+        let result = self
+            .tls
+            .as_ref()
+            .map(|(_, config)| load_certificates(config))
+            .transpose()
+            .and_then(|certificates| {
+                self.registration.reload_tls()?;
+                if let (Some((server, _)), Some(certificates)) = (&self.tls, certificates) {
+                    server.replace(certificates);
+                }
+                Ok(())
+            });
+        match &result {
+            Ok(()) => log::info!("TLS certificates reloaded"),
+            Err(why) => log::error!(error = why.as_str();
+                "TLS reload refused, the certificates in force stay: {why}"),
+        }
+        result
     }
 
     /// The admin listener (`/chaos`, `/metrics`, `/health_check`): for
@@ -98,12 +129,50 @@ impl Handle {
     }
 }
 
+/// The serving port's certificates, read and checked; the error names the file.
+fn load_certificates(tls: &ServerTlsConfig) -> Result<Certificates, String> {
+    Certificates::load(&tls.pairs()).map_err(|e| format!("tls: {e}"))
+}
+
+/// The serving port's TLS settings from `tls` (certificates and client CA).
+fn server_tls(tls: &ServerTlsConfig) -> Result<ServerTls, String> {
+    let certificates = load_certificates(tls)?;
+    let client_ca = match &tls.client_ca {
+        Some(ca) => Some(shared::tls::load_roots(ca).map_err(|e| format!("tls.client_ca: {e}"))?),
+        None => None,
+    };
+    ServerTls::new(certificates, client_ca).map_err(|e| format!("tls: {e}"))
+}
+
+/// Reads and checks the files `config` names (the serving port's
+/// certificates, keys and client CA; `discovery_ca`, `discovery_cert` and
+/// `discovery_key`) as a start would, binding and contacting nothing:
+/// `--check-config` calls it.
+pub fn check_files(config: &AppConfig) -> Result<(), String> {
+    if let Some(tls) = &config.tls {
+        server_tls(tls)?;
+    }
+    registration::client_tls(config)?;
+    Ok(())
+}
+
 /// Binds `config.bind:config.port`, serves, then registers with discovery in
 /// the background (retrying while discovery is away; never failing start-up).
 pub async fn spawn(config: AppConfig) -> std::io::Result<Handle> {
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    // Certificates first: a bad one stops the start, naming its file.
+    let tls = match &config.tls {
+        Some(t) => Some((
+            Arc::new(
+                server_tls(t)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            ),
+            t.clone(),
+        )),
+        None => None,
+    };
     let listener = TcpListener::bind((config.bind.as_str(), config.port))
         .await
         .map_err(|e| {
@@ -152,6 +221,9 @@ pub async fn spawn(config: AppConfig) -> std::io::Result<Handle> {
         Options {
             limits: admin::limits(),
             panics: panics.clone(),
+            // Plain, like the gateway's admin port: for operators and
+            // scrapers, never registered (docs/tls.md).
+            tls: None,
         },
     )?;
     let served = shared::serve::serve_with(
@@ -160,10 +232,15 @@ pub async fn spawn(config: AppConfig) -> std::io::Result<Handle> {
         Options {
             limits,
             panics: panics.clone(),
+            tls: tls
+                .as_ref()
+                .map(|(server, t)| TlsOptions::new(server.clone(), t.handshake_timeout)),
         },
     )?;
-    log::info!(addr:% = served.addr(), served_by = &*served_by, chaos = config.chaos;
-        "app listening on http://{}", served.addr());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    log::info!(addr:% = served.addr(), served_by = &*served_by, chaos = config.chaos,
+        tls = tls.is_some();
+        "app listening on {scheme}://{}", served.addr());
     log::info!(addr:% = admin.addr(), chaos = config.chaos;
         "app admin listening on http://{} (chaos knobs, metrics; never registered)", admin.addr());
     Ok(Handle {
@@ -173,6 +250,7 @@ pub async fn spawn(config: AppConfig) -> std::io::Result<Handle> {
         served_by,
         drain_timeout: config.drain_timeout,
         panics,
+        tls,
     })
 }
 

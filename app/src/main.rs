@@ -4,7 +4,8 @@
 //! prints it and exits.
 //!
 //! Precedence: flag, then environment (`REGISTRATION_TOKEN`), then the file,
-//! then the defaults.
+//! then the defaults. With `tls` or `discovery_ca` configured, SIGHUP reads
+//! the certificate files again (`app::Handle::reload_tls`).
 
 use clap::Parser;
 use shared::cli::{set, Common};
@@ -54,6 +55,15 @@ struct Flags {
     /// Largest request head taken, in bytes (default 32768: above the gateway's 16 KiB).
     #[arg(long)]
     max_header_bytes: Option<usize>,
+    /// PEM CA file an https:// discovery_url's certificate must chain to.
+    #[arg(long)]
+    discovery_ca: Option<String>,
+    /// PEM client certificate shown to an https discovery (with --discovery-key).
+    #[arg(long)]
+    discovery_cert: Option<String>,
+    /// PEM private key of --discovery-cert.
+    #[arg(long)]
+    discovery_key: Option<String>,
 }
 
 impl Flags {
@@ -73,6 +83,9 @@ impl Flags {
             admin_port,
             registration_token,
             max_header_bytes,
+            discovery_ca,
+            discovery_cert,
+            discovery_key,
         } = self;
         set(&mut config.port, port);
         set(&mut config.bind, bind);
@@ -86,6 +99,15 @@ impl Flags {
         set(&mut config.max_header_bytes, max_header_bytes);
         if registration_token.is_some() {
             config.registration_token = registration_token;
+        }
+        for (field, flag) in [
+            (&mut config.discovery_ca, discovery_ca),
+            (&mut config.discovery_cert, discovery_cert),
+            (&mut config.discovery_key, discovery_key),
+        ] {
+            if flag.is_some() {
+                *field = flag;
+            }
         }
         common
     }
@@ -108,8 +130,27 @@ fn main() -> ExitCode {
     };
     apply_env(&mut config);
     let common = flags.apply(&mut config);
+    // The files the config names, read as a start would read them.
+    if common.check_config && shared::cli::Check::check(&config).is_ok() {
+        if let Err(why) = app::check_files(&config) {
+            return shared::cli::fail(&format!("invalid configuration: {why}"));
+        }
+    }
     if let Some(code) = common.check(&config) {
         return code;
+    }
+    // With TLS files to rotate, SIGHUP reads them again; otherwise it ends
+    // the process as it always has.
+    if config.tls.is_some() || config.discovery_ca.is_some() {
+        let reload = |h: &app::Handle| {
+            let _ = h.reload_tls();
+            std::future::ready(())
+        };
+        return shared::shutdown::run_until_signal_with_reload(
+            app::spawn(config),
+            |h| h.shutdown(),
+            reload,
+        );
     }
     shared::shutdown::run_until_signal(app::spawn(config), |h| h.shutdown())
 }

@@ -33,7 +33,8 @@ use async_std::future::timeout;
 use async_std::task::{self, JoinHandle};
 use futures_lite::FutureExt;
 use shared::backoff::Backoff;
-use shared::config::AppConfig;
+use shared::config::{AppConfig, CertificateConfig};
+use shared::https::ClientTls;
 use shared::panics::Panics;
 use shared::shutdown::Trigger;
 use shared::wire::{DeregisterRequest, Port, RegisterRequest};
@@ -57,6 +58,10 @@ const DEREGISTER_WAIT: Duration = Duration::from_millis(1500);
 #[derive(Debug)]
 pub struct Registrar {
     client: surf::Client,
+    /// The CA and client certificate of `https://` discoveries, reloadable.
+    tls: Option<Arc<ClientTls>>,
+    /// A client certificate is shown to discovery (`discovery_cert`).
+    certificate: bool,
     /// The discoveries of `discovery_url`, in the order given.
     targets: Vec<Target>,
     /// The index in `targets` of the one tried first: the last that took a
@@ -189,16 +194,22 @@ impl Registrar {
         };
         let register_body = seed_compatible(&register).map_err(std::io::Error::other)?;
         let deregister_body = seed_compatible(&deregister).map_err(std::io::Error::other)?;
-        let client = surf::Config::new()
-            // One call per interval needs no pool, and a pooled connection to
-            // a discovery that restarted would only fail the next call.
-            .set_http_keep_alive(false)
-            .set_tcp_no_delay(true)
-            .set_timeout(Some(REQUEST_TIMEOUT))
-            .try_into()
-            .map_err(|e| std::io::Error::other(format!("cannot build the HTTP client: {e}")))?;
+        let tls = client_tls(config)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let client = shared::https::client(
+            surf::Config::new()
+                // One call per interval needs no pool, and a pooled connection to
+                // a discovery that restarted would only fail the next call.
+                .set_http_keep_alive(false)
+                .set_tcp_no_delay(true)
+                .set_timeout(Some(REQUEST_TIMEOUT)),
+            tls.clone(),
+        )
+        .map_err(std::io::Error::other)?;
         Ok(Registrar {
             client,
+            tls,
+            certificate: config.discovery_cert.is_some(),
             targets,
             current: AtomicUsize::new(0),
             register_body,
@@ -293,7 +304,7 @@ impl Registrar {
                             instance = self.instance.as_str(), url = url.as_str();
                             "discovery refused the registration ({status}: {body}); {}; retrying \
                              with backoff, logged again only if the answer changes",
-                            refusal_hint(status, self.authorization.is_some()));
+                            refusal_hint(status, self.authorization.is_some(), self.certificate));
                     } else {
                         log::debug!(status = status, retry_in_ms = delay.as_millis() as u64;
                             "registration still refused");
@@ -405,7 +416,7 @@ impl Registrar {
             Ok(Ok((status, body))) if status.is_client_error() => {
                 log::error!(instance = instance, url = url, status = u16::from(status);
                     "discovery refused the deregistration ({status}: {body}); {}",
-                    refusal_hint(status.into(), self.authorization.is_some()))
+                    refusal_hint(status.into(), self.authorization.is_some(), self.certificate))
             }
             Ok(Ok((status, body))) => {
                 log::warn!(instance = instance, url = url;
@@ -432,6 +443,25 @@ impl Registrar {
     }
 }
 
+/// The CA file (`discovery_ca`) and client certificate (`discovery_cert`,
+/// `discovery_key`) `https://` discoveries are reached with, read and
+/// checked; the error names the file.
+pub fn client_tls(config: &AppConfig) -> Result<Option<Arc<ClientTls>>, String> {
+    let Some(ca) = config.discovery_ca.as_deref() else {
+        return Ok(None);
+    };
+    let cert = match (&config.discovery_cert, &config.discovery_key) {
+        (Some(cert), Some(key)) => Some(CertificateConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    ClientTls::load(ca, cert)
+        .map(Some)
+        .map_err(|e| format!("discovery_ca/discovery_cert: {e}"))
+}
+
 /// The JSON body with the host under the seed's name `ip` rather than `host`.
 /// The seed's discovery knows `ip` only; ours takes `ip` as an alias of
 /// `host`, and refuses a body naming both (a duplicate field), so the one
@@ -447,20 +477,36 @@ fn seed_compatible(request: &impl serde::Serialize) -> serde_json::Result<Vec<u8
 }
 
 /// What to check for a refusal, in words an operator can act on.
-fn refusal_hint(status: u16, has_token: bool) -> &'static str {
-    match (status, has_token) {
-        (401, false) => {
+fn refusal_hint(status: u16, has_token: bool, has_certificate: bool) -> &'static str {
+    match (status, has_token, has_certificate) {
+        (401, false, false) => {
             "discovery wants a token: set --registration-token or REGISTRATION_TOKEN \
-             to its registration_token"
+             to its registration_token (or a client certificate: discovery_cert and \
+             discovery_key, over https)"
         }
-        (401, true) => "the token does not match discovery's registration_token",
-        (403, _) => "discovery does not allow this host: check its allowed_hosts",
-        (429, _) => "discovery holds as many instances as it allows (max_instances)",
+        (401, true, _) => "the token does not match discovery's registration_token",
+        (401, false, true) => {
+            "discovery did not take the client certificate: is discovery_url https, and \
+             does discovery's tls.client_ca issue discovery_cert?"
+        }
+        (403, ..) => "discovery does not allow this host: check its allowed_hosts",
+        (429, ..) => "discovery holds as many instances as it allows (max_instances)",
         _ => "the request was refused as it is",
     }
 }
 
 impl Registration {
+    /// SIGHUP: the CA and client certificate files read again (see
+    /// [`ClientTls::reload`]); without https settings, nothing to do.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.registrar.tls {
+            Some(tls) => tls
+                .reload()
+                .map_err(|e| format!("discovery_ca/discovery_cert: {e}")),
+            None => Ok(()),
+        }
+    }
+
     /// Ends the loop, then deregisters, waiting at most ~2 s in all: shutdown
     /// must not hang on a discovery that is away.
     ///

@@ -238,11 +238,7 @@ pub async fn cluster(req: Request<State>) -> tide::Result {
     let now = now_unix_ms();
     let me = state.config.replica_id.clone().or(store.replica_id.clone());
     let local = local_view(state, me.clone());
-    let client: surf::Client = surf::Config::new()
-        .set_http_keep_alive(false)
-        .set_timeout(None)
-        .try_into()
-        .unwrap_or_else(|_| surf::Client::new());
+    let client = state.peers.clone();
     let mut replicas: Vec<Value> = Vec::new();
     let listed = store.replicas.clone().unwrap_or_default();
     // This replica first, as it knows itself (in the store or not yet).

@@ -53,10 +53,12 @@ use counters::Counters;
 use mirror::{Mirror, Policy};
 use registry::Registry;
 use shared::api::json_response;
-use shared::config::{DiscoveryConfig, StoreUrl};
+use shared::config::{DiscoveryConfig, ServerTlsConfig, StoreUrl};
+use shared::https::ClientTls;
 use shared::panics::{supervise, Panics};
 use shared::serve::{Limits, Options, Served};
 use shared::shutdown::Trigger;
+use shared::tls::{Certificates, ServerTls};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tide::{Request, StatusCode};
@@ -79,6 +81,9 @@ pub(crate) struct State {
     seen: Arc<cluster::Seen>,
     /// The last 15 minutes of counts, for the console's charts.
     trends: Arc<trends::Trends>,
+    /// How the console's cluster view asks peer replicas (`https://` ones
+    /// verified against `discovery_ca`).
+    peers: surf::Client,
 }
 
 /// A running discovery service.
@@ -90,6 +95,10 @@ pub struct Handle {
     hub: Arc<Hub>,
     config: Arc<DiscoveryConfig>,
     registry: Arc<Registry>,
+    /// The listener's certificates, when it speaks TLS.
+    tls: Option<Arc<ServerTls>>,
+    /// The peer client's CA, when there is one.
+    peers_tls: Option<Arc<ClientTls>>,
 }
 
 impl Handle {
@@ -97,9 +106,27 @@ impl Handle {
         self.served.addr()
     }
 
-    /// `http://host:port`, the base URL apps and gateways are given.
+    /// `http://host:port` (`https://` when `listen` speaks TLS), the base
+    /// URL apps and gateways are given.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr())
+    }
+
+    /// SIGHUP: reads the certificate files of `tls` and `discovery_ca`
+    /// again, as named at start. Good ones serve every handshake after
+    /// this (connections already open keep theirs); a missing, broken,
+    /// mismatched or expired one refuses the whole reload, logged with its
+    /// name, and the ones in force stay. `tls.client_ca`, and the paths
+    /// themselves, need a restart.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        let result = reload_files(&self.config, self.tls.as_deref(), self.peers_tls.as_deref());
+        match &result {
+            Ok(()) => log::info!("TLS certificates reloaded"),
+            Err(why) => log::error!(error = why.as_str();
+                "TLS reload refused, the certificates in force stay: {why}"),
+        }
+        result
     }
 
     /// Stops health checks, ends watch streams, lets requests finish, closes the port.
@@ -113,6 +140,62 @@ impl Handle {
     }
 }
 
+/// Reads every file first, then swaps: a bad one changes nothing.
+fn reload_files(
+    config: &DiscoveryConfig,
+    server: Option<&ServerTls>,
+    peers: Option<&ClientTls>,
+) -> Result<(), String> {
+    let certificates = match (server, &config.tls) {
+        (Some(_), Some(tls)) => Some(load_certificates(tls)?),
+        _ => None,
+    };
+    if let Some(peers) = peers {
+        peers.reload().map_err(|e| format!("discovery_ca: {e}"))?;
+    }
+    if let (Some(server), Some(certificates)) = (server, certificates) {
+        server.replace(certificates);
+    }
+    Ok(())
+}
+
+/// The listener's certificates, read and checked; the error names the file.
+fn load_certificates(tls: &ServerTlsConfig) -> Result<Certificates, String> {
+    Certificates::load(&tls.pairs()).map_err(|e| format!("tls: {e}"))
+}
+
+/// The listener's TLS settings from `tls` (certificates and client CA).
+fn server_tls(tls: &ServerTlsConfig) -> Result<ServerTls, String> {
+    let certificates = load_certificates(tls)?;
+    let client_ca = match &tls.client_ca {
+        Some(ca) => Some(shared::tls::load_roots(ca).map_err(|e| format!("tls.client_ca: {e}"))?),
+        None => None,
+    };
+    ServerTls::new(certificates, client_ca).map_err(|e| format!("tls: {e}"))
+}
+
+/// The CA file peer replicas are verified against, read.
+fn peers_tls(config: &DiscoveryConfig) -> Result<Option<Arc<ClientTls>>, String> {
+    config
+        .discovery_ca
+        .as_deref()
+        .map(|ca| ClientTls::load(ca, None).map_err(|e| format!("discovery_ca: {e}")))
+        .transpose()
+}
+
+/// Reads and checks the files `config` names (the listener's certificates
+/// and keys, its client CA, `discovery_ca`, each `upstream_tls` CA and
+/// client certificate) as a start would, binding and contacting nothing:
+/// `--check-config` calls it.
+pub fn check_files(config: &DiscoveryConfig) -> Result<(), String> {
+    if let Some(tls) = &config.tls {
+        server_tls(tls)?;
+    }
+    peers_tls(config)?;
+    probe::load_all(&config.upstream_tls)?;
+    Ok(())
+}
+
 /// Largest request body taken (registrations and lookups are far smaller).
 const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The kernel's send buffer per connection (doubled by the kernel): room for
@@ -120,13 +203,6 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 /// then pins this much kernel memory, not the megabytes autotuning would let
 /// it grow to, and its stream stops producing at once.
 const SEND_BUFFER: usize = 64 * 1024;
-
-/// Reads and checks the files `config` names (each `upstream_tls` CA and
-/// client certificate) as a start would, binding and contacting nothing:
-/// `--check-config` calls it.
-pub fn check_files(config: &DiscoveryConfig) -> Result<(), String> {
-    probe::load_all(&config.upstream_tls).map(drop)
-}
 
 /// Starts discovery on `config.listen` (port 0 picks a free port).
 ///
@@ -137,7 +213,23 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
     config.validate().map_err(|e| invalid(e.to_string()))?;
     let allowed = Arc::new(AllowedHosts::parse(&config.allowed_hosts).map_err(invalid)?);
     // The TLS files first: a missing or bad one stops the start, naming it.
-    let tls = Arc::new(probe::load_all(&config.upstream_tls).map_err(invalid)?);
+    let check_tls = Arc::new(probe::load_all(&config.upstream_tls).map_err(invalid)?);
+    let tls = match &config.tls {
+        Some(t) => Some((
+            Arc::new(server_tls(t).map_err(invalid)?),
+            t.handshake_timeout,
+        )),
+        None => None,
+    };
+    let tls = tls.map(|(server, timeout)| shared::serve::TlsOptions::new(server, timeout));
+    let peers_tls = peers_tls(&config).map_err(invalid)?;
+    let peers = shared::https::client(
+        surf::Config::new()
+            .set_http_keep_alive(false)
+            .set_timeout(None),
+        peers_tls.clone(),
+    )
+    .map_err(std::io::Error::other)?;
     let config = Arc::new(config);
     let budget = budget::plan(config.max_connections, config.max_concurrent_checks);
     // Warming from now: the registry starts empty (memory) until the apps re-register.
@@ -168,7 +260,11 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         .map_err(invalid)?;
     let registry = Arc::new(Registry::new(mirror, store, caps));
     let counters = Arc::new(Counters::default());
-    let metrics = Arc::new(metrics::Metrics::new(&counters, panics.clone()));
+    let metrics = Arc::new(metrics::Metrics::new(
+        &counters,
+        panics.clone(),
+        tls.as_ref().map(|t| t.handshakes.clone()),
+    ));
     let checker = health::Checker {
         registry: registry.clone(),
         counters: counters.clone(),
@@ -178,7 +274,7 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         slots: Arc::new(async_lock::Semaphore::new(budget.checks)),
         panics: panics.clone(),
         not_made: Arc::new(health::Throttle::new(health::NOT_MADE_LOG_EVERY)),
-        tls,
+        tls: check_tls,
     };
     let stop = Trigger::new();
     {
@@ -203,6 +299,7 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         watchers: Arc::default(),
         seen: Arc::default(),
         trends,
+        peers,
     };
     let limits = Limits {
         max_connections: budget.connections,
@@ -213,14 +310,21 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         ..Limits::default()
     };
     let listener = shared::serve::bind(&config.listen).await?;
+    let server_tls = tls.as_ref().map(|t| t.server.clone());
     let served = shared::serve::serve_with(
         routes(state),
         listener,
         Options {
             limits,
             panics: panics.clone(),
+            tls,
         },
     )?;
+    let scheme = if server_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let checker = {
         let stop = stop.clone();
         task::spawn(supervise(panics, "health checker", move || {
@@ -231,8 +335,9 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
     log::info!(addr:% = served.addr(), max_connections = budget.connections,
         max_concurrent_checks = budget.checks, max_watchers = hub.cap(),
         nofile = budget.nofile.unwrap_or(0),
-        token = config.registration_token.is_some(), store = config.store.as_str();
-        "discovery listening on http://{}", served.addr());
+        token = config.registration_token.is_some(), store = config.store.as_str(),
+        tls = server_tls.is_some();
+        "discovery listening on {scheme}://{}", served.addr());
     Ok(Handle {
         served,
         checker,
@@ -240,6 +345,8 @@ pub async fn spawn(config: DiscoveryConfig) -> std::io::Result<Handle> {
         hub,
         config,
         registry,
+        tls: server_tls,
+        peers_tls,
     })
 }
 

@@ -1,5 +1,9 @@
-//! `discovery [--config FILE] [--listen ADDR] [--check-config]`: runs until
-//! SIGINT/SIGTERM; with `--check-config`, checks the config, prints it and exits.
+//! `discovery [--config FILE] [--listen ADDR] [--discovery-ca FILE]
+//! [--check-config]`: runs until SIGINT/SIGTERM; with `--check-config`,
+//! checks the config (and reads the files it names), prints it and exits.
+//! With `tls` configured, SIGHUP reads the certificate files again
+//! (`discovery::Handle::reload_tls`); without it SIGHUP ends the process as
+//! it always has.
 //!
 //! Env `DISCOVERY_REGISTRATION_TOKEN` (when set and not empty) beats the
 //! file's `registration_token`: a secret is better kept out of files.
@@ -17,6 +21,9 @@ struct Flags {
     /// Address to listen on, e.g. 127.0.0.1:8500 (beats the file).
     #[arg(long)]
     listen: Option<String>,
+    /// PEM CA file peer replicas' https:// advertise_urls are verified against (beats the file).
+    #[arg(long)]
+    discovery_ca: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -26,6 +33,9 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     set(&mut config.listen, flags.listen);
+    if flags.discovery_ca.is_some() {
+        config.discovery_ca = flags.discovery_ca;
+    }
     if let Some(token) = std::env::var_os("DISCOVERY_REGISTRATION_TOKEN") {
         if !token.is_empty() {
             config.registration_token = Some(token.to_string_lossy().into_owned());
@@ -43,5 +53,16 @@ fn main() -> ExitCode {
     // Room for every connection and check the config allows, as far as the hard limit lets.
     let wanted = config.max_connections + config.max_concurrent_checks;
     discovery::budget::raise_nofile(wanted as u64 + discovery::budget::RESERVED);
+    if config.tls.is_some() {
+        let reload = |h: &discovery::Handle| {
+            let _ = h.reload_tls();
+            std::future::ready(())
+        };
+        return shared::shutdown::run_until_signal_with_reload(
+            discovery::spawn(config),
+            |h| h.shutdown(),
+            reload,
+        );
+    }
     shared::shutdown::run_until_signal(discovery::spawn(config), |h| h.shutdown())
 }

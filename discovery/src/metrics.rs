@@ -14,6 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as Prom;
 use shared::panics::Panics;
+use shared::serve::Handshakes;
+use std::sync::Arc;
 
 /// The content type of `/metrics`, the same as the gateway's.
 pub(crate) const CONTENT_TYPE: &str = shared::process_metrics::CONTENT_TYPE;
@@ -56,12 +58,24 @@ pub(crate) struct Metrics {
     /// Mirrors `panics` at each render (`discovery_panics_total`).
     panics_total: Counter,
     panics: Panics,
+    /// Mirrors the TLS port's handshakes at each render
+    /// (`discovery_tls_handshakes_total`), when `listen` speaks TLS.
+    tls: Option<(Family<TlsResult, Counter>, Arc<Handshakes>)>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsResult {
+    result: &'static str,
 }
 
 impl Metrics {
     /// Registers `counters` (the series stay shared with whoever bumps them);
     /// `panics` is where the server and the checker count the panics they caught.
-    pub(crate) fn new(counters: &Counters, panics: Panics) -> Self {
+    pub(crate) fn new(
+        counters: &Counters,
+        panics: Panics,
+        handshakes: Option<Arc<Handshakes>>,
+    ) -> Self {
         let Counters {
             registrations,
             deregistrations,
@@ -159,6 +173,16 @@ impl Metrics {
             "Registered instances by namespace and status",
             instances.clone(),
         );
+        let tls = handshakes.map(|handshakes| {
+            let family = Family::<TlsResult, Counter>::default();
+            prom.register(
+                "tls_handshakes",
+                "TLS handshakes on the listener by result: ok, failed (not TLS, no common \
+                 version, a client certificate from another CA) and timeout",
+                family.clone(),
+            );
+            (family, handshakes)
+        });
         Metrics {
             prom,
             instances,
@@ -168,6 +192,7 @@ impl Metrics {
             store,
             panics_total,
             panics,
+            tls,
         }
     }
 
@@ -177,6 +202,20 @@ impl Metrics {
         let shown = self.panics_total.get();
         if caught > shown {
             self.panics_total.inc_by(caught - shown);
+        }
+        if let Some((family, handshakes)) = &self.tls {
+            use std::sync::atomic::Ordering::Relaxed;
+            for (result, n) in [
+                ("ok", &handshakes.ok),
+                ("failed", &handshakes.failed),
+                ("timeout", &handshakes.timeout),
+            ] {
+                let counter = family.get_or_create(&TlsResult { result });
+                let (now, shown) = (n.load(Relaxed), counter.get());
+                if now > shown {
+                    counter.inc_by(now - shown);
+                }
+            }
         }
         self.instances.clear();
         for (namespace, c) in registry.counts() {

@@ -135,22 +135,46 @@ pub(crate) fn invalid(message: String) -> Counted {
     )
 }
 
-/// With a `registration_token` configured, the request must carry it as a bearer token.
+/// Who may write: with a `registration_token` configured, a request that
+/// carries it as a bearer token; with `tls.client_ca` configured, a request
+/// on a connection whose client certificate verified against it (the
+/// handshake refuses one from another CA). With either configured, a
+/// request with neither is a 401; with neither configured, anyone.
+///
+/// The certificate stands for the token: it is not matched against the
+/// registered host (`allowed_hosts` still applies), as the token is not.
 pub(crate) fn authorize(req: &Request<State>) -> Result<(), Counted> {
-    let Some(token) = req.state().config.registration_token.as_deref() else {
-        return Ok(());
-    };
-    let values = req.header("authorization");
-    let given = values.into_iter().flatten().map(|v| v.as_str());
-    if bearer_matches(given, token) {
+    let config = &req.state().config;
+    let token = config.registration_token.as_deref();
+    let by_certificate = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if token.is_none() && !by_certificate {
         return Ok(());
     }
+    if by_certificate && req.ext::<shared::serve::PeerCertificate>().is_some() {
+        return Ok(());
+    }
+    if let Some(token) = token {
+        let values = req.header("authorization");
+        let given = values.into_iter().flatten().map(|v| v.as_str());
+        if bearer_matches(given, token) {
+            return Ok(());
+        }
+    }
+    let wanted = match (token.is_some(), by_certificate) {
+        (true, false) => "Authorization: Bearer <registration_token>",
+        (false, _) => "a client certificate from its tls.client_ca",
+        (true, true) => {
+            "Authorization: Bearer <registration_token> or a client certificate from its tls.client_ca"
+        }
+    };
     let mut res = error_response(
         StatusCode::Unauthorized,
         "unauthorized",
-        "this discovery requires Authorization: Bearer <registration_token> to register, deregister or change maintenance",
+        format!("this discovery requires {wanted} to register, deregister or change maintenance"),
     );
-    res.insert_header("www-authenticate", "Bearer realm=\"discovery\"");
+    if token.is_some() {
+        res.insert_header("www-authenticate", "Bearer realm=\"discovery\"");
+    }
     Err(("unauthorized", res))
 }
 

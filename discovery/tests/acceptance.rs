@@ -25,6 +25,8 @@ mod metrics;
 mod register;
 #[path = "acceptance/store_records.rs"]
 mod store_records;
+#[path = "acceptance/tls.rs"]
+mod tls;
 #[path = "acceptance/upstream_tls.rs"]
 mod upstream_tls;
 #[path = "acceptance/watch.rs"]

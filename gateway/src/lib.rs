@@ -146,7 +146,19 @@ pub fn check_files(config: &GatewayConfig) -> Result<(), String> {
         http::tls::load_certificates(t)?;
     }
     http::upstream_tls::load_all(&config.routes)?;
+    discovery_tls(config)?;
     Ok(())
+}
+
+/// The CA file an `https://` discovery_url is verified against, read.
+fn discovery_tls(config: &GatewayConfig) -> Result<Option<Arc<shared::https::ClientTls>>, String> {
+    config
+        .discovery_ca
+        .as_deref()
+        .map(|ca| {
+            shared::https::ClientTls::load(ca, None).map_err(|e| format!("discovery_ca: {e}"))
+        })
+        .transpose()
 }
 
 /// Starts the gateway on `config.listen` and its admin port on `config.admin_listen`.
@@ -166,6 +178,8 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         }
     };
     let upstream_tls = http::upstream_tls::load_all(&config.routes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let discovery_tls = discovery_tls(&config)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let workers = runtime::slots::count(config.worker_threads);
     let listeners = runtime::listen::bind_all(&config.listen, config.reuse_port, workers)?;
@@ -206,14 +220,18 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     // console shows beside the stream's address.
     let admin_listener = shared::serve::bind(&config.admin_listen).await?;
     let gateway_id = format!("http://{}", admin_listener.local_addr()?);
-    let discovery = surf::Config::new()
-        .set_http_keep_alive(false)
-        .set_tcp_no_delay(true)
-        .set_timeout(None)
-        .add_header("x-gateway-id", gateway_id.as_str())
-        .map_err(|e| std::io::Error::other(format!("cannot build the discovery client: {e}")))?
-        .try_into()
-        .map_err(|e| std::io::Error::other(format!("cannot build the discovery client: {e}")))?;
+    let discovery = shared::https::client(
+        surf::Config::new()
+            .set_http_keep_alive(false)
+            .set_tcp_no_delay(true)
+            .set_timeout(None)
+            .add_header("x-gateway-id", gateway_id.as_str())
+            .map_err(|e| {
+                std::io::Error::other(format!("cannot build the discovery client: {e}"))
+            })?,
+        discovery_tls,
+    )
+    .map_err(|e| std::io::Error::other(format!("cannot build the discovery client: {e}")))?;
     let panics = Panics::new();
     let budget = Arc::new(http::budget::Budget::new(config.max_buffered_bytes));
     let live = Arc::new(context::Live::default());
@@ -267,6 +285,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
         shared::serve::Options {
             limits: shared::serve::Limits::default(),
             panics: ctx.panics.clone(),
+            tls: None,
         },
     )?;
     let connections = Tracker::default();

@@ -1,5 +1,5 @@
 //! `gateway [--config FILE] [--listen ADDR] [--admin-listen ADDR] [--discovery-url URL]
-//! [--idempotency-store URL] [--check-config]`.
+//! [--idempotency-store URL] [--discovery-ca FILE] [--check-config]`.
 //!
 //! SIGHUP reloads the config file (see `gateway::reload`); SIGINT/SIGTERM drain and stop.
 
@@ -38,6 +38,9 @@ struct Flags {
     /// Where idempotency records live: memory or etcd://HOST:PORT[,...]/PREFIX (beats the file).
     #[arg(long)]
     idempotency_store: Option<String>,
+    /// PEM CA file an https:// discovery_url's certificate must chain to (beats the file).
+    #[arg(long)]
+    discovery_ca: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -86,5 +89,8 @@ impl Flags {
             &mut config.idempotency_store,
             self.idempotency_store.clone(),
         );
+        if self.discovery_ca.is_some() {
+            config.discovery_ca.clone_from(&self.discovery_ca);
+        }
     }
 }

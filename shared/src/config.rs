@@ -388,6 +388,13 @@ pub struct DiscoveryConfig {
     /// The URL other replicas and operators reach this replica at.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise_url: Option<String>,
+    /// `listen` speaks HTTPS with these certificates (docs/tls.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
+    /// PEM CA file that peer replicas' `https://` `advertise_url`s are
+    /// verified against (the console's cluster view asks them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery_ca: Option<String>,
 }
 
 impl Default for DiscoveryConfig {
@@ -417,6 +424,8 @@ impl Default for DiscoveryConfig {
             store: "memory".into(),
             replica_id: None,
             advertise_url: None,
+            tls: None,
+            discovery_ca: None,
         }
     }
 }
@@ -513,6 +522,16 @@ impl DiscoveryConfig {
                 || !u.bytes().all(|b| b.is_ascii_graphic())
         }) {
             owned.push("advertise_url must be an http:// or https:// URL".into());
+        }
+        for e in self.tls.iter().flat_map(ServerTlsConfig::errors) {
+            errors.push(e);
+        }
+        if self
+            .discovery_ca
+            .as_deref()
+            .is_some_and(|ca| ca.trim().is_empty())
+        {
+            errors.push("discovery_ca must name a CA file");
         }
         owned.extend(self.upstream_tls_errors());
         errors.extend(owned.iter().map(String::as_str));
@@ -870,6 +889,10 @@ pub struct GatewayConfig {
     /// A TLS listener beside `listen` (docs/tls.md); none by default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// PEM CA file an `https://` `discovery_url`'s certificate must chain
+    /// to (the watch, lookups and the readiness check); needed for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery_ca: Option<String>,
 }
 
 /// The gateway's `"tls"`: a second client port where clients speak HTTPS.
@@ -907,20 +930,50 @@ fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+/// Every certificate, in order: `cert`/`key` first, then `certificates`
+/// (the gateway's `tls` and the servers' [`ServerTlsConfig`] alike).
+fn pairs(
+    cert: &Option<String>,
+    key: &Option<String>,
+    certificates: &[CertificateConfig],
+) -> Vec<CertificateConfig> {
+    let single = match (cert, key) {
+        (Some(cert), Some(key)) => Some(CertificateConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    single
+        .into_iter()
+        .chain(certificates.iter().cloned())
+        .collect()
+}
+
+/// What is wrong with a `tls` key's certificates and handshake timeout.
+fn certificate_errors(
+    cert: &Option<String>,
+    key: &Option<String>,
+    certificates: &[CertificateConfig],
+    handshake_timeout: Duration,
+) -> Vec<&'static str> {
+    let mut errors = Vec::new();
+    if cert.is_some() != key.is_some() {
+        errors.push("tls.cert and tls.key go together");
+    }
+    if pairs(cert, key, certificates).is_empty() {
+        errors.push("tls needs a certificate: cert and key, or certificates");
+    }
+    if handshake_timeout.is_zero() {
+        errors.push("tls.handshake_timeout must be above zero");
+    }
+    errors
+}
+
 impl TlsConfig {
     /// Every certificate, in order: `cert`/`key` first, then `certificates`.
     pub fn pairs(&self) -> Vec<CertificateConfig> {
-        let single = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => Some(CertificateConfig {
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
-            _ => None,
-        };
-        single
-            .into_iter()
-            .chain(self.certificates.iter().cloned())
-            .collect()
+        pairs(&self.cert, &self.key, &self.certificates)
     }
 
     fn errors(&self) -> Vec<&'static str> {
@@ -928,17 +981,92 @@ impl TlsConfig {
         if self.listen.trim().is_empty() {
             errors.push("tls.listen must name an address");
         }
-        if self.cert.is_some() != self.key.is_some() {
-            errors.push("tls.cert and tls.key go together");
-        }
-        if self.pairs().is_empty() {
-            errors.push("tls needs a certificate: cert and key, or certificates");
-        }
-        if self.handshake_timeout.is_zero() {
-            errors.push("tls.handshake_timeout must be above zero");
+        errors.extend(certificate_errors(
+            &self.cert,
+            &self.key,
+            &self.certificates,
+            self.handshake_timeout,
+        ));
+        errors
+    }
+}
+
+/// Discovery's and the app's `"tls"`: their own listener speaks HTTPS
+/// (docs/tls.md, "Discovery and the app over TLS"). The certificates as in
+/// the gateway's `tls`; with `client_ca`, a client may present a
+/// certificate, which must chain to it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// A PEM certificate chain, the server's own certificate first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// The PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Several certificates, chosen by SNI; after `cert` if both are given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateConfig>,
+    /// A TLS handshake must be over within this, or the connection closes.
+    #[serde(default = "default_handshake_timeout", with = "duration")]
+    pub handshake_timeout: Duration,
+    /// PEM CA certificates a client's certificate must chain to. A client
+    /// may then present one (one from another CA fails the handshake);
+    /// discovery takes a verified one in place of the registration token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
+}
+
+impl ServerTlsConfig {
+    /// Every certificate, in order: `cert`/`key` first, then `certificates`.
+    pub fn pairs(&self) -> Vec<CertificateConfig> {
+        pairs(&self.cert, &self.key, &self.certificates)
+    }
+
+    fn errors(&self) -> Vec<&'static str> {
+        let mut errors = certificate_errors(
+            &self.cert,
+            &self.key,
+            &self.certificates,
+            self.handshake_timeout,
+        );
+        if self
+            .client_ca
+            .as_deref()
+            .is_some_and(|ca| ca.trim().is_empty())
+        {
+            errors.push("tls.client_ca must name a CA file");
         }
         errors
     }
+}
+
+/// What is wrong with the CA file and client certificate a service reaches
+/// discovery with, for `urls` (its discovery URLs, or the peers'): an
+/// `https://` one needs `discovery_ca`, as the system's roots are never used.
+fn discovery_tls_errors(
+    urls: &[String],
+    ca: Option<&str>,
+    cert: Option<&str>,
+    key: Option<&str>,
+) -> Vec<&'static str> {
+    let mut errors = Vec::new();
+    if ca.is_some_and(|ca| ca.trim().is_empty()) {
+        errors.push("discovery_ca must name a CA file");
+    }
+    if ca.is_none() && urls.iter().any(|u| u.starts_with("https://")) {
+        errors.push(
+            "an https:// discovery_url needs discovery_ca: the CA file discovery's \
+             certificate chains to (the system's roots are never used)",
+        );
+    }
+    if cert.is_some() != key.is_some() {
+        errors.push("discovery_cert and discovery_key go together");
+    }
+    if cert.is_some() && ca.is_none() {
+        errors.push("discovery_cert is shown over https only: it needs discovery_ca");
+    }
+    errors
 }
 
 impl Default for GatewayConfig {
@@ -985,6 +1113,7 @@ impl Default for GatewayConfig {
             idempotency_max_bytes: 64 * 1024 * 1024,
             idempotency_fail_open: false,
             tls: None,
+            discovery_ca: None,
         }
     }
 }
@@ -1068,10 +1197,17 @@ impl GatewayConfig {
         }
         if urls.iter().any(|u| {
             u.strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"))
                 .is_none_or(|rest| rest.is_empty() || rest.contains(char::is_whitespace))
         }) {
-            errors.push("every discovery_url must start with http:// and name a host");
+            errors.push("every discovery_url must start with http:// or https:// and name a host");
         }
+        errors.extend(discovery_tls_errors(
+            &urls,
+            self.discovery_ca.as_deref(),
+            None,
+            None,
+        ));
         if self.watch_idle_timeout.is_zero() {
             errors.push("watch_idle_timeout must be above zero");
         }
@@ -1142,6 +1278,21 @@ pub struct AppConfig {
     /// Registered weight (1..=1000): its share on routes that balance by
     /// weight (`weighted_round_robin`); plain round robin ignores it.
     pub weight: u32,
+    /// The serving port (`port`) speaks HTTPS with these certificates
+    /// (docs/tls.md); the admin port stays plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
+    /// PEM CA file an `https://` `discovery_url`'s certificate must chain
+    /// to; needed for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery_ca: Option<String>,
+    /// A PEM client certificate shown to an https discovery that asks (its
+    /// `tls.client_ca`), with `discovery_key`: it registers without the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery_cert: Option<String>,
+    /// The PEM private key of `discovery_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery_key: Option<String>,
 }
 
 impl Default for AppConfig {
@@ -1162,6 +1313,10 @@ impl Default for AppConfig {
             register_backoff_max: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
             weight: 1,
+            tls: None,
+            discovery_ca: None,
+            discovery_cert: None,
+            discovery_key: None,
         }
     }
 }
@@ -1190,9 +1345,16 @@ impl AppConfig {
         }
         if urls.iter().any(|u| !is_http_base_url(u)) {
             errors.push(
-                "every discovery_url must be http://HOST[:PORT][/PATH] (a port from 1 to 65535)",
+                "every discovery_url must be http://HOST[:PORT][/PATH] or https://... (a port from 1 to 65535)",
             );
         }
+        errors.extend(discovery_tls_errors(
+            &urls,
+            self.discovery_ca.as_deref(),
+            self.discovery_cert.as_deref(),
+            self.discovery_key.as_deref(),
+        ));
+        errors.extend(self.tls.iter().flat_map(ServerTlsConfig::errors));
         if self.admin_port != 0 && self.admin_port == self.port {
             errors.push("admin_port must differ from port");
         }
@@ -1227,10 +1389,13 @@ impl AppConfig {
     }
 }
 
-/// `http://HOST[:PORT][/PATH]` with a host, no white space and, when given,
-/// a port from 1 to 65535 (what the app's HTTP client would refuse later).
+/// `http(s)://HOST[:PORT][/PATH]` with a host, no white space and, when
+/// given, a port from 1 to 65535 (what the app's HTTP client would refuse later).
 fn is_http_base_url(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
         return false;
     };
     if rest.contains(|c: char| c.is_whitespace() || c.is_control()) {
@@ -1506,6 +1671,102 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(shared.warmup(), Duration::ZERO, "etcd replicas never warm");
+    }
+}
+
+/// The control plane's TLS keys: discovery's and the app's `tls`, and the
+/// `discovery_ca` (and client certificate) https discovery URLs need.
+#[cfg(test)]
+mod control_plane_tls_tests {
+    use super::*;
+
+    #[test]
+    fn server_tls_reads_like_the_gateways_without_listen_and_with_client_ca() {
+        let d: DiscoveryConfig = parse(
+            r#"{"tls": {"cert": "/c.pem", "key": "/k.pem", "client_ca": "/ca.pem"},
+                "discovery_ca": "/peers.pem"}"#,
+        )
+        .unwrap();
+        let tls = d.tls.as_ref().unwrap();
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(tls.client_ca.as_deref(), Some("/ca.pem"));
+        assert_eq!(tls.pairs().len(), 1);
+        assert!(d.validate().is_ok());
+        let why =
+            parse::<DiscoveryConfig>(r#"{"tls": {"cert": "/c", "key": "/k", "listen": "x"}}"#)
+                .unwrap_err();
+        assert!(why.contains("listen"), "{why}");
+        let a: AppConfig = parse(
+            r#"{"tls": {"certificates": [{"cert": "/a", "key": "/b"}], "handshake_timeout": "2s"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            a.tls.as_ref().unwrap().handshake_timeout,
+            Duration::from_secs(2)
+        );
+        assert!(a.validate().is_ok());
+        for (text, wanted) in [
+            (
+                r#"{"tls": {"cert": "/c"}}"#,
+                "tls.cert and tls.key go together",
+            ),
+            (r#"{"tls": {}}"#, "tls needs a certificate"),
+            (
+                r#"{"tls": {"cert": "/c", "key": "/k", "handshake_timeout": 0}}"#,
+                "handshake_timeout must be above zero",
+            ),
+            (
+                r#"{"tls": {"cert": "/c", "key": "/k", "client_ca": ""}}"#,
+                "tls.client_ca must name a CA file",
+            ),
+        ] {
+            let d: DiscoveryConfig = parse(text).unwrap();
+            let why = d.validate().unwrap_err().to_string();
+            assert!(why.contains(wanted), "{text}: {why}");
+            let a: AppConfig = parse(text).unwrap();
+            let why = a.validate().unwrap_err().to_string();
+            assert!(why.contains(wanted), "{text}: {why}");
+        }
+    }
+
+    #[test]
+    fn an_https_discovery_url_needs_discovery_ca_and_a_client_certificate_goes_with_its_key() {
+        let app = |text: &str| parse::<AppConfig>(text).unwrap().validate();
+        let why = app(r#"{"discovery_url": "https://d.test:8500"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("needs discovery_ca"), "{why}");
+        assert!(app(r#"{"discovery_url": "https://d.test:8500", "discovery_ca": "/ca"}"#).is_ok());
+        assert!(app(
+            r#"{"discovery_url": "http://a:1,https://d.test", "discovery_ca": "/ca",
+                "discovery_cert": "/c", "discovery_key": "/k"}"#
+        )
+        .is_ok());
+        let why = app(
+            r#"{"discovery_url": "https://d.test", "discovery_ca": "/ca", "discovery_cert": "/c"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            why.contains("discovery_cert and discovery_key go together"),
+            "{why}"
+        );
+        let why = app(r#"{"discovery_cert": "/c", "discovery_key": "/k"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("needs discovery_ca"), "{why}");
+        let gateway = |text: &str| parse::<GatewayConfig>(text).unwrap().validate();
+        let why = gateway(r#"{"discovery_url": "https://d.test:8500"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("needs discovery_ca"), "{why}");
+        assert!(
+            gateway(r#"{"discovery_url": "https://d.test:8500", "discovery_ca": "/ca"}"#).is_ok()
+        );
+        let why = gateway(r#"{"discovery_url": "ftp://d.test"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("http:// or https://"), "{why}");
     }
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod etcd;
 pub mod http1;
+pub mod https;
 pub mod local_trouble;
 pub mod logging;
 pub mod panics;

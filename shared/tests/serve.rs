@@ -47,6 +47,7 @@ async fn start(limits: Limits) -> (Served, Panics) {
     let options = Options {
         limits,
         panics: panics.clone(),
+        tls: None,
     };
     let served = serve_with(app(), bind("127.0.0.1:0").await.unwrap(), options).unwrap();
     (served, panics)

@@ -8,6 +8,7 @@ pub mod client;
 pub mod etcd;
 pub mod layers;
 pub mod peer;
+pub mod pki;
 pub mod procs;
 pub mod raw;
 pub mod script;

@@ -140,11 +140,13 @@ impl Proc {
         }
     }
 
-    /// The address from its "listening on http://ADDR" line (pretty or ndjson log).
+    /// The address from its "listening on http://ADDR" (or https://) line (pretty or ndjson log).
     pub async fn listening(&self, what: &str) -> std::net::SocketAddr {
-        let needle = format!("{what} listening on http://");
+        let needle = format!("{what} listening on http");
         let line = self.wait_for_line(&needle, Duration::from_secs(20)).await;
         let rest = &line[line.find(&needle).unwrap() + needle.len()..];
+        let rest = rest.strip_prefix('s').unwrap_or(rest);
+        let rest = rest.strip_prefix("://").unwrap();
         let addr: String = rest
             .chars()
             .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))

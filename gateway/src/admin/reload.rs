@@ -20,7 +20,7 @@
 //! The TLS port itself (`tls.listen`, and whether there is one) needs a restart.
 //!
 //! What cannot change without a restart (`listen`, `admin_listen`,
-//! `worker_threads`, `reuse_port`, the idempotency store and its bounds,
+//! `worker_threads`, `reuse_port`, `discovery_ca`, the idempotency store and its bounds,
 //! and the pool and buffer sizes that
 //! existing objects were built with) keeps its old value, and the reload says so in the log. A
 //! config that does not parse or validate is refused whole: the old one stays.
@@ -163,7 +163,8 @@ fn keep_restart_only(old: &GatewayConfig, next: &mut GatewayConfig) -> Vec<&'sta
         idempotency_store,
         idempotency_max_entries,
         idempotency_max_bytes,
-        idempotency_fail_open
+        idempotency_fail_open,
+        discovery_ca
     );
     match (&old.tls, &mut next.tls) {
         (Some(old), Some(next)) if next.listen != old.listen => {

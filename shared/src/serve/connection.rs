@@ -1,5 +1,7 @@
-//! One client connection: requests read in turn (pipelined ones stay in the
-//! buffer, in order), each served by tide and answered before the next.
+//! One client connection: the TLS handshake first on a TLS port, then
+//! requests read in turn (pipelined ones stay in the buffer, in order), each
+//! served by tide and answered before the next. The exchange is generic over
+//! the stream: the socket itself, or TLS over it.
 
 use super::front::{self, Refusal};
 use super::respond::{self, Exchange};
@@ -9,9 +11,11 @@ use crate::http1::{ReadBuf, RequestHead};
 use crate::panics::Panics;
 use crate::shutdown::Trigger;
 use async_std::net::TcpStream;
-use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
-use std::net::{Shutdown, SocketAddr};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What every connection of one listener shares.
@@ -21,6 +25,14 @@ pub struct Shared<S> {
     pub panics: Panics,
     pub stop: Trigger,
     pub kill: Trigger,
+    pub tls: Option<Tls>,
+}
+
+/// A TLS port's side of each connection.
+pub struct Tls {
+    pub acceptor: futures_rustls::TlsAcceptor,
+    pub handshake_timeout: Duration,
+    pub handshakes: Arc<super::Handshakes>,
 }
 
 /// Per-connection buffers, kept across its requests.
@@ -30,9 +42,14 @@ struct Conn {
     out: Vec<u8>,
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
+    /// Over TLS: requests are `https://` to tide.
+    secure: bool,
+    /// The client's verified certificate, handed to every request.
+    certificate: Option<super::PeerCertificate>,
 }
 
-/// Serves `stream` until the client or the server ends it.
+/// Serves `stream` until the client or the server ends it: plainly, or
+/// after a TLS handshake on a TLS port.
 pub async fn serve<S>(shared: &Shared<S>, stream: TcpStream, held: Held)
 where
     S: Clone + Send + Sync + 'static,
@@ -53,9 +70,59 @@ where
         out: Vec::with_capacity(1024),
         local: stream.local_addr().ok(),
         peer: stream.peer_addr().ok(),
+        secure: false,
+        certificate: None,
     };
+    let Some(tls) = &shared.tls else {
+        return run(shared, conn, stream, held).await;
+    };
+    // Until the handshake is over the client has sent no request: idle, so
+    // the cap may close it like any other silent connection.
+    held.slot.idle();
+    let handshake = async {
+        let started =
+            async_std::future::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
+        match started.await {
+            Ok(Ok(stream)) => {
+                tls.handshakes.ok.fetch_add(1, Ordering::Relaxed);
+                Some(stream)
+            }
+            Ok(Err(e)) => {
+                tls.handshakes.failed.fetch_add(1, Ordering::Relaxed);
+                log::debug!(peer:? = conn.peer; "TLS handshake failed: {e}");
+                None
+            }
+            Err(_) => {
+                tls.handshakes.timeout.fetch_add(1, Ordering::Relaxed);
+                log::debug!(peer:? = conn.peer; "TLS handshake not over within the handshake timeout");
+                None
+            }
+        }
+    };
+    let closing = async {
+        held.slot.close.wait().await;
+        None
+    };
+    let Some(stream) = handshake.or(closing).await else {
+        return;
+    };
+    conn.secure = true;
+    conn.certificate = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| super::PeerCertificate(Arc::new(leaf.clone().into_owned())));
+    run(shared, conn, stream, held).await;
+}
+
+/// Serves requests on `io` until the client or the server ends it.
+async fn run<S, IO>(shared: &Shared<S>, mut conn: Conn, mut io: IO, held: Held)
+where
+    S: Clone + Send + Sync + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let limits = &shared.limits;
-    let mut io = &stream;
     // A fresh connection gets header_timeout to start its request, a
     // kept-alive one idle_timeout (as nginx's client_header_timeout and
     // keepalive_timeout).
@@ -74,7 +141,7 @@ where
                 false
             };
             if !next.or(closing).await {
-                return;
+                break;
             }
         }
         held.slot.busy();
@@ -84,9 +151,9 @@ where
         };
         match exchange(shared, &mut conn, &mut io).or(killed).await {
             Outcome::KeepAlive if !shared.stop.is_fired() => {}
-            Outcome::KeepAlive | Outcome::Close => return,
+            Outcome::KeepAlive | Outcome::Close => break,
             Outcome::Refused => {
-                linger(&stream).or(shared.kill.wait()).await;
+                linger(&mut io).or(shared.kill.wait()).await;
                 return;
             }
         }
@@ -96,7 +163,16 @@ where
         }
         wait = limits.idle_timeout;
     }
+    if conn.secure {
+        // TLS's close_notify, so that a body delimited by the close (an
+        // HTTP/1.0 stream) is not taken for a truncation; briefly, as the
+        // client may not read.
+        let _ = async_std::future::timeout(CLOSE_NOTIFY_WAIT, io.close()).await;
+    }
 }
+
+/// How long a TLS connection's close waits to send its close_notify.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_millis(200);
 
 enum Outcome {
     KeepAlive,
@@ -107,9 +183,10 @@ enum Outcome {
 }
 
 /// One request and its answer.
-async fn exchange<S>(shared: &Shared<S>, conn: &mut Conn, io: &mut &TcpStream) -> Outcome
+async fn exchange<S, IO>(shared: &Shared<S>, conn: &mut Conn, io: &mut IO) -> Outcome
 where
     S: Clone + Send + Sync + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let limits = &shared.limits;
     let deadline = Instant::now() + limits.header_timeout;
@@ -123,7 +200,10 @@ where
         )
         .await?;
         let head = &conn.head;
-        let mut req = front::build(conn.buf.data(), head, conn.local, conn.peer)?;
+        let mut req = front::build(conn.buf.data(), head, conn.local, conn.peer, conn.secure)?;
+        if let Some(certificate) = &conn.certificate {
+            req.ext_mut().insert(certificate.clone());
+        }
         conn.buf.consume(head.len);
         if head.expect_continue && conn.buf.is_empty() {
             if let crate::http1::Framing::Length(n) = head.framing {
@@ -131,9 +211,12 @@ where
                     return Err(front::too_large(limits.max_body_bytes));
                 }
             }
-            io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .map_err(|_| Refusal::Gone)?;
+            // Flushed: over TLS the record may otherwise wait in rustls.
+            let interim = async {
+                io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                io.flush().await
+            };
+            interim.await.map_err(|_| Refusal::Gone)?;
         }
         let deadline = Instant::now() + limits.body_timeout;
         let body = front::read_body(
@@ -188,10 +271,10 @@ where
 }
 
 /// Answers 500 when the handler failed before anything was written; closes.
-async fn internal_error<S>(
+async fn internal_error<S, IO: AsyncWrite + Unpin>(
     shared: &Shared<S>,
     conn: &mut Conn,
-    io: &mut &TcpStream,
+    io: &mut IO,
     message: &str,
 ) -> Outcome {
     respond::error_response(&mut conn.out, 500, "internal_error", message);
@@ -199,8 +282,16 @@ async fn internal_error<S>(
     Outcome::Close
 }
 
-async fn send(io: &mut &TcpStream, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
-    match async_std::future::timeout(limit, io.write_all(bytes)).await {
+async fn send<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    bytes: &[u8],
+    limit: Duration,
+) -> std::io::Result<()> {
+    let write = async {
+        io.write_all(bytes).await?;
+        io.flush().await
+    };
+    match async_std::future::timeout(limit, write).await {
         Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
@@ -209,9 +300,9 @@ async fn send(io: &mut &TcpStream, bytes: &[u8], limit: Duration) -> std::io::Re
 /// After an early refusal, stops sending and reads (and drops) what the
 /// client still sends for a little while, so that closing does not reset the
 /// connection before the client has read the answer.
-async fn linger(stream: &TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
-    let mut io = stream;
+async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
+    // The socket's write side shut (after TLS's close_notify over TLS).
+    let _ = async_std::future::timeout(Duration::from_secs(1), io.close()).await;
     let mut sink = [0u8; 4096];
     let mut left = 256 * 1024usize;
     let drain = async {

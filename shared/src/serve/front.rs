@@ -99,9 +99,10 @@ pub fn build(
     head: &RequestHead,
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
+    secure: bool,
 ) -> Result<Request, Refusal> {
     let method = method(head.method(buf))?;
-    let url = url(buf, head, local)?;
+    let url = url(buf, head, local, if secure { "https" } else { "http" })?;
     let mut req = Request::new(method, url);
     req.set_version(Some(if head.minor_version == 0 {
         Version::Http1_0
@@ -147,7 +148,12 @@ fn method(bytes: &[u8]) -> Result<Method, Refusal> {
 /// move what tide routes on (`Host: x/chaos?` must not reach `/chaos`). An
 /// absolute-form target's authority takes the place of Host (RFC 9112
 /// section 3.2.2), under the same rule.
-fn url(buf: &[u8], head: &RequestHead, local: Option<SocketAddr>) -> Result<Url, Refusal> {
+fn url(
+    buf: &[u8],
+    head: &RequestHead,
+    local: Option<SocketAddr>,
+    scheme: &str,
+) -> Result<Url, Refusal> {
     let target = head.target(buf);
     let absolute = head.authority(buf);
     let path_less = absolute.is_some() && !target.starts_with(b"/");
@@ -167,9 +173,12 @@ fn url(buf: &[u8], head: &RequestHead, local: Option<SocketAddr>) -> Result<Url,
     let target = String::from_utf8_lossy(target);
     let slash = if path_less { "/" } else { "" };
     let text = match (host.is_empty(), local) {
-        (false, _) => format!("http://{}{slash}{target}", String::from_utf8_lossy(host)),
-        (true, Some(local)) => format!("http://{local}{slash}{target}"),
-        (true, None) => format!("http://localhost{slash}{target}"),
+        (false, _) => format!(
+            "{scheme}://{}{slash}{target}",
+            String::from_utf8_lossy(host)
+        ),
+        (true, Some(local)) => format!("{scheme}://{local}{slash}{target}"),
+        (true, None) => format!("{scheme}://localhost{slash}{target}"),
     };
     Url::parse(&text).map_err(|e| Refusal::bad(format!("Host or request target: {e}")))
 }
@@ -310,7 +319,7 @@ mod tests {
     fn head_of(text: &[u8]) -> Result<Request, Refusal> {
         let mut head = RequestHead::default();
         assert_eq!(parse_request(text, &mut head, 8192), Ok(true));
-        build(text, &head, "127.0.0.1:9".parse().ok(), None)
+        build(text, &head, "127.0.0.1:9".parse().ok(), None, false)
     }
 
     fn status(r: Result<Request, Refusal>) -> u16 {

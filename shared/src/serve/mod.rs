@@ -12,6 +12,14 @@
 //!
 //! Shutdown: stop accepting, let requests in progress finish, close idle
 //! keep-alive connections, and cut whatever is left once the drain time is up.
+//!
+//! TLS ([`TlsOptions`]): each connection's handshake runs in the
+//! connection's own task, bounded by the handshake timeout, so a client that
+//! sends nothing (or plain HTTP, refused at its first bytes) never holds up
+//! the accept loop or another client. A silent one counts as idle at the
+//! connection cap. A client certificate verified against the listener's
+//! client CA reaches handlers as [`PeerCertificate`] in the request's
+//! extensions.
 
 mod connection;
 mod front;
@@ -86,12 +94,55 @@ impl Default for Limits {
     }
 }
 
-/// How to serve: the limits, and where caught panics are counted.
+/// How to serve: the limits, where caught panics are counted, and TLS.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     pub limits: Limits,
     pub panics: crate::panics::Panics,
+    /// The port speaks HTTPS; plain HTTP without it.
+    pub tls: Option<TlsOptions>,
 }
+
+/// TLS on a served port: the certificates (replaceable by the caller, who
+/// keeps a clone of `server`: [`crate::tls::ServerTls::replace`]) and how
+/// long a handshake may take.
+#[derive(Clone, Debug)]
+pub struct TlsOptions {
+    pub server: Arc<crate::tls::ServerTls>,
+    /// A handshake not over by then is closed.
+    pub handshake_timeout: Duration,
+    /// Handshakes by outcome, for the caller's metrics.
+    pub handshakes: Arc<Handshakes>,
+}
+
+impl TlsOptions {
+    /// `server` with `handshake_timeout` and fresh counts.
+    pub fn new(server: Arc<crate::tls::ServerTls>, handshake_timeout: Duration) -> TlsOptions {
+        TlsOptions {
+            server,
+            handshake_timeout,
+            handshakes: Arc::default(),
+        }
+    }
+}
+
+/// TLS handshakes on a port by outcome.
+#[derive(Debug, Default)]
+pub struct Handshakes {
+    /// Over, with or without a client certificate.
+    pub ok: std::sync::atomic::AtomicU64,
+    /// Refused or broken: not TLS (plain HTTP), no common version or
+    /// cipher, a client certificate that does not chain to the client CA.
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Not over within the handshake timeout.
+    pub timeout: std::sync::atomic::AtomicU64,
+}
+
+/// The certificate a client presented on a TLS connection, verified against
+/// the listener's client CA (the leaf, DER), in the request's extensions:
+/// `req.ext::<PeerCertificate>()`. Absent when the client presented none.
+#[derive(Clone, Debug)]
+pub struct PeerCertificate(pub Arc<rustls_pki_types::CertificateDer<'static>>);
 
 /// Binds `listen` (port 0 picks a free port) and serves `app` until `shutdown`.
 pub async fn serve<S>(app: tide::Server<S>, listen: &str) -> std::io::Result<Served>
@@ -129,12 +180,18 @@ where
     let stop = Trigger::new();
     let kill = Trigger::new();
     let connections = Tracker::default();
+    let tls = options.tls.map(|tls| connection::Tls {
+        acceptor: futures_rustls::TlsAcceptor::from(tls.server.config()),
+        handshake_timeout: tls.handshake_timeout,
+        handshakes: tls.handshakes,
+    });
     let shared = Arc::new(Shared {
         app,
         limits: options.limits,
         panics: options.panics,
         stop: stop.clone(),
         kill: kill.clone(),
+        tls,
     });
     let accept = task::spawn(accept_loop(shared, listener, connections.clone()));
     Ok(Served {

@@ -1,0 +1,102 @@
+//! Test certificates: a CA made with rcgen and the ECDSA P-256 server and
+//! client certificates it signs, as PEM files in a temp dir.
+
+use crate::tempdir::TempDir;
+use rustls_pki_types::CertificateDer;
+
+/// A test CA and what it signs, as files in a temp dir (removed on drop).
+pub struct Pki {
+    dir: TempDir,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+/// An issued certificate: its files and its DER.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub cert: String,
+    pub key: String,
+    pub der: CertificateDer<'static>,
+}
+
+impl Issued {
+    /// As a `{"cert", "key"}` pair of the configs.
+    pub fn pair(&self) -> shared::config::CertificateConfig {
+        shared::config::CertificateConfig {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// A fresh ECDSA P-256 key.
+pub fn p256() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+}
+
+impl Pki {
+    /// A CA named `name`, its certificate written to `ca.pem`.
+    pub fn new(name: &str) -> Pki {
+        let dir = TempDir::new(&format!("pki-{name}"));
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = p256();
+        let ca = params.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    /// The CA certificate's PEM file.
+    pub fn ca_file(&self) -> String {
+        self.dir.join("ca.pem").display().to_string()
+    }
+
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        self.ca.der().clone()
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses; the
+    /// first is also its common name), written to `{file}.crt` and `{file}.key`.
+    pub fn issue(&self, file: &str, names: &[&str]) -> Issued {
+        self.sign(file, names, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A client certificate for `names`, as [`Pki::issue`].
+    pub fn issue_client(&self, file: &str, names: &[&str]) -> Issued {
+        self.sign(file, names, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn sign(&self, file: &str, names: &[&str], usage: rcgen::ExtendedKeyUsagePurpose) -> Issued {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        params.extended_key_usages = vec![usage];
+        let key = p256();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        Issued {
+            cert: self.write(&format!("{file}.crt"), &cert.pem()),
+            key: self.write(&format!("{file}.key"), &key.serialize_pem()),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// Writes `text` to `name` in the dir, whole (write, then rename, as a
+    /// deploy tool replaces a file); its path.
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path.display().to_string()
+    }
+}
