@@ -8,15 +8,21 @@
 //!   upstream timeout, through its `PUT /chaos` knob. The knob is on the
 //!   app's admin port, which discovery never lists: the state file of `just
 //!   up` names each app's admin URL; without one, the run starts an instance
-//!   of its own (as kill does) and slows that;
+//!   of its own (as kill does) and slows that. The instances are read from
+//!   discovery's `/api/services`, over https trusting `discovery_ca` when
+//!   discovery's URL is `https://`;
 //! - discovery: the registry itself stopped and restarted from `just up`'s
 //!   state file, while the gateway serves from its last ring.
 //!
-//! Instances this run starts register with the token discovery may require:
+//! Instances this run starts are started as `up` starts its apps when the
+//! state file lists a running one: with its arguments, so its config (under
+//! `up --tls` with everything: HTTPS on the instance's port, discovery over
+//! https with the CA and the apps' client certificate), on ports of their
+//! own ([`Launch`]). They register with the token discovery may require:
 //! `REGISTRATION_TOKEN` from this process's environment, else the state file's.
 
 use crate::driver::Watched;
-use crate::http::{call, get_json};
+use crate::http::{call, get_json, get_json_with, Trust};
 use crate::options::{Chaos, Options};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -98,10 +104,8 @@ pub struct Fault {
 enum Scenario {
     Kill {
         app: OwnApp,
-        bin: PathBuf,
+        launch: Launch,
         port: u16,
-        discovery_url: String,
-        token: Option<String>,
     },
     Slow {
         /// The instance slowed, `host:port` as registered.
@@ -127,19 +131,21 @@ pub async fn prepare(kind: Chaos, options: &Options) -> Result<Fault, String> {
     let state = RunState::load(&options.state).ok();
     let scenario = match kind {
         Chaos::Kill => {
-            let bin = app_bin(options)?;
-            let token = own_token(state.as_ref());
-            let (app, addr, _) = start_own_app(&bin, options, token.as_deref()).await?;
+            let launch = Launch::new(options, state.as_ref())?;
+            let (app, addr, _) = start_own_app(&launch, options).await?;
             Scenario::Kill {
                 app,
-                bin,
+                launch,
                 port: addr.port(),
-                discovery_url: options.discovery_url.clone(),
-                token,
             }
         }
         Chaos::Slow => {
-            let available = available(&options.discovery_url, &options.namespace).await?;
+            let trust = match &options.discovery_ca {
+                Some(ca) if options.discovery_url.starts_with("https://") => Some(Trust::new(ca)?),
+                _ => None,
+            };
+            let available =
+                available(&options.discovery_url, &options.namespace, trust.as_ref()).await?;
             match knob_of_running(&available, state.as_ref()).await {
                 Some((instance, knob)) => Scenario::Slow {
                     instance,
@@ -150,9 +156,8 @@ pub async fn prepare(kind: Chaos, options: &Options) -> Result<Fault, String> {
                 None => {
                     // No admin port known (no state file, or one from an older
                     // `up`): slow an instance of this run's own.
-                    let bin = app_bin(options)?;
-                    let token = own_token(state.as_ref());
-                    let (app, addr, admin) = start_own_app(&bin, options, token.as_deref()).await?;
+                    let launch = Launch::new(options, state.as_ref())?;
+                    let (app, addr, admin) = start_own_app(&launch, options).await?;
                     Scenario::Slow {
                         instance: addr.to_string(),
                         knob: format!("http://{admin}/chaos"),
@@ -239,13 +244,7 @@ impl Fault {
         sleep_until(start + at).await;
         let report = &mut self.report;
         match &mut self.scenario {
-            Scenario::Kill {
-                app,
-                bin,
-                port,
-                discovery_url,
-                token,
-            } => {
+            Scenario::Kill { app, launch, port } => {
                 app.kill();
                 report.timeline.injected_s = since(Instant::now());
                 sleep_until(start + at + lasting).await;
@@ -253,7 +252,7 @@ impl Fault {
                 if let Some(w) = &self.watched {
                     w.lifted(restarted - start);
                 }
-                match restart_app(bin, *port, discovery_url, token.as_deref()).await {
+                match restart_app(launch, *port).await {
                     Ok(new) => {
                         *app = new;
                         report.timeline.lifted_s = since(restarted);
@@ -371,12 +370,110 @@ async fn sleep_until(t: Instant) {
     }
 }
 
-/// The `app` binary this run starts instances of.
+/// The `app` binary this run starts instances of (absolute: an instance
+/// started as `up` started its apps runs in `up`'s folder).
 fn app_bin(options: &Options) -> Result<PathBuf, String> {
     match &options.app_bin {
+        Some(bin) if bin.is_relative() => std::env::current_dir()
+            .map(|cwd| cwd.join(bin))
+            .map_err(|e| format!("cannot tell the current folder: {e}")),
         Some(bin) => Ok(bin.clone()),
         None => beside_this_executable("app"),
     }
+}
+
+/// How this run starts an app instance of its own.
+///
+/// As `up` started its apps when the state file lists one still running:
+/// with that app's arguments, which name its config (under `up --tls` with
+/// everything, the copy with `tls`, `discovery_ca` and the client
+/// certificate), in `up`'s folder; only the port, the admin port (any free
+/// one), discovery's URL and `--chaos` are this run's. Else with those
+/// flags alone, which cannot reach an `https://` discovery.
+#[derive(Clone, Debug, PartialEq)]
+struct Launch {
+    bin: PathBuf,
+    /// The listed app's arguments, less the ones this run sets.
+    args: Vec<String>,
+    /// `up`'s folder, which the listed arguments may be relative to.
+    cwd: Option<PathBuf>,
+    discovery_url: String,
+    token: Option<String>,
+}
+
+/// The app's flags a [`Launch`] sets itself, each with its value.
+const OWN_FLAGS: [&str; 3] = ["--port", "--admin-port", "--discovery-url"];
+
+impl Launch {
+    fn new(options: &Options, state: Option<&RunState>) -> Result<Launch, String> {
+        let listed = state.and_then(|s| running_app(s).map(|args| (args, s.cwd.clone())));
+        if listed.is_none() && options.discovery_url.starts_with("https://") {
+            return Err(format!(
+                "discovery at {} is https: an own app instance is started as `up` starts its \
+                 apps (the command line of a running app in {}, naming a config that reaches \
+                 discovery over TLS), and the state file lists none",
+                options.discovery_url,
+                options.state.display()
+            ));
+        }
+        let (args, cwd) = match listed {
+            Some((args, cwd)) => (args, Some(cwd).filter(|c| !c.as_os_str().is_empty())),
+            None => (Vec::new(), None),
+        };
+        Ok(Launch {
+            bin: app_bin(options)?,
+            args,
+            cwd,
+            discovery_url: options.discovery_url.clone(),
+            token: own_token(state),
+        })
+    }
+
+    /// Its arguments for `port` (0: any free one).
+    fn args(&self, port: u16) -> Vec<String> {
+        let mut args = self.args.clone();
+        args.extend([
+            "--port".to_string(),
+            port.to_string(),
+            "--admin-port".to_string(),
+            "0".to_string(),
+            "--discovery-url".to_string(),
+            self.discovery_url.clone(),
+            "--chaos".to_string(),
+        ]);
+        args
+    }
+}
+
+/// The arguments of the first app in the state file that still runs, less
+/// the ones a [`Launch`] sets itself.
+fn running_app(state: &RunState) -> Option<Vec<String>> {
+    state.processes.values().find_map(|p| {
+        let (program, args) = p.argv.split_first()?;
+        let is_app = Path::new(program).file_name().is_some_and(|n| n == "app");
+        (is_app && alive(p.pid) && runs(p.pid, Some(program))).then(|| without_own_flags(args))
+    })
+}
+
+/// `args` without [`OWN_FLAGS`] (and their values, `--flag V` or
+/// `--flag=V`) and without `--chaos` (`--chaos` or `--chaos=V`).
+fn without_own_flags(args: &[String]) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let name = arg.split_once('=').map_or(arg.as_str(), |(name, _)| name);
+        if name == "--chaos" {
+            continue;
+        }
+        if OWN_FLAGS.contains(&name) {
+            if !arg.contains('=') {
+                args.next();
+            }
+            continue;
+        }
+        kept.push(arg.clone());
+    }
+    kept
 }
 
 /// The token to hand an own instance: none when this process's environment
@@ -391,11 +488,10 @@ fn own_token(state: Option<&RunState>) -> Option<String> {
 /// Starts an own app instance and waits until the gateway routes to it; its
 /// business and admin addresses.
 async fn start_own_app(
-    bin: &Path,
+    launch: &Launch,
     options: &Options,
-    token: Option<&str>,
 ) -> Result<(OwnApp, SocketAddr, SocketAddr), String> {
-    let mut app = OwnApp::spawn(bin, 0, &options.discovery_url, token)?;
+    let mut app = OwnApp::spawn(launch, 0)?;
     let (addr, admin) = app.listening(READY_WITHIN).await?;
     wait_in_ring(&options.admin_url, &options.namespace, &addr.to_string()).await?;
     Ok((app, addr, admin))
@@ -453,27 +549,21 @@ struct Output {
 }
 
 impl OwnApp {
-    /// `app --port PORT --discovery-url URL --chaos` (admin port: any free
-    /// one, read from its log), its output read by two threads. `token` goes
-    /// in its environment, never on its command line.
-    fn spawn(
-        bin: &Path,
-        port: u16,
-        discovery_url: &str,
-        token: Option<&str>,
-    ) -> Result<OwnApp, String> {
+    /// `app [up's arguments] --port PORT --admin-port 0 --discovery-url URL
+    /// --chaos` ([`Launch`]; the admin port is read from its log), its output
+    /// read by two threads. The token goes in its environment, never on its
+    /// command line.
+    fn spawn(launch: &Launch, port: u16) -> Result<OwnApp, String> {
+        let bin = &launch.bin;
         let mut command = Command::new(bin);
         command
-            .args([
-                "--port",
-                &port.to_string(),
-                "--discovery-url",
-                discovery_url,
-                "--chaos",
-            ])
+            .args(launch.args(port))
             // The "listening" lines are logged at info.
             .env("LOG_LEVEL", "info");
-        if let Some(token) = token {
+        if let Some(cwd) = &launch.cwd {
+            command.current_dir(cwd);
+        }
+        if let Some(token) = &launch.token {
             command.env("REGISTRATION_TOKEN", token);
         }
         let mut child = command
@@ -589,15 +679,10 @@ impl Drop for OwnApp {
 }
 
 /// Starts the app again on its port; retries while the port is not free yet.
-async fn restart_app(
-    bin: &Path,
-    port: u16,
-    discovery_url: &str,
-    token: Option<&str>,
-) -> Result<OwnApp, String> {
+async fn restart_app(launch: &Launch, port: u16) -> Result<OwnApp, String> {
     let mut last = String::new();
     for _ in 0..5 {
-        let mut app = OwnApp::spawn(bin, port, discovery_url, token)?;
+        let mut app = OwnApp::spawn(launch, port)?;
         match app.listening(READY_WITHIN).await {
             Ok(_) => return Ok(app),
             Err(e) => last = e,
@@ -607,14 +692,19 @@ async fn restart_app(
     Err(format!("cannot restart the app on port {port}: {last}"))
 }
 
-/// What the app logs once its business port listens.
-const BUSINESS_LINE: &str = "app listening on http://";
-/// What the app logs once its admin port listens.
-const ADMIN_LINE: &str = "app admin listening on http://";
+/// What the app logs once its business port listens (then `http://ADDR`,
+/// or `https://ADDR` with its `tls` key).
+const BUSINESS_LINE: &str = "app listening on ";
+/// What the app logs once its admin port listens (always plain).
+const ADMIN_LINE: &str = "app admin listening on ";
 
-/// `ADDR` from a `<needle>ADDR` line, pretty or ndjson.
+/// `ADDR` from a `<needle>http://ADDR` or `<needle>https://ADDR` line,
+/// pretty or ndjson.
 fn listening_addr(line: &str, needle: &str) -> Option<SocketAddr> {
     let rest = &line[line.find(needle)? + needle.len()..];
+    let rest = rest
+        .strip_prefix("http://")
+        .or_else(|| rest.strip_prefix("https://"))?;
     let addr: String = rest
         .chars()
         .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
@@ -647,8 +737,13 @@ async fn wait_in_ring(admin_url: &str, namespace: &str, member: &str) -> Result<
 }
 
 /// The available instances of `namespace`, as `host:port`; at least one.
-async fn available(discovery_url: &str, namespace: &str) -> Result<Vec<String>, String> {
-    let services = get_json(&format!("{discovery_url}/api/services")).await?;
+/// Discovery over https with `trust`.
+async fn available(
+    discovery_url: &str,
+    namespace: &str,
+    trust: Option<&Trust>,
+) -> Result<Vec<String>, String> {
+    let services = get_json_with(&format!("{discovery_url}/api/services"), trust).await?;
     let found: Vec<String> = services[namespace]
         .as_array()
         .into_iter()
@@ -859,12 +954,101 @@ mod tests {
             listening_addr("gateway listening on http://1.2.3.4:5", BUSINESS_LINE),
             None
         );
+        let tls = "app listening on https://127.0.0.1:41235";
+        assert_eq!(
+            listening_addr(tls, BUSINESS_LINE),
+            Some("127.0.0.1:41235".parse().unwrap())
+        );
+        assert_eq!(listening_addr(tls, ADMIN_LINE), None);
+        assert_eq!(
+            listening_addr("app listening on ftp://127.0.0.1:1", BUSINESS_LINE),
+            None
+        );
         let admin = "app admin listening on http://127.0.0.1:9 (chaos knobs, metrics)";
         assert_eq!(listening_addr(admin, BUSINESS_LINE), None);
         assert_eq!(
             listening_addr(admin, ADMIN_LINE),
             Some("127.0.0.1:9".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn an_own_instance_takes_ups_arguments_with_ports_discovery_and_chaos_of_its_own() {
+        let up = [
+            "--config",
+            "/state/config/app.json",
+            "--port",
+            "8080",
+            "--admin-port=8180",
+            "--discovery-url",
+            "https://127.0.0.1:8500",
+            "--chaos",
+            "--namespace",
+            "service A",
+        ]
+        .map(String::from);
+        let kept = without_own_flags(&up);
+        assert_eq!(
+            kept,
+            [
+                "--config",
+                "/state/config/app.json",
+                "--namespace",
+                "service A"
+            ]
+        );
+        let launch = Launch {
+            bin: "/bin/app".into(),
+            args: kept,
+            cwd: Some("/state".into()),
+            discovery_url: "https://localhost:9500".into(),
+            token: None,
+        };
+        assert_eq!(
+            launch.args(41000),
+            [
+                "--config",
+                "/state/config/app.json",
+                "--namespace",
+                "service A",
+                "--port",
+                "41000",
+                "--admin-port",
+                "0",
+                "--discovery-url",
+                "https://localhost:9500",
+                "--chaos"
+            ]
+        );
+        assert!(without_own_flags(&["--chaos=false".to_string()]).is_empty());
+    }
+
+    #[test]
+    fn without_a_running_app_listed_an_https_discovery_cannot_take_an_own_instance() {
+        let state = RunState {
+            processes: [(
+                "app-8080".to_string(),
+                shared::runstate::Process {
+                    // Not running: its command line is not used.
+                    pid: u32::MAX,
+                    argv: vec!["/bin/app".into(), "--config".into(), "app.json".into()],
+                    log: "app-8080.log".into(),
+                },
+            )]
+            .into(),
+            ..RunState::default()
+        };
+        assert_eq!(running_app(&state), None);
+        let mut options = Options {
+            app_bin: Some("/bin/app".into()),
+            ..Options::default()
+        };
+        let plain = Launch::new(&options, Some(&state)).unwrap();
+        assert!(plain.args.is_empty() && plain.cwd.is_none());
+        assert_eq!(plain.args(0)[..2], ["--port", "0"]);
+        options.discovery_url = "https://127.0.0.1:8500".into();
+        let err = Launch::new(&options, Some(&state)).unwrap_err();
+        assert!(err.contains("lists none"), "{err}");
     }
 
     #[test]

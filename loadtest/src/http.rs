@@ -1,10 +1,17 @@
 //! URLs and the few JSON calls of the chaos scenarios (gateway `/status`,
 //! discovery's `/api/services`, an app's `/chaos`), on the same HTTP/1.1
 //! client as the load itself: one short connection per call, bounded in time.
+//! Admin ports are plain HTTP; discovery may be `https://` (`up --tls` with
+//! everything), reached trusting one CA file ([`Trust`]).
 
+use futures_lite::{AsyncRead, AsyncWrite};
+use futures_rustls::TlsConnector;
+use rustls_pki_types::ServerName;
 use serde_json::Value;
-use shared::http1::client::Connection;
+use shared::http1::client::{Connection, Response};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a control-plane call may take.
@@ -88,16 +95,57 @@ impl Url {
     }
 }
 
-/// `method url` with an optional JSON body; the status and the answer as JSON
-/// (a string if it is not JSON). Plain HTTP only: the control-plane calls go
-/// to admin ports and discovery's plain port.
-pub async fn call(method: &str, url: &str, body: Option<&str>) -> Result<(u16, Value), String> {
-    let parsed = Url::parse(url)?;
-    if parsed.tls {
-        return Err(format!(
-            "{method} {url}: https:// is not supported for this call"
-        ));
+/// What an `https://` control-plane call trusts: the CA certificates in one
+/// PEM file, never the system's roots (`shared::tls::client_config`). No
+/// client certificate: these calls only read (discovery's reads are open),
+/// and the apps' certificate stands for their registration token.
+#[derive(Clone)]
+pub struct Trust {
+    connector: TlsConnector,
+    ca: PathBuf,
+}
+
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trust").field("ca", &self.ca).finish()
     }
+}
+
+impl Trust {
+    /// Reads and checks the CA file; the error names it.
+    pub fn new(ca: &Path) -> Result<Trust, String> {
+        let config = shared::tls::client_config(&ca.display().to_string(), None)?;
+        Ok(Trust {
+            connector: TlsConnector::from(Arc::new(config)),
+            ca: ca.to_path_buf(),
+        })
+    }
+}
+
+/// `method url` with an optional JSON body; the status and the answer as JSON
+/// (a string if it is not JSON). Plain HTTP only (admin ports); see
+/// [`call_with`] for `https://`.
+pub async fn call(method: &str, url: &str, body: Option<&str>) -> Result<(u16, Value), String> {
+    call_with(method, url, body, None).await
+}
+
+/// [`call`], and an `https://` URL over TLS trusting `trust` (required for one).
+pub async fn call_with(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    trust: Option<&Trust>,
+) -> Result<(u16, Value), String> {
+    let parsed = Url::parse(url)?;
+    let trust = match (parsed.tls, trust) {
+        (true, None) => {
+            return Err(format!(
+                "{method} {url}: an https:// URL needs the CA its certificate chains to"
+            ))
+        }
+        (true, Some(trust)) => Some(trust),
+        (false, _) => None,
+    };
     let target = if parsed.path.is_empty() {
         "/".to_string()
     } else {
@@ -116,21 +164,48 @@ pub async fn call(method: &str, url: &str, body: Option<&str>) -> Result<(u16, V
     request.push_str("\r\n");
     request.push_str(body.unwrap_or(""));
     let exchange = async {
-        let mut conn = Connection::connect(parsed.authority.as_str()).await?;
-        conn.exchange(request.as_bytes()).await
+        match trust {
+            None => {
+                let mut conn = Connection::connect(parsed.authority.as_str()).await?;
+                conn.exchange(request.as_bytes()).await
+            }
+            Some(trust) => {
+                let name = ServerName::try_from(parsed.host().to_string())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let tcp = async_std::net::TcpStream::connect(parsed.authority.as_str()).await?;
+                let _ = tcp.set_nodelay(true);
+                let tls = trust.connector.connect(name, tcp).await?;
+                exchange_over(tls, request.as_bytes()).await
+            }
+        }
     };
     let res = async_std::future::timeout(CALL_TIMEOUT, exchange)
         .await
         .map_err(|_| format!("{method} {url}: no answer within {CALL_TIMEOUT:?}"))?
-        .map_err(|e| format!("{method} {url}: {e}"))?;
+        .map_err(|e| match trust {
+            Some(t) => format!("{method} {url} (trusting {}): {e}", t.ca.display()),
+            None => format!("{method} {url}: {e}"),
+        })?;
     let json = serde_json::from_slice(&res.body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&res.body).into_owned()));
     Ok((res.status, json))
 }
 
-/// `GET url`, requiring a 200.
+async fn exchange_over<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    request: &[u8],
+) -> std::io::Result<Response> {
+    Connection::over(stream).exchange(request).await
+}
+
+/// `GET url`, requiring a 200 (plain HTTP).
 pub async fn get_json(url: &str) -> Result<Value, String> {
-    match call("GET", url, None).await? {
+    get_json_with(url, None).await
+}
+
+/// [`get_json`], an `https://` URL trusting `trust`.
+pub async fn get_json_with(url: &str, trust: Option<&Trust>) -> Result<Value, String> {
+    match call_with("GET", url, None, trust).await? {
         (200, json) => Ok(json),
         (status, json) => Err(format!("GET {url}: {status} {json}")),
     }

@@ -53,6 +53,12 @@ struct Flags {
     /// Discovery URL (default: from the state file, else http://127.0.0.1:8500).
     #[arg(long)]
     discovery_url: Option<String>,
+    /// For an https:// discovery URL (chaos slow reads its instances): the
+    /// PEM file of the CA its certificate chains to (default: the state
+    /// file's CA when the discovery URL is the state file's, as `just up
+    /// --tls` writes).
+    #[arg(long)]
+    discovery_ca: Option<PathBuf>,
     /// The state file `just up` writes.
     #[arg(long, default_value = shared::runstate::DEFAULT_PATH)]
     state: PathBuf,
@@ -111,11 +117,19 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    if flags.discovery_ca.is_some() && !endpoints.discovery_url.starts_with("https://") {
+        eprintln!(
+            "loadtest: --discovery-ca is for an https:// discovery, and {} is not one",
+            endpoints.discovery_url
+        );
+        return ExitCode::from(2);
+    }
     let options = Options {
         url: endpoints.url,
         cacert: endpoints.cacert,
         admin_url: endpoints.admin_url,
         discovery_url: endpoints.discovery_url,
+        discovery_ca: flags.discovery_ca.or(endpoints.discovery_ca),
         path: flags.path,
         duration: flags.duration,
         connections: flags.connections,

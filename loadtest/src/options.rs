@@ -75,6 +75,10 @@ pub struct Options {
     pub admin_url: String,
     /// Discovery base URL, for the chaos scenarios.
     pub discovery_url: String,
+    /// The PEM file of the CA an `https://` discovery's certificate must
+    /// chain to (`--discovery-ca`; `up --tls` with everything: the state
+    /// file's CA). Chaos slow reads discovery's instances with it.
+    pub discovery_ca: Option<PathBuf>,
     /// The state file of `just up` (chaos discovery stops and restarts from it).
     pub state: PathBuf,
     /// Namespace the gateway routes the path to.
@@ -115,6 +119,7 @@ impl Default for Options {
             verify: true,
             admin_url: DEFAULT_ADMIN_URL.into(),
             discovery_url: DEFAULT_DISCOVERY_URL.into(),
+            discovery_ca: None,
             state: PathBuf::from(shared::runstate::DEFAULT_PATH),
             namespace: "service A".into(),
             chaos: None,
@@ -140,6 +145,10 @@ pub struct Endpoints {
     /// The first of `gateway_admin_urls`.
     pub admin_url: String,
     pub discovery_url: String,
+    /// The CA to trust for an `https://` discovery URL: the state file's when
+    /// the discovery URL is the state file's too (the flag's is applied by
+    /// the caller).
+    pub discovery_ca: Option<PathBuf>,
     /// Every gateway's admin URL: the flag's comma-separated list, else the
     /// state file's `gateway_admin_urls`, else `admin_url` alone.
     pub gateway_admin_urls: Vec<String>,
@@ -194,12 +203,14 @@ impl Endpoints {
         } else {
             gateway_admin_urls
         };
-        let url_from_file = url.is_none();
-        let cacert = cacert.or_else(|| {
+        // The file's CA goes with the file's URLs (`up --tls` signs them all).
+        let file_ca = |from_file: bool| {
             file.as_ref()
-                .filter(|_| url_from_file)
+                .filter(|_| from_file)
                 .and_then(|f| f.ca_file.clone())
-        });
+        };
+        let cacert = cacert.or_else(|| file_ca(url.is_none()));
+        let discovery_ca = file_ca(discovery_url.is_none());
         Endpoints {
             url: pick(url, file.as_ref().map(|s| &s.gateway_url), DEFAULT_URL),
             cacert,
@@ -209,6 +220,7 @@ impl Endpoints {
                 file.as_ref().map(|s| &s.discovery_url),
                 DEFAULT_DISCOVERY_URL,
             ),
+            discovery_ca,
             gateway_admin_urls,
             app_admin_urls: file
                 .map(|f| f.app_admin_urls.into_values().collect())
@@ -256,6 +268,17 @@ impl Options {
                 "{} is https: name the CA its certificate chains to with --cacert PATH \
                  (the system's roots are not used; `just up --tls` writes it to target/up/tls/ca.crt)",
                 self.url
+            ));
+        }
+        if self.chaos == Some(Chaos::Slow)
+            && self.discovery_url.starts_with("https://")
+            && self.discovery_ca.is_none()
+        {
+            return Err(format!(
+                "discovery at {} is https: chaos slow reads its instances there, so name the CA \
+                 its certificate chains to with --discovery-ca PATH (`just up --tls` writes it \
+                 to target/up/tls/ca.crt, and the state file names it)",
+                self.discovery_url
             ));
         }
         if self.idempotency && self.chaos.is_some() {
@@ -341,6 +364,11 @@ mod tests {
         let e = Endpoints::resolve(None, None, None, &path);
         assert_eq!(e.url, "https://localhost:8443");
         assert_eq!(e.cacert, Some(PathBuf::from("/run/ca.crt")));
+        // Discovery's URL from the file: the file's CA for it too; another: none.
+        assert_eq!(e.discovery_ca, Some(PathBuf::from("/run/ca.crt")));
+        let e = Endpoints::resolve(None, None, Some("https://d:1".into()), &path);
+        assert_eq!(e.discovery_ca, None);
+        assert_eq!(e.cacert, Some(PathBuf::from("/run/ca.crt")));
         // Another URL: not the file's CA, the flag's if any.
         let e = Endpoints::resolve(Some("https://h:1".into()), None, None, &path);
         assert_eq!(e.cacert, None);
@@ -358,6 +386,12 @@ mod tests {
         };
         assert!(o.validate().unwrap_err().contains("--cacert"));
         o.cacert = Some("/mine.crt".into());
+        assert!(o.validate().is_ok());
+        // Chaos slow reads an https discovery: its CA is needed too.
+        o.chaos = Some(Chaos::Slow);
+        o.discovery_url = "https://d:1".into();
+        assert!(o.validate().unwrap_err().contains("--discovery-ca"));
+        o.discovery_ca = Some("/mine.crt".into());
         assert!(o.validate().is_ok());
     }
 

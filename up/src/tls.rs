@@ -23,14 +23,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// What `up --tls` runs over TLS. Only the gateway's client port while the
-/// services cannot take the other keys yet; `true` once the branches that
-/// give discovery and the apps their `tls`, `upstream_tls`, `discovery_ca`,
-/// `discovery_cert` and `discovery_key` keys are merged: then discovery
-/// serves HTTPS (checking instances over TLS), the apps serve HTTPS and reach
-/// discovery over it with a client certificate, the gateway reaches both
-/// over TLS. [`Keys`] writes the keys either way; this only picks.
-pub const EVERYTHING: bool = false;
+/// What `up --tls` runs over TLS: everything. Discovery serves HTTPS
+/// (checking instances over TLS), the apps serve HTTPS and reach discovery
+/// over it with a client certificate, the gateway reaches both over TLS
+/// (the services' `tls`, `upstream_tls`, `discovery_ca`, `discovery_cert`
+/// and `discovery_key` keys). `false` would put only the gateway's client
+/// port on TLS. [`Keys`] writes the keys either way; this only picks.
+pub const EVERYTHING: bool = true;
 
 /// The names every certificate is for: the services listen on loopback.
 pub const NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];

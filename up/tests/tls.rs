@@ -2,7 +2,7 @@
 //! binaries, the shipped config files; free ports): certificates made in the
 //! state folder, an echo through the gateway's HTTPS port with curl trusting
 //! only that CA, a short load test over HTTPS, and the certificates reused by
-//! the next run.
+//! the next run; and every `loadtest --chaos` mode against it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use shared::runstate::RunState;
@@ -118,5 +118,65 @@ async fn up_tls_serves_https_with_its_own_ca_and_reuses_it_next_time() {
         up.output()
     );
     assert_eq!(std::fs::read(&ca).unwrap(), before);
+    stop(up).await;
+}
+
+/// Each chaos mode of `just loadtest` against `up --tls`, as `just loadtest
+/// --chaos MODE` runs it (the state file's URLs and CA): no failed request,
+/// no step that did not work. Kill's own instance is started as `up` starts
+/// its apps (from a running app's command line: with everything over TLS,
+/// its config serves HTTPS and reaches discovery over https), and joins the
+/// ring; slow reads discovery's instances (over https with everything);
+/// discovery is restarted from its command line.
+#[async_std::test]
+async fn every_chaos_mode_runs_over_tls_without_a_failed_request() {
+    let dir = TempDir::new("up-tls-chaos");
+    let up = start(dir.path());
+    up.wait_for_line(READY, Duration::from_secs(60)).await;
+    let state_path = dir.join("state.json");
+    let endpoints = loadtest::options::Endpoints::resolve(None, None, None, &state_path);
+    assert!(endpoints.url.starts_with("https://"), "{endpoints:?}");
+    assert_eq!(endpoints.discovery_ca, endpoints.cacert);
+    // With everything over TLS (up/src/tls.rs, EVERYTHING) slow reads an https discovery.
+    let everything = up.output().contains("everything over TLS");
+    assert_eq!(
+        endpoints.discovery_url.starts_with("https://"),
+        everything,
+        "{endpoints:?}\n{}",
+        up.output()
+    );
+    for chaos in [
+        loadtest::Chaos::Kill,
+        loadtest::Chaos::Slow,
+        loadtest::Chaos::Discovery,
+    ] {
+        let summary = loadtest::run(loadtest::Options {
+            url: endpoints.url.clone(),
+            cacert: endpoints.cacert.clone(),
+            admin_url: endpoints.admin_url.clone(),
+            discovery_url: endpoints.discovery_url.clone(),
+            discovery_ca: endpoints.discovery_ca.clone(),
+            state: state_path.clone(),
+            duration: Duration::from_secs(4),
+            connections: 16,
+            chaos: Some(chaos),
+            app_bin: Some(bin("app")),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("--chaos {chaos}: {e}\n{}", up.output()));
+        println!("--chaos {chaos}:\n{summary}");
+        let report = summary.chaos.as_ref().unwrap();
+        assert!(report.problems.is_empty(), "{chaos}: {summary}");
+        assert!(summary.passed, "{chaos}: {summary}");
+        assert_eq!(report.errors_during_fault, 0, "{chaos}: {summary}");
+        assert_eq!(summary.transport_errors.total, 0, "{chaos}: {summary}");
+        assert!(summary.tls.is_some(), "{chaos}: {summary}");
+        if chaos == loadtest::Chaos::Kill {
+            // The own instance served too: it joined the ring over whatever the others use.
+            assert_eq!(summary.spread.instances.len(), 4, "{summary}");
+            assert!(report.timeline.rejoined_s.is_some(), "{summary}");
+        }
+    }
     stop(up).await;
 }

@@ -5,8 +5,11 @@ use crate::common::{exclusive, members, System};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use loadtest::{Chaos, Options};
 use shared::config::{CertificateConfig, TlsConfig};
+use shared::runstate::Process;
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::procs::Proc;
+use testkit::system::wait_ring;
 use testkit::tempdir::TempDir;
 
 /// A CA and a server certificate for localhost and 127.0.0.1, as PEM files.
@@ -291,4 +294,94 @@ async fn a_slow_instance_is_routed_around_over_https_without_errors() {
     assert!(t.rejoined_s.unwrap() > t.lifted_s.unwrap(), "{summary}");
     assert_eq!(summary.tls.as_ref().unwrap().handshakes, 16, "{summary}");
     system.stop().await;
+}
+
+/// Chaos kill over https, its own instance started as `up` starts its apps:
+/// from the command line of a running app the state file lists (relative to
+/// the state file's folder), only the ports, discovery's URL and `--chaos`
+/// its own. Here that app's config holds the registration token, which
+/// neither the state file nor the environment has: the own instance can
+/// only join the ring with that config.
+#[async_std::test]
+async fn a_killed_instance_over_https_is_started_as_the_listed_apps_are() {
+    let _one = exclusive().await;
+    let pki = Pki::new("kill");
+    let token = "kill-config-t0k3n";
+    let tls = pki.gateway_tls();
+    let system = System::start_with_token(Some(token), |c| c.tls = Some(tls)).await;
+    let dir = TempDir::new("loadtest-tls-kill");
+    std::fs::write(
+        dir.join("app.json"),
+        format!(r#"{{"registration_token": "{token}"}}"#),
+    )
+    .unwrap();
+    let app_bin = testkit::procs::bin("app");
+    let config = dir.join("app.json").display().to_string();
+    let discovery_url = system.discovery.url();
+    let listed = Proc::start(
+        "app",
+        &[
+            "--config",
+            &config,
+            "--port",
+            "0",
+            "--discovery-url",
+            &discovery_url,
+        ],
+    );
+    let listed_addr = listed.listening("app").await;
+    let mut four = members(&system.apps);
+    four.push(listed_addr.to_string());
+    wait_ring(&system.gateway.admin_url(), &four, Duration::from_secs(5)).await;
+    let state = system.write_state_with("tls-kill", |s| {
+        s.cwd = dir.to_path_buf();
+        s.processes.insert(
+            format!("app-{}", listed_addr.port()),
+            Process {
+                pid: listed.pid(),
+                argv: [
+                    app_bin.display().to_string().as_str(),
+                    "--config",
+                    "app.json",
+                    "--port",
+                    &listed_addr.port().to_string(),
+                    "--admin-port",
+                    "0",
+                    "--discovery-url",
+                    &discovery_url,
+                ]
+                .map(String::from)
+                .to_vec(),
+                log: "app.log".into(),
+            },
+        );
+    });
+    let options = Options {
+        chaos: Some(Chaos::Kill),
+        chaos_at: Some(Duration::from_secs(1)),
+        chaos_for: Some(Duration::from_secs(1)),
+        app_bin: Some(app_bin.clone()),
+        state: state.to_path_buf(),
+        ..https_options(&system, &pki, "localhost", Duration::from_secs(4))
+    };
+    let summary = loadtest::run(options).await.unwrap();
+    println!("{summary}");
+    assert!(summary.passed, "{summary}");
+    let chaos = summary.chaos.as_ref().unwrap();
+    assert!(chaos.problems.is_empty(), "{:?}", chaos.problems);
+    assert_eq!(chaos.errors_during_fault, 0, "{summary}");
+    let own = chaos.target.split_whitespace().next().unwrap().to_string();
+    // The three, the listed one and the own instance all served.
+    assert_eq!(summary.spread.instances.len(), 5, "{summary}");
+    assert!(
+        summary.spread.instances.iter().any(|s| s.instance == own),
+        "{summary}"
+    );
+    let t = &chaos.timeline;
+    assert!(t.rejoined_s.unwrap() > t.lifted_s.unwrap(), "{summary}");
+    assert_eq!(summary.tls.as_ref().unwrap().handshakes, 16, "{summary}");
+    // Stopped at the end: it deregistered and left the ring.
+    wait_ring(&system.gateway.admin_url(), &four, Duration::from_secs(5)).await;
+    system.stop().await;
+    drop(listed);
 }
