@@ -96,6 +96,9 @@ impl Pki {
         self.sign(file, names, usage, |_| {})
     }
 
+    /// Signs a certificate for `names` with the extensions OpenSSL's strict
+    /// checks want (`X509_V_FLAG_X509_STRICT`, on in Python 3.13's default
+    /// context): the authority and subject key identifiers, `CA:FALSE`.
     fn sign(
         &self,
         file: &str,
@@ -110,6 +113,8 @@ impl Pki {
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0]);
         params.extended_key_usages = vec![usage];
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.use_authority_key_identifier_extension = true;
         edit(&mut params);
         let key = p256();
         let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
