@@ -369,7 +369,7 @@ async fn tls_plain_http_and_oversized_hellos_are_closed_at_once_and_a_silent_cli
 }
 
 /// A config file for the gateway binary with a TLS port on `server`.
-fn file_config(discovery_url: &str, server: &Issued) -> String {
+pub(super) fn file_config(discovery_url: &str, server: &Issued) -> String {
     json!({
         "listen": "127.0.0.1:0",
         "admin_listen": "127.0.0.1:0",
@@ -382,7 +382,7 @@ fn file_config(discovery_url: &str, server: &Issued) -> String {
 }
 
 /// The TLS port the gateway binary logged.
-async fn tls_port(proc: &Proc) -> SocketAddr {
+pub(super) async fn tls_port(proc: &Proc) -> SocketAddr {
     let needle = "gateway TLS port on https://";
     let line = proc.wait_for_line(needle, LIMIT).await;
     let rest = &line[line.find(needle).unwrap() + needle.len()..];

@@ -5,7 +5,7 @@
 use async_std::net::TcpListener;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use shared::config::{GatewayConfig, RouteConfig, UpstreamTlsConfig};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use testkit::pki::{Issued, Pki};
@@ -14,9 +14,12 @@ use testkit::tempdir::TempDir;
 
 /// What the TLS instance saw.
 #[derive(Default)]
-struct Seen {
-    tls_connections: AtomicUsize,
-    requests: AtomicUsize,
+pub(super) struct Seen {
+    pub(super) tls_connections: AtomicUsize,
+    pub(super) requests: AtomicUsize,
+    /// Set by a test: answer with `connection: close` and close, so that
+    /// every request is a new connection and handshake.
+    pub(super) close: AtomicBool,
 }
 
 /// An instance on 127.0.0.1 speaking TLS with `server` (a certificate for
@@ -24,7 +27,7 @@ struct Seen {
 /// given. Plain connections (discovery's health checks: the discovery
 /// here has no `upstream_tls`, so it checks in plain HTTP) get 200.
 /// Answers each request with its body.
-async fn tls_instance(server: &Issued, client_ca: Option<&Pki>) -> (u16, Arc<Seen>) {
+pub(super) async fn tls_instance(server: &Issued, client_ca: Option<&Pki>) -> (u16, Arc<Seen>) {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let chain = CertificateDer::pem_file_iter(&server.cert)
@@ -105,11 +108,19 @@ async fn tls_instance(server: &Issued, client_ca: Option<&Pki>) -> (u16, Arc<See
                     }
                     let body: Vec<u8> = buf.drain(..end + 4 + length).skip(end + 4).collect();
                     seen.requests.fetch_add(1, Ordering::SeqCst);
-                    let mut answer =
-                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len())
-                            .into_bytes();
+                    let close = seen.close.load(Ordering::SeqCst);
+                    let header = if close { "connection: close\r\n" } else { "" };
+                    let mut answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{header}\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
                     answer.extend_from_slice(&body);
                     if tls.write_all(&answer).await.is_err() || tls.flush().await.is_err() {
+                        return;
+                    }
+                    if close {
+                        let _ = tls.close().await;
                         return;
                     }
                 }
