@@ -23,12 +23,13 @@ cluster: build
 loadtest *ARGS: build
     target/release/loadtest {{ARGS}}
 
-# The test suite, as CI runs it. Installs what the tests drive when it is missing (Debian's chromium for the consoles, etcd-server for the cluster tests).
+# The test suite, as CI runs it. Installs what the tests drive when it is missing (Debian's chromium for the consoles, etcd-server for the cluster tests, python3 for the gateway's TLS reload test).
 test:
     bash .ci/install-chromium
     bash .ci/install-systemd
     bash .ci/install-etcd
     bash .ci/install-prometheus
+    bash .ci/install-python3
     cargo test --workspace --no-fail-fast
 
 # Gateway vs nginx and HAProxy, discovery at 1,000 instances, load generator vs wrk: results under bench/.

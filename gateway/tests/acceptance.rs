@@ -66,6 +66,8 @@ mod streaming;
 mod timeouts;
 #[path = "acceptance/tls.rs"]
 mod tls;
+#[path = "acceptance/tls_reload.rs"]
+mod tls_reload;
 #[path = "acceptance/upstream_tls.rs"]
 mod upstream_tls;
 #[path = "acceptance/warming.rs"]

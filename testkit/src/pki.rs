@@ -53,9 +53,19 @@ impl Pki {
         Pki { dir, ca, ca_key }
     }
 
+    /// The temp dir the files are in.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// The CA certificate's PEM file.
     pub fn ca_file(&self) -> String {
         self.dir.join("ca.pem").display().to_string()
+    }
+
+    /// The CA certificate in PEM.
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
     }
 
     pub fn ca_der(&self) -> CertificateDer<'static> {
@@ -65,15 +75,37 @@ impl Pki {
     /// A server certificate for `names` (DNS names or IP addresses; the
     /// first is also its common name), written to `{file}.crt` and `{file}.key`.
     pub fn issue(&self, file: &str, names: &[&str]) -> Issued {
-        self.sign(file, names, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+        self.issue_with(file, names, |_| {})
+    }
+
+    /// A server certificate as [`Pki::issue`], its parameters changed by
+    /// `edit` before it is signed (a validity period, say).
+    pub fn issue_with(
+        &self,
+        file: &str,
+        names: &[&str],
+        edit: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> Issued {
+        let usage = rcgen::ExtendedKeyUsagePurpose::ServerAuth;
+        self.sign(file, names, usage, edit)
     }
 
     /// A client certificate for `names`, as [`Pki::issue`].
     pub fn issue_client(&self, file: &str, names: &[&str]) -> Issued {
-        self.sign(file, names, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+        let usage = rcgen::ExtendedKeyUsagePurpose::ClientAuth;
+        self.sign(file, names, usage, |_| {})
     }
 
-    fn sign(&self, file: &str, names: &[&str], usage: rcgen::ExtendedKeyUsagePurpose) -> Issued {
+    /// Signs a certificate for `names` with the extensions OpenSSL's strict
+    /// checks want (`X509_V_FLAG_X509_STRICT`, on in Python 3.13's default
+    /// context): the authority and subject key identifiers, `CA:FALSE`.
+    fn sign(
+        &self,
+        file: &str,
+        names: &[&str],
+        usage: rcgen::ExtendedKeyUsagePurpose,
+        edit: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> Issued {
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
@@ -81,6 +113,9 @@ impl Pki {
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0]);
         params.extended_key_usages = vec![usage];
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.use_authority_key_identifier_extension = true;
+        edit(&mut params);
         let key = p256();
         let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
         Issued {

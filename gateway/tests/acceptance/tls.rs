@@ -1,5 +1,5 @@
 //! HTTPS on the gateway's TLS port (`"tls"`, docs/tls.md): certificates
-//! made in the test (a CA signing ECDSA P-256 server certificates), real
+//! from testkit::pki (a CA signing ECDSA P-256 server certificates), real
 //! clients (curl, openssl s_client, rustls), real discovery and instances.
 
 use super::common::raw_system;
@@ -12,86 +12,11 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::pki::{p256, Issued, Pki};
 use testkit::procs::Proc;
 use testkit::raw::Script;
-use testkit::tempdir::TempDir;
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-/// A test CA and the server certificates it signs, as PEM files in a temp dir.
-struct Pki {
-    dir: TempDir,
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-/// A server certificate: its files and its DER.
-#[derive(Clone)]
-struct Issued {
-    cert: String,
-    key: String,
-    der: CertificateDer<'static>,
-}
-
-fn p256() -> rcgen::KeyPair {
-    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let dir = TempDir::new(&format!("gateway-tls-{name}"));
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "gateway test CA");
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = p256();
-        let ca = params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        Pki { dir, ca, ca_key }
-    }
-
-    fn ca_file(&self) -> String {
-        self.dir.join("ca.pem").display().to_string()
-    }
-
-    fn ca_der(&self) -> CertificateDer<'static> {
-        self.ca.der().clone()
-    }
-
-    /// A certificate for `names` (the first also its common name), signed
-    /// by the CA, written to `{file}.crt` and `{file}.key` (replacing them
-    /// whole, as a deploy tool does).
-    fn issue(&self, file: &str, names: &[&str]) -> Issued {
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, names[0]);
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let key = p256();
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        Issued {
-            cert: self.write(&format!("{file}.crt"), &cert.pem()),
-            key: self.write(&format!("{file}.key"), &key.serialize_pem()),
-            der: cert.der().clone(),
-        }
-    }
-
-    /// Writes `text` to `name` in the dir, whole (write, then rename).
-    fn write(&self, name: &str, text: &str) -> String {
-        let path = self.dir.join(name);
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-        path.display().to_string()
-    }
-}
 
 fn tls_config(certs: &[&Issued], handshake_timeout: Duration) -> TlsConfig {
     TlsConfig {
@@ -444,7 +369,7 @@ async fn tls_plain_http_and_oversized_hellos_are_closed_at_once_and_a_silent_cli
 }
 
 /// A config file for the gateway binary with a TLS port on `server`.
-fn file_config(discovery_url: &str, server: &Issued) -> String {
+pub(super) fn file_config(discovery_url: &str, server: &Issued) -> String {
     json!({
         "listen": "127.0.0.1:0",
         "admin_listen": "127.0.0.1:0",
@@ -457,7 +382,7 @@ fn file_config(discovery_url: &str, server: &Issued) -> String {
 }
 
 /// The TLS port the gateway binary logged.
-async fn tls_port(proc: &Proc) -> SocketAddr {
+pub(super) async fn tls_port(proc: &Proc) -> SocketAddr {
     let needle = "gateway TLS port on https://";
     let line = proc.wait_for_line(needle, LIMIT).await;
     let rest = &line[line.find(needle).unwrap() + needle.len()..];
@@ -539,21 +464,13 @@ async fn tls_a_missing_or_expired_certificate_stops_the_start_naming_the_file() 
     let pki = Pki::new("start");
     let good = pki.issue("good", &["gw.test"]);
     let missing = Issued {
-        cert: pki.dir.join("missing.crt").display().to_string(),
+        cert: pki.dir().join("missing.crt").display().to_string(),
         ..good.clone()
     };
-    let expired = {
-        let mut params = rcgen::CertificateParams::new(vec!["gw.test".to_string()]).unwrap();
+    let expired = pki.issue_with("expired", &["gw.test"], |params| {
         params.not_before = rcgen::date_time_ymd(2019, 1, 1);
         params.not_after = rcgen::date_time_ymd(2020, 1, 1);
-        let key = p256();
-        let cert = params.signed_by(&key, &pki.ca, &pki.ca_key).unwrap();
-        Issued {
-            cert: pki.write("expired.crt", &cert.pem()),
-            key: pki.write("expired.key", &key.serialize_pem()),
-            der: cert.der().clone(),
-        }
-    };
+    });
     for (server, says) in [
         (&missing, "cannot read certificate"),
         (&expired, "expired on 2020-01-01"),

@@ -1,61 +1,25 @@
 //! TLS from the gateway to instances (a route's `"upstream_tls"`,
 //! docs/tls.md "Instances over TLS"): a TLS echo instance in the test
-//! (futures-rustls over async-std), certificates made with rcgen.
+//! (futures-rustls over async-std), certificates from testkit::pki.
 
 use async_std::net::TcpListener;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use shared::config::{GatewayConfig, RouteConfig, UpstreamTlsConfig};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::pki::{Issued, Pki};
 use testkit::system::{gateway_config, post_once, wait_ring};
 use testkit::tempdir::TempDir;
 
-fn p256() -> rcgen::KeyPair {
-    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
-}
-
-/// A CA: its certificate file, and what signs with it.
-struct Ca {
-    file: String,
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-fn make_ca(dir: &TempDir, name: &str) -> Ca {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let key = p256();
-    let cert = params.self_signed(&key).unwrap();
-    let file = dir.join(format!("{name}.pem")).display().to_string();
-    std::fs::write(&file, cert.pem()).unwrap();
-    Ca { file, cert, key }
-}
-
-/// A certificate for `names` signed by `ca`: (chain, key) in PEM.
-fn issue(ca: &Ca, names: &[&str]) -> (String, String) {
-    let params =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .unwrap();
-    let key = p256();
-    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn write(dir: &TempDir, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
-
 /// What the TLS instance saw.
 #[derive(Default)]
-struct Seen {
-    tls_connections: AtomicUsize,
-    requests: AtomicUsize,
+pub(super) struct Seen {
+    pub(super) tls_connections: AtomicUsize,
+    pub(super) requests: AtomicUsize,
+    /// Set by a test: answer with `connection: close` and close, so that
+    /// every request is a new connection and handshake.
+    pub(super) close: AtomicBool,
 }
 
 /// An instance on 127.0.0.1 speaking TLS with `server` (a certificate for
@@ -63,13 +27,14 @@ struct Seen {
 /// given. Plain connections (discovery's health checks: the discovery
 /// here has no `upstream_tls`, so it checks in plain HTTP) get 200.
 /// Answers each request with its body.
-async fn tls_instance(server: (String, String), client_ca: Option<&Ca>) -> (u16, Arc<Seen>) {
+pub(super) async fn tls_instance(server: &Issued, client_ca: Option<&Pki>) -> (u16, Arc<Seen>) {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_slice_iter(server.0.as_bytes())
+    let chain = CertificateDer::pem_file_iter(&server.cert)
+        .unwrap()
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(server.1.as_bytes()).unwrap();
+    let key = PrivateKeyDer::from_pem_file(&server.key).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -78,7 +43,7 @@ async fn tls_instance(server: (String, String), client_ca: Option<&Ca>) -> (u16,
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            roots.add(ca.cert.der().clone()).unwrap();
+            roots.add(ca.ca_der()).unwrap();
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
@@ -143,11 +108,19 @@ async fn tls_instance(server: (String, String), client_ca: Option<&Ca>) -> (u16,
                     }
                     let body: Vec<u8> = buf.drain(..end + 4 + length).skip(end + 4).collect();
                     seen.requests.fetch_add(1, Ordering::SeqCst);
-                    let mut answer =
-                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len())
-                            .into_bytes();
+                    let close = seen.close.load(Ordering::SeqCst);
+                    let header = if close { "connection: close\r\n" } else { "" };
+                    let mut answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{header}\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
                     answer.extend_from_slice(&body);
                     if tls.write_all(&answer).await.is_err() || tls.flush().await.is_err() {
+                        return;
+                    }
+                    if close {
+                        let _ = tls.close().await;
                         return;
                     }
                 }
@@ -188,11 +161,10 @@ async fn handshakes(admin: &str, result: &str) -> f64 {
 
 #[async_std::test]
 async fn upstream_tls_requests_reach_the_instance_over_tls_on_one_pooled_connection() {
-    let dir = TempDir::new("upstream-tls-ok");
-    let ca = make_ca(&dir, "instances");
-    let (port, seen) = tls_instance(issue(&ca, &["127.0.0.1"]), None).await;
+    let ca = Pki::new("upstream-tls-ok");
+    let (port, seen) = tls_instance(&ca.issue("server", &["127.0.0.1"]), None).await;
     let tls = UpstreamTlsConfig {
-        ca: ca.file.clone(),
+        ca: ca.ca_file(),
         ..UpstreamTlsConfig::default()
     };
     let (d, g) = system(port, tls).await;
@@ -215,12 +187,11 @@ async fn upstream_tls_requests_reach_the_instance_over_tls_on_one_pooled_connect
 
 #[async_std::test]
 async fn upstream_tls_with_a_wrong_ca_is_a_502_and_the_instance_sees_no_request() {
-    let dir = TempDir::new("upstream-tls-wrong-ca");
-    let right = make_ca(&dir, "right");
-    let wrong = make_ca(&dir, "wrong");
-    let (port, seen) = tls_instance(issue(&right, &["127.0.0.1"]), None).await;
+    let right = Pki::new("upstream-tls-right");
+    let wrong = Pki::new("upstream-tls-wrong");
+    let (port, seen) = tls_instance(&right.issue("server", &["127.0.0.1"]), None).await;
     let tls = UpstreamTlsConfig {
-        ca: wrong.file.clone(),
+        ca: wrong.ca_file(),
         ..UpstreamTlsConfig::default()
     };
     let (d, g) = system(port, tls).await;
@@ -237,15 +208,14 @@ async fn upstream_tls_with_a_wrong_ca_is_a_502_and_the_instance_sees_no_request(
 
 #[async_std::test]
 async fn upstream_tls_mtls_works_with_a_client_certificate_and_is_a_502_without() {
-    let dir = TempDir::new("upstream-tls-mtls");
-    let ca = make_ca(&dir, "instances");
-    let clients = make_ca(&dir, "clients");
-    let (port, seen) = tls_instance(issue(&ca, &["127.0.0.1"]), Some(&clients)).await;
-    let (cert, key) = issue(&clients, &["gateway.test"]);
+    let ca = Pki::new("upstream-tls-instances");
+    let clients = Pki::new("upstream-tls-clients");
+    let (port, seen) = tls_instance(&ca.issue("server", &["127.0.0.1"]), Some(&clients)).await;
+    let client = clients.issue_client("client", &["gateway.test"]);
     let with = UpstreamTlsConfig {
-        ca: ca.file.clone(),
-        cert: Some(write(&dir, "client.crt", &cert)),
-        key: Some(write(&dir, "client.key", &key)),
+        ca: ca.ca_file(),
+        cert: Some(client.cert),
+        key: Some(client.key),
         server_name: None,
     };
     let (d, g) = system(port, with).await;
@@ -256,7 +226,7 @@ async fn upstream_tls_mtls_works_with_a_client_certificate_and_is_a_502_without(
     d.shutdown().await;
 
     let without = UpstreamTlsConfig {
-        ca: ca.file.clone(),
+        ca: ca.ca_file(),
         ..UpstreamTlsConfig::default()
     };
     let (d, g) = system(port, without).await;
