@@ -308,10 +308,12 @@ async fn a_frozen_etcd_member_is_noticed_and_the_watch_moves() {
     )
     .await;
     let noticed = frozen.elapsed();
-    // Two probe intervals plus the time to open a watch elsewhere, with room
-    // for a loaded machine.
+    // Two probe intervals plus the time to open a watch elsewhere (about 3 s),
+    // with room for a machine busy with other builds (6.2 s was seen with two
+    // compiles beside the suite); far below what a TCP or etcd timeout would
+    // take to notice a member that accepts but never answers.
     assert!(
-        noticed < Duration::from_secs(6),
+        noticed < Duration::from_secs(8),
         "noticed after {noticed:?}"
     );
     let last = store(&b1).await["last_stale"].as_str().unwrap().to_string();
