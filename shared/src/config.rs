@@ -526,13 +526,13 @@ impl DiscoveryConfig {
         for e in self.tls.iter().flat_map(ServerTlsConfig::errors) {
             errors.push(e);
         }
-        if self
-            .discovery_ca
-            .as_deref()
-            .is_some_and(|ca| ca.trim().is_empty())
-        {
-            errors.push("discovery_ca must name a CA file");
-        }
+        // Peers' URLs are learned from the store, not configured.
+        errors.extend(discovery_tls_errors(
+            &[],
+            self.discovery_ca.as_deref(),
+            None,
+            None,
+        ));
         owned.extend(self.upstream_tls_errors());
         errors.extend(owned.iter().map(String::as_str));
         joined(errors)
