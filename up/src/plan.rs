@@ -94,8 +94,6 @@ impl Service {
 #[derive(Clone, Debug)]
 pub struct TlsPlan {
     pub files: tls::Files,
-    /// Everything over TLS, or the gateway's client port only ([`tls::EVERYTHING`]).
-    pub everything: bool,
     /// Where the configs with the TLS keys go.
     pub config_dir: PathBuf,
     /// The shipped configs they are written from.
@@ -143,7 +141,7 @@ pub struct Options<'a> {
     /// Apps run with `--chaos` (the fault knobs `loadtest --chaos` turns).
     pub chaos: bool,
     pub registration_token: String,
-    /// `--tls`: the gateway's HTTPS port (and, see [`tls::EVERYTHING`], the rest).
+    /// `--tls`: the gateway's HTTPS port, and discovery and the apps over TLS.
     pub tls: bool,
     /// The gateway's HTTPS port (default 8443, or any free one with `free`).
     pub tls_port: Option<u16>,
@@ -239,7 +237,6 @@ impl Plan {
             namespaces.dedup();
             Some(TlsPlan {
                 files,
-                everything: tls::EVERYTHING,
                 config_dir,
                 discovery: read_json(&discovery_file)?,
                 app: read_json(&app_file)?,
@@ -250,11 +247,10 @@ impl Plan {
             None
         };
         // With --tls, a service whose config takes TLS keys runs from the copy with them.
-        let config_of = |name: &str, shipped: &Path, written: bool| match &tls {
-            Some(t) if written => path_arg(&t.config_dir.join(format!("{name}.json"))),
-            _ => path_arg(shipped),
+        let config_of = |name: &str, shipped: &Path| match &tls {
+            Some(t) => path_arg(&t.config_dir.join(format!("{name}.json"))),
+            None => path_arg(shipped),
         };
-        let everything = tls.as_ref().is_some_and(|t| t.everything);
         let tls_addr = pick(SocketAddr::new(gateway_addr.ip(), TLS_PORT), o.tls_port);
         let bin = |name: &str| path_arg(&bin_dir.join(name));
         let log = |name: &str| dir.join(format!("{name}.log"));
@@ -267,7 +263,7 @@ impl Plan {
             name: "discovery".into(),
             kind: Kind::Discovery,
             program: bin("discovery"),
-            config: config_of("discovery", &discovery_file, everything),
+            config: config_of("discovery", &discovery_file),
             binds: vec![Bind {
                 what: "discovery",
                 addr: discovery_addr,
@@ -298,7 +294,7 @@ impl Plan {
             services.push(Service {
                 kind: Kind::App(o.chaos),
                 program: bin("app"),
-                config: config_of("app", &app_file, everything),
+                config: config_of("app", &app_file),
                 binds: vec![
                     Bind {
                         what: "app",
@@ -343,7 +339,7 @@ impl Plan {
             name: "gateway".into(),
             kind: Kind::Gateway,
             program: bin("gateway"),
-            config: config_of("gateway", &gateway_file, true),
+            config: config_of("gateway", &gateway_file),
             binds: gateway_binds,
             log: log("gateway"),
             env: learn_env,
@@ -365,9 +361,9 @@ impl Plan {
         Ok(plan)
     }
 
-    /// Whether discovery and the apps serve HTTPS (`--tls` with everything).
+    /// Whether discovery and the apps serve HTTPS (`--tls`).
     pub fn services_tls(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.everything)
+        self.tls.is_some()
     }
 
     /// The URLs and app lists from the services' addresses as they stand.
@@ -426,10 +422,7 @@ impl Plan {
         };
         std::fs::create_dir_all(&t.config_dir)
             .map_err(|e| format!("cannot create {}: {e}", t.config_dir.display()))?;
-        let keys = tls::Keys {
-            files: &t.files,
-            everything: t.everything,
-        };
+        let keys = tls::Keys { files: &t.files };
         let tls_listen = self
             .services
             .iter()
@@ -439,15 +432,10 @@ impl Plan {
             .unwrap_or_default();
         let mut gateway = t.gateway.clone();
         keys.gateway(&mut gateway, &tls_listen);
-        let mut written = vec![("gateway", gateway)];
-        if t.everything {
-            let (mut discovery, mut app) = (t.discovery.clone(), t.app.clone());
-            keys.discovery(&mut discovery, &t.namespaces);
-            keys.app(&mut app);
-            written.push(("discovery", discovery));
-            written.push(("app", app));
-        }
-        for (name, config) in written {
+        let (mut discovery, mut app) = (t.discovery.clone(), t.app.clone());
+        keys.discovery(&mut discovery, &t.namespaces);
+        keys.app(&mut app);
+        for (name, config) in [("gateway", gateway), ("discovery", discovery), ("app", app)] {
             let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
             tls::write(&t.config_dir.join(format!("{name}.json")), &text, 0o644)?;
         }
@@ -632,10 +620,10 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(&written).unwrap()).unwrap();
         assert_eq!(json["tls"]["listen"], "127.0.0.1:8443");
         assert_eq!(json["routes"][0]["namespace"], "service A");
-        // Discovery and the apps: the shipped files until everything goes over TLS.
+        // Discovery and the apps run from the copies with their keys too.
         let shipped = config.join("discovery.json").display().to_string();
-        assert_eq!(plan.services[0].config == shipped, !super::tls::EVERYTHING);
-        assert_eq!(plan.services_tls(), super::tls::EVERYTHING);
+        assert_ne!(plan.services[0].config, shipped);
+        assert!(plan.services_tls());
         // A free TLS port is learned and written back for restarts.
         o.free = true;
         let mut plan = super::Plan::new(&o).unwrap();

@@ -545,11 +545,9 @@ fn announce(plan: &Plan, made: Option<&crate::tls::Made>, out: &mut Out) {
                 crate::tls::NAMES.join(", "),
                 t.files.dir.display()
             ));
-            out.line(if t.everything {
-                "       everything over TLS: the gateway's client port, gateway to apps, apps and gateway to discovery, discovery's checks"
-            } else {
-                "       over TLS: the gateway's client port; discovery and the apps still speak plain HTTP (up/src/tls.rs, EVERYTHING)"
-            });
+            out.line(
+                "       everything over TLS: the gateway's client port, gateway to apps, apps and gateway to discovery, discovery's checks",
+            );
         }
         None => {
             out.line("");

@@ -23,14 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// What `up --tls` runs over TLS: everything. Discovery serves HTTPS
-/// (checking instances over TLS), the apps serve HTTPS and reach discovery
-/// over it with a client certificate, the gateway reaches both over TLS
-/// (the services' `tls`, `upstream_tls`, `discovery_ca`, `discovery_cert`
-/// and `discovery_key` keys). `false` would put only the gateway's client
-/// port on TLS. [`Keys`] writes the keys either way; this only picks.
-pub const EVERYTHING: bool = true;
-
 /// The names every certificate is for: the services listen on loopback.
 pub const NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
@@ -223,8 +215,6 @@ pub fn write(path: &Path, text: &str, mode: u32) -> Result<(), String> {
 #[derive(Clone, Debug)]
 pub struct Keys<'a> {
     pub files: &'a Files,
-    /// Everything over TLS, or the gateway's client port only (see [`EVERYTHING`]).
-    pub everything: bool,
 }
 
 impl Keys<'_> {
@@ -232,7 +222,7 @@ impl Keys<'_> {
         json!(text(&self.files.ca))
     }
 
-    /// The gateway: its TLS port at `tls_listen`; with everything, each
+    /// The gateway: its TLS port at `tls_listen`; each
     /// route's instances over TLS and discovery trusted by the CA.
     pub fn gateway(&self, config: &mut Value, tls_listen: &str) {
         let f = self.files;
@@ -241,9 +231,6 @@ impl Keys<'_> {
             "tls",
             json!({"listen": tls_listen, "cert": text(&f.cert), "key": text(&f.key)}),
         );
-        if !self.everything {
-            return;
-        }
         set(config, "discovery_ca", self.ca());
         if let Some(routes) = config.get_mut("routes").and_then(Value::as_array_mut) {
             for route in routes {
@@ -252,13 +239,10 @@ impl Keys<'_> {
         }
     }
 
-    /// Discovery (with everything): HTTPS on its port, apps' client
+    /// Discovery: HTTPS on its port, apps' client
     /// certificates checked against the CA, the instances of `namespaces`
     /// health-checked over TLS, peers trusted by the CA.
     pub fn discovery(&self, config: &mut Value, namespaces: &[String]) {
-        if !self.everything {
-            return;
-        }
         let f = self.files;
         set(
             config,
@@ -273,12 +257,9 @@ impl Keys<'_> {
         set(config, "discovery_ca", self.ca());
     }
 
-    /// An app (with everything): HTTPS on its port, discovery trusted by the
+    /// An app: HTTPS on its port, discovery trusted by the
     /// CA and shown the client certificate when registering.
     pub fn app(&self, config: &mut Value) {
-        if !self.everything {
-            return;
-        }
         let f = self.files;
         set(
             config,
@@ -341,39 +322,25 @@ mod tests {
     }
 
     #[test]
-    fn the_gateway_side_only_or_everything() {
+    fn every_service_gets_its_tls_keys() {
         let f = files(Path::new("/state"));
         let gateway = json!({"listen": "127.0.0.1:8000", "routes": [{"prefix": "/", "namespace": "service A"}]});
         let (discovery, app) = (
             json!({"listen": "127.0.0.1:8500"}),
             json!({"namespace": "service A"}),
         );
-        let only = Keys {
-            files: &f,
-            everything: false,
-        };
-        let (mut g, mut d, mut a) = (gateway.clone(), discovery.clone(), app.clone());
-        only.gateway(&mut g, "127.0.0.1:8443");
-        only.discovery(&mut d, &["service A".into()]);
-        only.app(&mut a);
-        assert_eq!(
-            g["tls"],
-            json!({"listen": "127.0.0.1:8443", "cert": "/state/tls/server.crt", "key": "/state/tls/server.key"})
-        );
-        assert!(g.get("discovery_ca").is_none() && g["routes"][0].get("upstream_tls").is_none());
-        assert_eq!((d, a), (discovery.clone(), app.clone()));
-        // The shipped gateway config takes the keys as they are.
-        let parsed: shared::config::GatewayConfig = serde_json::from_value(g).unwrap();
-        assert_eq!(parsed.tls.unwrap().listen, "127.0.0.1:8443");
-
-        let all = Keys {
-            files: &f,
-            everything: true,
-        };
+        let all = Keys { files: &f };
         let (mut g, mut d, mut a) = (gateway, discovery, app);
         all.gateway(&mut g, "127.0.0.1:8443");
         all.discovery(&mut d, &["service A".into()]);
         all.app(&mut a);
+        assert_eq!(
+            g["tls"],
+            json!({"listen": "127.0.0.1:8443", "cert": "/state/tls/server.crt", "key": "/state/tls/server.key"})
+        );
+        // The shipped gateway config takes the keys as they are.
+        let parsed: shared::config::GatewayConfig = serde_json::from_value(g.clone()).unwrap();
+        assert_eq!(parsed.tls.unwrap().listen, "127.0.0.1:8443");
         assert_eq!(g["discovery_ca"], "/state/tls/ca.crt");
         assert_eq!(
             g["routes"][0]["upstream_tls"],
