@@ -130,13 +130,7 @@ fn main() -> ExitCode {
     };
     apply_env(&mut config);
     let common = flags.apply(&mut config);
-    // The files the config names, read as a start would read them.
-    if common.check_config && shared::cli::Check::check(&config).is_ok() {
-        if let Err(why) = app::check_files(&config) {
-            return shared::cli::fail(&format!("invalid configuration: {why}"));
-        }
-    }
-    if let Some(code) = common.check(&config) {
+    if let Some(code) = common.check_with_files(&config, app::check_files) {
         return code;
     }
     // With TLS files to rotate, SIGHUP reads them again; otherwise it ends

@@ -9,7 +9,7 @@
 //! file's `registration_token`: a secret is better kept out of files.
 
 use clap::Parser;
-use shared::cli::{set, Check, Common};
+use shared::cli::{set, Common};
 use std::process::ExitCode;
 
 /// Service registry with health checks, round-robin lookup and a watch stream.
@@ -41,13 +41,10 @@ fn main() -> ExitCode {
             config.registration_token = Some(token.to_string_lossy().into_owned());
         }
     }
-    // The files the config names, read as a start would read them.
-    if flags.common.check_config && config.check().is_ok() {
-        if let Err(why) = discovery::check_files(&config) {
-            return shared::cli::fail(&format!("invalid configuration: {why}"));
-        }
-    }
-    if let Some(code) = flags.common.check(&config) {
+    if let Some(code) = flags
+        .common
+        .check_with_files(&config, discovery::check_files)
+    {
         return code;
     }
     // Room for every connection and check the config allows, as far as the hard limit lets.

@@ -4,7 +4,7 @@
 //! SIGHUP reloads the config file (see `gateway::reload`); SIGINT/SIGTERM drain and stop.
 
 use clap::Parser;
-use shared::cli::{set, Check, Common};
+use shared::cli::{set, Common};
 use std::process::ExitCode;
 
 /// mimalloc, not glibc's malloc: a keyed request's record is freed cold, at
@@ -50,14 +50,7 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     flags.apply(&mut config);
-    // The files the config names, read as a start would read them (a
-    // start reads them anyway, and stops on a bad one, naming it).
-    if flags.common.check_config && config.check().is_ok() {
-        if let Err(why) = gateway::check_files(&config) {
-            return shared::cli::fail(&format!("invalid configuration: {why}"));
-        }
-    }
-    if let Some(code) = flags.common.check(&config) {
+    if let Some(code) = flags.common.check_with_files(&config, gateway::check_files) {
         return code;
     }
     gateway::init_runtime();

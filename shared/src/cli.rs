@@ -145,6 +145,22 @@ impl Common {
         crate::config::load(self.config.as_deref()).map_err(|e| fail(&e))
     }
 
+    /// [`Common::check`], and under `--check-config` also `files`: the
+    /// service reads the files a good config names (certificates, CA files)
+    /// as a start would, and a missing or bad one fails the check, named.
+    pub fn check_with_files<T: Check>(
+        &self,
+        config: &T,
+        files: impl FnOnce(&T) -> Result<(), String>,
+    ) -> Option<ExitCode> {
+        if self.check_config && config.check().is_ok() {
+            if let Err(why) = files(config) {
+                return Some(fail(&format!("invalid configuration: {why}")));
+            }
+        }
+        self.check(config)
+    }
+
     /// Checks `config` (the file with the flags and environment applied).
     /// `Some(code)`: exit with it (`--check-config`, or a config a start would
     /// refuse, its error printed once); `None`: go on and start.
