@@ -1,5 +1,6 @@
 //! Test certificates: a CA made with rcgen and the ECDSA P-256 server and
-//! client certificates it signs, as PEM files in a temp dir.
+//! client certificates it signs, as PEM files in a temp dir, and a TLS
+//! server config for test instances ([`server_config`]).
 
 use crate::tempdir::TempDir;
 use rustls_pki_types::CertificateDer;
@@ -134,4 +135,40 @@ impl Pki {
         std::fs::rename(&tmp, &path).unwrap();
         path.display().to_string()
     }
+}
+
+/// A TLS server's settings for a test instance: the certificate chain and
+/// key (PEM text), and with `client_ca` a client certificate required,
+/// chaining to it.
+pub fn server_config(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca: Option<CertificateDer<'static>>,
+) -> rustls::ServerConfig {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::PrivateKeyDer;
+    use std::sync::Arc;
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    builder.with_single_cert(chain, key).unwrap()
 }

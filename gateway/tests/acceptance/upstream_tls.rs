@@ -28,32 +28,12 @@ pub(super) struct Seen {
 /// here has no `upstream_tls`, so it checks in plain HTTP) get 200.
 /// Answers each request with its body.
 pub(super) async fn tls_instance(server: &Issued, client_ca: Option<&Pki>) -> (u16, Arc<Seen>) {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_file_iter(&server.cert)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(&server.key).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap();
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(ca.ca_der()).unwrap();
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .unwrap();
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let config = builder.with_single_cert(chain, key).unwrap();
+    let read = |path: &str| std::fs::read_to_string(path).unwrap();
+    let config = testkit::pki::server_config(
+        &read(&server.cert),
+        &read(&server.key),
+        client_ca.map(Pki::ca_der),
+    );
     let acceptor = futures_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
