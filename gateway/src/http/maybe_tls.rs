@@ -25,9 +25,9 @@ pub(crate) trait TlsSide {
     fn io_state(&mut self) -> Result<rustls::IoState, rustls::Error>;
 }
 
-impl TlsSide for futures_rustls::server::TlsStream<Stream> {
+impl TlsSide for futures_rustls::server::TlsStream<crate::http::ticket_hold::TicketHold> {
     fn socket(&self) -> &Stream {
-        self.get_ref().0
+        self.get_ref().0.socket()
     }
 
     fn io_state(&mut self) -> Result<rustls::IoState, rustls::Error> {

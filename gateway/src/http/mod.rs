@@ -12,5 +12,6 @@ pub(crate) mod session;
 pub(crate) mod target;
 #[cfg(test)]
 pub(crate) mod test_support;
+pub(crate) mod ticket_hold;
 pub(crate) mod tls;
 pub(crate) mod upstream_tls;

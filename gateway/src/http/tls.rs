@@ -7,6 +7,7 @@
 //! over the worker's own sockets.
 
 use crate::http::maybe_tls::MaybeTls;
+use crate::http::ticket_hold::TicketHold;
 use crate::runtime::net::Stream;
 use futures_lite::AsyncWriteExt;
 use futures_rustls::server::TlsStream;
@@ -53,13 +54,15 @@ impl Tls {
     /// The server side of the handshake on `stream`; unbounded here, the
     /// caller bounds it (`tls.handshake_timeout`).
     pub(crate) async fn accept(&self, stream: Stream) -> io::Result<ClientStream> {
-        let tls = self.acceptor.accept(stream).await?;
+        // The session ticket waits for the first answer (`ticket_hold`).
+        let mut tls = self.acceptor.accept(TicketHold::new(stream)).await?;
+        tls.get_mut().0.release();
         Ok(MaybeTls::Tls(Box::new(tls)))
     }
 }
 
 /// A client's connection: its socket as it is, or TLS over it.
-pub(crate) type ClientStream = MaybeTls<TlsStream<Stream>>;
+pub(crate) type ClientStream = MaybeTls<TlsStream<TicketHold>>;
 
 impl ClientStream {
     /// Whether this connection is TLS.

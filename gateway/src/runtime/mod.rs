@@ -21,13 +21,16 @@
 //! and the eventfd interrupts its `epoll_wait`.
 
 pub(crate) mod buffers;
+mod cpu_quota;
 pub(crate) mod deadline;
+mod idle;
 pub(crate) mod listen;
 pub(crate) mod net;
 mod reactor;
 pub(crate) mod slots;
 
 use async_task::Runnable;
+use idle::IdleSpin;
 use reactor::Reactor;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -40,12 +43,6 @@ use std::time::Instant;
 /// while others run (fairness at 10,000 connections) without paying a
 /// system call per task.
 const BATCH: usize = 128;
-
-/// Looks at epoll without sleeping this many times before a worker with
-/// nothing to do sleeps in it: the next event is usually microseconds away,
-/// and going to sleep and being woken costs a context switch and an
-/// interrupt each time (on some virtual machines far more than the look).
-const SPINS: u32 = 32;
 
 /// What other threads reach of a worker: its reactor and its remote queue.
 #[derive(Debug)]
@@ -205,7 +202,10 @@ where
     let mut events = reactor::events();
     let mut taken = Vec::new();
     let wake_urgent = |on: bool| WAKING_URGENT.with(|u| u.set(on));
-    let mut spins = 0;
+    // Before sleeping, a worker with nothing to do looks at epoll for a while
+    // (`idle`): the next event is often microseconds away. Not under a CPU
+    // quota, where the looks would be taken from the quota (`cpu_quota`).
+    let mut spin = IdleSpin::new(idle::MAX);
     let outcome = loop {
         while let Some(runnable) = URGENT.with(|q| q.borrow_mut().pop_front()) {
             run_task(runnable);
@@ -222,7 +222,7 @@ where
         // Only a turn that may block announces it: while the worker only
         // looks, other threads' wakes wait in the remote queue for the next
         // turn instead of writing the eventfd.
-        let may_block = spins >= SPINS;
+        let may_block = cpu_quota::held() || spin.may_sleep(now());
         if may_block {
             shared.reactor.prepare_sleep();
         }
@@ -240,15 +240,17 @@ where
         let timeout = if block {
             #[cfg(test)]
             SLEEPS.with(|n| n.set(n.get() + 1));
+            spin.sleeping();
             deadline::timeout()
         } else {
             Some(std::time::Duration::ZERO)
         };
         let polled = shared.reactor.poll(&mut events, timeout, &wake_urgent);
-        NOW.with(|n| n.set(Some(Instant::now())));
+        let now = Instant::now();
+        NOW.with(|n| n.set(Some(now)));
         match polled {
-            Ok(0) if idle && !block => spins += 1,
-            Ok(_) => spins = 0,
+            Ok(0) if idle => spin.nothing(now),
+            Ok(_) => spin.busy(now),
             Err(e) => break Err(e),
         }
     };
@@ -416,8 +418,9 @@ mod tests {
                 );
                 std::thread::yield_now();
             }
-            // From at once to well after the spins: every step of going to sleep.
-            let delay = Duration::from_nanos((round % 101) as u64 * 1_500);
+            // From at once to well after the longest look before sleeping
+            // (`idle::MAX`): every step of going to sleep.
+            let delay = Duration::from_nanos((round % 101) as u64 * 3_000);
             let started = Instant::now();
             while started.elapsed() < delay {
                 std::hint::spin_loop();

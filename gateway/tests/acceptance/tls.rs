@@ -38,6 +38,12 @@ type Tls = futures_rustls::client::TlsStream<async_std::net::TcpStream>;
 
 /// A TLS connection to `addr` asking for `name`, trusting only `ca`.
 async fn connect(addr: SocketAddr, name: &str, ca: &CertificateDer<'static>) -> Tls {
+    connect_with(addr, name, client_config(ca)).await
+}
+
+/// A client trusting only `ca`, offering http/1.1; it keeps the sessions
+/// its connections get, to resume them.
+fn client_config(ca: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -47,10 +53,14 @@ async fn connect(addr: SocketAddr, name: &str, ca: &CertificateDer<'static>) -> 
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+async fn connect_with(addr: SocketAddr, name: &str, config: Arc<rustls::ClientConfig>) -> Tls {
     let connecting = async {
         let tcp = async_std::net::TcpStream::connect(addr).await?;
         let name = ServerName::try_from(name.to_string()).unwrap();
-        futures_rustls::TlsConnector::from(Arc::new(config))
+        futures_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
     };
@@ -234,6 +244,48 @@ async fn tls_s_client_negotiates_tls13_and_tls12_with_alpn_http11() {
         (status.as_str(), body.as_str()),
         ("HTTP/1.1 200 OK", r#"{"a":1}"#)
     );
+    g.shutdown().await;
+    d.shutdown().await;
+}
+
+#[async_std::test]
+async fn tls_sessions_resume_with_the_one_ticket_that_comes_with_the_first_answer() {
+    let pki = Pki::new("resume");
+    let server = pki.issue("server", &["gw.test"]);
+    let tls = tls_config(&[&server], Duration::from_secs(10));
+    let (d, _raws, g) = raw_system(vec![Script::Echo], |c| c.tls = Some(tls)).await;
+    let addr = g.tls_addr().unwrap();
+    let config = client_config(&pki.ca_der());
+    let mut first = connect_with(addr, "gw.test", config.clone()).await;
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    // The handshake is over and the gateway sent its ticket at once before:
+    // now nothing comes until there is an answer to carry it.
+    async_std::task::sleep(Duration::from_millis(200)).await;
+    let mut byte = [0u8; 1];
+    let early =
+        async_std::future::timeout(Duration::from_millis(1), first.get_ref().0.peek(&mut byte));
+    assert!(early.await.is_err(), "bytes before any request");
+    let (status, body) = post(&mut first, r#"{"n":1}"#).await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", r#"{"n":1}"#)
+    );
+    assert_eq!(first.get_ref().1.tls13_tickets_received(), 1, "one ticket");
+    // A new connection resumes the session that ticket holds, and gets one.
+    let mut second = connect_with(addr, "gw.test", config).await;
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let (status, body) = post(&mut second, r#"{"n":2}"#).await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", r#"{"n":2}"#)
+    );
+    assert_eq!(second.get_ref().1.tls13_tickets_received(), 1);
     g.shutdown().await;
     d.shutdown().await;
 }

@@ -96,6 +96,15 @@ impl std::fmt::Debug for ServerTls {
     }
 }
 
+/// TLS 1.3 session tickets sent after each handshake. One: a client keeps
+/// the newest session for a server (curl's, OpenSSL's and Go's clients do),
+/// and OpenSSL's servers (nginx, HAProxy) send one after a resumed
+/// handshake too. rustls' default of two costs every new connection a
+/// second ticket's encryption here and a session object the client throws
+/// away: with one, the same client core made about 4% more TLS connections
+/// a second (bench/results-tls.md).
+const TLS13_TICKETS: usize = 1;
+
 impl ServerTls {
     /// A server presenting `certificates`. With `client_ca`, a client may
     /// present a certificate, which must chain to it (one from another CA
@@ -128,6 +137,7 @@ impl ServerTls {
         // rustls; the session-id cache stays for clients without tickets.
         config.ticketer =
             rustls::crypto::ring::Ticketer::new().map_err(|e| format!("tickets: {e}"))?;
+        config.send_tls13_tickets = TLS13_TICKETS;
         Ok(ServerTls {
             config: Arc::new(config),
             resolver,
