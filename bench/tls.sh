@@ -7,8 +7,9 @@
 #   keep-alive   wrk -t1 -c64 over HTTPS, one handshake per connection: requests per second
 #                and the proxy's CPU time per request (utime + stime from /proc).
 #   handshakes   the same with `Connection: close`: every request on a new connection, so
-#                each is a full handshake (wrk does not resume sessions): handshakes per
-#                second and CPU per handshake.
+#                each is a handshake (wrk resumes its connection's last session: a PSK
+#                handshake with a fresh key exchange): handshakes per second and CPU per
+#                handshake.
 #   memory       N keep-alive TLS clients held open, each served one request
 #                (bench/tls_hold.py): the proxy's RSS with them minus its RSS before, per
 #                connection.
@@ -22,12 +23,18 @@
 #            by a CFS quota (a cgroup, v1 or v2): the proxy, not wrk, bounds the rate, and
 #            req/s is what each makes of the same CPU. This is the throughput comparison.
 #
+# A second gateway, the same build with `idle_spin` 0 (its worker sleeps in epoll as soon as
+# it has nothing to do), runs every layout too, and a light-load part measures both
+# gateways' CPU per connection when connections come one at a time: what the looks before
+# sleeping buy and what they cost.
+#
 # CPU per request is the figure a busy machine disturbs least.
 #
 #   cargo build --profile perf -p gateway -p discovery
 #   bash bench/tls.sh [BIN_DIR]       (default target/perf; results: bench/results-tls.md)
 #
 # Settings (environment): TLS_ROUNDS (3), TLS_SECONDS per run (5), TLS_CONNECTIONS (64),
+# TLS_LIGHT (500 connections one at a time for the light-load part; 0 skips it),
 # TLS_CLIENTS for the memory part (10000, HAProxy at most 9,800: its maxconn reserves two
 # descriptors a connection and this machine allows 20,000 a process; 0 skips it), TLS_CPU_SHARE (0.5), TLS_OUT
 # (bench/results-tls.md). Needs python3 (the memory part) and a writable cpu cgroup (root).
@@ -39,10 +46,12 @@ ROUNDS=${TLS_ROUNDS:-3}
 SECS=${TLS_SECONDS:-5}
 CONNS=${TLS_CONNECTIONS:-64}
 CLIENTS=${TLS_CLIENTS:-10000}
+LIGHT=${TLS_LIGHT:-500}
 SHARE=${TLS_CPU_SHARE:-0.5}
 OUT=${TLS_OUT:-$ROOT/bench/results-tls.md}
 TMP=$ROOT/bench/tmp/tls
 UP1=19581 UP2=19582 UP3=19583 DISCOVERY=19780 GW=19743 GWA=19744 GWP=19745 NGINX=19746 HAPROXY=19747
+GW0=19748 GW0A=19749 GW0P=19750
 TICKS=$(getconf CLK_TCK)
 for b in gateway discovery; do
   [ -x "$BIN/$b" ] || { echo "$BIN/$b is missing: cargo build --profile perf -p gateway -p discovery" >&2; exit 1; }
@@ -99,6 +108,13 @@ JSON
 "$BIN/gateway" --config "$TMP/gateway.json" --listen 127.0.0.1:$GWP --admin-listen 127.0.0.1:$GWA \
   --discovery-url "http://127.0.0.1:$DISCOVERY" --log-level warn --worker-threads 1 > "$TMP/gateway.log" 2>&1 &
 GATEWAY_PID=$!; PIDS+=($!)
+# The same gateway with idle_spin 0 (its worker sleeps as soon as it has nothing to do), for
+# what the looks before sleeping buy and cost.
+sed -e "s|\"tls\": {\"listen\": \"127.0.0.1:$GW\"|\"idle_spin\": 0, \"tls\": {\"listen\": \"127.0.0.1:$GW0\"|" "$TMP/gateway.json" > "$TMP/gateway0.json"
+grep -q '"idle_spin": 0' "$TMP/gateway0.json" || { echo "could not write $TMP/gateway0.json" >&2; exit 1; }
+"$BIN/gateway" --config "$TMP/gateway0.json" --listen 127.0.0.1:$GW0P --admin-listen 127.0.0.1:$GW0A \
+  --discovery-url "http://127.0.0.1:$DISCOVERY" --log-level warn --worker-threads 1 > "$TMP/gateway0.log" 2>&1 &
+GATEWAY0_PID=$!; PIDS+=($!)
 
 cat > "$TMP/nginx.conf" <<CONF
 worker_processes 1;
@@ -153,25 +169,26 @@ CONF
 haproxy -D -f "$TMP/haproxy.cfg" 2>"$TMP/haproxy.log"
 
 declare -A PORT PID
-PORT[gateway]=$GW PORT[nginx]=$NGINX PORT[haproxy]=$HAPROXY
-for p in gateway nginx haproxy; do
+PROXIES="gateway gateway0 nginx haproxy"
+PORT[gateway]=$GW PORT[gateway0]=$GW0 PORT[nginx]=$NGINX PORT[haproxy]=$HAPROXY
+for p in $PROXIES; do
   wait_for curl -sf --cacert "$TMP/ca.crt" "https://localhost:${PORT[$p]}/cheap"
 done
-PID[gateway]=$GATEWAY_PID
+PID[gateway]=$GATEWAY_PID PID[gateway0]=$GATEWAY0_PID
 PID[nginx]=$(pgrep -P "$(cat "$TMP/nginx.pid")" | head -1)
 PID[haproxy]=$(cat "$TMP/haproxy.pid")
 # What each negotiated, for the record: it must be the same suite.
 SUITES=""
-for p in gateway nginx haproxy; do
+for p in $PROXIES; do
   s=$(openssl s_client -connect "127.0.0.1:${PORT[$p]}" -servername localhost -CAfile "$TMP/ca.crt" </dev/null 2>/dev/null \
     | awk '/^New, / { print $2, $5 }' | tr -d ,)
   SUITES+="$p: $s; "
 done
 
 # Pinned: each proxy on core 0, everything else on core 1.
-for p in gateway nginx haproxy; do taskset -apc 0 "${PID[$p]}" >/dev/null; done
+for p in $PROXIES; do taskset -apc 0 "${PID[$p]}" >/dev/null; done
 for pid in "${PIDS[@]}" "$(cat "$TMP/upstream.pid")"; do
-  [ "$pid" = "$GATEWAY_PID" ] || taskset -apc 1 "$pid" >/dev/null 2>&1 || true
+  [ "$pid" = "$GATEWAY_PID" ] || [ "$pid" = "$GATEWAY0_PID" ] || taskset -apc 1 "$pid" >/dev/null 2>&1 || true
 done
 for pid in $(pgrep -P "$(cat "$TMP/upstream.pid")"); do taskset -apc 1 "$pid" >/dev/null; done
 
@@ -183,7 +200,7 @@ else
   CG=/sys/fs/cgroup/cpu
 fi
 declare -A GROUP
-for p in gateway nginx haproxy; do
+for p in $PROXIES; do
   GROUP[$p]=$CG/bench-tls-$p-$$
   mkdir "${GROUP[$p]}" || { echo "cannot make a cpu cgroup under $CG (run as root)" >&2; exit 1; }
   GROUPS_MADE+=("${GROUP[$p]}")
@@ -213,7 +230,7 @@ run() { # proxy kind(keepalive|handshake) -> "requests cpu_us_per_request req_pe
     'BEGIN { printf "%d %.2f %.0f %d\n", r, t / hz * 1e6 / r, r / s, e }'
 }
 LAYOUTS="open capped"
-for p in gateway nginx haproxy; do
+for p in $PROXIES; do
   for k in keepalive handshake; do
     run $p $k >/dev/null
     for l in $LAYOUTS; do : > "$TMP/$p-$k-$l.txt"; done
@@ -221,16 +238,18 @@ for p in gateway nginx haproxy; do
 done
 for r in $(seq 1 "$ROUNDS"); do
   for l in $LAYOUTS; do
-    for p in gateway nginx haproxy; do cap $p "$([ $l = capped ] && echo on || echo off)"; done
+    for p in $PROXIES; do cap $p "$([ $l = capped ] && echo on || echo off)"; done
+    sleep 2 # the gateway reads its quota once a second (idle_spin is off under one)
     for k in keepalive handshake; do
-      for p in gateway nginx haproxy; do
+      for p in $PROXIES; do
         run $p $k >> "$TMP/$p-$k-$l.txt"
         echo "round $r $l $k $p: $(tail -1 "$TMP/$p-$k-$l.txt")" >&2
       done
     done
   done
 done
-for p in gateway nginx haproxy; do cap $p off; done
+for p in $PROXIES; do cap $p off; done
+label() { if [ "$1" = gateway0 ]; then echo "gateway, idle_spin 0"; else echo "$1"; fi; }
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 col() { cut -d' ' -f"$2" "$TMP/$1.txt" | median; }  # file (proxy-kind-layout) column
 
@@ -252,6 +271,24 @@ if [ "$CLIENTS" -gt 0 ]; then
   for p in gateway nginx haproxy; do MEM[$p]=$(memory $p); sleep 2; done
 fi
 
+# Light load: new connections one at a time (curl, a full handshake each, LIGHT of them with a
+# 20 ms pause between), the gateway's CPU per connection with its looks before sleeping and
+# without: what idle_spin costs where the gaps outlast it.
+light() { # proxy -> "cpu_us_per_connection"
+  local pid=${PID[$1]} t0 t1
+  t0=$(cpu_ticks "$pid")
+  for _ in $(seq 1 "$LIGHT"); do
+    taskset -c 1 curl -sf --cacert "$TMP/ca.crt" "https://localhost:${PORT[$1]}/cheap" >/dev/null
+    sleep 0.02
+  done
+  t1=$(cpu_ticks "$pid")
+  awk -v t=$((t1 - t0)) -v hz="$TICKS" -v n="$LIGHT" 'BEGIN { printf "%.0f\n", t / hz * 1e6 / n }'
+}
+declare -A LIGHTCPU
+if [ "$LIGHT" -gt 0 ]; then
+  for p in gateway gateway0; do LIGHTCPU[$p]=$(light $p); done
+fi
+
 best() { # kind layout -> the better of nginx and HAProxy (higher req/s)
   local n h; n=$(col nginx-$1-$2 3); h=$(col haproxy-$1-$2 3)
   awk -v n="$n" -v h="$h" 'BEGIN { print (n > h) ? n : h }'
@@ -267,16 +304,17 @@ best() { # kind layout -> the better of nginx and HAProxy (higher req/s)
   echo "One certificate (ECDSA P-256) for all three; negotiated: $SUITES"
   echo "wrk -t1 -c$CONNS, ${SECS} s runs, $ROUNDS interleaved rounds, GET /cheap (a 11-byte JSON answer)."
   echo "**keep-alive**: one handshake per connection. **handshake**: \`Connection: close\` on every request,"
-  echo "so each request is a new TCP connection and a full TLS 1.3 handshake (wrk does not resume sessions)."
+  echo "so each request is a new TCP connection and a TLS 1.3 handshake, which wrk resumes from its connection's last session (a PSK handshake with a fresh X25519 exchange, no certificate)."
   echo "CPU is the proxy process's utime + stime over the run, divided by the requests it served."
+  echo "\"gateway, idle_spin 0\" is the same build with its worker sleeping as soon as it has nothing to do; the ratios are of the default gateway."
   for l in $LAYOUTS; do
     echo
     echo "### $l"
     echo
     echo "| proxy | keep-alive req/s | keep-alive CPU µs per request | handshakes/s | CPU µs per handshake | errors |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-    for p in gateway nginx haproxy; do
-      echo "| $p | $(col $p-keepalive-$l 3) | $(col $p-keepalive-$l 2) | $(col $p-handshake-$l 3) | $(col $p-handshake-$l 2) | $(( $(col $p-keepalive-$l 4) + $(col $p-handshake-$l 4) )) |"
+    for p in $PROXIES; do
+      echo "| $(label $p) | $(col $p-keepalive-$l 3) | $(col $p-keepalive-$l 2) | $(col $p-handshake-$l 3) | $(col $p-handshake-$l 2) | $(( $(col $p-keepalive-$l 4) + $(col $p-handshake-$l 4) )) |"
     done
     echo
     for k in keepalive handshake; do
@@ -295,12 +333,17 @@ best() { # kind layout -> the better of nginx and HAProxy (higher req/s)
       echo "| $p | $held | $b | $d | $per |"
     done
   fi
+  if [ "$LIGHT" -gt 0 ]; then
+    echo
+    echo "Light load: $LIGHT new connections one at a time (curl, 20 ms apart), the gateway's CPU per connection:"
+    echo "${LIGHTCPU[gateway]} µs with idle_spin 200us (the default), ${LIGHTCPU[gateway0]} µs with idle_spin 0."
+  fi
   echo
   echo "Every round (requests, CPU µs per request, req/s, errors):"
   echo
   for l in $LAYOUTS; do
-    for p in gateway nginx haproxy; do
-      for k in keepalive handshake; do echo "- $l $p $k: $(paste -sd';' "$TMP/$p-$k-$l.txt")"; done
+    for p in $PROXIES; do
+      for k in keepalive handshake; do echo "- $l $(label $p) $k: $(paste -sd';' "$TMP/$p-$k-$l.txt")"; done
     done
   done
 } > "$OUT"

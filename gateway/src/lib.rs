@@ -182,6 +182,7 @@ pub async fn spawn(config: GatewayConfig) -> std::io::Result<Handle> {
     let discovery_tls = discovery_tls(&config)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let workers = runtime::slots::count(config.worker_threads);
+    runtime::set_idle_spin(config.idle_spin);
     let listeners = runtime::listen::bind_all(&config.listen, config.reuse_port, workers)?;
     let addr = match listeners.first() {
         Some(l) => l.local_addr()?,

@@ -20,7 +20,7 @@
 //! The TLS port itself (`tls.listen`, and whether there is one) needs a restart.
 //!
 //! What cannot change without a restart (`listen`, `admin_listen`,
-//! `worker_threads`, `reuse_port`, `discovery_ca`, the idempotency store and its bounds,
+//! `worker_threads`, `idle_spin`, `reuse_port`, `discovery_ca`, the idempotency store and its bounds,
 //! and the pool and buffer sizes that
 //! existing objects were built with) keeps its old value, and the reload says so in the log. A
 //! config that does not parse or validate is refused whole: the old one stays.
@@ -154,6 +154,7 @@ fn keep_restart_only(old: &GatewayConfig, next: &mut GatewayConfig) -> Vec<&'sta
         listen,
         admin_listen,
         worker_threads,
+        idle_spin,
         pool_max_idle,
         pool_idle_timeout,
         passive_health_failures,

@@ -155,6 +155,12 @@ impl Until {
     }
 }
 
+/// The longest an idle worker looks at epoll before sleeping (`idle_spin`),
+/// for the workers started after this.
+pub(crate) fn set_idle_spin(most: std::time::Duration) {
+    idle::set_most(most);
+}
+
 /// Spawns `future` on this thread's worker runtime.
 ///
 /// # Errors
@@ -205,7 +211,7 @@ where
     // Before sleeping, a worker with nothing to do looks at epoll for a while
     // (`idle`): the next event is often microseconds away. Not under a CPU
     // quota, where the looks would be taken from the quota (`cpu_quota`).
-    let mut spin = IdleSpin::new(idle::MAX);
+    let mut spin = IdleSpin::new(idle::most());
     let outcome = loop {
         while let Some(runnable) = URGENT.with(|q| q.borrow_mut().pop_front()) {
             run_task(runnable);
@@ -249,7 +255,12 @@ where
         let now = Instant::now();
         NOW.with(|n| n.set(Some(now)));
         match polled {
-            Ok(0) if idle => spin.nothing(now),
+            Ok(0) if idle && !block => {
+                spin.looked(now);
+                // Whatever else wants this core runs before the next look.
+                std::thread::yield_now();
+            }
+            Ok(0) if idle => {} // a timer's time: its tasks are due next turn
             Ok(_) => spin.busy(now),
             Err(e) => break Err(e),
         }
@@ -419,7 +430,7 @@ mod tests {
                 std::thread::yield_now();
             }
             // From at once to well after the longest look before sleeping
-            // (`idle::MAX`): every step of going to sleep.
+            // (`idle_spin`, 200 µs): every step of going to sleep.
             let delay = Duration::from_nanos((round % 101) as u64 * 3_000);
             let started = Instant::now();
             while started.elapsed() < delay {
