@@ -113,16 +113,18 @@ mod tests {
     const V2_MOUNTS: &str = "\
 25 30 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate";
 
+    /// The quota files' paths.
+    fn files(dirs: &[(PathBuf, &str)]) -> Vec<String> {
+        dirs.iter()
+            .map(|(d, f)| format!("{}/{f}", d.display()))
+            .collect()
+    }
+
     #[test]
     fn a_v1_group_and_its_parents_are_looked_at() {
         let groups = "4:memory:/a\n2:cpu,cpuacct:/bench/gateway\n0::/";
-        let dirs = quota_dirs(groups, V1_MOUNTS);
-        let dirs: Vec<_> = dirs
-            .iter()
-            .map(|(d, f)| format!("{}/{f}", d.display()))
-            .collect();
         assert_eq!(
-            dirs,
+            files(&quota_dirs(groups, V1_MOUNTS)),
             [
                 "/sys/fs/cgroup/cpu,cpuacct/bench/gateway/cpu.cfs_quota_us",
                 "/sys/fs/cgroup/cpu,cpuacct/bench/cpu.cfs_quota_us",
@@ -134,13 +136,8 @@ mod tests {
     #[test]
     fn a_v2_group_inside_a_container_starts_at_the_mounts_root() {
         let mounts = V2_MOUNTS.replace(" / /sys", " /kubepods/pod1 /sys");
-        let dirs = quota_dirs("0::/kubepods/pod1/app", &mounts);
-        let dirs: Vec<_> = dirs
-            .iter()
-            .map(|(d, f)| format!("{}/{f}", d.display()))
-            .collect();
         assert_eq!(
-            dirs,
+            files(&quota_dirs("0::/kubepods/pod1/app", &mounts)),
             ["/sys/fs/cgroup/app/cpu.max", "/sys/fs/cgroup/cpu.max"]
         );
         assert_eq!(quota_dirs("0::/", V2_MOUNTS).len(), 1);

@@ -34,6 +34,21 @@ fn tls_config(certs: &[&Issued], handshake_timeout: Duration) -> TlsConfig {
     }
 }
 
+/// Discovery, one echo instance and a gateway whose TLS port presents a
+/// certificate for `gw.test` from `pki`, handshakes bounded by `timeout`.
+async fn echo_over_tls(
+    pki: &Pki,
+    timeout: Duration,
+) -> (
+    discovery::Handle,
+    Vec<testkit::raw::RawInstance>,
+    gateway::Handle,
+) {
+    let server = pki.issue("server", &["gw.test"]);
+    let tls = tls_config(&[&server], timeout);
+    raw_system(vec![Script::Echo], |c| c.tls = Some(tls)).await
+}
+
 type Tls = futures_rustls::client::TlsStream<async_std::net::TcpStream>;
 
 /// A TLS connection to `addr` asking for `name`, trusting only `ca`.
@@ -155,9 +170,7 @@ async fn s_client(addr: SocketAddr, ca: &str, name: Option<&str>, extra: &[&str]
 #[async_std::test]
 async fn tls_curl_gets_the_echo_and_the_instance_sees_x_forwarded_proto_https() {
     let pki = Pki::new("curl");
-    let server = pki.issue("server", &["gw.test"]);
-    let tls = tls_config(&[&server], Duration::from_secs(10));
-    let (d, raws, g) = raw_system(vec![Script::Echo], |c| c.tls = Some(tls)).await;
+    let (d, raws, g) = echo_over_tls(&pki, Duration::from_secs(10)).await;
     let port = g.tls_addr().unwrap().port();
     let body = r#"{"hello": "tls", "n": 1.0}"#;
     let out = run(
@@ -210,9 +223,7 @@ async fn tls_curl_gets_the_echo_and_the_instance_sees_x_forwarded_proto_https() 
 #[async_std::test]
 async fn tls_s_client_negotiates_tls13_and_tls12_with_alpn_http11() {
     let pki = Pki::new("versions");
-    let server = pki.issue("server", &["gw.test"]);
-    let tls = tls_config(&[&server], Duration::from_secs(10));
-    let (d, _raws, g) = raw_system(vec![Script::Echo], |c| c.tls = Some(tls)).await;
+    let (d, _raws, g) = echo_over_tls(&pki, Duration::from_secs(10)).await;
     let addr = g.tls_addr().unwrap();
     for (flag, version) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
         let flags = [
@@ -251,9 +262,7 @@ async fn tls_s_client_negotiates_tls13_and_tls12_with_alpn_http11() {
 #[async_std::test]
 async fn tls_sessions_resume_with_the_one_ticket_that_comes_with_the_first_answer() {
     let pki = Pki::new("resume");
-    let server = pki.issue("server", &["gw.test"]);
-    let tls = tls_config(&[&server], Duration::from_secs(10));
-    let (d, _raws, g) = raw_system(vec![Script::Echo], |c| c.tls = Some(tls)).await;
+    let (d, _raws, g) = echo_over_tls(&pki, Duration::from_secs(10)).await;
     let addr = g.tls_addr().unwrap();
     let config = client_config(&pki.ca_der());
     let mut first = connect_with(addr, "gw.test", config.clone()).await;
