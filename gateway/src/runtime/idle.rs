@@ -16,9 +16,9 @@
 //! window follows how long the worker has been idling lately: a spell that
 //! ended within the most (`idle_spin`, [`most`]) after the worker went to
 //! sleep would have been caught by looking longer, so the window doubles
-//! (from [`GROW_START`]); a longer spell halves it, down to nothing. Under steady load
-//! with short gaps a worker looks through them; on a quiet one it sleeps at
-//! once. A process held to a CPU quota never looks ([`super::cpu_quota`]).
+//! (from [`GROW_START`]); a longer spell halves it, down to nothing. Under
+//! steady load with short gaps a worker looks through them; on a quiet one
+//! it sleeps at once. A process held to a CPU quota never looks ([`super::cpu_quota`]).
 //!
 //! The looks must not take the core from anyone who wants it (a client or an
 //! instance on the same machine): between two looks the worker yields the
@@ -45,11 +45,12 @@ pub(crate) fn set_most(most: Duration) {
 pub(crate) fn most() -> Duration {
     Duration::from_nanos(MOST.load(Ordering::Relaxed))
 }
+
 /// Where the window starts when it first grows.
 const GROW_START: Duration = Duration::from_micros(50);
 /// Two looks further apart than this had another task run between them (a
 /// look and a yield take a microsecond or two).
-pub(crate) const CONTENDED: Duration = Duration::from_micros(30);
+const CONTENDED: Duration = Duration::from_micros(30);
 
 /// One worker's idle spells and its looking window.
 #[derive(Debug)]
