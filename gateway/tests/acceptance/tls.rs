@@ -429,17 +429,24 @@ async fn tls_plain_http_and_oversized_hellos_are_closed_at_once_and_a_silent_cli
     d.shutdown().await;
 }
 
-/// A config file for the gateway binary with a TLS port on `server`.
-pub(super) fn file_config(discovery_url: &str, server: &Issued) -> String {
+/// What every config file of the gateway binary in these tests holds:
+/// ports the kernel picks, `discovery_url`, no wait for readiness, a short
+/// drain.
+pub(super) fn base_file_config(discovery_url: &str) -> serde_json::Value {
     json!({
         "listen": "127.0.0.1:0",
         "admin_listen": "127.0.0.1:0",
         "discovery_url": discovery_url,
         "ready_timeout": 0,
         "drain_timeout": "2s",
-        "tls": {"listen": "127.0.0.1:0", "cert": server.cert, "key": server.key},
     })
-    .to_string()
+}
+
+/// A config file for the gateway binary with a TLS port on `server`.
+pub(super) fn file_config(discovery_url: &str, server: &Issued) -> String {
+    let mut config = base_file_config(discovery_url);
+    config["tls"] = json!({"listen": "127.0.0.1:0", "cert": server.cert, "key": server.key});
+    config.to_string()
 }
 
 /// The TLS port the gateway binary logged.
@@ -454,17 +461,63 @@ pub(super) async fn tls_port(proc: &Proc) -> SocketAddr {
     addr.parse().unwrap()
 }
 
+/// `gateway_config_reloads_total{result}` on `admin`.
+pub(super) async fn reloads(admin: &str, result: &str) -> f64 {
+    let sample = format!("gateway_config_reloads_total{{result=\"{result}\"}}");
+    testkit::system::metric(admin, &sample).await
+}
+
+/// The gateway binary with a config file ([`file_config`]) whose TLS port
+/// presents `first`, a certificate for `gw.test` from `pki`, in front of
+/// real discovery and apps.
+pub(super) struct TlsGateway {
+    pub discovery: discovery::Handle,
+    pub apps: Vec<app::Handle>,
+    pub pki: Pki,
+    pub first: Issued,
+    pub proc: Proc,
+    pub admin: String,
+    pub addr: SocketAddr,
+}
+
+impl TlsGateway {
+    /// Starts it with `apps` apps; `name` names the PKI's folder.
+    pub(super) async fn start(name: &str, apps: usize) -> TlsGateway {
+        let discovery = testkit::discovery().await;
+        let apps = testkit::system::apps(&discovery.url(), apps).await;
+        let pki = Pki::new(name);
+        let first = pki.issue("server", &["gw.test"]);
+        let config = pki.write("gateway.json", &file_config(&discovery.url(), &first));
+        let proc = Proc::start("gateway", &["--config", &config]);
+        let admin = format!("http://{}", proc.listening("gateway admin").await);
+        proc.listening("gateway").await;
+        let addr = tls_port(&proc).await;
+        TlsGateway {
+            discovery,
+            apps,
+            pki,
+            first,
+            proc,
+            admin,
+            addr,
+        }
+    }
+
+    /// Stops the gateway, then the apps and discovery.
+    pub(super) async fn stop(self) {
+        drop(self.proc);
+        for a in self.apps {
+            a.shutdown().await;
+        }
+        self.discovery.shutdown().await;
+    }
+}
+
 #[async_std::test]
 async fn tls_sighup_serves_a_new_certificate_to_new_connections_and_refuses_a_broken_one() {
-    let discovery = testkit::discovery().await;
-    let apps = testkit::system::apps(&discovery.url(), 1).await;
-    let pki = Pki::new("reload");
-    let first = pki.issue("server", &["gw.test"]);
-    let config = pki.write("gateway.json", &file_config(&discovery.url(), &first));
-    let proc = Proc::start("gateway", &["--config", &config]);
-    let admin = format!("http://{}", proc.listening("gateway admin").await);
-    proc.listening("gateway").await;
-    let addr = tls_port(&proc).await;
+    let gw = TlsGateway::start("reload", 1).await;
+    let (pki, first, proc, admin, addr) =
+        (&gw.pki, &gw.first, &gw.proc, gw.admin.as_str(), gw.addr);
     let ca = pki.ca_der();
 
     let mut kept = connect(addr, "gw.test", &ca).await;
@@ -475,14 +528,10 @@ async fn tls_sighup_serves_a_new_certificate_to_new_connections_and_refuses_a_br
     let second = pki.issue("server", &["gw.test"]);
     assert!(second.der != first.der);
     proc.signal(Signal::SIGHUP);
-    let reloads = |result: &'static str| {
-        let admin = admin.clone();
-        async move {
-            let sample = format!("gateway_config_reloads_total{{result=\"{result}\"}}");
-            testkit::system::metric(&admin, &sample).await
-        }
-    };
-    testkit::wait_until("the reload", LIMIT, || async { reloads("ok").await == 1.0 }).await;
+    testkit::wait_until("the reload", LIMIT, || async {
+        reloads(admin, "ok").await == 1.0
+    })
+    .await;
     let mut fresh = connect(addr, "gw.test", &ca).await;
     assert!(
         leaf(&fresh) == second.der,
@@ -498,7 +547,7 @@ async fn tls_sighup_serves_a_new_certificate_to_new_connections_and_refuses_a_br
     let key = pki.write("server.key", &stranger);
     proc.signal(Signal::SIGHUP);
     testkit::wait_until("the refusal", LIMIT, || async {
-        reloads("error").await == 1.0
+        reloads(admin, "error").await == 1.0
     })
     .await;
     let line = proc.wait_for_line("configuration refused", LIMIT).await;
@@ -513,11 +562,7 @@ async fn tls_sighup_serves_a_new_certificate_to_new_connections_and_refuses_a_br
     );
     assert_eq!(post(&mut after, "{\"n\":4}").await.1, "{\"n\":4}");
     assert_eq!(post(&mut kept, "{\"n\":5}").await.1, "{\"n\":5}");
-    drop(proc);
-    for a in apps {
-        a.shutdown().await;
-    }
-    discovery.shutdown().await;
+    gw.stop().await;
 }
 
 #[async_std::test]

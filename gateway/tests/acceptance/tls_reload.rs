@@ -9,7 +9,7 @@
 //!   (connections pooled under the old one are not used again), a broken
 //!   one is refused and the one in force stays.
 
-use super::tls::{file_config, tls_port};
+use super::tls::{base_file_config, reloads, TlsGateway};
 use super::upstream_tls::tls_instance;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -27,15 +27,6 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 /// The load script (see its docstring).
 const LOAD_SCRIPT: &str = include_str!("tls_reload.py");
-
-/// `gateway_config_reloads_total{result}` on `admin`.
-async fn reloads(admin: &str, result: &str) -> f64 {
-    metric(
-        admin,
-        &format!("gateway_config_reloads_total{{result=\"{result}\"}}"),
-    )
-    .await
-}
 
 /// A certificate's SHA-256 in hex, as the script prints it.
 fn fingerprint(der: &[u8]) -> String {
@@ -146,16 +137,11 @@ async fn tls_reload_under_load_from_python_ssl_drops_no_request() {
     const THREADS: usize = 3;
     const WARM: u64 = 600;
     const AFTER: u64 = 300;
-    let discovery = testkit::discovery().await;
-    let apps = testkit::system::apps(&discovery.url(), 3).await;
-    let pki = Pki::new("reload-load");
-    let first = pki.issue("server", &["gw.test"]);
-    let config = pki.write("gateway.json", &file_config(&discovery.url(), &first));
-    let proc = Proc::start("gateway", &["--config", &config]);
-    let admin = format!("http://{}", proc.listening("gateway admin").await);
-    let addr = tls_port(&proc).await;
-    let members: Vec<String> = apps.iter().map(|a| a.served_by().to_string()).collect();
-    wait_ring(&admin, &members, LIMIT).await;
+    let gw = TlsGateway::start("reload-load", 3).await;
+    let (pki, first, proc, addr) = (&gw.pki, &gw.first, &gw.proc, gw.addr);
+    let admin = gw.admin.as_str();
+    let members: Vec<String> = gw.apps.iter().map(|a| a.served_by().to_string()).collect();
+    wait_ring(admin, &members, LIMIT).await;
 
     let script = pki.write("tls_reload.py", LOAD_SCRIPT);
     let args = [
@@ -176,7 +162,6 @@ async fn tls_reload_under_load_from_python_ssl_drops_no_request() {
     let (old, new) = (fingerprint(&first.der), fingerprint(&second.der));
     assert_ne!(old, new);
     proc.signal(Signal::SIGHUP);
-    let admin = admin.as_str();
     testkit::wait_until("the reload", LIMIT, || async move {
         reloads(admin, "ok").await == 1.0
     })
@@ -292,26 +277,17 @@ async fn tls_reload_under_load_from_python_ssl_drops_no_request() {
     );
     proc.wait_for_line("configuration reloaded", LIMIT).await;
     drop(load);
-    drop(proc);
-    for a in apps {
-        a.shutdown().await;
-    }
-    discovery.shutdown().await;
+    gw.stop().await;
 }
 
 /// A gateway config file routing `/` to "service A" over TLS, trusting `ca`.
 fn upstream_tls_config(discovery_url: &str, ca: &str) -> String {
-    json!({
-        "listen": "127.0.0.1:0",
-        "admin_listen": "127.0.0.1:0",
-        "discovery_url": discovery_url,
-        "ready_timeout": 0,
-        "drain_timeout": "2s",
-        // One worker: each worker pools its own connections.
-        "worker_threads": 1,
-        "routes": [{"prefix": "/", "namespace": "service A", "upstream_tls": {"ca": ca}}],
-    })
-    .to_string()
+    let mut config = base_file_config(discovery_url);
+    // One worker: each worker pools its own connections.
+    config["worker_threads"] = json!(1);
+    config["routes"] =
+        json!([{"prefix": "/", "namespace": "service A", "upstream_tls": {"ca": ca}}]);
+    config.to_string()
 }
 
 #[async_std::test]
