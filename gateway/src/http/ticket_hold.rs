@@ -66,10 +66,9 @@ impl TicketHold {
 
     /// Whether a write of `bufs` is kept.
     fn keeps(&self, bufs: &[IoSlice<'_>]) -> bool {
-        self.holding && {
-            let total: usize = bufs.iter().map(|b| b.len()).sum();
-            self.kept.len() + total <= MOST_KEPT && only_encrypted_records(bufs)
-        }
+        self.holding
+            && self.kept.len() + total_len(bufs) <= MOST_KEPT
+            && only_encrypted_records(bufs)
     }
 
     /// Writes what is kept; ready once none is left.
@@ -105,6 +104,10 @@ impl TicketHold {
         std::task::ready!(self.poll_kept(cx))?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
+}
+
+fn total_len(bufs: &[IoSlice<'_>]) -> usize {
+    bufs.iter().map(|b| b.len()).sum()
 }
 
 /// Whether `bufs` are whole TLS records, every one encrypted.
@@ -159,8 +162,9 @@ impl AsyncWrite for TicketHold {
         } else {
             this.poll_after_kept(cx, bufs)
         };
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if matches!(written, Poll::Ready(Ok(n)) if n < total) {
+        // Only the handshake's writes are counted: after it, writes pass
+        // through as they are.
+        if this.holding && matches!(written, Poll::Ready(Ok(n)) if n < total_len(bufs)) {
             // The rest comes in the next write, which starts inside a record.
             this.holding = false;
         }
